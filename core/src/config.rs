@@ -1,0 +1,114 @@
+//! Configuration of the library OS, read once at start-up from `ARRAKIS_*` environment
+//! variables. Bad values give an error that names the variable and the fix.
+
+use std::path::PathBuf;
+
+/// Which device the library OS drives. This build serves every fd on the kernel path; the
+/// networking and control-plane issues add `loopback` and `emulator`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// Every fd stays on the kernel; the shim only observes.
+    Kernel,
+}
+
+impl Backend {
+    /// The names `ARRAKIS_BACKEND` accepts.
+    pub const NAMES: &'static [&'static str] = &["kernel"];
+
+    /// Parses a backend name as given in `ARRAKIS_BACKEND` or `arrakis run --backend`.
+    pub fn parse(s: &str) -> Result<Backend, ConfigError> {
+        match s.trim() {
+            "" | "kernel" => Ok(Backend::Kernel),
+            other => Err(ConfigError::UnknownBackend(other.to_string())),
+        }
+    }
+}
+
+/// A configuration value the library OS cannot use.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// `ARRAKIS_BACKEND` names no backend of this build.
+    #[error(
+        "ARRAKIS_BACKEND={0:?} is not a backend of this build; use one of: {names}; \
+         every fd stays on the kernel path until this is fixed",
+        names = Backend::NAMES.join(", ")
+    )]
+    UnknownBackend(String),
+}
+
+/// The library OS's settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// `ARRAKIS_LOG`: a `tracing` env-filter directive (`warn`, `arrakis=debug`, ...).
+    /// Default `warn`.
+    pub log_filter: String,
+    /// `ARRAKIS_LOG_FILE`: append log lines to this file instead of standard error.
+    pub log_file: Option<PathBuf>,
+    /// `ARRAKIS_BACKEND`: the device to drive. Default `kernel`.
+    pub backend: Backend,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { log_filter: "warn".into(), log_file: None, backend: Backend::Kernel }
+    }
+}
+
+impl Config {
+    /// Reads the configuration through `get` (normally `std::env::var`). Returns the
+    /// configuration with defaults in place of bad values, and the errors found, so that a
+    /// program under the shim still runs — on the kernel path — with a clear log line.
+    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> (Config, Vec<ConfigError>) {
+        let mut cfg = Config::default();
+        let mut errors = Vec::new();
+        if let Some(f) = get("ARRAKIS_LOG").filter(|s| !s.trim().is_empty()) {
+            cfg.log_filter = f;
+        }
+        cfg.log_file = get("ARRAKIS_LOG_FILE").filter(|s| !s.is_empty()).map(PathBuf::from);
+        if let Some(b) = get("ARRAKIS_BACKEND") {
+            match Backend::parse(&b) {
+                Ok(b) => cfg.backend = b,
+                Err(e) => errors.push(e),
+            }
+        }
+        (cfg, errors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+    }
+
+    #[test]
+    fn defaults() {
+        let (cfg, errs) = Config::from_env(env(&[]));
+        assert_eq!(cfg, Config::default());
+        assert!(errs.is_empty());
+    }
+
+    #[test]
+    fn reads_every_variable() {
+        let (cfg, errs) = Config::from_env(env(&[
+            ("ARRAKIS_LOG", "arrakis=debug"),
+            ("ARRAKIS_LOG_FILE", "/tmp/x.log"),
+            ("ARRAKIS_BACKEND", "kernel"),
+        ]));
+        assert!(errs.is_empty());
+        assert_eq!(cfg.log_filter, "arrakis=debug");
+        assert_eq!(cfg.log_file, Some(PathBuf::from("/tmp/x.log")));
+        assert_eq!(cfg.backend, Backend::Kernel);
+    }
+
+    #[test]
+    fn bad_backend_is_named_and_falls_back() {
+        let (cfg, errs) = Config::from_env(env(&[("ARRAKIS_BACKEND", "warp-drive")]));
+        assert_eq!(cfg.backend, Backend::Kernel);
+        assert_eq!(errs, vec![ConfigError::UnknownBackend("warp-drive".into())]);
+        let msg = errs[0].to_string();
+        assert!(msg.contains("ARRAKIS_BACKEND") && msg.contains("kernel"), "{msg}");
+    }
+}
