@@ -35,8 +35,28 @@ pub fn preload_names_shim(value: &[u8], shim_path: &[u8]) -> bool {
         .any(|e| e == shim_path || e.rsplit(|&b| b == b'/').next() == Some(base))
 }
 
+/// True if an entry whose first bytes are `head` may be one the shim carries. `head` may be
+/// cut short (at a page boundary, or a fixed prefix length) or end in the string's NUL.
+pub fn may_be_carried(head: &[u8]) -> bool {
+    let full = head.iter().position(|&b| b == 0).map_or(head, |e| &head[..e]);
+    let cut = full.len() == head.len();
+    let starts = |p: &[u8]| full.starts_with(p) || (cut && p.starts_with(full));
+    starts(b"LD_PRELOAD=") || starts(b"ARRAKIS_")
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn heads_that_may_be_carried() {
+        assert!(may_be_carried(b"LD_PRELOAD=/x/li"));
+        assert!(may_be_carried(b"ARRAKIS_LOG=debu"));
+        assert!(may_be_carried(b"LD_PR"));
+        assert!(!may_be_carried(b"LD_PR\0"));
+        assert!(!may_be_carried(b"PATH=/usr/bin:/b"));
+        assert!(!may_be_carried(b"LD_LIBRARY_PATH="));
+        assert!(!may_be_carried(b"ARRAKIS\0"));
+    }
+
     use super::*;
 
     #[test]

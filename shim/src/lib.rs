@@ -23,6 +23,7 @@ use libc::c_int;
 #[macro_use]
 mod macros;
 
+mod carry;
 mod errno;
 mod event;
 mod file;

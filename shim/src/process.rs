@@ -2,9 +2,7 @@
 //!
 //! `exec` keeps the program under the shim: if the new environment lacks `LD_PRELOAD` (or
 //! lacks the shim in it) or the `ARRAKIS_*` settings this process started with, they are
-//! added. This code runs in vfork children (CPython's subprocess uses vfork) and in children
-//! of threaded programs, so it allocates nothing and takes no lock: the new `envp` is built in
-//! arrays on the stack.
+//! added ([`crate::carry`]).
 //!
 //! `vfork` is a tail jump to the real `vfork`: the child shares the parent's stack, so no
 //! frame of ours may be live across it. `execl`, `execle` and `execlp` take an unbounded
@@ -12,111 +10,19 @@
 //! trampoline spills the argument registers next to the stack arguments and a Rust function
 //! reads them as the array they are.
 
-use std::ffi::CStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use arrakis_core::exec::{is_carried, preload_names_shim, var_name, var_value};
-use arrakis_core::Errno;
 use libc::{c_char, c_int, pid_t};
 
-use crate::{errno, init, real};
-
-type Argv = *const *const c_char;
+use crate::carry::{with_carried_env, Argv};
+use crate::real;
 
 extern "C" {
     static environ: Argv;
 }
 
-/// Most environment entries and exec arguments the shim rebuilds on the stack. Beyond that,
-/// `exec` passes the caller's environment unchanged (the preload may then not survive) and
-/// `execl*` fail with `E2BIG`.
-const MAX_ENV: usize = 4096;
-const MAX_ARGS: usize = 4096;
-/// Longest rebuilt `LD_PRELOAD=...` entry.
-const MAX_PRELOAD: usize = 4096;
-
-/// Runs `f` with `envp`, or with a copy of it on the stack that carries the shim's settings.
-fn with_carried_env<R>(envp: Argv, f: impl FnOnce(Argv) -> R) -> R {
-    let Some(carry) = init::carry() else { return f(envp) };
-    if carry.preload.is_none() || envp.is_null() {
-        return f(envp);
-    }
-    let mut out: [*const c_char; MAX_ENV + 1] = [std::ptr::null(); MAX_ENV + 1];
-    let mut preload_buf = [0u8; MAX_PRELOAD];
-    let mut n = 0usize;
-    let mut changed = false;
-    let mut have_preload = false;
-    // Bit i set: carry.settings[i] is already present.
-    let mut present = [false; 64];
-    let mut i = 0usize;
-    loop {
-        // SAFETY: envp is a NULL-terminated array of C strings (exec's contract).
-        let entry = unsafe { *envp.add(i) };
-        if entry.is_null() {
-            break;
-        }
-        i += 1;
-        if n >= MAX_ENV {
-            return f(envp);
-        }
-        // SAFETY: each entry is a NUL-terminated string.
-        let bytes = unsafe { CStr::from_ptr(entry) }.to_bytes();
-        let name = var_name(bytes);
-        let mut use_entry = entry;
-        if is_carried(name) {
-            if name == b"LD_PRELOAD" {
-                have_preload = true;
-                let value = var_value(bytes);
-                if !preload_names_shim(value, carry.shim_path.to_bytes()) {
-                    // LD_PRELOAD=<shim>:<theirs>, built in preload_buf.
-                    let shim = carry.shim_path.to_bytes();
-                    let len = b"LD_PRELOAD=".len() + shim.len() + 1 + value.len();
-                    if len < MAX_PRELOAD {
-                        let mut w = 0;
-                        for part in [&b"LD_PRELOAD="[..], shim, b":", value] {
-                            preload_buf[w..w + part.len()].copy_from_slice(part);
-                            w += part.len();
-                        }
-                        preload_buf[w] = 0;
-                        use_entry = preload_buf.as_ptr().cast();
-                        changed = true;
-                    }
-                }
-            } else if let Some(k) = carry.settings.iter().position(|s| var_name(s.to_bytes()) == name) {
-                if k < present.len() {
-                    present[k] = true;
-                }
-            }
-        }
-        out[n] = use_entry;
-        n += 1;
-    }
-    if !have_preload {
-        if let Some(p) = &carry.preload {
-            if n >= MAX_ENV {
-                return f(envp);
-            }
-            out[n] = p.as_ptr();
-            n += 1;
-            changed = true;
-        }
-    }
-    for (k, s) in carry.settings.iter().enumerate().take(present.len()) {
-        if !present[k] {
-            if n >= MAX_ENV {
-                return f(envp);
-            }
-            out[n] = s.as_ptr();
-            n += 1;
-            changed = true;
-        }
-    }
-    if !changed {
-        return f(envp);
-    }
-    out[n] = std::ptr::null();
-    f(out.as_ptr())
-}
+/// Most arguments `execl*` collect on the stack; more go to the heap.
+const MAX_ARGS: usize = 1024;
 
 /// Interposed `execve`.
 ///
@@ -163,6 +69,44 @@ pub unsafe extern "C" fn execvp(file: *const c_char, argv: Argv) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn fexecve(fd: c_int, argv: Argv, envp: Argv) -> c_int {
     with_carried_env(envp, |env| real!(fexecve(fd, argv, env)))
+}
+
+/// Interposed `posix_spawn`: the child gets the carried settings like an `exec`.
+///
+/// # Safety
+/// The C contract of `posix_spawn(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn posix_spawn(
+    pid: *mut pid_t,
+    path: *const c_char,
+    actions: *const libc::c_void,
+    attr: *const libc::c_void,
+    argv: *const *mut c_char,
+    envp: *const *mut c_char,
+) -> c_int {
+    // posix_spawn reports errors as its return value, not through errno.
+    let Some(f) = real::posix_spawn() else { return libc::ENOSYS };
+    // SAFETY: the arguments are the caller's, passed on with the carried environment.
+    with_carried_env(envp.cast(), |env| unsafe { f(pid, path, actions, attr, argv, env.cast()) })
+}
+
+/// Interposed `posix_spawnp`.
+///
+/// # Safety
+/// The C contract of `posix_spawnp(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn posix_spawnp(
+    pid: *mut pid_t,
+    file: *const c_char,
+    actions: *const libc::c_void,
+    attr: *const libc::c_void,
+    argv: *const *mut c_char,
+    envp: *const *mut c_char,
+) -> c_int {
+    // posix_spawn reports errors as its return value, not through errno.
+    let Some(f) = real::posix_spawnp() else { return libc::ENOSYS };
+    // SAFETY: the arguments are the caller's, passed on with the carried environment.
+    with_carried_env(envp.cast(), |env| unsafe { f(pid, file, actions, attr, argv, env.cast()) })
 }
 
 /// Interposed `fork`. The child is a copy of this process; in this build every fd is a kernel
@@ -263,31 +207,32 @@ unsafe fn nth_arg(regs: *const usize, stack: *const usize, i: usize) -> usize {
 }
 
 extern "C" fn execl_impl(regs: *const usize, stack: *const usize, kind: u32) -> c_int {
-    let mut argv: [*const c_char; MAX_ARGS + 1] = [std::ptr::null(); MAX_ARGS + 1];
     // SAFETY: the trampoline spilled the registers; argument 0 always exists.
-    let path = unsafe { nth_arg(regs, stack, 0) } as *const c_char;
-    let mut n = 0;
-    loop {
-        // SAFETY: execl's contract: arguments continue up to and including a NULL pointer.
-        let a = unsafe { nth_arg(regs, stack, n + 1) } as *const c_char;
-        if a.is_null() {
-            break;
+    let arg = |i: usize| unsafe { nth_arg(regs, stack, i) } as *const c_char;
+    let path = arg(0);
+    // execl's contract: arguments continue up to and including a NULL pointer.
+    let argc = (1..).take_while(|&i| !arg(i).is_null()).count();
+    // For execle the environment pointer follows the terminating NULL.
+    let envp: Argv = if kind == EXECLE { arg(argc + 2).cast() } else { std::ptr::null() };
+    let exec = |argv: Argv| {
+        // SAFETY: argv is NULL-terminated; the exec functions' contracts are the caller's.
+        unsafe {
+            match kind {
+                EXECLP => execvp(path, argv),
+                EXECLE => execve(path, argv, envp),
+                _ => execv(path, argv),
+            }
         }
-        if n >= MAX_ARGS {
-            return errno::fail(Errno(libc::E2BIG));
+    };
+    if argc < MAX_ARGS {
+        let mut argv: [*const c_char; MAX_ARGS] = [std::ptr::null(); MAX_ARGS];
+        for (i, a) in argv.iter_mut().enumerate().take(argc) {
+            *a = arg(i + 1);
         }
-        argv[n] = a;
-        n += 1;
-    }
-    // SAFETY: for execle the environment pointer follows the terminating NULL.
-    let envp: Argv =
-        if kind == EXECLE { (unsafe { nth_arg(regs, stack, n + 2) }) as Argv } else { std::ptr::null() };
-    // SAFETY: argv is NULL-terminated; the exec functions' contracts are the caller's.
-    unsafe {
-        match kind {
-            EXECLP => execvp(path, argv.as_ptr()),
-            EXECLE => execve(path, argv.as_ptr(), envp),
-            _ => execv(path, argv.as_ptr()),
-        }
+        exec(argv.as_ptr())
+    } else {
+        // Rare: more arguments than the stack array holds (glibc allows any number).
+        let argv: Vec<*const c_char> = (1..=argc).map(arg).chain([std::ptr::null()]).collect();
+        exec(argv.as_ptr())
     }
 }

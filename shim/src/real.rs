@@ -222,6 +222,10 @@ real_fns! {
     execve: unsafe extern "C" fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int;
     execvpe: unsafe extern "C" fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int;
     fexecve: unsafe extern "C" fn(c_int, *const *const c_char, *const *const c_char) -> c_int;
+    posix_spawn: unsafe extern "C" fn(*mut pid_t, *const c_char, *const c_void, *const c_void,
+        *const *mut c_char, *const *mut c_char) -> c_int;
+    posix_spawnp: unsafe extern "C" fn(*mut pid_t, *const c_char, *const c_void, *const c_void,
+        *const *mut c_char, *const *mut c_char) -> c_int;
     // fortified variants (glibc's -D_FORTIFY_SOURCE)
     __read_chk: unsafe extern "C" fn(c_int, *mut c_void, size_t, size_t) -> ssize_t;
     __pread_chk: unsafe extern "C" fn(c_int, *mut c_void, size_t, off_t, size_t) -> ssize_t;
