@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The whole test suite of Arrakis for Linux: the README's test command, and what .ci/run runs.
+#   1. lint: cargo fmt --check, cargo clippy -D warnings
+#   2. build and unit tests; the differential suite (native vs shim, compat-tests/tests)
+#   3. end-to-end with real servers (memcached, redis) under the shim
+#   4. external suites (CPython's regression tests, tornado) native vs shim
+# Every step is bounded in time; the script stops at the first failing step.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$SECONDS
+step() { printf '\n=== %s (%ds)\n' "$*" $((SECONDS - start)); }
+
+step "dependencies"
+compat-tests/install-deps.sh
+
+step "lint"
+cargo fmt --all -- --check
+cargo clippy --release --all-targets -- -D warnings
+
+step "build and unit + differential tests"
+cargo build --release
+cargo test --release --workspace
+
+step "end-to-end: memcached and redis under the shim"
+compat-tests/e2e/servers.sh
+
+step "external suites: CPython and tornado, native vs shim"
+compat-tests/external/run.sh
+
+step "all tests passed in $((SECONDS - start)) s"

@@ -1,0 +1,284 @@
+//! The differential test: every case program runs natively (twice, to prove
+//! it is deterministic) and once with `LD_PRELOAD=libarrakis.so`; the
+//! observation lines must agree case by case, every `#shim=` meta line must
+//! read 0 natively and 1 under the shim (exec'd children included), and the
+//! suite must hold at least `MIN_CASES` cases.
+//!
+//! Needs the shim built first: `cargo build --release` at the workspace root
+//! (or `ARRAKIS_SHIM=/path/to/libarrakis.so`). Needs gcc for the C cases.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use compat_tests::observe::{compare, Observations, EXIT_STATUS};
+use compat_tests::runner::{build_c, locate_shim, run, RunResult, RunSpec};
+
+const MIN_CASES: usize = 150;
+const TIMEOUT: Duration = Duration::from_secs(30);
+/// Concurrent runs: the machines have two shared cores.
+const WORKERS: usize = 2;
+/// The fortified entry points fortify.c must reference.
+const FORTIFIED: &[&str] = &[
+    "__read_chk",
+    "__recv_chk",
+    "__recvfrom_chk",
+    "__poll_chk",
+    "__ppoll_chk",
+    "__pread_chk",
+    "__pread64_chk",
+];
+
+struct Program {
+    name: String,
+    path: PathBuf,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Native1,
+    Native2,
+    Shim,
+}
+
+impl Mode {
+    fn label(self) -> &'static str {
+        match self {
+            Mode::Native1 => "native",
+            Mode::Native2 => "native-rerun",
+            Mode::Shim => "shim",
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("compat-tests lives in the workspace").to_path_buf()
+}
+
+fn shim_candidates() -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
+        v.push(PathBuf::from(t).join("release/libarrakis.so"));
+    }
+    // CARGO_TARGET_TMPDIR is <target>/tmp.
+    if let Some(target) = Path::new(env!("CARGO_TARGET_TMPDIR")).parent() {
+        v.push(target.join("release/libarrakis.so"));
+    }
+    v.push(workspace_root().join("target/release/libarrakis.so"));
+    v
+}
+
+/// Compile every `cases/*.c` into `bin`, two at a time.
+fn build_programs(bin: &Path) -> Vec<Program> {
+    let cases = Path::new(env!("CARGO_MANIFEST_DIR")).join("cases");
+    let mut sources: Vec<PathBuf> = fs::read_dir(&cases)
+        .expect("read cases/")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "c"))
+        .collect();
+    sources.sort();
+    assert!(!sources.is_empty(), "no C cases in {}", cases.display());
+    fs::create_dir_all(bin).expect("create bin dir");
+    let queue = Mutex::new(sources.iter().collect::<VecDeque<_>>());
+    let errors = Mutex::new(Vec::new());
+    thread::scope(|s| {
+        for _ in 0..WORKERS {
+            s.spawn(|| loop {
+                let Some(src) = queue.lock().expect("queue").pop_front() else {
+                    break;
+                };
+                let out = bin.join(src.file_stem().expect("stem"));
+                if let Err(e) = build_c(src, &out) {
+                    errors.lock().expect("errors").push(e);
+                }
+            });
+        }
+    });
+    let errors = errors.into_inner().expect("errors");
+    assert!(errors.is_empty(), "building the C cases failed:\n{}", errors.join("\n"));
+    sources
+        .iter()
+        .map(|src| {
+            let name = src.file_stem().expect("stem").to_string_lossy().into_owned();
+            Program { path: bin.join(&name), name }
+        })
+        .collect()
+}
+
+fn check_fortified(bin: &Path) -> Vec<String> {
+    let path = bin.join("fortify");
+    let Ok(bytes) = fs::read(&path) else {
+        return vec![format!("{} missing", path.display())];
+    };
+    FORTIFIED
+        .iter()
+        .filter(|sym| {
+            let needle = format!("{sym}\0");
+            !bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+        })
+        .map(|sym| format!("fortify: the binary does not reference {sym}"))
+        .collect()
+}
+
+fn tail(s: &str, lines: usize) -> String {
+    let v: Vec<&str> = s.lines().collect();
+    let start = v.len().saturating_sub(lines);
+    v[start..].join("\n")
+}
+
+/// `#shim=` values, one per line, each with the case printed next (for an
+/// exec'd child, the case it reports under).
+fn describe_flags(flags: &[(String, Option<String>)]) -> String {
+    let mut s = String::new();
+    for (i, (f, ctx)) in flags.iter().enumerate() {
+        let bad = if f == "1" { "" } else { "   <--" };
+        s.push_str(&format!("  #{i} shim={f} (next case: {}){bad}\n", ctx.as_deref().unwrap_or("none")));
+    }
+    s
+}
+
+fn observations(r: &RunResult) -> Observations {
+    let mut o = Observations::parse(&r.stdout);
+    o.push_case(EXIT_STATUS, vec![r.status_text()]);
+    o
+}
+
+#[test]
+fn native_and_shim_agree() {
+    let started = Instant::now();
+    let shim = locate_shim(&shim_candidates()).unwrap_or_else(|e| panic!("{e}"));
+    println!("shim under test: {}", shim.display());
+
+    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("compat");
+    let mut programs = build_programs(&tmp.join("bin"));
+    programs
+        .push(Program { name: "rust_cases".into(), path: PathBuf::from(env!("CARGO_BIN_EXE_rust_cases")) });
+    let mut problems = check_fortified(&tmp.join("bin"));
+
+    // Run every (program, mode) pair on a small worker pool.
+    let modes = [Mode::Native1, Mode::Native2, Mode::Shim];
+    let jobs: VecDeque<(usize, Mode)> =
+        (0..programs.len()).flat_map(|i| modes.iter().map(move |&m| (i, m))).collect();
+    let queue = Mutex::new(jobs);
+    let results = Mutex::new(Vec::new());
+    thread::scope(|s| {
+        for _ in 0..WORKERS {
+            s.spawn(|| loop {
+                let Some((i, mode)) = queue.lock().expect("queue").pop_front() else {
+                    break;
+                };
+                let p = &programs[i];
+                let spec = RunSpec {
+                    program: p.path.clone(),
+                    args: Vec::<OsString>::new(),
+                    dir: tmp.join("runs").join(format!("{}-{}", p.name, mode.label())),
+                    preload: (mode == Mode::Shim).then(|| shim.clone()),
+                    timeout: TIMEOUT,
+                };
+                let r = run(&spec).unwrap_or_else(|e| panic!("cannot run {}: {e}", p.name));
+                results.lock().expect("results").push((i, mode, r));
+            });
+        }
+    });
+    let results = results.into_inner().expect("results");
+    let get = |i: usize, m: Mode| -> &RunResult {
+        &results.iter().find(|(j, n, _)| *j == i && *n == m).expect("every job ran").2
+    };
+
+    let mut total_cases = 0;
+    let mut differing_cases = 0;
+    println!("\n{:<12} {:>6}  {:<10} {:<10} {:>8}", "program", "cases", "native", "shim", "diffs");
+    for (i, p) in programs.iter().enumerate() {
+        let (n1, n2, sh) = (get(i, Mode::Native1), get(i, Mode::Native2), get(i, Mode::Shim));
+        let (o1, o2, os) = (observations(n1), observations(n2), observations(sh));
+        let cases = o1.case_names().count();
+        total_cases += cases;
+
+        if n1.timed_out || !n1.status.is_some_and(|s| s.success()) {
+            problems.push(format!(
+                "{}: the native run failed ({}); the program itself is broken.\nstderr:\n{}",
+                p.name,
+                n1.status_text(),
+                tail(&n1.stderr, 30)
+            ));
+        }
+        let nondet = compare(&o1, &o2);
+        if !nondet.is_empty() {
+            let mut msg = format!(
+                "{}: NOT DETERMINISTIC natively ({} case(s) differ between two native runs); \
+                 fix the case, not the shim:\n",
+                p.name,
+                nondet.len()
+            );
+            for d in &nondet {
+                msg.push_str(&d.render("native", "native-rerun"));
+            }
+            problems.push(msg);
+        }
+
+        // Shim presence, in the program and in every exec'd child.
+        let (f1, fs) = (o1.shim_flags(), os.shim_flags());
+        if f1.is_empty() || f1.iter().any(|(f, _)| f != "0") {
+            problems.push(format!(
+                "{}: native #shim= lines should all be 0, got:\n{}",
+                p.name,
+                describe_flags(&f1)
+            ));
+        }
+        if fs.len() != f1.len() || fs.iter().any(|(f, _)| f != "1") {
+            problems.push(format!(
+                "{}: under the shim every #shim= line should be 1 ({} lines natively); a program \
+                 or exec'd child ran without the shim:\n{}",
+                p.name,
+                f1.len(),
+                describe_flags(&fs)
+            ));
+        }
+
+        let diffs = compare(&o1, &os);
+        differing_cases += diffs.len();
+        println!(
+            "{:<12} {:>6}  {:<10} {:<10} {:>8}",
+            p.name,
+            cases,
+            n1.status_text(),
+            sh.status_text(),
+            diffs.len()
+        );
+        if !diffs.is_empty() {
+            let mut msg = format!(
+                "{}: {} case(s) differ between native and shim (shim run: {}, {:.1}s):\n",
+                p.name,
+                diffs.len(),
+                sh.status_text(),
+                sh.elapsed.as_secs_f64()
+            );
+            for d in &diffs {
+                msg.push_str(&d.render("native", "shim"));
+            }
+            if !sh.stderr.trim().is_empty() {
+                msg.push_str(&format!("shim run stderr (tail):\n{}\n", tail(&sh.stderr, 30)));
+            }
+            problems.push(msg);
+        }
+    }
+    println!(
+        "\n{total_cases} cases in {} programs; {differing_cases} differ under the shim; {:.1}s",
+        programs.len(),
+        started.elapsed().as_secs_f64()
+    );
+    if total_cases < MIN_CASES {
+        problems.push(format!("only {total_cases} cases; the suite must keep at least {MIN_CASES}"));
+    }
+    if !problems.is_empty() {
+        panic!(
+            "\n{} problem(s):\n\n{}\n",
+            problems.len(),
+            problems.join("\n----------------------------------------\n")
+        );
+    }
+}
