@@ -1,0 +1,138 @@
+//! Behaviour of the shim itself that the differential suite cannot see: start-up before our
+//! constructor, logging, bad settings, and the `arrakis run` launcher's errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use compat_tests::runner::locate_shim;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+fn shim() -> PathBuf {
+    let r = root();
+    locate_shim(&[r.join("target/release/libarrakis.so"), r.join("target/debug/libarrakis.so")])
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn arrakis() -> PathBuf {
+    let p = shim().with_file_name("arrakis");
+    assert!(p.is_file(), "{} missing: run `cargo build --release` first", p.display());
+    p
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join("shim_start").join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Runs `cmd` with a clean environment plus `env`.
+fn run(cmd: &mut Command, env: &[(&str, &str)]) -> Output {
+    cmd.env_clear().env("PATH", "/usr/bin:/bin").env("LC_ALL", "C").stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn gcc(args: &[&str]) {
+    let o = Command::new("gcc").args(args).output().expect("gcc (apt-get install gcc)");
+    assert!(o.status.success(), "gcc {args:?}: {}", text(&o.stderr));
+}
+
+#[test]
+fn calls_made_before_the_shims_constructor_behave_as_natively() {
+    let d = tmp("early");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/start");
+    let lib = d.join("libearly.so");
+    let main = d.join("main");
+    gcc(&["-shared", "-fPIC", "-o", lib.to_str().unwrap(), src.join("early.c").to_str().unwrap()]);
+    gcc(&["-o", main.to_str().unwrap(), src.join("main.c").to_str().unwrap(), "-ldl"]);
+
+    let native = run(&mut Command::new(&main), &[("LD_PRELOAD", lib.to_str().unwrap())]);
+    // Listed after the shim, libearly is initialised before it.
+    let preload = format!("{}:{}", shim().display(), lib.display());
+    let under = run(&mut Command::new(&main), &[("LD_PRELOAD", &preload), ("ARRAKIS_LOG", "debug")]);
+    assert!(native.status.success() && under.status.success(), "{native:?} {under:?}");
+    assert!(text(&native.stdout).starts_with("early: fd=3 read=8 fstat=0 close=0 reclose=-1 errno=EBADF"));
+    assert_eq!(text(&native.stdout), text(&under.stdout));
+    let err = text(&under.stderr);
+    let early = err.find("early-constructor").expect("early constructor ran");
+    let loaded = err.find("arrakis shim loaded").unwrap_or_else(|| panic!("no start-up log line in {err}"));
+    assert!(early < loaded, "the early library's constructor must run first for this test: {err}");
+}
+
+#[test]
+fn logging_goes_to_stderr_or_to_a_file_that_holds_no_fd() {
+    let d = tmp("log");
+    let lsfd = || {
+        let mut c = Command::new("ls");
+        c.arg("/proc/self/fd");
+        c
+    };
+    let native = run(&mut lsfd(), &[]);
+    let shim = shim();
+    let shim = shim.to_str().unwrap();
+
+    let to_stderr = run(&mut lsfd(), &[("LD_PRELOAD", shim), ("ARRAKIS_LOG", "debug")]);
+    assert!(text(&to_stderr.stderr).contains("arrakis shim loaded"), "{}", text(&to_stderr.stderr));
+    assert_eq!(text(&native.stdout), text(&to_stderr.stdout));
+
+    let quiet = run(&mut lsfd(), &[("LD_PRELOAD", shim)]);
+    assert_eq!(text(&quiet.stderr), "", "the default level is warn: nothing at start-up");
+
+    let log = d.join("arrakis.log");
+    let to_file = run(
+        &mut lsfd(),
+        &[("LD_PRELOAD", shim), ("ARRAKIS_LOG", "debug"), ("ARRAKIS_LOG_FILE", log.to_str().unwrap())],
+    );
+    assert_eq!(text(&to_file.stderr), "");
+    assert_eq!(text(&native.stdout), text(&to_file.stdout), "the log file must not show in /proc/self/fd");
+    let logged = std::fs::read_to_string(&log).expect("log file written");
+    assert!(logged.contains("arrakis shim loaded"), "{logged}");
+}
+
+#[test]
+fn bad_settings_are_named_and_the_program_still_runs() {
+    let shim = shim();
+    let shim = shim.to_str().unwrap();
+    let o = run(Command::new("true").arg("x"), &[("LD_PRELOAD", shim), ("ARRAKIS_BACKEND", "warp-drive")]);
+    assert!(o.status.success());
+    let err = text(&o.stderr);
+    assert!(err.contains("ARRAKIS_BACKEND=\"warp-drive\"") && err.contains("kernel"), "{err}");
+
+    let o = run(&mut Command::new("true"), &[("LD_PRELOAD", shim), ("ARRAKIS_LOG", "=[bad")]);
+    assert!(o.status.success());
+    assert!(text(&o.stderr).contains("ARRAKIS_LOG="), "{}", text(&o.stderr));
+}
+
+#[test]
+fn arrakis_run_preloads_the_shim_and_explains_its_errors() {
+    let a = arrakis();
+    let o = run(Command::new(&a).args(["run", "--", "sh", "-c", "echo $LD_PRELOAD"]), &[]);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(text(&o.stdout).trim(), shim().to_str().unwrap());
+
+    let o = run(Command::new(&a).args(["run", "--", "/nonexistent/prog"]), &[]);
+    assert_eq!(o.status.code(), Some(127));
+    assert!(text(&o.stderr).contains("cannot run /nonexistent/prog"), "{}", text(&o.stderr));
+
+    let o = run(Command::new(&a).args(["run", "true"]), &[("ARRAKIS_SHIM", "/nonexistent.so")]);
+    assert_eq!(o.status.code(), Some(127));
+    assert!(text(&o.stderr).contains("ARRAKIS_SHIM=/nonexistent.so"), "{}", text(&o.stderr));
+
+    let o = run(Command::new(&a).args(["run", "--backend", "warp", "true"]), &[]);
+    assert_eq!(o.status.code(), Some(127));
+    assert!(text(&o.stderr).contains("kernel"), "{}", text(&o.stderr));
+
+    // The exit status of the program is the launcher's (it execs).
+    let o = run(Command::new(&a).args(["run", "--", "sh", "-c", "exit 7"]), &[]);
+    assert_eq!(o.status.code(), Some(7));
+}
