@@ -91,11 +91,13 @@ impl FdTable {
         FdTable { chunks: [const { OnceLock::new() }; CHUNKS], live: AtomicUsize::new(0) }
     }
 
+    #[inline]
     fn split(fd: i32) -> Option<(usize, usize)> {
         let fd = usize::try_from(fd).ok()?;
         (fd < MAX_FDS).then_some((fd / CHUNK, fd % CHUNK))
     }
 
+    #[inline]
     fn slot(&self, fd: i32) -> Option<&Slot> {
         let (c, i) = Self::split(fd)?;
         self.chunks[c].get().map(|chunk| &chunk[i])
@@ -218,6 +220,7 @@ impl FdTable {
 }
 
 /// The process's descriptor table.
+#[inline]
 pub fn table() -> &'static FdTable {
     static TABLE: FdTable = FdTable::new();
     &TABLE
