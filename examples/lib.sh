@@ -1,0 +1,249 @@
+# shellcheck shell=bash
+# Helpers shared by the end-to-end tests (compat-tests/e2e/), the demo and the benchmarks
+# (examples/). Source this file from a script that runs `set -euo pipefail`; it defines
+# functions and variables and installs an EXIT trap that stops every server the script
+# started and removes its scratch directory. Network use is 127.0.0.1 only.
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+ARRAKIS=$TARGET_DIR/release/arrakis
+SHIM=$TARGET_DIR/release/libarrakis.so
+
+die() {
+  echo "FAIL: $*" >&2
+  exit 1
+}
+say() { echo "== $*" >&2; }
+
+# --- packages ---------------------------------------------------------------------------
+
+# ensure_packages CMD:PACKAGE...: install the Debian packages whose commands are missing.
+# `apt-get update` runs once, and only when something is missing.
+ensure_packages() {
+  local pair missing=()
+  for pair in "$@"; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  local sudo=()
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || die "need root or sudo to install: ${missing[*]}"
+    sudo=(sudo)
+  fi
+  say "installing ${missing[*]}"
+  timeout 300 "${sudo[@]}" apt-get update -q >&2 || die "apt-get update failed"
+  timeout 600 "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+    --no-install-recommends "${missing[@]}" >&2 || die "apt-get install ${missing[*]} failed"
+  for pair in "$@"; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || die "${pair%%:*} still missing after installing ${pair#*:}"
+  done
+}
+
+# build_arrakis: `cargo build --release` at the workspace root (a no-op when up to date),
+# then check that the launcher and the shim are there.
+build_arrakis() {
+  say "cargo build --release"
+  (cd "$ROOT" && timeout 900 cargo build --release) || die "cargo build --release failed"
+  [ -x "$ARRAKIS" ] || die "$ARRAKIS missing after the build"
+  [ -f "$SHIM" ] || die "$SHIM missing after the build"
+}
+
+# alive PID: PID exists and is not a zombie (an exited child not yet waited for).
+alive() {
+  local state
+  state=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1) || return 1
+  [ -n "$state" ] && [ "$state" != Z ]
+}
+dead() { ! alive "$1"; }
+
+# poll SECONDS CMD...: run CMD every 0.1 s until it succeeds; returns 1 if it has not within
+# SECONDS.
+poll() {
+  local deadline=$((SECONDS + $1))
+  shift
+  until "$@"; do
+    [ "$SECONDS" -lt "$deadline" ] || return 1
+    sleep 0.1
+  done
+}
+
+# --- scratch directory and cleanup ------------------------------------------------------
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/arrakis-e2e.XXXXXX")
+SERVER_PIDS=()
+
+all_dead() {
+  local pid
+  for pid in "$@"; do
+    dead "$pid" || return 1
+  done
+}
+
+cleanup() {
+  local pid
+  for pid in "${SERVER_PIDS[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  poll 5 all_dead "${SERVER_PIDS[@]}" || true
+  for pid in "${SERVER_PIDS[@]}"; do
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  wait 2>/dev/null || true
+  if [ -n "${KEEP_WORK:-}" ]; then
+    echo "scratch directory kept: $WORK" >&2
+  else
+    rm -rf "$WORK"
+  fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- processes and ports ----------------------------------------------------------------
+
+# free_port: print a TCP port on 127.0.0.1 that nothing listens on (random, 20000-59999).
+free_port() {
+  local port _
+  for _ in $(seq 1 50); do
+    port=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
+    if ! tcp_open "$port"; then
+      echo "$port"
+      return 0
+    fi
+  done
+  die "no free port found"
+}
+
+# tcp_open PORT: something accepts connections on 127.0.0.1:PORT.
+tcp_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# start_bg LOG CMD...: start CMD in the background with its output in LOG; its pid goes to
+# BG_PID and onto the cleanup list. (Not in $(...): the server must be this shell's child.)
+start_bg() {
+  local log=$1
+  shift
+  "$@" >"$log" 2>&1 </dev/null &
+  BG_PID=$!
+  SERVER_PIDS+=("$BG_PID")
+}
+
+# wait_tcp PORT PID [SECONDS]: wait until 127.0.0.1:PORT accepts; fail if PID exits first.
+up_or_dead() { tcp_open "$1" || dead "$2"; }
+wait_tcp() {
+  poll "${3:-20}" up_or_dead "$1" "$2" && tcp_open "$1"
+}
+
+# stop_pid PID [SECONDS]: SIGTERM, wait up to SECONDS, then SIGKILL. Returns PID's status.
+stop_pid() {
+  local pid=$1 rc=0
+  kill -TERM "$pid" 2>/dev/null || true
+  poll "${2:-10}" dead "$pid" || kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" || rc=$?
+  return "$rc"
+}
+
+# wait_exit PID [SECONDS]: wait for PID to exit on its own; returns its status, 124 on timeout.
+wait_exit() {
+  local pid=$1 rc=0
+  if ! poll "${2:-10}" dead "$pid"; then
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    return 124
+  fi
+  wait "$pid" || rc=$?
+  return "$rc"
+}
+
+# check_shim_mapped PID WHAT: fail unless the shim is mapped into PID.
+check_shim_mapped() {
+  local pid=$1 what=$2
+  grep -q 'libarrakis\.so' "/proc/$pid/maps" 2>/dev/null ||
+    die "$what (pid $pid) does not have libarrakis.so mapped: it is not running under the shim"
+  say "$what (pid $pid) runs with $(grep -m1 -o '/[^ ]*libarrakis\.so' "/proc/$pid/maps") mapped"
+}
+
+# check_shim_absent PID WHAT: fail if the shim is mapped into PID (the native baseline).
+check_shim_absent() {
+  local pid=$1 what=$2
+  if grep -q 'libarrakis\.so' "/proc/$pid/maps" 2>/dev/null; then
+    die "$what (pid $pid) has libarrakis.so mapped but should run natively"
+  fi
+}
+
+# --- redis ------------------------------------------------------------------------------
+
+rcli() {
+  local port=$1
+  shift
+  timeout 10 redis-cli -h 127.0.0.1 -p "$port" "$@"
+}
+
+# redis_info PORT FIELD: one field of INFO (e.g. process_id, rdb_saves).
+redis_info() {
+  rcli "$1" INFO | tr -d '\r' | awk -F: -v f="$2" '$1 == f { print $2; found = 1 } END { exit !found }'
+}
+
+# start_redis MODE PORT DIR LOG [CPU]: redis-server on 127.0.0.1:PORT with its data in DIR,
+# natively (MODE=native) or under `arrakis run` (MODE=shim), pinned to CPU if given. No config
+# file: no /etc/redis settings, no automatic snapshots, no AOF. Sets BG_PID (the launched
+# process) and REDIS_PID (the server, read from INFO) and checks that the shim is (or is not)
+# mapped.
+start_redis() {
+  local mode=$1 port=$2 dir=$3 log=$4 cpu=${5:-} launch=()
+  [ -n "$cpu" ] && launch=(taskset -c "$cpu")
+  [ "$mode" = shim ] && launch+=("$ARRAKIS" run --)
+  mkdir -p "$dir"
+  start_bg "$log" "${launch[@]}" redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" \
+    --dbfilename dump.rdb --save '' --appendonly no --daemonize no --logfile '' \
+    --protected-mode yes --loglevel notice
+  wait_tcp "$port" "$BG_PID" 20 || {
+    tail -20 "$log" >&2
+    die "redis-server ($mode) did not come up on port $port"
+  }
+  REDIS_PID=$(redis_info "$port" process_id) || die "no process_id from redis ($mode)"
+  [ "$REDIS_PID" = "$BG_PID" ] || SERVER_PIDS+=("$REDIS_PID")
+  if [ "$mode" = shim ]; then
+    check_shim_mapped "$REDIS_PID" "redis-server"
+  else
+    check_shim_absent "$REDIS_PID" "redis-server"
+  fi
+}
+
+# redis_bench PORT ARGS...: redis-benchmark --csv against 127.0.0.1:PORT, bounded in time,
+# pinned to CPU $CLIENT_CPU if that is set. Prints the CSV; fails on a non-zero exit, a
+# timeout or anything on stderr.
+redis_bench() {
+  local port=$1 err rc=0 out pin=()
+  shift
+  [ -n "${CLIENT_CPU:-}" ] && pin=(taskset -c "$CLIENT_CPU")
+  err=$(mktemp "$WORK/bench-err.XXXXXX")
+  out=$(timeout 120 "${pin[@]}" redis-benchmark -h 127.0.0.1 -p "$port" --csv "$@" 2>"$err") || rc=$?
+  if [ "$rc" -ne 0 ] || [ -s "$err" ]; then
+    cat "$err" >&2
+    die "redis-benchmark $* on port $port failed (exit $rc)"
+  fi
+  rm -f "$err"
+  printf '%s\n' "$out"
+}
+
+# csv_field CSV TEST COLUMN: COLUMN (rps, avg, min, p50, p95, p99, max) of TEST in the
+# output of redis-benchmark --csv. Fails if the test is missing.
+csv_field() {
+  local col
+  case $3 in
+    rps) col=2 ;; avg) col=3 ;; min) col=4 ;; p50) col=5 ;; p95) col=6 ;; p99) col=7 ;; max) col=8 ;;
+    *) die "csv_field: unknown column $3" ;;
+  esac
+  printf '%s\n' "$1" | tr -d '"' |
+    awk -F, -v t="$2" -v c="$col" '$1 == t { print $c; found = 1 } END { exit !found }' ||
+    die "redis-benchmark output has no $2 line"
+}
+
+# median: the median of the numbers on stdin, one per line.
+median() {
+  sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) exit 1; if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}
+
+# mean: the arithmetic mean of the numbers on stdin, one per line.
+mean() {
+  awk '{ s += $1 } END { if (NR == 0) exit 1; printf "%.4f\n", s / NR }'
+}
