@@ -35,16 +35,18 @@ pub unsafe extern "C" fn epoll_create1(flags: c_int) -> c_int {
     created(real!(epoll_create1(flags) else sys(libc::SYS_epoll_create1, flags)))
 }
 
-/// Interposed `epoll_ctl`: passes through when both the epoll fd and the target are kernel fds.
-///
-/// # Safety
-/// The C contract of `epoll_ctl(2)`.
-#[no_mangle]
-pub unsafe extern "C" fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut epoll_event) -> c_int {
-    if table().is_kernel(epfd) && table().is_kernel(fd) {
-        return real!(epoll_ctl(epfd, op, fd, ev) else sys(libc::SYS_epoll_ctl, epfd, op, fd, ev));
+export! {
+    /// Interposed `epoll_ctl`: passes through when both the epoll fd and the target are kernel fds.
+    ///
+    /// # Safety
+    /// The C contract of `epoll_ctl(2)`.
+    fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut epoll_event) -> c_int {
+        fast if table().is_kernel(epfd) && table().is_kernel(fd);
+        if table().is_kernel(epfd) && table().is_kernel(fd) {
+            return real!(epoll_ctl(epfd, op, fd, ev) else sys(libc::SYS_epoll_ctl, epfd, op, fd, ev));
+        }
+        lib::unsupported(if table().is_kernel(epfd) { fd } else { epfd }, "epoll_ctl")
     }
-    lib::unsupported(if table().is_kernel(epfd) { fd } else { epfd }, "epoll_ctl")
 }
 
 /// The first library-OS fd in a poll set, if any.
@@ -75,94 +77,104 @@ unsafe fn library_fd_in_fd_sets(nfds: c_int, sets: [*mut fd_set; 3]) -> Option<c
     })
 }
 
-/// Interposed `poll`.
-///
-/// # Safety
-/// The C contract of `poll(2)`.
-#[no_mangle]
-pub unsafe extern "C" fn poll(fds: *mut pollfd, n: nfds_t, timeout: c_int) -> c_int {
-    // SAFETY: `fds[..n]` is the caller's readable poll set.
-    match unsafe { library_fd_in_poll_set(fds, n) } {
-        None => real!(poll(fds, n, timeout) else sys(libc::SYS_poll, fds, n, timeout)),
-        Some(fd) => lib::unsupported(fd, "poll"),
+export! {
+    /// Interposed `poll`.
+    ///
+    /// # Safety
+    /// The C contract of `poll(2)`.
+    fn poll(fds: *mut pollfd, n: nfds_t, timeout: c_int) -> c_int {
+        fast if !table().any_library_fds();
+        // SAFETY: `fds[..n]` is the caller's readable poll set.
+        match unsafe { library_fd_in_poll_set(fds, n) } {
+            None => real!(poll(fds, n, timeout) else sys(libc::SYS_poll, fds, n, timeout)),
+            Some(fd) => lib::unsupported(fd, "poll"),
+        }
     }
 }
 
-/// Interposed `__poll_chk` (fortified `poll`).
-///
-/// # Safety
-/// The C contract of `poll(2)`; `fdslen` is the size of the caller's array.
-#[no_mangle]
-pub unsafe extern "C" fn __poll_chk(fds: *mut pollfd, n: nfds_t, timeout: c_int, fdslen: size_t) -> c_int {
-    // SAFETY: as for poll; glibc's checker verifies `n` against `fdslen`.
-    match unsafe { library_fd_in_poll_set(fds, n.min((fdslen / std::mem::size_of::<pollfd>()) as nfds_t)) } {
-        None => real!(__poll_chk(fds, n, timeout, fdslen)),
-        Some(fd) => lib::unsupported(fd, "__poll_chk"),
+export! {
+    /// Interposed `__poll_chk` (fortified `poll`).
+    ///
+    /// # Safety
+    /// The C contract of `poll(2)`; `fdslen` is the size of the caller's array.
+    fn __poll_chk(fds: *mut pollfd, n: nfds_t, timeout: c_int, fdslen: size_t) -> c_int {
+        fast if !table().any_library_fds();
+        // SAFETY: as for poll; glibc's checker verifies `n` against `fdslen`.
+        match unsafe { library_fd_in_poll_set(fds, n.min((fdslen / std::mem::size_of::<pollfd>()) as nfds_t)) } {
+            None => real!(__poll_chk(fds, n, timeout, fdslen)),
+            Some(fd) => lib::unsupported(fd, "__poll_chk"),
+        }
     }
 }
 
-/// Interposed `ppoll`.
-///
-/// # Safety
-/// The C contract of `ppoll(2)`.
-#[no_mangle]
-pub unsafe extern "C" fn ppoll(
+export! {
+    /// Interposed `ppoll`.
+    ///
+    /// # Safety
+    /// The C contract of `ppoll(2)`.
+    fn ppoll(
     fds: *mut pollfd,
     n: nfds_t,
     t: *const timespec,
     mask: *const sigset_t,
 ) -> c_int {
-    // SAFETY: `fds[..n]` is the caller's readable poll set.
-    match unsafe { library_fd_in_poll_set(fds, n) } {
-        None => real!(ppoll(fds, n, t, mask)),
-        Some(fd) => lib::unsupported(fd, "ppoll"),
+        fast if !table().any_library_fds();
+        // SAFETY: `fds[..n]` is the caller's readable poll set.
+        match unsafe { library_fd_in_poll_set(fds, n) } {
+            None => real!(ppoll(fds, n, t, mask)),
+            Some(fd) => lib::unsupported(fd, "ppoll"),
+        }
     }
 }
 
-/// Interposed `__ppoll_chk` (fortified `ppoll`).
-///
-/// # Safety
-/// The C contract of `ppoll(2)`; `fdslen` is the size of the caller's array.
-#[no_mangle]
-pub unsafe extern "C" fn __ppoll_chk(
+export! {
+    /// Interposed `__ppoll_chk` (fortified `ppoll`).
+    ///
+    /// # Safety
+    /// The C contract of `ppoll(2)`; `fdslen` is the size of the caller's array.
+    fn __ppoll_chk(
     fds: *mut pollfd,
     n: nfds_t,
     t: *const timespec,
     mask: *const sigset_t,
     fdslen: size_t,
 ) -> c_int {
-    // SAFETY: as for __poll_chk.
-    match unsafe { library_fd_in_poll_set(fds, n.min((fdslen / std::mem::size_of::<pollfd>()) as nfds_t)) } {
-        None => real!(__ppoll_chk(fds, n, t, mask, fdslen)),
-        Some(fd) => lib::unsupported(fd, "__ppoll_chk"),
+        fast if !table().any_library_fds();
+        // SAFETY: as for __poll_chk.
+        match unsafe { library_fd_in_poll_set(fds, n.min((fdslen / std::mem::size_of::<pollfd>()) as nfds_t)) } {
+            None => real!(__ppoll_chk(fds, n, t, mask, fdslen)),
+            Some(fd) => lib::unsupported(fd, "__ppoll_chk"),
+        }
     }
 }
 
-/// Interposed `select`.
-///
-/// # Safety
-/// The C contract of `select(2)`.
-#[no_mangle]
-pub unsafe extern "C" fn select(
+export! {
+    /// Interposed `select`.
+    ///
+    /// # Safety
+    /// The C contract of `select(2)`.
+    fn select(
     n: c_int,
     r: *mut fd_set,
     w: *mut fd_set,
     e: *mut fd_set,
     t: *mut timeval,
 ) -> c_int {
-    // SAFETY: the sets are the caller's readable fd_sets.
-    match unsafe { library_fd_in_fd_sets(n, [r, w, e]) } {
-        None => real!(select(n, r, w, e, t) else sys(libc::SYS_select, n, r, w, e, t)),
-        Some(fd) => lib::unsupported(fd, "select"),
+        fast if !table().any_library_fds();
+        // SAFETY: the sets are the caller's readable fd_sets.
+        match unsafe { library_fd_in_fd_sets(n, [r, w, e]) } {
+            None => real!(select(n, r, w, e, t) else sys(libc::SYS_select, n, r, w, e, t)),
+            Some(fd) => lib::unsupported(fd, "select"),
+        }
     }
 }
 
-/// Interposed `pselect`.
-///
-/// # Safety
-/// The C contract of `pselect(2)`.
-#[no_mangle]
-pub unsafe extern "C" fn pselect(
+export! {
+    /// Interposed `pselect`.
+    ///
+    /// # Safety
+    /// The C contract of `pselect(2)`.
+    fn pselect(
     n: c_int,
     r: *mut fd_set,
     w: *mut fd_set,
@@ -170,9 +182,11 @@ pub unsafe extern "C" fn pselect(
     t: *const timespec,
     mask: *const sigset_t,
 ) -> c_int {
-    // SAFETY: the sets are the caller's readable fd_sets.
-    match unsafe { library_fd_in_fd_sets(n, [r, w, e]) } {
-        None => real!(pselect(n, r, w, e, t, mask)),
-        Some(fd) => lib::unsupported(fd, "pselect"),
+        fast if !table().any_library_fds();
+        // SAFETY: the sets are the caller's readable fd_sets.
+        match unsafe { library_fd_in_fd_sets(n, [r, w, e]) } {
+            None => real!(pselect(n, r, w, e, t, mask)),
+            Some(fd) => lib::unsupported(fd, "pselect"),
+        }
     }
 }

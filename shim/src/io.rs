@@ -40,16 +40,18 @@ fd_passthrough! {
     fn __pread64_chk(fd: c_int, buf: *mut c_void, n: size_t, off: off64_t, buflen: size_t) -> ssize_t;
 }
 
-/// Interposed `sendfile`: both fds must be kernel fds to pass through.
-///
-/// # Safety
-/// The C contract of `sendfile(2)`.
-#[no_mangle]
-pub unsafe extern "C" fn sendfile(out_fd: c_int, in_fd: c_int, off: *mut off_t, n: size_t) -> ssize_t {
-    if table().is_kernel(out_fd) && table().is_kernel(in_fd) {
-        return real!(sendfile(out_fd, in_fd, off, n));
+export! {
+    /// Interposed `sendfile`: both fds must be kernel fds to pass through.
+    ///
+    /// # Safety
+    /// The C contract of `sendfile(2)`.
+    fn sendfile(out_fd: c_int, in_fd: c_int, off: *mut off_t, n: size_t) -> ssize_t {
+        fast if table().is_kernel(out_fd) && table().is_kernel(in_fd);
+        if table().is_kernel(out_fd) && table().is_kernel(in_fd) {
+            return real!(sendfile(out_fd, in_fd, off, n));
+        }
+        lib::unsupported(if table().is_kernel(out_fd) { in_fd } else { out_fd }, "sendfile")
     }
-    lib::unsupported(if table().is_kernel(out_fd) { in_fd } else { out_fd }, "sendfile")
 }
 
 /// Interposed `sendfile64`.
@@ -64,25 +66,27 @@ pub unsafe extern "C" fn sendfile64(out_fd: c_int, in_fd: c_int, off: *mut off64
     lib::unsupported(if table().is_kernel(out_fd) { in_fd } else { out_fd }, "sendfile64")
 }
 
-/// Interposed `close`. A kernel fd passes through. A library-OS fd leaves the table, its
-/// kernel placeholder is closed, and the object is released when its last fd goes.
-///
-/// # Safety
-/// The C contract of `close(2)`.
-#[no_mangle]
-pub unsafe extern "C" fn close(fd: c_int) -> c_int {
-    if table().is_kernel(fd) || lib::inside() {
-        return real!(close(fd) else sys(libc::SYS_close, fd));
-    }
-    lib::guarded("close", || {
-        let obj = table().remove(fd);
-        let r = real!(close(fd) else sys(libc::SYS_close, fd));
-        if r < 0 {
-            return Err(Errno(errno::get()));
+export! {
+    /// Interposed `close`. A kernel fd passes through. A library-OS fd leaves the table, its
+    /// kernel placeholder is closed, and the object is released when its last fd goes.
+    ///
+    /// # Safety
+    /// The C contract of `close(2)`.
+    fn close(fd: c_int) -> c_int {
+        fast if table().is_kernel(fd);
+        if table().is_kernel(fd) || lib::inside() {
+            return real!(close(fd) else sys(libc::SYS_close, fd));
         }
-        drop(obj);
-        Ok(r)
-    })
+        lib::guarded("close", || {
+            let obj = table().remove(fd);
+            let r = real!(close(fd) else sys(libc::SYS_close, fd));
+            if r < 0 {
+                return Err(Errno(errno::get()));
+            }
+            drop(obj);
+            Ok(r)
+        })
+    }
 }
 
 /// Interposed `close_range`: the kernel closes the range; the table forgets the library-OS
@@ -169,35 +173,41 @@ fn fcntl_common(fd: c_int, cmd: c_int, arg: c_ulong, call: &'static str) -> c_in
     }
 }
 
-/// Interposed `fcntl` (variadic in C: the optional argument arrives in the third integer
-/// register, which is where x86_64 passes it either way).
-///
-/// # Safety
-/// The C contract of `fcntl(2)`.
-#[no_mangle]
-pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
-    fcntl_common(fd, cmd, arg, "fcntl")
-}
-
-/// Interposed `fcntl64` (what `fcntl` is called under `_FILE_OFFSET_BITS=64`).
-///
-/// # Safety
-/// The C contract of `fcntl(2)`.
-#[no_mangle]
-pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
-    fcntl_common(fd, cmd, arg, "fcntl64")
-}
-
-/// Interposed `ioctl` (variadic in C; see `fcntl`).
-///
-/// # Safety
-/// The C contract of `ioctl(2)`.
-#[no_mangle]
-pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: c_ulong) -> c_int {
-    if table().is_kernel(fd) {
-        return real!(ioctl(fd, request, arg) else sys(libc::SYS_ioctl, fd, request, arg));
+export! {
+    /// Interposed `fcntl` (variadic in C: the optional argument arrives in the third integer
+    /// register, which is where x86_64 passes it either way).
+    ///
+    /// # Safety
+    /// The C contract of `fcntl(2)`.
+    fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
+        fast if table().is_kernel(fd) && cmd != libc::F_DUPFD && cmd != libc::F_DUPFD_CLOEXEC;
+        fcntl_common(fd, cmd, arg, "fcntl")
     }
-    lib::unsupported(fd, "ioctl")
+}
+
+export! {
+    /// Interposed `fcntl64` (what `fcntl` is called under `_FILE_OFFSET_BITS=64`).
+    ///
+    /// # Safety
+    /// The C contract of `fcntl(2)`.
+    fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
+        fast if table().is_kernel(fd) && cmd != libc::F_DUPFD && cmd != libc::F_DUPFD_CLOEXEC;
+        fcntl_common(fd, cmd, arg, "fcntl64")
+    }
+}
+
+export! {
+    /// Interposed `ioctl` (variadic in C; see `fcntl`).
+    ///
+    /// # Safety
+    /// The C contract of `ioctl(2)`.
+    fn ioctl(fd: c_int, request: c_ulong, arg: c_ulong) -> c_int {
+        fast if table().is_kernel(fd);
+        if table().is_kernel(fd) {
+            return real!(ioctl(fd, request, arg) else sys(libc::SYS_ioctl, fd, request, arg));
+        }
+        lib::unsupported(fd, "ioctl")
+    }
 }
 
 /// Records fds the kernel just created in `fds[..n]`, dropping stale library-OS entries.

@@ -38,17 +38,40 @@ macro_rules! fd_passthrough {
             /// The C contract of the libc function of the same name.
             #[no_mangle]
             pub unsafe extern "C" fn $name($fd: $fdty $(, $a: $t)*) -> $ret {
-                if arrakis_core::fd::table().is_kernel($fd) || $crate::lib::inside() {
-                    let r = fd_passthrough!(@call $name ($fd $(, $a)*) $($no)?);
-                    $( let r = $crate::io::$post(r); )?
-                    return r;
+                fast_path!(arrakis_core::fd::table().is_kernel($fd) $(&& fd_passthrough!(@nopost $post))?,
+                    $name($fd $(, $a)*));
+                #[cold]
+                #[inline(never)]
+                extern "C" fn slow($fd: $fdty $(, $a: $t)*) -> $ret {
+                    if arrakis_core::fd::table().is_kernel($fd) || $crate::lib::inside() {
+                        let r = fd_passthrough!(@call $name ($fd $(, $a)*) $($no)?);
+                        $( let r = $crate::io::$post(r); )?
+                        return r;
+                    }
+                    $crate::lib::unsupported($fd, stringify!($name))
                 }
-                $crate::lib::unsupported($fd, stringify!($name))
+                slow($fd $(, $a)*)
             }
         )*
     };
     (@call $name:ident ( $($a:ident),* ) $no:expr) => { real!($name($($a),*) else sys($no, $($a),*)) };
     (@call $name:ident ( $($a:ident),* )) => { real!($name($($a),*)) };
+    // Calls whose result must be recorded take the slow path (it is not a tail call anyway).
+    (@nopost $post:ident) => { false };
+}
+
+/// The fast path of an export: when `cond` holds and the real function is resolved, a tail
+/// jump to it — no call, no register saved. Everything else (resolution, library-OS fds,
+/// bookkeeping) belongs in a `#[cold]` function the export tail-calls after this.
+macro_rules! fast_path {
+    ($cond:expr, $name:ident ( $($a:expr),* )) => {
+        if $cond {
+            if let Some(f) = $crate::real::fast::$name() {
+                // SAFETY: the caller's arguments, passed unchanged to the real function.
+                return unsafe { f($($a),*) };
+            }
+        }
+    };
 }
 
 /// Defines exports that always pass through (path-based calls: in this build no path belongs
@@ -63,9 +86,15 @@ macro_rules! passthrough {
             /// The C contract of the libc function of the same name.
             #[no_mangle]
             pub unsafe extern "C" fn $name($($a: $t),*) -> $ret {
-                let r = passthrough!(@call $name ($($a),*) $($no $(, $pre)*)?);
-                $( let r = $crate::io::$post(r); )?
-                r
+                fast_path!(true $(&& fd_passthrough!(@nopost $post))?, $name($($a),*));
+                #[cold]
+                #[inline(never)]
+                extern "C" fn slow($($a: $t),*) -> $ret {
+                    let r = passthrough!(@call $name ($($a),*) $($no $(, $pre)*)?);
+                    $( let r = $crate::io::$post(r); )?
+                    r
+                }
+                slow($($a),*)
             }
         )*
     };
@@ -73,4 +102,26 @@ macro_rules! passthrough {
         real!($name($($a),*) else sys($no $(, $pre)*, $($a),*))
     };
     (@call $name:ident ( $($a:ident),* )) => { real!($name($($a),*)) };
+}
+
+/// A hand-written export with a fast path: `fast if COND;` then the full body, which goes
+/// into a `#[cold]` function so that the fast path stays a frameless tail jump.
+macro_rules! export {
+    ($(#[$m:meta])* fn $name:ident ( $($a:ident : $t:ty),* $(,)? ) -> $ret:ty {
+        fast if $cond:expr;
+        $($body:tt)*
+    }) => {
+        $(#[$m])*
+        #[no_mangle]
+        pub unsafe extern "C" fn $name($($a: $t),*) -> $ret {
+            fast_path!($cond, $name($($a),*));
+            #[cold]
+            #[inline(never)]
+            unsafe extern "C" fn slow($($a: $t),*) -> $ret {
+                $($body)*
+            }
+            // SAFETY: the caller's contract, unchanged.
+            unsafe { slow($($a),*) }
+        }
+    };
 }

@@ -32,30 +32,34 @@ fd_passthrough! {
         addr: *mut sockaddr, alen: *mut socklen_t) -> ssize_t;
 }
 
-/// Interposed `send`.
-///
-/// # Safety
-/// The C contract of `send(2)`.
-#[no_mangle]
-pub unsafe extern "C" fn send(fd: c_int, buf: *const c_void, n: size_t, flags: c_int) -> ssize_t {
-    if table().is_kernel(fd) {
-        let null = std::ptr::null::<sockaddr>();
-        return real!(send(fd, buf, n, flags) else sys(SYS_sendto, fd, buf, n, flags, null, 0));
+export! {
+    /// Interposed `send`.
+    ///
+    /// # Safety
+    /// The C contract of `send(2)`.
+    fn send(fd: c_int, buf: *const c_void, n: size_t, flags: c_int) -> ssize_t {
+        fast if table().is_kernel(fd);
+        if table().is_kernel(fd) {
+            let null = std::ptr::null::<sockaddr>();
+            return real!(send(fd, buf, n, flags) else sys(SYS_sendto, fd, buf, n, flags, null, 0));
+        }
+        lib::unsupported(fd, "send")
     }
-    lib::unsupported(fd, "send")
 }
 
-/// Interposed `recv`.
-///
-/// # Safety
-/// The C contract of `recv(2)`.
-#[no_mangle]
-pub unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int) -> ssize_t {
-    if table().is_kernel(fd) {
-        let null = std::ptr::null_mut::<sockaddr>();
-        return real!(recv(fd, buf, n, flags) else sys(SYS_recvfrom, fd, buf, n, flags, null, null));
+export! {
+    /// Interposed `recv`.
+    ///
+    /// # Safety
+    /// The C contract of `recv(2)`.
+    fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int) -> ssize_t {
+        fast if table().is_kernel(fd);
+        if table().is_kernel(fd) {
+            let null = std::ptr::null_mut::<sockaddr>();
+            return real!(recv(fd, buf, n, flags) else sys(SYS_recvfrom, fd, buf, n, flags, null, null));
+        }
+        lib::unsupported(fd, "recv")
     }
-    lib::unsupported(fd, "recv")
 }
 
 /// Interposed `socket`: a kernel socket, recorded as such.

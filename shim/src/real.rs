@@ -33,6 +33,7 @@ macro_rules! real_fns {
         static SLOTS: [AtomicUsize; COUNT] = [const { AtomicUsize::new(0) }; COUNT];
 
         $(
+            /// The real function, resolving it first if needed.
             #[inline(always)]
             #[allow(non_snake_case)]
             pub fn $name() -> Option<$ty> {
@@ -42,6 +43,22 @@ macro_rules! real_fns {
                 (p > MISSING).then(|| unsafe { std::mem::transmute::<usize, $ty>(p) })
             }
         )*
+
+        /// The real functions if already resolved, with no call on any path: what the
+        /// exports' fast paths use, so that they compile to a tail jump.
+        #[allow(dead_code)]
+        pub mod fast {
+            use super::*;
+            $(
+                #[inline(always)]
+                #[allow(non_snake_case)]
+                pub fn $name() -> Option<$ty> {
+                    let p = SLOTS[Idx::$name as usize].load(Ordering::Acquire);
+                    // SAFETY: as above.
+                    (p > MISSING).then(|| unsafe { std::mem::transmute::<usize, $ty>(p) })
+                }
+            )*
+        }
     };
     (@ver $v:literal) => { Some(concat!($v, "\0")) };
     (@ver) => { None };

@@ -73,7 +73,7 @@ impl Slot {
 
 /// The per-process descriptor table. One instance, [`table()`], serves the whole process.
 pub struct FdTable {
-    chunks: [OnceLock<Box<[Slot]>>; CHUNKS],
+    chunks: [OnceLock<Box<[Slot; CHUNK]>>; CHUNKS],
     /// Number of fd numbers that currently refer to library-OS objects. Multi-fd calls
     /// (`poll`, `select`, `epoll_*`) skip their scan entirely while it is zero.
     live: AtomicUsize,
@@ -105,7 +105,7 @@ impl FdTable {
 
     fn slot_or_alloc(&self, fd: i32) -> SysResult<&Slot> {
         let (c, i) = Self::split(fd).ok_or(Errno::EMFILE)?;
-        let chunk = self.chunks[c].get_or_init(|| (0..CHUNK).map(|_| Slot::default()).collect());
+        let chunk = self.chunks[c].get_or_init(|| Box::new(std::array::from_fn(|_| Slot::default())));
         Ok(&chunk[i])
     }
 
