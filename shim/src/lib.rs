@@ -3,11 +3,12 @@
 //! This crate is the C ABI and nothing else: every export is a thin `extern "C"` wrapper with
 //! one shape —
 //!
-//! 1. look the fd up in the descriptor table (`arrakis_core::fd::table()`, lock-free);
-//! 2. a kernel fd (every fd, in this build) → call the real libc function, resolved once by
-//!    [`real`], and return its result with its `errno` untouched;
-//! 3. a library-OS fd → call safe code in `arrakis_core` inside [`lib::guarded`], which keeps
-//!    panics from crossing `extern "C"` and turns the typed error into `errno` in one place.
+//! 1. fast path, inline: look the fd up in the descriptor table (`arrakis_core::fd::table()`,
+//!    lock-free); a kernel fd (every fd, in this build) whose real libc function [`real`] has
+//!    resolved → tail jump to it, result and `errno` untouched;
+//! 2. everything else in a `#[cold]` function: resolution on demand, fd bookkeeping, and
+//!    library-OS fds → safe code in `arrakis_core` inside [`lib::guarded`], which keeps panics
+//!    from crossing `extern "C"` and turns the typed error into `errno` in one place.
 //!
 //! All `unsafe` of the project's C boundary lives here; each block says why it is sound.
 //! Variadic C functions (`open`, `fcntl`, `ioctl`) are defined with their fixed register
