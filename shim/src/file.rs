@@ -61,66 +61,11 @@ fd_passthrough! {
     fn faccessat(dirfd: c_int, path: *const c_char, mode: c_int, flags: c_int) -> c_int = sys(SYS_faccessat);
     fn fdopendir(fd: c_int) -> *mut DIR;
     fn fdopen(fd: c_int, mode: *const c_char) -> *mut FILE;
-}
-
-/// Interposed `__fxstat` (glibc's pre-2.33 `fstat` ABI).
-///
-/// # Safety
-/// The C contract of `__fxstat`.
-#[no_mangle]
-pub unsafe extern "C" fn __fxstat(ver: c_int, fd: c_int, buf: *mut Stat) -> c_int {
-    if table().is_kernel(fd) {
-        return real!(__fxstat(ver, fd, buf));
-    }
-    lib::unsupported(fd, "__fxstat")
-}
-
-/// Interposed `__fxstat64`.
-///
-/// # Safety
-/// The C contract of `__fxstat64`.
-#[no_mangle]
-pub unsafe extern "C" fn __fxstat64(ver: c_int, fd: c_int, buf: *mut Stat) -> c_int {
-    if table().is_kernel(fd) {
-        return real!(__fxstat64(ver, fd, buf));
-    }
-    lib::unsupported(fd, "__fxstat64")
-}
-
-/// Interposed `__fxstatat`.
-///
-/// # Safety
-/// The C contract of `__fxstatat`.
-#[no_mangle]
-pub unsafe extern "C" fn __fxstatat(
-    ver: c_int,
-    dirfd: c_int,
-    path: *const c_char,
-    buf: *mut Stat,
-    flags: c_int,
-) -> c_int {
-    if table().is_kernel(dirfd) {
-        return real!(__fxstatat(ver, dirfd, path, buf, flags));
-    }
-    lib::unsupported(dirfd, "__fxstatat")
-}
-
-/// Interposed `__fxstatat64`.
-///
-/// # Safety
-/// The C contract of `__fxstatat64`.
-#[no_mangle]
-pub unsafe extern "C" fn __fxstatat64(
-    ver: c_int,
-    dirfd: c_int,
-    path: *const c_char,
-    buf: *mut Stat,
-    flags: c_int,
-) -> c_int {
-    if table().is_kernel(dirfd) {
-        return real!(__fxstatat64(ver, dirfd, path, buf, flags));
-    }
-    lib::unsupported(dirfd, "__fxstatat64")
+    // glibc's pre-2.33 stat ABI: the version comes first.
+    fn __fxstat([ver: c_int] fd: c_int, buf: *mut Stat) -> c_int;
+    fn __fxstat64([ver: c_int] fd: c_int, buf: *mut Stat) -> c_int;
+    fn __fxstatat([ver: c_int] dirfd: c_int, path: *const c_char, buf: *mut Stat, flags: c_int) -> c_int;
+    fn __fxstatat64([ver: c_int] dirfd: c_int, path: *const c_char, buf: *mut Stat, flags: c_int) -> c_int;
 }
 
 /// Interposed `renameat`.

@@ -23,13 +23,14 @@ macro_rules! real {
     };
 }
 
-/// Defines exports that take an fd first and, for a kernel fd, only pass through:
-/// `fd_passthrough! { fn listen(fd: c_int, backlog: c_int) -> c_int; }`. A library-OS fd
+/// Defines exports that take an fd and, for a kernel fd, only pass through:
+/// `fd_passthrough! { fn listen(fd: c_int, backlog: c_int) -> c_int; }`; arguments before the
+/// fd go in brackets: `fn __fxstat([ver: c_int] fd: c_int, buf: *mut Stat) -> c_int;`. A library-OS fd
 /// goes to [`crate::lib::unsupported`] until its kind implements the call; the library OS's
 /// own calls (on its placeholders) go to the kernel. `=> created`
 /// records the fd the call returns.
 macro_rules! fd_passthrough {
-    ($( fn $name:ident ( $fd:ident : $fdty:ty $(, $a:ident : $t:ty)* ) -> $ret:ty
+    ($( fn $name:ident ( $([$($p:ident : $pt:ty),*])? $fd:ident : $fdty:ty $(, $a:ident : $t:ty)* ) -> $ret:ty
         $(= sys($no:expr))? $(=> $post:ident)? ; )*) => {
         $(
             /// Interposed: a kernel fd passes straight through to libc.
@@ -37,20 +38,20 @@ macro_rules! fd_passthrough {
             /// # Safety
             /// The C contract of the libc function of the same name.
             #[no_mangle]
-            pub unsafe extern "C" fn $name($fd: $fdty $(, $a: $t)*) -> $ret {
+            pub unsafe extern "C" fn $name($($($p: $pt,)*)? $fd: $fdty $(, $a: $t)*) -> $ret {
                 fast_path!(arrakis_core::fd::table().is_kernel($fd) $(&& fd_passthrough!(@nopost $post))?,
-                    $name($fd $(, $a)*));
+                    $name($($($p,)*)? $fd $(, $a)*));
                 #[cold]
                 #[inline(never)]
-                extern "C" fn slow($fd: $fdty $(, $a: $t)*) -> $ret {
+                extern "C" fn slow($($($p: $pt,)*)? $fd: $fdty $(, $a: $t)*) -> $ret {
                     if arrakis_core::fd::table().is_kernel($fd) || $crate::lib::inside() {
-                        let r = fd_passthrough!(@call $name ($fd $(, $a)*) $($no)?);
+                        let r = fd_passthrough!(@call $name ($($($p,)*)? $fd $(, $a)*) $($no)?);
                         $( let r = $crate::io::$post(r); )?
                         return r;
                     }
                     $crate::lib::unsupported($fd, stringify!($name))
                 }
-                slow($fd $(, $a)*)
+                slow($($($p,)*)? $fd $(, $a)*)
             }
         )*
     };

@@ -71,6 +71,34 @@ pub unsafe extern "C" fn fexecve(fd: c_int, argv: Argv, envp: Argv) -> c_int {
     with_carried_env(envp, |env| real!(fexecve(fd, argv, env)))
 }
 
+type SpawnFn = unsafe extern "C" fn(
+    *mut pid_t,
+    *const c_char,
+    *const libc::c_void,
+    *const libc::c_void,
+    *const *mut c_char,
+    *const *mut c_char,
+) -> c_int;
+
+/// `posix_spawn` and `posix_spawnp` with the carried environment. They report errors as
+/// their return value, not through `errno`.
+///
+/// # Safety
+/// The C contract of `posix_spawn(3)`.
+unsafe fn spawn(
+    real: Option<SpawnFn>,
+    pid: *mut pid_t,
+    path: *const c_char,
+    actions: *const libc::c_void,
+    attr: *const libc::c_void,
+    argv: *const *mut c_char,
+    envp: *const *mut c_char,
+) -> c_int {
+    let Some(f) = real else { return libc::ENOSYS };
+    // SAFETY: the caller's arguments, passed on with the carried environment.
+    with_carried_env(envp.cast(), |env| unsafe { f(pid, path, actions, attr, argv, env.cast()) })
+}
+
 /// Interposed `posix_spawn`: the child gets the carried settings like an `exec`.
 ///
 /// # Safety
@@ -84,10 +112,8 @@ pub unsafe extern "C" fn posix_spawn(
     argv: *const *mut c_char,
     envp: *const *mut c_char,
 ) -> c_int {
-    // posix_spawn reports errors as its return value, not through errno.
-    let Some(f) = real::posix_spawn() else { return libc::ENOSYS };
-    // SAFETY: the arguments are the caller's, passed on with the carried environment.
-    with_carried_env(envp.cast(), |env| unsafe { f(pid, path, actions, attr, argv, env.cast()) })
+    // SAFETY: the caller's contract.
+    unsafe { spawn(real::posix_spawn(), pid, path, actions, attr, argv, envp) }
 }
 
 /// Interposed `posix_spawnp`.
@@ -103,10 +129,8 @@ pub unsafe extern "C" fn posix_spawnp(
     argv: *const *mut c_char,
     envp: *const *mut c_char,
 ) -> c_int {
-    // posix_spawn reports errors as its return value, not through errno.
-    let Some(f) = real::posix_spawnp() else { return libc::ENOSYS };
-    // SAFETY: the arguments are the caller's, passed on with the carried environment.
-    with_carried_env(envp.cast(), |env| unsafe { f(pid, file, actions, attr, argv, env.cast()) })
+    // SAFETY: the caller's contract.
+    unsafe { spawn(real::posix_spawnp(), pid, file, actions, attr, argv, envp) }
 }
 
 /// Interposed `fork`. The child is a copy of this process; in this build every fd is a kernel
