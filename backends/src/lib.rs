@@ -1,4 +1,36 @@
-//! Devices the library OS drives. Empty until the networking issue adds the loopback
-//! backend; the crate exists now so that the dependency direction `shim → core → backends`
-//! is fixed from the start.
+//! The devices the library OS drives.
+//!
+//! A network device is exactly smoltcp's [`phy::Device`] — buffers lent through RX/TX tokens,
+//! no copy beyond the one into the frame, no allocation per frame — plus one thing the library
+//! OS needs to sleep: a *doorbell*, a kernel fd that becomes readable when frames arrive from
+//! outside the stack's own poll loop (another container through the switch, hardware). The
+//! library OS's progress engine and blocked threads wait on it in one `epoll_wait` together
+//! with the program's kernel fds.
+//!
+//! Backends:
+//! * [`loopback`] — in-process: what the process sends to its own addresses comes back to it.
+//!   Frames only ever appear during the stack's own poll, so it has no doorbell.
+//! * emulator and vfio arrive with the control-plane issue.
+//!
+//! Nothing here knows about sockets or fds of the program; `core` owns those.
 #![forbid(unsafe_code)]
+
+use std::os::fd::BorrowedFd;
+
+pub use smoltcp;
+use smoltcp::phy;
+
+pub mod loopback;
+
+/// A network device the library OS can drive and sleep on.
+pub trait NetDevice: phy::Device + Send {
+    /// A kernel fd that becomes readable when frames arrive that the stack did not produce
+    /// itself. `None` for devices whose frames only appear during the stack's own poll.
+    fn doorbell(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
+
+    /// Called after waking on the doorbell and before polling: consumes the notification
+    /// and re-arms it.
+    fn ack_doorbell(&mut self) {}
+}
