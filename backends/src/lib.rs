@@ -10,6 +10,8 @@
 //! Backends:
 //! * [`loopback`] — in-process: what the process sends to its own addresses comes back to it.
 //!   Frames only ever appear during the stack's own poll, so it has no doorbell.
+//! * [`script`] — a test device that injects frames and records what the stack sends, for
+//!   scripted TCP cases in the packetdrill style.
 //! * emulator and vfio arrive with the control-plane issue.
 //!
 //! Nothing here knows about sockets or fds of the program; `core` owns those.
@@ -21,6 +23,7 @@ pub use smoltcp;
 use smoltcp::phy;
 
 pub mod loopback;
+pub mod script;
 
 /// A network device the library OS can drive and sleep on.
 pub trait NetDevice: phy::Device + Send {
