@@ -56,6 +56,7 @@ errnos! {
     EOPNOTSUPP = 95, "operation not supported";
     EADDRINUSE = 98, "address already in use";
     ENOBUFS = 105, "no buffer space available";
+    ENETUNREACH = 101, "network is unreachable";
     ENOTCONN = 107, "transport endpoint is not connected";
     ECONNREFUSED = 111, "connection refused";
     ENOTRECOVERABLE = 131, "state not recoverable";

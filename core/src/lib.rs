@@ -21,6 +21,7 @@ pub mod error;
 pub mod exec;
 pub mod fd;
 pub mod log;
+pub mod net;
 
 pub use error::{Errno, SysResult};
 pub use fd::{FdKind, FdObject, FdTable};

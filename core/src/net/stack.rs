@@ -1,0 +1,650 @@
+//! A smoltcp stack with O(1) demultiplexing and a listen backlog.
+//!
+//! smoltcp scans its `SocketSet` for every packet and has no listen backlog (a listening
+//! socket *becomes* the connection on SYN). Here every connection lives in its own small
+//! `SocketSet`, a *shard*, and the stack keeps its own index: 4-tuple → connection shard,
+//! local port → listener shard, local port → UDP shard. Each incoming packet is routed to one
+//! shard and handed to `Interface::poll_ingress_single` through a one-frame view of the device;
+//! a packet nobody owns goes to an always-empty shard, so smoltcp answers it as Linux would
+//! (RST for TCP). Egress runs only for shards marked dirty (the application wrote, a packet
+//! arrived, a timer is due); timers sit in a min-heap.
+//!
+//! A listener shard holds one LISTEN socket. When a SYN turns it into a connection, the
+//! socket moves to a shard of its own, joins the listener's queue for `accept`, and a fresh
+//! LISTEN socket takes its place. While the queue holds `backlog` connections, SYNs to the
+//! port are dropped (the client retransmits), as Linux does — never reset.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+
+use arrakis_backends::NetDevice;
+use smoltcp::iface::{Config, Interface, PollResult, SocketHandle, SocketSet};
+use smoltcp::phy::{self, DeviceCapabilities};
+use smoltcp::socket::{tcp, udp};
+use smoltcp::time::Instant;
+use smoltcp::wire::{HardwareAddress, IpCidr, IpEndpoint, IpListenEndpoint, IpProtocol, TcpPacket};
+
+use super::tuple::FlowKey;
+use crate::error::{Errno, SysResult};
+
+/// Names a shard (a connection, a listener or a UDP socket) within its stack.
+pub type ShardId = usize;
+
+/// First and last ephemeral port, as Linux's default `ip_local_port_range`.
+pub const EPHEMERAL: (u16, u16) = (32768, 60999);
+
+/// Buffer sizes of new sockets.
+#[derive(Clone, Copy, Debug)]
+pub struct Buffers {
+    /// TCP receive buffer, bytes.
+    pub tcp_rx: usize,
+    /// TCP send buffer, bytes.
+    pub tcp_tx: usize,
+}
+
+impl Default for Buffers {
+    fn default() -> Self {
+        Buffers { tcp_rx: 64 * 1024, tcp_tx: 64 * 1024 }
+    }
+}
+
+enum Role {
+    /// Receives what no one else owns; always empty.
+    Spare,
+    Conn {
+        handle: SocketHandle,
+        local: IpEndpoint,
+        remote: IpEndpoint,
+    },
+    Listener {
+        port: u16,
+        handle: SocketHandle,
+        backlog: usize,
+        queue: VecDeque<ShardId>,
+    },
+    Udp {
+        port: u16,
+        handle: SocketHandle,
+    },
+}
+
+struct Shard {
+    set: SocketSet<'static>,
+    role: Role,
+    dirty: bool,
+}
+
+/// A network stack over one device.
+pub struct Stack<D: NetDevice> {
+    iface: Interface,
+    dev: D,
+    caps: DeviceCapabilities,
+    shards: Vec<Option<Shard>>,
+    free: Vec<ShardId>,
+    spare: ShardId,
+    conns: HashMap<(IpEndpoint, IpEndpoint), ShardId>,
+    listeners: HashMap<u16, ShardId>,
+    udp: HashMap<u16, ShardId>,
+    dirty: Vec<ShardId>,
+    timers: BinaryHeap<Reverse<(Instant, ShardId)>>,
+    next_port: u16,
+    /// Local ports taken by connections this stack opened.
+    ephemeral_in_use: HashSet<u16>,
+    buffers: Buffers,
+    /// SYNs dropped because a listener's queue was full.
+    pub syns_dropped: u64,
+}
+
+/// The device seen by smoltcp for one incoming packet: the packet, and the transmit token
+/// paired with it for an immediate reply (an ACK, a RST).
+struct OneFrame<'f, T> {
+    frame: Option<&'f [u8]>,
+    tx: Option<T>,
+    caps: DeviceCapabilities,
+}
+
+struct SliceRx<'f>(&'f [u8]);
+
+impl phy::RxToken for SliceRx<'_> {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(self.0)
+    }
+}
+
+impl<'f, T: phy::TxToken> phy::Device for OneFrame<'f, T> {
+    type RxToken<'a>
+        = SliceRx<'f>
+    where
+        Self: 'a;
+    type TxToken<'a>
+        = T
+    where
+        Self: 'a;
+
+    fn receive(&mut self, _now: Instant) -> Option<(SliceRx<'f>, T)> {
+        Some((SliceRx(self.frame.take()?), self.tx.take()?))
+    }
+
+    fn transmit(&mut self, _now: Instant) -> Option<T> {
+        None
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        self.caps.clone()
+    }
+}
+
+impl<D: NetDevice> Stack<D> {
+    /// A stack on `dev` with the given local addresses.
+    pub fn new(mut dev: D, addrs: &[IpCidr], now: Instant, buffers: Buffers) -> Stack<D> {
+        let caps = dev.capabilities();
+        let mut config = Config::new(HardwareAddress::Ip);
+        config.random_seed = now.total_micros() as u64 ^ u64::from(std::process::id());
+        let mut iface = Interface::new(config, &mut dev, now);
+        iface.update_ip_addrs(|a| {
+            for cidr in addrs {
+                // The address list is bounded; extra addresses are ignored.
+                let _ = a.push(*cidr);
+            }
+        });
+        let mut stack = Stack {
+            iface,
+            dev,
+            caps,
+            shards: Vec::new(),
+            free: Vec::new(),
+            spare: 0,
+            conns: HashMap::new(),
+            listeners: HashMap::new(),
+            udp: HashMap::new(),
+            dirty: Vec::new(),
+            timers: BinaryHeap::new(),
+            next_port: EPHEMERAL.0,
+            ephemeral_in_use: HashSet::new(),
+            buffers,
+            syns_dropped: 0,
+        };
+        stack.spare = stack.insert(SocketSet::new(vec![]), Role::Spare);
+        stack
+    }
+
+    /// The device.
+    pub fn device(&self) -> &D {
+        &self.dev
+    }
+
+    fn insert(&mut self, set: SocketSet<'static>, role: Role) -> ShardId {
+        let shard = Shard { set, role, dirty: false };
+        match self.free.pop() {
+            Some(id) => {
+                self.shards[id] = Some(shard);
+                id
+            }
+            None => {
+                self.shards.push(Some(shard));
+                self.shards.len() - 1
+            }
+        }
+    }
+
+    fn shard_mut(&mut self, id: ShardId) -> SysResult<&mut Shard> {
+        self.shards.get_mut(id).and_then(Option::as_mut).ok_or(Errno::EBADF)
+    }
+
+    fn new_tcp(&self) -> tcp::Socket<'static> {
+        tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; self.buffers.tcp_rx]),
+            tcp::SocketBuffer::new(vec![0; self.buffers.tcp_tx]),
+        )
+    }
+
+    fn mark_dirty(&mut self, id: ShardId) {
+        if let Some(Some(s)) = self.shards.get_mut(id) {
+            if !s.dirty {
+                s.dirty = true;
+                self.dirty.push(id);
+            }
+        }
+    }
+
+    /// Listens for TCP connections on `port` (all local addresses). `EADDRINUSE` if the port
+    /// has a listener already.
+    pub fn listen(&mut self, port: u16, backlog: usize) -> SysResult<ShardId> {
+        if port == 0 || self.listeners.contains_key(&port) {
+            return Err(Errno::EADDRINUSE);
+        }
+        let mut sock = self.new_tcp();
+        sock.listen(port).map_err(|_| Errno::EINVAL)?;
+        let mut set = SocketSet::new(vec![]);
+        let handle = set.add(sock);
+        let backlog = backlog.clamp(1, 4096);
+        let id = self.insert(set, Role::Listener { port, handle, backlog, queue: VecDeque::new() });
+        self.listeners.insert(port, id);
+        Ok(id)
+    }
+
+    /// Takes the next established connection from a listener's queue (Linux's accept queue
+    /// holds only connections that finished their handshake).
+    pub fn accept(&mut self, listener: ShardId) -> SysResult<Option<ShardId>> {
+        let Role::Listener { queue, .. } =
+            &self.shards.get(listener).and_then(Option::as_ref).ok_or(Errno::EBADF)?.role
+        else {
+            return Err(Errno::EINVAL);
+        };
+        let established = |id: &ShardId| {
+            self.tcp(*id).is_ok_and(|s| !matches!(s.state(), tcp::State::SynReceived | tcp::State::Listen))
+        };
+        let Some(pos) = queue.iter().position(established) else { return Ok(None) };
+        let Role::Listener { queue, .. } = &mut self.shard_mut(listener)?.role else {
+            return Err(Errno::EINVAL);
+        };
+        Ok(queue.remove(pos))
+    }
+
+    fn ephemeral_port(&mut self) -> SysResult<u16> {
+        let span = u32::from(EPHEMERAL.1 - EPHEMERAL.0) + 1;
+        for _ in 0..span {
+            let p = self.next_port;
+            self.next_port = if p >= EPHEMERAL.1 { EPHEMERAL.0 } else { p + 1 };
+            if !self.listeners.contains_key(&p) && self.ephemeral_in_use.insert(p) {
+                return Ok(p);
+            }
+        }
+        Err(Errno::EADDRINUSE)
+    }
+
+    /// Opens a TCP connection to `remote` from an ephemeral port.
+    pub fn connect(&mut self, remote: IpEndpoint) -> SysResult<ShardId> {
+        let port = self.ephemeral_port()?;
+        let mut sock = self.new_tcp();
+        if let Err(e) = sock.connect(self.iface.context(), remote, IpListenEndpoint { addr: None, port }) {
+            self.ephemeral_in_use.remove(&port);
+            return Err(match e {
+                tcp::ConnectError::Unaddressable => Errno::ENETUNREACH,
+                tcp::ConnectError::InvalidState => Errno::EINVAL,
+            });
+        }
+        let local = sock.local_endpoint().ok_or(Errno::EINVAL)?;
+        let mut set = SocketSet::new(vec![]);
+        let handle = set.add(sock);
+        let id = self.insert(set, Role::Conn { handle, local, remote });
+        self.conns.insert((local, remote), id);
+        self.mark_dirty(id);
+        Ok(id)
+    }
+
+    /// The TCP socket of a connection shard. Using it mutably marks the shard for egress.
+    pub fn tcp_mut(&mut self, id: ShardId) -> SysResult<&mut tcp::Socket<'static>> {
+        self.mark_dirty(id);
+        let shard = self.shard_mut(id)?;
+        match shard.role {
+            Role::Conn { handle, .. } => Ok(shard.set.get_mut::<tcp::Socket>(handle)),
+            _ => Err(Errno::ENOTCONN),
+        }
+    }
+
+    /// The TCP socket of a connection shard, read-only.
+    pub fn tcp(&self, id: ShardId) -> SysResult<&tcp::Socket<'static>> {
+        let shard = self.shards.get(id).and_then(Option::as_ref).ok_or(Errno::EBADF)?;
+        match shard.role {
+            Role::Conn { handle, .. } => Ok(shard.set.get::<tcp::Socket>(handle)),
+            _ => Err(Errno::ENOTCONN),
+        }
+    }
+
+    /// Removes a shard for good (after its socket reached CLOSED, or for a listener).
+    pub fn remove(&mut self, id: ShardId) -> SysResult<()> {
+        let shard = self.shards.get_mut(id).and_then(Option::take).ok_or(Errno::EBADF)?;
+        match shard.role {
+            Role::Conn { local, remote, .. } => {
+                self.conns.remove(&(local, remote));
+                self.ephemeral_in_use.remove(&local.port);
+            }
+            Role::Listener { port, queue, .. } => {
+                self.listeners.remove(&port);
+                // Connections nobody accepted are reset, as Linux does on close(listener).
+                for c in queue {
+                    if let Ok(s) = self.tcp_mut(c) {
+                        s.abort();
+                    }
+                }
+            }
+            Role::Udp { port, .. } => {
+                self.udp.remove(&port);
+            }
+            Role::Spare => return Err(Errno::EINVAL),
+        }
+        self.free.push(id);
+        Ok(())
+    }
+
+    /// Binds a UDP socket to `port`.
+    pub fn udp_bind(&mut self, port: u16) -> SysResult<ShardId> {
+        if port == 0 || self.udp.contains_key(&port) {
+            return Err(Errno::EADDRINUSE);
+        }
+        let buf = || udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 64], vec![0; 64 * 1024]);
+        let mut sock = udp::Socket::new(buf(), buf());
+        sock.bind(port).map_err(|_| Errno::EINVAL)?;
+        let mut set = SocketSet::new(vec![]);
+        let handle = set.add(sock);
+        let id = self.insert(set, Role::Udp { port, handle });
+        self.udp.insert(port, id);
+        Ok(id)
+    }
+
+    /// The UDP socket of a UDP shard. Using it mutably marks the shard for egress.
+    pub fn udp_mut(&mut self, id: ShardId) -> SysResult<&mut udp::Socket<'static>> {
+        self.mark_dirty(id);
+        let shard = self.shard_mut(id)?;
+        match shard.role {
+            Role::Udp { handle, .. } => Ok(shard.set.get_mut::<udp::Socket>(handle)),
+            _ => Err(Errno::ENOTSOCK),
+        }
+    }
+
+    /// After a packet reached a listener: if its LISTEN socket became a connection, move it
+    /// to a shard of its own, queue it for accept, and listen again.
+    fn after_listener_ingress(&mut self, id: ShardId) {
+        let Some(Some(shard)) = self.shards.get_mut(id) else { return };
+        let Role::Listener { port, handle, .. } = shard.role else { return };
+        let sock = shard.set.get::<tcp::Socket>(handle);
+        if sock.state() == tcp::State::Listen {
+            return;
+        }
+        let (Some(local), Some(remote)) = (sock.local_endpoint(), sock.remote_endpoint()) else { return };
+        let taken = shard.set.remove(handle);
+        let mut fresh = self.new_tcp();
+        // Listening again on the same port cannot fail: it just succeeded.
+        let _ = fresh.listen(port);
+        let mut set = SocketSet::new(vec![]);
+        let conn_handle = set.add(taken);
+        let conn = self.insert(set, Role::Conn { handle: conn_handle, local, remote });
+        self.conns.insert((local, remote), conn);
+        self.mark_dirty(conn);
+        if let Some(Some(shard)) = self.shards.get_mut(id) {
+            let new_handle = shard.set.add(fresh);
+            if let Role::Listener { handle, queue, .. } = &mut shard.role {
+                *handle = new_handle;
+                queue.push_back(conn);
+            }
+        }
+    }
+
+    /// Runs the stack at time `now` until it is quiet: every waiting packet in, every dirty or
+    /// due shard out (on loopback, what one shard sends is the next round's ingress). Returns
+    /// true if anything happened.
+    pub fn poll(&mut self, now: Instant) -> bool {
+        /// Rounds of ingress + egress per call; a loopback exchange needs a few.
+        const ROUNDS: usize = 64;
+        let mut progress = false;
+        while let Some(Reverse((at, id))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            self.mark_dirty(id);
+        }
+        for _ in 0..ROUNDS {
+            let mut any = self.ingress(now);
+            any |= self.egress(now);
+            progress |= any;
+            if !any {
+                break;
+            }
+        }
+        progress
+    }
+
+    fn ingress(&mut self, now: Instant) -> bool {
+        let mut any = false;
+        loop {
+            let Stack { iface, dev, caps, shards, conns, listeners, udp, spare, syns_dropped, .. } = self;
+            let Some((rx, tx)) = dev.receive(now) else { break };
+            any = true;
+            let routed = phy::RxToken::consume(rx, |frame| {
+                let id = route(frame, conns, listeners, udp, shards, *spare, syns_dropped)?;
+                let shard = shards.get_mut(id)?.as_mut()?;
+                let mut one = OneFrame { frame: Some(frame), tx: Some(tx), caps: caps.clone() };
+                iface.poll_ingress_single(now, &mut one, &mut shard.set);
+                Some(id)
+            });
+            if let Some(id) = routed {
+                if matches!(self.shards[id].as_ref().map(|s| &s.role), Some(Role::Listener { .. })) {
+                    self.after_listener_ingress(id);
+                }
+                self.mark_dirty(id);
+            }
+        }
+        any
+    }
+
+    fn egress(&mut self, now: Instant) -> bool {
+        let mut any = false;
+        for id in std::mem::take(&mut self.dirty) {
+            let Some(Some(shard)) = self.shards.get_mut(id) else { continue };
+            shard.dirty = false;
+            while self.iface.poll_egress(now, &mut self.dev, &mut shard.set) != PollResult::None {
+                any = true;
+            }
+            if let Some(at) = self.iface.poll_at(now, &shard.set) {
+                self.timers.push(Reverse((at, id)));
+            }
+        }
+        any
+    }
+
+    /// When the stack next needs polling without new packets.
+    pub fn poll_at(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Largest number of sockets in any shard: 1 for connections, which is what makes the
+    /// per-packet cost independent of the number of connections.
+    pub fn largest_shard(&self) -> usize {
+        self.shards.iter().flatten().map(|s| s.set.iter().count()).max().unwrap_or(0)
+    }
+}
+
+/// Which shard an incoming packet belongs to; `None` to drop it (a SYN to a listener whose
+/// queue is full). A packet nobody owns goes to the spare shard, where smoltcp answers it.
+fn route(
+    frame: &[u8],
+    conns: &HashMap<(IpEndpoint, IpEndpoint), ShardId>,
+    listeners: &HashMap<u16, ShardId>,
+    udp: &HashMap<u16, ShardId>,
+    shards: &[Option<Shard>],
+    spare: ShardId,
+    syns_dropped: &mut u64,
+) -> Option<ShardId> {
+    let Some(key) = FlowKey::of(frame) else { return Some(spare) };
+    let local = IpEndpoint::new(key.dst.0, key.dst.1);
+    let remote = IpEndpoint::new(key.src.0, key.src.1);
+    match key.proto {
+        IpProtocol::Tcp => {
+            if let Some(&id) = conns.get(&(local, remote)) {
+                return Some(id);
+            }
+            let Some(&id) = listeners.get(&local.port) else { return Some(spare) };
+            let full = match shards.get(id).and_then(Option::as_ref).map(|s| &s.role) {
+                Some(Role::Listener { backlog, queue, .. }) => queue.len() >= *backlog,
+                _ => false,
+            };
+            if full && is_syn(frame) {
+                *syns_dropped += 1;
+                return None;
+            }
+            Some(id)
+        }
+        IpProtocol::Udp => Some(udp.get(&local.port).copied().unwrap_or(spare)),
+        _ => Some(spare),
+    }
+}
+
+fn is_syn(frame: &[u8]) -> bool {
+    let payload = match frame.first().map(|b| b >> 4) {
+        Some(4) => {
+            let hl = usize::from(frame[0] & 0x0f) * 4;
+            frame.get(hl..)
+        }
+        Some(6) => frame.get(40..),
+        _ => None,
+    };
+    payload.and_then(|p| TcpPacket::new_checked(p).ok()).is_some_and(|t| t.syn() && !t.ack())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrakis_backends::loopback::Loopback;
+    use smoltcp::time::Duration;
+    use smoltcp::wire::IpAddress;
+
+    const LO: IpAddress = IpAddress::v4(127, 0, 0, 1);
+
+    fn stack() -> Stack<Loopback> {
+        let small = Buffers { tcp_rx: 4096, tcp_tx: 4096 };
+        Stack::new(Loopback::default(), &[IpCidr::new(LO, 8)], Instant::from_secs(1000), small)
+    }
+
+    /// Polls with a virtual clock in 1 ms steps until `done` or `limit` ms pass.
+    fn run(
+        s: &mut Stack<Loopback>,
+        now: &mut Instant,
+        limit: u64,
+        mut done: impl FnMut(&mut Stack<Loopback>) -> bool,
+    ) {
+        for _ in 0..limit {
+            s.poll(*now);
+            if done(s) {
+                return;
+            }
+            *now += Duration::from_millis(1);
+        }
+        panic!("not done after {limit} virtual ms");
+    }
+
+    #[test]
+    fn a_burst_of_1000_connects_is_accepted_without_a_reset() {
+        let mut s = stack();
+        let mut now = Instant::from_secs(1000);
+        let l = s.listen(8000, 1024).unwrap();
+        let clients: Vec<ShardId> =
+            (0..1000).map(|_| s.connect(IpEndpoint::new(LO, 8000)).unwrap()).collect();
+        let mut accepted = Vec::new();
+        run(&mut s, &mut now, 5000, |s| {
+            while let Some(c) = s.accept(l).unwrap() {
+                accepted.push(c);
+            }
+            accepted.len() == clients.len()
+        });
+        for &c in &clients {
+            assert_eq!(s.tcp(c).unwrap().state(), tcp::State::Established, "client {c} was not connected");
+        }
+        assert_eq!(s.syns_dropped, 0);
+        assert_eq!(s.largest_shard(), 1, "every connection and the listener sit in their own shard");
+
+        // Every connection carries its own bytes to the right peer.
+        for (i, &c) in clients.iter().enumerate() {
+            s.tcp_mut(c).unwrap().send_slice(format!("hello {i:04}").as_bytes()).unwrap();
+        }
+        let mut got = std::collections::HashMap::new();
+        run(&mut s, &mut now, 1000, |s| {
+            for &a in &accepted {
+                let sock = s.tcp_mut(a).unwrap();
+                if sock.can_recv() {
+                    let mut buf = [0u8; 32];
+                    let n = sock.recv_slice(&mut buf).unwrap();
+                    let peer = sock.remote_endpoint().unwrap();
+                    got.insert(peer.port, String::from_utf8_lossy(&buf[..n]).into_owned());
+                }
+            }
+            got.len() == accepted.len()
+        });
+        for (i, &c) in clients.iter().enumerate() {
+            let port = s.tcp(c).unwrap().local_endpoint().unwrap().port;
+            assert_eq!(got[&port], format!("hello {i:04}"));
+        }
+    }
+
+    #[test]
+    fn a_full_backlog_drops_syns_and_the_clients_get_in_later() {
+        let mut s = stack();
+        let mut now = Instant::from_secs(1000);
+        let l = s.listen(8001, 2).unwrap();
+        let clients: Vec<ShardId> = (0..5).map(|_| s.connect(IpEndpoint::new(LO, 8001)).unwrap()).collect();
+        run(&mut s, &mut now, 100, |s| s.syns_dropped >= 3);
+        let states: Vec<tcp::State> = clients.iter().map(|&c| s.tcp(c).unwrap().state()).collect();
+        assert_eq!(states.iter().filter(|&&st| st == tcp::State::Established).count(), 2, "{states:?}");
+        assert_eq!(states.iter().filter(|&&st| st == tcp::State::SynSent).count(), 3, "no reset: {states:?}");
+        // Accepting makes room; the clients' SYN retransmissions get in.
+        let mut accepted = 0;
+        run(&mut s, &mut now, 20_000, |s| {
+            while s.accept(l).unwrap().is_some() {
+                accepted += 1;
+            }
+            accepted == 5
+        });
+        assert!(clients.iter().all(|&c| s.tcp(c).unwrap().state() == tcp::State::Established));
+    }
+
+    #[test]
+    fn a_connect_to_a_closed_port_is_refused() {
+        let mut s = stack();
+        let mut now = Instant::from_secs(1000);
+        let c = s.connect(IpEndpoint::new(LO, 9)).unwrap();
+        run(&mut s, &mut now, 100, |s| s.tcp(c).unwrap().state() == tcp::State::Closed);
+    }
+
+    #[test]
+    fn removing_frees_the_port_and_the_index() {
+        let mut s = stack();
+        let l = s.listen(8002, 8).unwrap();
+        assert_eq!(s.listen(8002, 8).unwrap_err(), Errno::EADDRINUSE);
+        s.remove(l).unwrap();
+        assert_eq!(s.remove(l).unwrap_err(), Errno::EBADF);
+        s.listen(8002, 8).unwrap();
+        let c = s.connect(IpEndpoint::new(LO, 8002)).unwrap();
+        let port = s.tcp(c).unwrap().local_endpoint().unwrap().port;
+        assert!((EPHEMERAL.0..=EPHEMERAL.1).contains(&port));
+        s.remove(c).unwrap();
+        assert!(!s.ephemeral_in_use.contains(&port));
+    }
+
+    #[test]
+    fn ipv6_connections_are_routed_too() {
+        let lo6 = IpAddress::v6(0, 0, 0, 0, 0, 0, 0, 1);
+        let small = Buffers { tcp_rx: 4096, tcp_tx: 4096 };
+        let addrs = [IpCidr::new(LO, 8), IpCidr::new(lo6, 128)];
+        let mut s = Stack::new(Loopback::default(), &addrs, Instant::from_secs(1000), small);
+        let mut now = Instant::from_secs(1000);
+        let l = s.listen(8003, 16).unwrap();
+        let v6 = s.connect(IpEndpoint::new(lo6, 8003)).unwrap();
+        let v4 = s.connect(IpEndpoint::new(LO, 8003)).unwrap();
+        let mut accepted = Vec::new();
+        run(&mut s, &mut now, 1000, |s| {
+            while let Some(a) = s.accept(l).unwrap() {
+                accepted.push(a);
+            }
+            accepted.len() == 2
+        });
+        let peers: Vec<IpAddress> =
+            accepted.iter().map(|&a| s.tcp(a).unwrap().remote_endpoint().unwrap().addr).collect();
+        assert!(peers.contains(&lo6) && peers.contains(&LO), "{peers:?}");
+        assert_eq!(s.tcp(v6).unwrap().state(), tcp::State::Established);
+        assert_eq!(s.tcp(v4).unwrap().state(), tcp::State::Established);
+    }
+
+    #[test]
+    fn udp_datagrams_reach_the_bound_socket() {
+        let mut s = stack();
+        let now = Instant::from_secs(1000);
+        let a = s.udp_bind(5000).unwrap();
+        let b = s.udp_bind(5001).unwrap();
+        s.udp_mut(a).unwrap().send_slice(b"ping", IpEndpoint::new(LO, 5001)).unwrap();
+        s.poll(now);
+        let (data, meta) = s.udp_mut(b).unwrap().recv().unwrap();
+        assert_eq!(data, b"ping");
+        assert_eq!(meta.endpoint.port, 5000);
+    }
+}
