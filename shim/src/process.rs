@@ -21,9 +21,6 @@ extern "C" {
     static environ: Argv;
 }
 
-/// Most arguments `execl*` collect on the stack; more go to the heap.
-const MAX_ARGS: usize = 1024;
-
 /// Interposed `execve`.
 ///
 /// # Safety
@@ -231,32 +228,51 @@ unsafe fn nth_arg(regs: *const usize, stack: *const usize, i: usize) -> usize {
 }
 
 extern "C" fn execl_impl(regs: *const usize, stack: *const usize, kind: u32) -> c_int {
-    // SAFETY: the trampoline spilled the registers; argument 0 always exists.
+    // SAFETY: the trampoline spilled the registers; execl's contract: arguments continue up
+    // to and including a NULL pointer (and, for execle, the environment after it).
     let arg = |i: usize| unsafe { nth_arg(regs, stack, i) } as *const c_char;
-    let path = arg(0);
-    // execl's contract: arguments continue up to and including a NULL pointer.
     let argc = (1..).take_while(|&i| !arg(i).is_null()).count();
-    // For execle the environment pointer follows the terminating NULL.
-    let envp: Argv = if kind == EXECLE { arg(argc + 2).cast() } else { std::ptr::null() };
-    let exec = |argv: Argv| {
+    let call = ExeclCall {
+        path: arg(0),
+        kind,
+        envp: if kind == EXECLE { arg(argc + 2).cast() } else { std::ptr::null() },
+    };
+    // Arrays sized to the call, each tier its own frame: exec runs on small stacks too.
+    match argc {
+        0..64 => call.exec_with::<64>(argc, arg),
+        64..1024 => call.exec_with::<1024>(argc, arg),
+        // Rare: more arguments than the stack tiers hold (glibc allows any number).
+        _ => {
+            let argv: Vec<*const c_char> = (1..=argc).map(arg).chain([std::ptr::null()]).collect();
+            call.exec(argv.as_ptr())
+        }
+    }
+}
+
+struct ExeclCall {
+    path: *const c_char,
+    kind: u32,
+    envp: Argv,
+}
+
+impl ExeclCall {
+    fn exec(&self, argv: Argv) -> c_int {
         // SAFETY: argv is NULL-terminated; the exec functions' contracts are the caller's.
         unsafe {
-            match kind {
-                EXECLP => execvp(path, argv),
-                EXECLE => execve(path, argv, envp),
-                _ => execv(path, argv),
+            match self.kind {
+                EXECLP => execvp(self.path, argv),
+                EXECLE => execve(self.path, argv, self.envp),
+                _ => execv(self.path, argv),
             }
         }
-    };
-    if argc < MAX_ARGS {
-        let mut argv: [*const c_char; MAX_ARGS] = [std::ptr::null(); MAX_ARGS];
+    }
+
+    #[inline(never)]
+    fn exec_with<const N: usize>(&self, argc: usize, arg: impl Fn(usize) -> *const c_char) -> c_int {
+        let mut argv: [*const c_char; N] = [std::ptr::null(); N];
         for (i, a) in argv.iter_mut().enumerate().take(argc) {
             *a = arg(i + 1);
         }
-        exec(argv.as_ptr())
-    } else {
-        // Rare: more arguments than the stack array holds (glibc allows any number).
-        let argv: Vec<*const c_char> = (1..=argc).map(arg).chain([std::ptr::null()]).collect();
-        exec(argv.as_ptr())
+        self.exec(argv.as_ptr())
     }
 }
