@@ -297,3 +297,43 @@ fn the_shim_exports_exactly_the_interposed_symbols() {
         "missing exports {missing:?}, unexpected exports {extra:?}"
     );
 }
+
+/// `sh -c SCRIPT` with `$1` the launcher.
+fn sh(script: &str) -> Output {
+    run(Command::new("sh").args(["-c", script, "sh"]).arg(arrakis()), &[])
+}
+
+#[test]
+fn arrakis_run_passes_on_the_environment_and_signal_state_it_was_given() {
+    let d = tmp("launcher");
+    let dupenv = d.join("dupenv");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/start/dupenv.c");
+    gcc(&["-o", dupenv.to_str().unwrap(), src.to_str().unwrap()]);
+
+    // Order, a repeated name and an entry without '=' survive; LD_PRELOAD is added.
+    let native = run(Command::new(&dupenv).args(["/usr/bin/env"]), &[]);
+    let under = run(Command::new(&dupenv).arg(arrakis()).args(["run", "--", "/usr/bin/env"]), &[]);
+    let without_preload: Vec<String> =
+        text(&under.stdout).lines().filter(|l| !l.starts_with("LD_PRELOAD=")).map(str::to_string).collect();
+    let native_lines: Vec<String> = text(&native.stdout).lines().map(str::to_string).collect();
+    assert_eq!(native_lines, ["Z=1", "A=2", "Z=dup", "NOEQUALS", "PATH=/usr/bin:/bin"]);
+    assert_eq!(without_preload, native_lines);
+
+    // An ignored SIGPIPE stays ignored, a default one stays default.
+    for trap in ["trap '' PIPE;", ""] {
+        let native = sh(&format!("{trap} exec grep SigIgn /proc/self/status"));
+        let under = sh(&format!("{trap} exec \"$1\" run -- grep SigIgn /proc/self/status"));
+        assert_eq!(text(&native.stdout), text(&under.stdout), "SIGPIPE disposition with {trap:?}");
+    }
+
+    // A closed stdin stays closed (Rust's runtime would open /dev/null there).
+    let native = sh("exec 0<&-; exec ls /proc/self/fd");
+    let under = sh("exec 0<&-; exec \"$1\" run -- ls /proc/self/fd");
+    assert_eq!(text(&native.stdout), text(&under.stdout));
+
+    // Found but not executable: 126, as shells say.
+    let script = d.join("not-executable");
+    std::fs::write(&script, "#!/bin/sh\n").unwrap();
+    let o = run(Command::new(arrakis()).args(["run", "--"]).arg(&script), &[]);
+    assert_eq!(o.status.code(), Some(126), "{}", text(&o.stderr));
+}

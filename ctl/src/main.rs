@@ -3,16 +3,24 @@
 //! This issue's subcommand is the launcher, `arrakis run [--] CMD ARGS...`, which puts the
 //! shim into `LD_PRELOAD` and execs the command. Later issues add the control daemon, the
 //! software switch and the admin commands here.
+//!
+//! The launcher must hand the command the process state it was given: Rust's runtime, before
+//! `main`, sets `SIGPIPE` to ignored and opens `/dev/null` on closed fds 0-2, and `Command`
+//! resets `SIGPIPE` and rebuilds the environment as a sorted map. So the binary has no Rust
+//! runtime entry (`#![no_main]`), execs with `execvpe(3)` directly, and edits the environment
+//! it was started with (`/proc/self/environ`) in place: order, duplicates and entries without
+//! `=` survive.
+// Test builds keep the harness's own `main`.
+#![cfg_attr(not(test), no_main)]
 
-use std::ffi::{OsStr, OsString};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::process::CommandExt;
+use std::ffi::{CString, OsStr, OsString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
 
 use anyhow::{bail, Context, Result};
 use arrakis_core::config::Backend;
 use clap::{Parser, Subcommand};
+use nix::errno::Errno;
 
 #[derive(Parser)]
 #[command(name = "arrakis", version, about = "Arrakis for Linux: a library OS for unmodified programs")]
@@ -34,18 +42,29 @@ enum Cmd {
     },
 }
 
-fn main() -> ExitCode {
+/// The process entry point, called by the C runtime (see the crate doc for why not Rust's).
+#[cfg(not(test))]
+#[no_mangle]
+pub extern "C" fn main(_argc: std::ffi::c_int, _argv: *const *const std::ffi::c_char) -> std::ffi::c_int {
+    entry()
+}
+
+/// Parses the command line and runs the subcommand; returns the exit status.
+#[cfg_attr(test, allow(dead_code))]
+fn entry() -> std::ffi::c_int {
     let cli = Cli::parse();
-    let result = match cli.cmd {
+    let err = match cli.cmd {
         Cmd::Run { backend, command } => run(backend.as_deref(), &command),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("arrakis: {e:#}");
-            // 127, as a shell reports a command it could not run.
-            ExitCode::from(127)
-        }
+    eprintln!("arrakis: {err:#}");
+    exit_code(&err)
+}
+
+/// As shells report a command they could not run: 127 not found, 126 found but not runnable.
+fn exit_code(err: &anyhow::Error) -> std::ffi::c_int {
+    match err.downcast_ref::<Errno>() {
+        Some(Errno::ENOENT | Errno::ENOTDIR) | None => 127,
+        Some(_) => 126,
     }
 }
 
@@ -93,18 +112,59 @@ fn preload_value(shim: &Path, existing: Option<&OsStr>) -> OsString {
     v
 }
 
-fn run(backend: Option<&str>, command: &[OsString]) -> Result<()> {
-    let Some((prog, args)) = command.split_first() else { bail!("arrakis run needs a command") };
+/// The environment this process was started with, entry by entry, as the kernel passed it.
+fn initial_environment() -> Vec<Vec<u8>> {
+    match std::fs::read("/proc/self/environ") {
+        Ok(raw) => raw.split(|&b| b == 0).filter(|e| !e.is_empty()).map(<[u8]>::to_vec).collect(),
+        // No /proc: std's view (it drops entries without '=').
+        Err(_) => std::env::vars_os().map(|(k, v)| [k.as_bytes(), b"=", v.as_bytes()].concat()).collect(),
+    }
+}
+
+/// Sets `name` to `value` in `env`: every entry of that name is replaced in place (ld.so and
+/// getenv read different ones when a name repeats), or the entry is appended.
+fn set_var(env: &mut Vec<Vec<u8>>, name: &[u8], value: &[u8]) {
+    let entry = [name, b"=", value].concat();
+    let mut found = false;
+    for e in env.iter_mut() {
+        if e.len() > name.len() && e.starts_with(name) && e[name.len()] == b'=' {
+            *e = entry.clone();
+            found = true;
+        }
+    }
+    if !found {
+        env.push(entry);
+    }
+}
+
+/// The value of the first `name` entry in `env`.
+fn get_var<'a>(env: &'a [Vec<u8>], name: &[u8]) -> Option<&'a [u8]> {
+    env.iter().find_map(|e| e.strip_prefix(name).and_then(|rest| rest.strip_prefix(b"=")))
+}
+
+/// Execs the command under the shim; returns only with the reason it could not.
+fn run(backend: Option<&str>, command: &[OsString]) -> anyhow::Error {
+    match try_run(backend, command) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+fn try_run(backend: Option<&str>, command: &[OsString]) -> Result<std::convert::Infallible> {
+    let Some(prog) = command.first() else { bail!("arrakis run needs a command") };
     let shim = find_shim()?;
-    let mut cmd = Command::new(prog);
-    cmd.args(args);
+    let mut env = initial_environment();
     if let Some(b) = backend {
         Backend::parse(b)?;
-        cmd.env("ARRAKIS_BACKEND", b);
+        set_var(&mut env, b"ARRAKIS_BACKEND", b.as_bytes());
     }
-    cmd.env("LD_PRELOAD", preload_value(&shim, std::env::var_os("LD_PRELOAD").as_deref()));
-    let err = cmd.exec();
-    bail!("cannot run {}: {err}", Path::new(prog).display())
+    let preload = preload_value(&shim, get_var(&env, b"LD_PRELOAD").map(OsStr::from_bytes));
+    set_var(&mut env, b"LD_PRELOAD", preload.as_bytes());
+    let cstr = |b: Vec<u8>| CString::new(b).context("an argument or variable contains a NUL byte");
+    let args = command.iter().map(|a| cstr(a.clone().into_vec())).collect::<Result<Vec<_>>>()?;
+    let env = env.into_iter().map(cstr).collect::<Result<Vec<_>>>()?;
+    let err = nix::unistd::execvpe(&args[0], &args, &env).unwrap_err();
+    Err(anyhow::Error::new(err).context(format!("cannot run {}", Path::new(prog).display())))
 }
 
 #[cfg(test)]
@@ -120,6 +180,33 @@ mod tests {
             preload_value(shim, Some(OsStr::new("/a/libarrakis.so /x/libz.so"))),
             "/a/libarrakis.so:/x/libz.so"
         );
+    }
+
+    #[test]
+    fn variables_are_replaced_in_place_or_appended() {
+        let mut env: Vec<Vec<u8>> =
+            vec![b"Z=1".to_vec(), b"LD_PRELOAD=a".to_vec(), b"NOEQ".to_vec(), b"Z=2".to_vec()];
+        set_var(&mut env, b"LD_PRELOAD", b"shim:a");
+        set_var(&mut env, b"NEW", b"x");
+        assert_eq!(
+            env,
+            vec![
+                b"Z=1".to_vec(),
+                b"LD_PRELOAD=shim:a".to_vec(),
+                b"NOEQ".to_vec(),
+                b"Z=2".to_vec(),
+                b"NEW=x".to_vec()
+            ]
+        );
+        assert_eq!(get_var(&env, b"Z"), Some(&b"1"[..]));
+        assert_eq!(get_var(&env, b"NOEQ"), None);
+    }
+
+    #[test]
+    fn exit_codes_follow_the_shell() {
+        assert_eq!(exit_code(&anyhow::Error::new(Errno::ENOENT).context("x")), 127);
+        assert_eq!(exit_code(&anyhow::Error::new(Errno::EACCES)), 126);
+        assert_eq!(exit_code(&anyhow::anyhow!("no shim")), 127);
     }
 
     #[test]
