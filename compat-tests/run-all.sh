@@ -3,7 +3,8 @@
 #   1. lint: cargo fmt --check, cargo clippy -D warnings
 #   2. build and unit tests; the differential suite (native vs shim, compat-tests/tests)
 #   3. end-to-end with real servers (memcached, redis) under the shim
-#   4. external suites (CPython's regression tests, tornado) native vs shim
+#   4. a sweep of 28 real programs (java, node, nginx, postgres, git, ...) native vs shim
+#   5. external suites (CPython's regression tests, tornado) native vs shim
 # Every step is bounded in time; the script stops at the first failing step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +24,9 @@ cargo test --release --workspace
 
 step "end-to-end: memcached and redis under the shim"
 compat-tests/e2e/servers.sh
+
+step "sweep of real programs, native vs shim"
+SWEEP_NO_BUILD=1 SWEEP_REQUIRE_ALL=1 compat-tests/sweep/run.sh
 
 step "external suites: CPython and tornado, native vs shim"
 compat-tests/external/run.sh
