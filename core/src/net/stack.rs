@@ -33,18 +33,27 @@ pub type ShardId = usize;
 /// First and last ephemeral port, as Linux's default `ip_local_port_range`.
 pub const EPHEMERAL: (u16, u16) = (32768, 60999);
 
-/// Buffer sizes of new sockets.
+/// Settings every new TCP socket of the stack gets (listeners' replacements included).
 #[derive(Clone, Copy, Debug)]
 pub struct Buffers {
     /// TCP receive buffer, bytes.
     pub tcp_rx: usize,
     /// TCP send buffer, bytes.
     pub tcp_tx: usize,
+    /// Nagle's algorithm (Linux: on unless `TCP_NODELAY`).
+    pub nagle: bool,
+    /// Delayed-ACK timer; `None` acknowledges at once.
+    pub ack_delay: Option<smoltcp::time::Duration>,
 }
 
 impl Default for Buffers {
     fn default() -> Self {
-        Buffers { tcp_rx: 64 * 1024, tcp_tx: 64 * 1024 }
+        Buffers {
+            tcp_rx: 64 * 1024,
+            tcp_tx: 64 * 1024,
+            nagle: true,
+            ack_delay: Some(smoltcp::time::Duration::from_millis(10)),
+        }
     }
 }
 
@@ -136,10 +145,16 @@ impl<'f, T: phy::TxToken> phy::Device for OneFrame<'f, T> {
 
 impl<D: NetDevice> Stack<D> {
     /// A stack on `dev` with the given local addresses.
-    pub fn new(mut dev: D, addrs: &[IpCidr], now: Instant, buffers: Buffers) -> Stack<D> {
+    pub fn new(dev: D, addrs: &[IpCidr], now: Instant, buffers: Buffers) -> Stack<D> {
+        let seed = now.total_micros() as u64 ^ u64::from(std::process::id());
+        Self::with_seed(dev, addrs, now, buffers, seed)
+    }
+
+    /// As [`Stack::new`] with a fixed seed for initial sequence numbers (deterministic tests).
+    pub fn with_seed(mut dev: D, addrs: &[IpCidr], now: Instant, buffers: Buffers, seed: u64) -> Stack<D> {
         let caps = dev.capabilities();
         let mut config = Config::new(HardwareAddress::Ip);
-        config.random_seed = now.total_micros() as u64 ^ u64::from(std::process::id());
+        config.random_seed = seed;
         let mut iface = Interface::new(config, &mut dev, now);
         iface.update_ip_addrs(|a| {
             for cidr in addrs {
@@ -173,6 +188,16 @@ impl<D: NetDevice> Stack<D> {
         &self.dev
     }
 
+    /// The device, mutably (tests inject frames through it).
+    pub fn device_mut(&mut self) -> &mut D {
+        &mut self.dev
+    }
+
+    /// Settings for sockets created from now on.
+    pub fn defaults_mut(&mut self) -> &mut Buffers {
+        &mut self.buffers
+    }
+
     fn insert(&mut self, set: SocketSet<'static>, role: Role) -> ShardId {
         let shard = Shard { set, role, dirty: false };
         match self.free.pop() {
@@ -192,10 +217,13 @@ impl<D: NetDevice> Stack<D> {
     }
 
     fn new_tcp(&self) -> tcp::Socket<'static> {
-        tcp::Socket::new(
+        let mut s = tcp::Socket::new(
             tcp::SocketBuffer::new(vec![0; self.buffers.tcp_rx]),
             tcp::SocketBuffer::new(vec![0; self.buffers.tcp_tx]),
-        )
+        );
+        s.set_nagle_enabled(self.buffers.nagle);
+        s.set_ack_delay(self.buffers.ack_delay);
+        s
     }
 
     fn mark_dirty(&mut self, id: ShardId) {
@@ -253,9 +281,30 @@ impl<D: NetDevice> Stack<D> {
         Err(Errno::EADDRINUSE)
     }
 
+    /// The first connection in a listener's queue, established or not.
+    pub fn pending(&self, listener: ShardId) -> Option<ShardId> {
+        match &self.shards.get(listener)?.as_ref()?.role {
+            Role::Listener { queue, .. } => queue.front().copied(),
+            _ => None,
+        }
+    }
+
     /// Opens a TCP connection to `remote` from an ephemeral port.
     pub fn connect(&mut self, remote: IpEndpoint) -> SysResult<ShardId> {
-        let port = self.ephemeral_port()?;
+        self.connect_from(None, remote)
+    }
+
+    /// Opens a TCP connection to `remote` from `local_port` (an ephemeral one if `None`).
+    pub fn connect_from(&mut self, local_port: Option<u16>, remote: IpEndpoint) -> SysResult<ShardId> {
+        let port = match local_port {
+            Some(p) if p != 0 => {
+                if self.listeners.contains_key(&p) || !self.ephemeral_in_use.insert(p) {
+                    return Err(Errno::EADDRINUSE);
+                }
+                p
+            }
+            _ => self.ephemeral_port()?,
+        };
         let mut sock = self.new_tcp();
         if let Err(e) = sock.connect(self.iface.context(), remote, IpListenEndpoint { addr: None, port }) {
             self.ephemeral_in_use.remove(&port);
@@ -503,7 +552,7 @@ mod tests {
     const LO: IpAddress = IpAddress::v4(127, 0, 0, 1);
 
     fn stack() -> Stack<Loopback> {
-        let small = Buffers { tcp_rx: 4096, tcp_tx: 4096 };
+        let small = Buffers { tcp_rx: 4096, tcp_tx: 4096, ..Buffers::default() };
         Stack::new(Loopback::default(), &[IpCidr::new(LO, 8)], Instant::from_secs(1000), small)
     }
 
@@ -614,7 +663,7 @@ mod tests {
     #[test]
     fn ipv6_connections_are_routed_too() {
         let lo6 = IpAddress::v6(0, 0, 0, 0, 0, 0, 0, 1);
-        let small = Buffers { tcp_rx: 4096, tcp_tx: 4096 };
+        let small = Buffers { tcp_rx: 4096, tcp_tx: 4096, ..Buffers::default() };
         let addrs = [IpCidr::new(LO, 8), IpCidr::new(lo6, 128)];
         let mut s = Stack::new(Loopback::default(), &addrs, Instant::from_secs(1000), small);
         let mut now = Instant::from_secs(1000);
