@@ -210,10 +210,10 @@ export! {
     }
 }
 
-/// Records fds the kernel just created in `fds[..n]`, dropping stale library-OS entries.
+/// Records the two fds the kernel just created in `fds`, dropping stale library-OS entries.
 ///
 /// # Safety
-/// `fds` must point to `n` readable ints when `r == 0`.
+/// `fds` must point to two readable ints when `r == 0`.
 pub(crate) unsafe fn created_pair(r: c_int, fds: *const c_int) -> c_int {
     if r == 0 && !fds.is_null() && table().any_library_fds() {
         let _e = errno::Saved::new();
