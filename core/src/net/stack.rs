@@ -81,6 +81,9 @@ struct Shard {
     set: SocketSet<'static>,
     role: Role,
     dirty: bool,
+    /// The application let go of it (closed its fd); the stack removes it once its socket
+    /// reaches CLOSED — after sending what was queued, the FIN handshake and TIME-WAIT.
+    orphan: bool,
 }
 
 /// A network stack over one device.
@@ -199,7 +202,7 @@ impl<D: NetDevice> Stack<D> {
     }
 
     fn insert(&mut self, set: SocketSet<'static>, role: Role) -> ShardId {
-        let shard = Shard { set, role, dirty: false };
+        let shard = Shard { set, role, dirty: false, orphan: false };
         match self.free.pop() {
             Some(id) => {
                 self.shards[id] = Some(shard);
@@ -341,6 +344,28 @@ impl<D: NetDevice> Stack<D> {
         }
     }
 
+    /// The application is done with a shard (it closed the fd), as Linux's `close`: a
+    /// connection goes on sending what was queued, then FIN, and is removed by the stack
+    /// when it reaches CLOSED; a listener (resetting the connections nobody accepted) and a
+    /// UDP socket go at once.
+    pub fn release(&mut self, id: ShardId) -> SysResult<()> {
+        let shard = self.shard_mut(id)?;
+        let Role::Conn { handle, .. } = shard.role else { return self.remove(id) };
+        let sock = shard.set.get_mut::<tcp::Socket>(handle);
+        if sock.state() == tcp::State::Closed {
+            return self.remove(id);
+        }
+        sock.close();
+        shard.orphan = true;
+        self.mark_dirty(id);
+        Ok(())
+    }
+
+    /// Shards alive (connections, listeners, UDP sockets and the spare one).
+    pub fn live_shards(&self) -> usize {
+        self.shards.iter().flatten().count()
+    }
+
     /// Removes a shard for good (after its socket reached CLOSED, or for a listener).
     pub fn remove(&mut self, id: ShardId) -> SysResult<()> {
         let shard = self.shards.get_mut(id).and_then(Option::take).ok_or(Errno::EBADF)?;
@@ -476,7 +501,14 @@ impl<D: NetDevice> Stack<D> {
             while self.iface.poll_egress(now, &mut self.dev, &mut shard.set) != PollResult::None {
                 any = true;
             }
-            if let Some(at) = self.iface.poll_at(now, &shard.set) {
+            let reap = shard.orphan
+                && matches!(shard.role, Role::Conn { handle, .. }
+                    if shard.set.get::<tcp::Socket>(handle).state() == tcp::State::Closed);
+            if reap {
+                // The application let go and the connection is over.
+                let _ = self.remove(id);
+                any = true;
+            } else if let Some(at) = self.iface.poll_at(now, &shard.set) {
                 self.timers.push(Reverse((at, id)));
             }
         }
@@ -682,6 +714,55 @@ mod tests {
         assert!(peers.contains(&lo6) && peers.contains(&LO), "{peers:?}");
         assert_eq!(s.tcp(v6).unwrap().state(), tcp::State::Established);
         assert_eq!(s.tcp(v4).unwrap().state(), tcp::State::Established);
+    }
+
+    #[test]
+    fn ten_thousand_short_connections_carry_their_bytes_and_leave_nothing_behind() {
+        let mut s = stack();
+        let mut now = Instant::from_secs(1000);
+        let l = s.listen(8004, 128).unwrap();
+        let baseline = s.live_shards();
+        for i in 0..10_000u32 {
+            let c = s.connect(IpEndpoint::new(LO, 8004)).unwrap();
+            let msg = format!("request {i}");
+            let mut server = None;
+            run(&mut s, &mut now, 100, |s| {
+                if server.is_none() {
+                    server = s.accept(l).unwrap();
+                }
+                server.is_some() && s.tcp(c).unwrap().may_send()
+            });
+            let a = server.unwrap();
+            s.tcp_mut(c).unwrap().send_slice(msg.as_bytes()).unwrap();
+            // Linux's order: the client writes and closes at once; the server reads, answers
+            // nothing, sees the FIN and closes.
+            s.release(c).unwrap();
+            let mut got = Vec::new();
+            run(&mut s, &mut now, 100, |s| {
+                let sock = s.tcp_mut(a).unwrap();
+                let mut buf = [0u8; 64];
+                if let Ok(n) = sock.recv_slice(&mut buf) {
+                    got.extend_from_slice(&buf[..n]);
+                }
+                !sock.may_recv() && sock.recv_queue() == 0
+            });
+            assert_eq!(got, msg.as_bytes(), "connection {i}");
+            s.release(a).unwrap();
+        }
+        // TIME-WAIT (smoltcp: 10 s) runs out; every connection is reaped.
+        run(&mut s, &mut now, 20_000, |s| s.live_shards() == baseline);
+        assert!(s.ephemeral_in_use.is_empty());
+    }
+
+    #[test]
+    fn releasing_a_listener_resets_the_connections_nobody_accepted() {
+        let mut s = stack();
+        let mut now = Instant::from_secs(1000);
+        let l = s.listen(8005, 8).unwrap();
+        let c = s.connect(IpEndpoint::new(LO, 8005)).unwrap();
+        run(&mut s, &mut now, 100, |s| s.tcp(c).unwrap().state() == tcp::State::Established);
+        s.release(l).unwrap();
+        run(&mut s, &mut now, 100, |s| s.tcp(c).unwrap().state() == tcp::State::Closed);
     }
 
     #[test]
