@@ -645,6 +645,21 @@ pub trait Target {
     fn state(&mut self) -> String;
 }
 
+/// Reads up to `buf.len()` bytes from a TCP socket for a script's `socket recv`: what is
+/// readable now, stopping at the end of the stream.
+pub fn recv_into(sock: &mut tcp::Socket<'_>, buf: &mut [u8]) -> Result<usize, String> {
+    let mut got = 0;
+    while got < buf.len() {
+        match sock.recv_slice(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(tcp::RecvError::Finished) if got > 0 => break,
+            Err(e) => return Err(format!("recv: {e}")),
+        }
+    }
+    Ok(got)
+}
+
 /// Default buffer sizes of [`SmoltcpTarget`]'s socket (no window scaling needed).
 pub const DEFAULT_BUFFER: usize = 65535;
 
@@ -754,16 +769,7 @@ impl Target for SmoltcpTarget {
     }
 
     fn recv(&mut self, buf: &mut [u8]) -> Result<usize, String> {
-        let mut got = 0;
-        while got < buf.len() {
-            match self.sock().recv_slice(&mut buf[got..]) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(tcp::RecvError::Finished) if got > 0 => break,
-                Err(e) => return Err(format!("recv: {e}")),
-            }
-        }
-        Ok(got)
+        recv_into(self.sock(), buf)
     }
 
     fn readable(&mut self) -> usize {

@@ -106,17 +106,7 @@ impl Target for StackTarget {
     }
 
     fn recv(&mut self, buf: &mut [u8]) -> Result<usize, String> {
-        let s = self.sock()?;
-        let mut got = 0;
-        while got < buf.len() {
-            match s.recv_slice(&mut buf[got..]) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(tcp::RecvError::Finished) if got > 0 => break,
-                Err(e) => return Err(format!("recv: {e}")),
-            }
-        }
-        Ok(got)
+        script::recv_into(self.sock()?, buf)
     }
 
     fn readable(&mut self) -> usize {
