@@ -163,7 +163,8 @@ fn try_run(backend: Option<&str>, command: &[OsString]) -> Result<std::convert::
     let cstr = |b: Vec<u8>| CString::new(b).context("an argument or variable contains a NUL byte");
     let args = command.iter().map(|a| cstr(a.clone().into_vec())).collect::<Result<Vec<_>>>()?;
     let env = env.into_iter().map(cstr).collect::<Result<Vec<_>>>()?;
-    let err = nix::unistd::execvpe(&args[0], &args, &env).unwrap_err();
+    // execvpe returns only on failure (its Ok type is uninhabited).
+    let Err(err) = nix::unistd::execvpe(&args[0], &args, &env);
     Err(anyhow::Error::new(err).context(format!("cannot run {}", Path::new(prog).display())))
 }
 
