@@ -71,7 +71,9 @@ static __attribute__((unused)) const char *addr_desc(const addr_t *a)
         if (plen == 0)
             snprintf(b, 200, "AF_UNIX unnamed len=%u", (unsigned)a->len);
         else if (u->sun_path[0] == 0)
-            snprintf(b, 200, "AF_UNIX abstract len=%u", (unsigned)a->len);
+            /* No length: names made unique with the pid change length with its digits; the
+             * callers compare the whole address where it matters. */
+            snprintf(b, 200, "AF_UNIX abstract");
         else
             snprintf(b, 200, "AF_UNIX path=%s len=%u", u->sun_path, (unsigned)a->len);
     } else {
