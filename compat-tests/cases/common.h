@@ -304,4 +304,29 @@ static __attribute__((unused)) const char *uniq(const char *base)
     return s;
 }
 
+/* One bit of a flag word and its name, for flag_names(). */
+struct flag_name {
+    uint32_t bit;
+    const char *n;
+};
+
+/* "IN|OUT|0x40": the names of the bits of `e` found in `t`, then any bits left over in hex;
+ * "0" when no bit is set. Writes into `b` (`cap` bytes) and returns it. */
+static __attribute__((unused)) const char *flag_names(uint32_t e, const struct flag_name *t, size_t n, char *b,
+                                                      size_t cap)
+{
+    b[0] = 0;
+    for (size_t i = 0; i < n; i++)
+        if (e & t[i].bit) {
+            strcat(b, b[0] ? "|" : "");
+            strcat(b, t[i].n);
+            e &= ~t[i].bit;
+        }
+    if (e)
+        snprintf(b + strlen(b), cap - strlen(b), "%s0x%x", b[0] ? "|" : "", e);
+    if (!b[0])
+        strcpy(b, "0");
+    return b;
+}
+
 #endif

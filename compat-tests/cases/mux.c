@@ -19,23 +19,9 @@ static const char *evs(uint32_t e)
     static char bufs[4][128];
     static int k;
     char *b = bufs[k++ & 3];
-    b[0] = 0;
-    struct {
-        uint32_t bit;
-        const char *n;
-    } t[] = {{EPOLLIN, "IN"},   {EPOLLOUT, "OUT"}, {EPOLLERR, "ERR"}, {EPOLLHUP, "HUP"},
+    static const struct flag_name t[] = {{EPOLLIN, "IN"},   {EPOLLOUT, "OUT"}, {EPOLLERR, "ERR"}, {EPOLLHUP, "HUP"},
              {EPOLLPRI, "PRI"}, {EPOLLRDHUP, "RDHUP"}};
-    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
-        if (e & t[i].bit) {
-            strcat(b, b[0] ? "|" : "");
-            strcat(b, t[i].n);
-            e &= ~t[i].bit;
-        }
-    if (e)
-        snprintf(b + strlen(b), 128 - strlen(b), "%s0x%x", b[0] ? "|" : "", e);
-    if (!b[0])
-        strcpy(b, "0");
-    return b;
+    return flag_names(e, t, sizeof t / sizeof t[0], b, 128);
 }
 
 /* epoll_wait and print the events sorted by data.u64. */

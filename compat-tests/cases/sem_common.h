@@ -36,25 +36,11 @@ static __attribute__((unused)) const char *evname(uint32_t e)
     static char bufs[8][160];
     static int k;
     char *b = bufs[k++ & 7];
-    b[0] = 0;
-    struct {
-        uint32_t bit;
-        const char *n;
-    } t[] = {{POLLIN, "IN"},      {POLLPRI, "PRI"},   {POLLOUT, "OUT"},
+    static const struct flag_name t[] = {{POLLIN, "IN"},      {POLLPRI, "PRI"},   {POLLOUT, "OUT"},
              {POLLERR, "ERR"},    {POLLHUP, "HUP"},   {POLLNVAL, "NVAL"},
              {POLLRDNORM, "RDNORM"}, {POLLRDBAND, "RDBAND"}, {POLLWRNORM, "WRNORM"},
              {POLLWRBAND, "WRBAND"}, {POLLRDHUP, "RDHUP"}};
-    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
-        if (e & t[i].bit) {
-            strcat(b, b[0] ? "|" : "");
-            strcat(b, t[i].n);
-            e &= ~t[i].bit;
-        }
-    if (e)
-        snprintf(b + strlen(b), 160 - strlen(b), "%s0x%x", b[0] ? "|" : "", e);
-    if (!b[0])
-        strcpy(b, "0");
-    return b;
+    return flag_names(e, t, sizeof t / sizeof t[0], b, 160);
 }
 
 /* poll one fd for `events` with `ms` timeout; prints "poll(what) = n revents=..." */
