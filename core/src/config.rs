@@ -3,22 +3,26 @@
 
 use std::path::PathBuf;
 
-/// Which device the library OS drives. This build serves every fd on the kernel path; the
-/// networking and control-plane issues add `loopback` and `emulator`.
+/// Which device the library OS drives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     /// Every fd stays on the kernel; the shim only observes.
     Kernel,
+    /// TCP and UDP sockets (`AF_INET`, `AF_INET6`) live on the library OS's own stack, over
+    /// an in-process loopback device: the process talks to its own addresses (127.0.0.1,
+    /// ::1) with no kernel on the data path. Other addresses and families stay on the kernel.
+    Loopback,
 }
 
 impl Backend {
     /// The names `ARRAKIS_BACKEND` accepts.
-    pub const NAMES: &'static [&'static str] = &["kernel"];
+    pub const NAMES: &'static [&'static str] = &["kernel", "loopback"];
 
     /// Parses a backend name as given in `ARRAKIS_BACKEND` or `arrakis run --backend`.
     pub fn parse(s: &str) -> Result<Backend, ConfigError> {
         match s.trim() {
             "" | "kernel" => Ok(Backend::Kernel),
+            "loopback" => Ok(Backend::Loopback),
             other => Err(ConfigError::UnknownBackend(other.to_string())),
         }
     }

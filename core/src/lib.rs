@@ -18,6 +18,7 @@
 
 pub mod config;
 pub mod error;
+pub mod event;
 pub mod exec;
 pub mod fd;
 pub mod log;

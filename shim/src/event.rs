@@ -23,7 +23,7 @@ fd_passthrough! {
 /// The C contract of `epoll_create(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn epoll_create(size: c_int) -> c_int {
-    created(real!(epoll_create(size) else sys(libc::SYS_epoll_create, size)))
+    crate::libos::epoll_created(created(real!(epoll_create(size) else sys(libc::SYS_epoll_create, size))))
 }
 
 /// Interposed `epoll_create1`.
@@ -32,7 +32,7 @@ pub unsafe extern "C" fn epoll_create(size: c_int) -> c_int {
 /// The C contract of `epoll_create1(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn epoll_create1(flags: c_int) -> c_int {
-    created(real!(epoll_create1(flags) else sys(libc::SYS_epoll_create1, flags)))
+    crate::libos::epoll_created(created(real!(epoll_create1(flags) else sys(libc::SYS_epoll_create1, flags))))
 }
 
 export! {
@@ -45,7 +45,11 @@ export! {
         if table().is_kernel(epfd) && table().is_kernel(fd) {
             return real!(epoll_ctl(epfd, op, fd, ev) else sys(libc::SYS_epoll_ctl, epfd, op, fd, ev));
         }
-        lib::unsupported(if table().is_kernel(epfd) { fd } else { epfd }, "epoll_ctl")
+        if lib::inside() {
+            return real!(epoll_ctl(epfd, op, fd, ev) else sys(libc::SYS_epoll_ctl, epfd, op, fd, ev));
+        }
+        // SAFETY: the caller's arguments, same contract.
+        unsafe { crate::libos::epoll_ctl(epfd, op, fd, ev) }
     }
 }
 
@@ -87,7 +91,8 @@ export! {
         // SAFETY: `fds[..n]` is the caller's readable poll set.
         match unsafe { library_fd_in_poll_set(fds, n) } {
             None => real!(poll(fds, n, timeout) else sys(libc::SYS_poll, fds, n, timeout)),
-            Some(fd) => lib::unsupported(fd, "poll"),
+            // SAFETY: the caller's arguments, same contract.
+            Some(_) => unsafe { crate::libos::poll_mixed(fds, n, ms(timeout), std::ptr::null()) },
         }
     }
 }
@@ -102,7 +107,13 @@ export! {
         // SAFETY: as for poll; glibc's checker verifies `n` against `fdslen`.
         match unsafe { library_fd_in_poll_set(fds, n.min((fdslen / std::mem::size_of::<pollfd>()) as nfds_t)) } {
             None => real!(__poll_chk(fds, n, timeout, fdslen)),
-            Some(fd) => lib::unsupported(fd, "__poll_chk"),
+            Some(_) => {
+                if n as usize > fdslen / std::mem::size_of::<pollfd>() {
+                    return real!(__poll_chk(fds, n, timeout, fdslen));
+                }
+                // SAFETY: the caller's arguments, same contract.
+                unsafe { crate::libos::poll_mixed(fds, n, ms(timeout), std::ptr::null()) }
+            }
         }
     }
 }
@@ -122,7 +133,11 @@ export! {
         // SAFETY: `fds[..n]` is the caller's readable poll set.
         match unsafe { library_fd_in_poll_set(fds, n) } {
             None => real!(ppoll(fds, n, t, mask)),
-            Some(fd) => lib::unsupported(fd, "ppoll"),
+            // SAFETY: the caller's arguments, same contract.
+            Some(_) => match unsafe { ts(t) } {
+                Ok(d) => unsafe { crate::libos::poll_mixed(fds, n, d, mask) },
+                Err(e) => crate::errno::fail(e),
+            },
         }
     }
 }
@@ -143,7 +158,16 @@ export! {
         // SAFETY: as for __poll_chk.
         match unsafe { library_fd_in_poll_set(fds, n.min((fdslen / std::mem::size_of::<pollfd>()) as nfds_t)) } {
             None => real!(__ppoll_chk(fds, n, t, mask, fdslen)),
-            Some(fd) => lib::unsupported(fd, "__ppoll_chk"),
+            Some(_) => {
+                if n as usize > fdslen / std::mem::size_of::<pollfd>() {
+                    return real!(__ppoll_chk(fds, n, t, mask, fdslen));
+                }
+                // SAFETY: the caller's arguments, same contract.
+                match unsafe { ts(t) } {
+                    Ok(d) => unsafe { crate::libos::poll_mixed(fds, n, d, mask) },
+                    Err(e) => crate::errno::fail(e),
+                }
+            }
         }
     }
 }
@@ -164,7 +188,28 @@ export! {
         // SAFETY: the sets are the caller's readable fd_sets.
         match unsafe { library_fd_in_fd_sets(n, [r, w, e]) } {
             None => real!(select(n, r, w, e, t) else sys(libc::SYS_select, n, r, w, e, t)),
-            Some(fd) => lib::unsupported(fd, "select"),
+            Some(_) => {
+                let d = if t.is_null() {
+                    None
+                } else {
+                    // SAFETY: the caller's timeval.
+                    let tv = unsafe { *t };
+                    if tv.tv_sec < 0 || !(0..1_000_000).contains(&tv.tv_usec) {
+                        return crate::errno::fail(arrakis_core::Errno::EINVAL);
+                    }
+                    Some(std::time::Duration::new(tv.tv_sec as u64, tv.tv_usec as u32 * 1000))
+                };
+                // SAFETY: the caller's arguments, same contract.
+                let r = unsafe { crate::libos::select_mixed(n, [r, w, e], d, std::ptr::null()) };
+                if r >= 0 && !t.is_null() {
+                    // Linux writes back the time not slept; a full sleep leaves 0.
+                    if r == 0 {
+                        // SAFETY: the caller's timeval.
+                        unsafe { *t = timeval { tv_sec: 0, tv_usec: 0 } };
+                    }
+                }
+                r
+            }
         }
     }
 }
@@ -186,7 +231,31 @@ export! {
         // SAFETY: the sets are the caller's readable fd_sets.
         match unsafe { library_fd_in_fd_sets(n, [r, w, e]) } {
             None => real!(pselect(n, r, w, e, t, mask)),
-            Some(fd) => lib::unsupported(fd, "pselect"),
+            // SAFETY: the caller's arguments, same contract.
+            Some(_) => match unsafe { ts(t) } {
+                Ok(d) => unsafe { crate::libos::select_mixed(n, [r, w, e], d, mask) },
+                Err(e) => crate::errno::fail(e),
+            },
         }
     }
+}
+
+fn ms(timeout: c_int) -> Option<std::time::Duration> {
+    (timeout >= 0).then(|| std::time::Duration::from_millis(timeout as u64))
+}
+
+/// A C timespec timeout (`NULL`: forever).
+///
+/// # Safety
+/// `t` must be null or a readable timespec.
+unsafe fn ts(t: *const timespec) -> Result<Option<std::time::Duration>, arrakis_core::Errno> {
+    if t.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: caller's contract.
+    let t = unsafe { *t };
+    if t.tv_sec < 0 || !(0..1_000_000_000).contains(&t.tv_nsec) {
+        return Err(arrakis_core::Errno::EINVAL);
+    }
+    Ok(Some(std::time::Duration::new(t.tv_sec as u64, t.tv_nsec as u32)))
 }

@@ -52,6 +52,7 @@ fn start() {
     std::panic::set_hook(Box::new(|info| {
         tracing::error!("panic in the library OS: {info}");
     }));
+    crate::libos::configure(cfg.backend);
     let carry = record_carry();
     tracing::debug!(shim = ?carry.shim_path, backend = ?cfg.backend, "arrakis shim loaded");
     let _ = CARRY.set(carry);

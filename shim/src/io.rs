@@ -158,9 +158,8 @@ pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
 }
 
 fn fcntl_common(fd: c_int, cmd: c_int, arg: c_ulong, call: &'static str) -> c_int {
-    if !table().is_kernel(fd) && !matches!(cmd, libc::F_DUPFD | libc::F_DUPFD_CLOEXEC) {
-        return lib::unsupported(fd, call);
-    }
+    // A library-OS fd's placeholder carries its flags and FD_CLOEXEC, so fcntl goes to the
+    // kernel for every fd; O_NONBLOCK is mirrored into the object afterwards.
     // The third argument is an int or a pointer by `cmd`; passed on as the register it came in.
     let r = if call == "fcntl64" {
         real!(fcntl64(fd, cmd, arg) else sys(libc::SYS_fcntl, fd, cmd, arg))
@@ -169,6 +168,7 @@ fn fcntl_common(fd: c_int, cmd: c_int, arg: c_ulong, call: &'static str) -> c_in
     };
     match cmd {
         libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => after_dup(fd, r),
+        libc::F_SETFL if !table().is_kernel(fd) => crate::libos::fcntl(fd, cmd, arg, r),
         _ => r,
     }
 }
@@ -206,7 +206,8 @@ export! {
         if table().is_kernel(fd) {
             return real!(ioctl(fd, request, arg) else sys(libc::SYS_ioctl, fd, request, arg));
         }
-        lib::unsupported(fd, "ioctl")
+        // SAFETY: the caller's arguments, same contract.
+        unsafe { crate::libos::ioctl(fd, request, arg) }
     }
 }
 

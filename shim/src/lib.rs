@@ -31,6 +31,7 @@ mod file;
 mod init;
 mod io;
 mod lib_path;
+mod libos;
 mod net;
 mod process;
 mod real;
@@ -46,6 +47,13 @@ macro_rules! impl_fail_int {
     ($($t:ty),*) => { $(impl Fail for $t { #[inline] fn fail() -> Self { -1 } })* };
 }
 impl_fail_int!(i32, i64, isize);
+
+impl<T> Fail for Vec<T> {
+    #[inline]
+    fn fail() -> Self {
+        Vec::new()
+    }
+}
 
 impl<T> Fail for *mut T {
     #[inline]

@@ -49,7 +49,8 @@ macro_rules! fd_passthrough {
                         $( let r = $crate::io::$post(r); )?
                         return r;
                     }
-                    $crate::lib::unsupported($fd, stringify!($name))
+                    // SAFETY: the caller's arguments, unchanged; same contract.
+                    unsafe { $crate::libos::$name($($($p,)*)? $fd $(, $a)*) }
                 }
                 slow($($($p,)*)? $fd $(, $a)*)
             }

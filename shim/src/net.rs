@@ -1,13 +1,14 @@
-//! Socket calls. In this build every socket is a kernel socket: creation records the new fd
-//! (dropping any stale library-OS entry at that number), everything else passes through.
+//! Socket calls. Under the loopback backend `socket` creates library-OS sockets for TCP and
+//! UDP over IPv4/IPv6 (`crate::libos`); every other socket is a kernel socket: creation records
+//! the new fd (dropping any stale library-OS entry at that number) and calls pass through.
 
 use libc::{c_int, c_uint, c_void, mmsghdr, msghdr, size_t, sockaddr, socklen_t, ssize_t, timespec};
 use libc::{SYS_accept, SYS_accept4, SYS_bind, SYS_connect, SYS_getpeername, SYS_getsockname};
 use libc::{SYS_getsockopt, SYS_listen, SYS_recvfrom, SYS_recvmsg, SYS_sendmsg, SYS_sendto};
 use libc::{SYS_setsockopt, SYS_shutdown};
 
+use crate::errno;
 use crate::io::{created, created_pair};
-use crate::{errno, lib};
 use arrakis_core::fd::table;
 
 fd_passthrough! {
@@ -43,7 +44,8 @@ export! {
             let null = std::ptr::null::<sockaddr>();
             return real!(send(fd, buf, n, flags) else sys(SYS_sendto, fd, buf, n, flags, null, 0));
         }
-        lib::unsupported(fd, "send")
+        // SAFETY: the caller's arguments, same contract.
+        unsafe { crate::libos::send(fd, buf, n, flags) }
     }
 }
 
@@ -58,7 +60,8 @@ export! {
             let null = std::ptr::null_mut::<sockaddr>();
             return real!(recv(fd, buf, n, flags) else sys(SYS_recvfrom, fd, buf, n, flags, null, null));
         }
-        lib::unsupported(fd, "recv")
+        // SAFETY: the caller's arguments, same contract.
+        unsafe { crate::libos::recv(fd, buf, n, flags) }
     }
 }
 
@@ -68,6 +71,11 @@ export! {
 /// The C contract of `socket(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, proto: c_int) -> c_int {
+    if !crate::lib::inside() {
+        if let Some(fd) = crate::libos::socket(domain, ty, proto) {
+            return fd;
+        }
+    }
     created(real!(socket(domain, ty, proto) else sys(libc::SYS_socket, domain, ty, proto)))
 }
 
@@ -91,7 +99,8 @@ pub unsafe extern "C" fn accept(fd: c_int, addr: *mut sockaddr, len: *mut sockle
     if table().is_kernel(fd) {
         return created(real!(accept(fd, addr, len) else sys(SYS_accept, fd, addr, len)));
     }
-    lib::unsupported(fd, "accept")
+    // SAFETY: the caller's arguments, same contract.
+    unsafe { crate::libos::accept4(fd, addr, len, 0) }
 }
 
 /// Interposed `accept4`.
@@ -103,7 +112,8 @@ pub unsafe extern "C" fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut sockl
     if table().is_kernel(fd) {
         return created(real!(accept4(fd, addr, len, flags) else sys(SYS_accept4, fd, addr, len, flags)));
     }
-    lib::unsupported(fd, "accept4")
+    // SAFETY: the caller's arguments, same contract.
+    unsafe { crate::libos::accept4(fd, addr, len, flags) }
 }
 
 /// Interposed `recvmsg`: fds received with `SCM_RIGHTS` are new kernel fds.
@@ -113,7 +123,8 @@ pub unsafe extern "C" fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut sockl
 #[no_mangle]
 pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t {
     if !table().is_kernel(fd) {
-        return lib::unsupported(fd, "recvmsg");
+        // SAFETY: the caller's arguments, same contract.
+        return unsafe { crate::libos::recvmsg(fd, msg, flags) };
     }
     let r = real!(recvmsg(fd, msg, flags) else sys(SYS_recvmsg, fd, msg, flags));
     if r >= 0 && table().any_library_fds() {
@@ -136,7 +147,8 @@ pub unsafe extern "C" fn recvmmsg(
     t: *mut timespec,
 ) -> c_int {
     if !table().is_kernel(fd) {
-        return lib::unsupported(fd, "recvmmsg");
+        // SAFETY: the caller's arguments, same contract.
+        return unsafe { crate::libos::recvmmsg(fd, vec, vlen, flags, t) };
     }
     let r = real!(recvmmsg(fd, vec, vlen, flags, t) else sys(libc::SYS_recvmmsg, fd, vec, vlen, flags, t));
     if r > 0 && table().any_library_fds() {

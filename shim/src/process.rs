@@ -137,7 +137,17 @@ pub unsafe extern "C" fn posix_spawnp(
 /// The C contract of `fork(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn fork() -> pid_t {
-    real!(fork() else sys(libc::SYS_fork))
+    // The network world's lock is held across the fork so the child's copy is consistent.
+    let guard = arrakis_core::net::world::started().then(|| arrakis_core::net::world::net().fork_prepare());
+    let r = real!(fork() else sys(libc::SYS_fork));
+    if let Some(g) = guard {
+        if r == 0 {
+            g.child();
+        } else {
+            drop(g);
+        }
+    }
+    r
 }
 
 /// The real `vfork`, for the trampoline (0 until resolved: then `vfork` behaves as `fork`).

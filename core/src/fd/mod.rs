@@ -48,6 +48,10 @@ impl FdKind {
 pub trait FdObject: Send + Sync + Debug {
     /// Which kind of object this is; never [`FdKind::Kernel`].
     fn kind(&self) -> FdKind;
+    /// For the shim's dispatch to the concrete type.
+    fn as_any(&self) -> &dyn std::any::Any;
+    /// The shared object as `Any`, to recover an `Arc` of the concrete type.
+    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync>;
 }
 
 /// Slots per chunk and chunks in the table: fds `0..CHUNK*CHUNKS` (1,048,576, the usual hard
@@ -235,6 +239,12 @@ mod tests {
     impl FdObject for Dummy {
         fn kind(&self) -> FdKind {
             self.0
+        }
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
+        }
+        fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
+            self
         }
     }
 

@@ -33,6 +33,9 @@ pub type ShardId = usize;
 /// First and last ephemeral port, as Linux's default `ip_local_port_range`.
 pub const EPHEMERAL: (u16, u16) = (32768, 60999);
 
+/// How long a closed connection's port stays in TIME-WAIT (Linux: 60 s).
+const TIME_WAIT: smoltcp::time::Duration = smoltcp::time::Duration::from_secs(60);
+
 /// Settings every new TCP socket of the stack gets (listeners' replacements included).
 #[derive(Clone, Copy, Debug)]
 pub struct Buffers {
@@ -64,6 +67,8 @@ enum Role {
         handle: SocketHandle,
         local: IpEndpoint,
         remote: IpEndpoint,
+        /// The listener whose accept queue holds it, until it is accepted.
+        owner: Option<ShardId>,
     },
     Listener {
         port: u16,
@@ -98,11 +103,17 @@ pub struct Stack<D: NetDevice> {
     listeners: HashMap<u16, ShardId>,
     udp: HashMap<u16, ShardId>,
     dirty: Vec<ShardId>,
+    /// Shards whose state may have changed since [`Stack::take_touched`] last ran.
+    touched: Vec<ShardId>,
     timers: BinaryHeap<Reverse<(Instant, ShardId)>>,
     next_port: u16,
     /// Local ports taken by connections this stack opened.
     ephemeral_in_use: HashSet<u16>,
     buffers: Buffers,
+    /// Local ports of connections that ended in TIME-WAIT after their fd was closed, with the
+    /// end of that period, oldest first; and how many such connections hold each port.
+    time_wait: VecDeque<(Instant, u16)>,
+    tw_ports: HashMap<u16, usize>,
     /// SYNs dropped because a listener's queue was full.
     pub syns_dropped: u64,
 }
@@ -176,6 +187,9 @@ impl<D: NetDevice> Stack<D> {
             listeners: HashMap::new(),
             udp: HashMap::new(),
             dirty: Vec::new(),
+            touched: Vec::new(),
+            time_wait: VecDeque::new(),
+            tw_ports: HashMap::new(),
             timers: BinaryHeap::new(),
             next_port: EPHEMERAL.0,
             ephemeral_in_use: HashSet::new(),
@@ -254,6 +268,49 @@ impl<D: NetDevice> Stack<D> {
         Ok(id)
     }
 
+    /// As [`Stack::accept`], only among connections `pick` accepts.
+    pub fn accept_where(
+        &mut self,
+        listener: ShardId,
+        pick: impl Fn(ShardId) -> bool,
+    ) -> SysResult<Option<ShardId>> {
+        let Role::Listener { queue, .. } =
+            &self.shards.get(listener).and_then(Option::as_ref).ok_or(Errno::EBADF)?.role
+        else {
+            return Err(Errno::EINVAL);
+        };
+        let ok = |id: &ShardId| {
+            pick(*id)
+                && self
+                    .tcp(*id)
+                    .is_ok_and(|s| !matches!(s.state(), tcp::State::SynReceived | tcp::State::Listen))
+        };
+        let Some(pos) = queue.iter().position(ok) else { return Ok(None) };
+        let Role::Listener { queue, .. } = &mut self.shard_mut(listener)?.role else {
+            return Err(Errno::EINVAL);
+        };
+        let conn = queue.remove(pos);
+        if let Some(Some(Some(Shard { role: Role::Conn { owner, .. }, .. }))) =
+            conn.map(|c| self.shards.get_mut(c))
+        {
+            *owner = None;
+        }
+        Ok(conn)
+    }
+
+    /// Whether [`Stack::accept_where`] would find a connection.
+    pub fn acceptable_where(&self, listener: ShardId, pick: impl Fn(ShardId) -> bool) -> bool {
+        match &self.shards.get(listener).and_then(Option::as_ref).map(|s| &s.role) {
+            Some(Role::Listener { queue, .. }) => queue.iter().any(|id| {
+                pick(*id)
+                    && self
+                        .tcp(*id)
+                        .is_ok_and(|s| !matches!(s.state(), tcp::State::SynReceived | tcp::State::Listen))
+            }),
+            _ => false,
+        }
+    }
+
     /// Takes the next established connection from a listener's queue (Linux's accept queue
     /// holds only connections that finished their handshake).
     pub fn accept(&mut self, listener: ShardId) -> SysResult<Option<ShardId>> {
@@ -269,7 +326,13 @@ impl<D: NetDevice> Stack<D> {
         let Role::Listener { queue, .. } = &mut self.shard_mut(listener)?.role else {
             return Err(Errno::EINVAL);
         };
-        Ok(queue.remove(pos))
+        let conn = queue.remove(pos);
+        if let Some(Some(Some(Shard { role: Role::Conn { owner, .. }, .. }))) =
+            conn.map(|c| self.shards.get_mut(c))
+        {
+            *owner = None;
+        }
+        Ok(conn)
     }
 
     fn ephemeral_port(&mut self) -> SysResult<u16> {
@@ -319,7 +382,7 @@ impl<D: NetDevice> Stack<D> {
         let local = sock.local_endpoint().ok_or(Errno::EINVAL)?;
         let mut set = SocketSet::new(vec![]);
         let handle = set.add(sock);
-        let id = self.insert(set, Role::Conn { handle, local, remote });
+        let id = self.insert(set, Role::Conn { handle, local, remote, owner: None });
         self.conns.insert((local, remote), id);
         self.mark_dirty(id);
         Ok(id)
@@ -376,10 +439,14 @@ impl<D: NetDevice> Stack<D> {
             }
             Role::Listener { port, queue, .. } => {
                 self.listeners.remove(&port);
-                // Connections nobody accepted are reset, as Linux does on close(listener).
+                // Connections nobody accepted are reset, as Linux does on close(listener),
+                // and reaped once the reset is out.
                 for c in queue {
                     if let Ok(s) = self.tcp_mut(c) {
                         s.abort();
+                    }
+                    if let Some(Some(shard)) = self.shards.get_mut(c) {
+                        shard.orphan = true;
                     }
                 }
             }
@@ -397,7 +464,7 @@ impl<D: NetDevice> Stack<D> {
         if port == 0 || self.udp.contains_key(&port) {
             return Err(Errno::EADDRINUSE);
         }
-        let buf = || udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 64], vec![0; 64 * 1024]);
+        let buf = || udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 256], vec![0; 256 * 1024]);
         let mut sock = udp::Socket::new(buf(), buf());
         sock.bind(port).map_err(|_| Errno::EINVAL)?;
         let mut set = SocketSet::new(vec![]);
@@ -433,7 +500,7 @@ impl<D: NetDevice> Stack<D> {
         let _ = fresh.listen(port);
         let mut set = SocketSet::new(vec![]);
         let conn_handle = set.add(taken);
-        let conn = self.insert(set, Role::Conn { handle: conn_handle, local, remote });
+        let conn = self.insert(set, Role::Conn { handle: conn_handle, local, remote, owner: Some(id) });
         self.conns.insert((local, remote), conn);
         self.mark_dirty(conn);
         if let Some(Some(shard)) = self.shards.get_mut(id) {
@@ -452,6 +519,18 @@ impl<D: NetDevice> Stack<D> {
         /// Rounds of ingress + egress per call; a loopback exchange needs a few.
         const ROUNDS: usize = 64;
         let mut progress = false;
+        while let Some(&(end, port)) = self.time_wait.front() {
+            if end > now {
+                break;
+            }
+            self.time_wait.pop_front();
+            if let Some(n) = self.tw_ports.get_mut(&port) {
+                *n -= 1;
+                if *n == 0 {
+                    self.tw_ports.remove(&port);
+                }
+            }
+        }
         while let Some(Reverse((at, id))) = self.timers.peek().copied() {
             if at > now {
                 break;
@@ -484,6 +563,11 @@ impl<D: NetDevice> Stack<D> {
                 Some(id)
             });
             if let Some(id) = routed {
+                self.touched.push(id);
+                if let Some(Some(Shard { role: Role::Conn { owner: Some(l), .. }, .. })) = self.shards.get(id)
+                {
+                    self.touched.push(*l);
+                }
                 if matches!(self.shards[id].as_ref().map(|s| &s.role), Some(Role::Listener { .. })) {
                     self.after_listener_ingress(id);
                 }
@@ -498,13 +582,25 @@ impl<D: NetDevice> Stack<D> {
         for id in std::mem::take(&mut self.dirty) {
             let Some(Some(shard)) = self.shards.get_mut(id) else { continue };
             shard.dirty = false;
+            self.touched.push(id);
             while self.iface.poll_egress(now, &mut self.dev, &mut shard.set) != PollResult::None {
                 any = true;
             }
-            let reap = shard.orphan
-                && matches!(shard.role, Role::Conn { handle, .. }
-                    if shard.set.get::<tcp::Socket>(handle).state() == tcp::State::Closed);
+            let state = match shard.role {
+                Role::Conn { handle, .. } => Some(shard.set.get::<tcp::Socket>(handle).state()),
+                _ => None,
+            };
+            let reap = shard.orphan && matches!(state, Some(tcp::State::Closed | tcp::State::TimeWait));
             if reap {
+                if state == Some(tcp::State::TimeWait) {
+                    // An orphan in TIME-WAIT keeps only its port (for bind's EADDRINUSE), not
+                    // its buffers: thousands of short connections would otherwise hold
+                    // 128 KiB each for the whole TIME-WAIT period.
+                    if let Some((local, _)) = self.endpoints(id) {
+                        self.time_wait.push_back((now + TIME_WAIT, local.port));
+                        *self.tw_ports.entry(local.port).or_default() += 1;
+                    }
+                }
                 // The application let go and the connection is over.
                 let _ = self.remove(id);
                 any = true;
@@ -513,6 +609,85 @@ impl<D: NetDevice> Stack<D> {
             }
         }
         any
+    }
+
+    /// The shards touched (a packet arrived, a timer ran, output went out) since the last
+    /// call, possibly with repeats: their sockets' readiness may have changed.
+    pub fn take_touched(&mut self, into: &mut Vec<ShardId>) {
+        into.clear();
+        std::mem::swap(into, &mut self.touched);
+    }
+
+    /// Local and remote endpoint of a connection shard.
+    pub fn endpoints(&self, id: ShardId) -> Option<(IpEndpoint, IpEndpoint)> {
+        match self.shards.get(id)?.as_ref()?.role {
+            Role::Conn { local, remote, .. } => Some((local, remote)),
+            _ => None,
+        }
+    }
+
+    /// Whether a listener has a connection ready for `accept`, and how many it queues.
+    pub fn acceptable(&self, listener: ShardId) -> (bool, usize) {
+        match &self.shards.get(listener).and_then(Option::as_ref).map(|s| &s.role) {
+            Some(Role::Listener { queue, .. }) => (
+                queue.iter().any(|id| {
+                    self.tcp(*id)
+                        .is_ok_and(|s| !matches!(s.state(), tcp::State::SynReceived | tcp::State::Listen))
+                }),
+                queue.len(),
+            ),
+            _ => (false, 0),
+        }
+    }
+
+    /// Changes a listener's backlog (`listen` called again).
+    pub fn set_backlog(&mut self, listener: ShardId, n: usize) {
+        if let Ok(Shard { role: Role::Listener { backlog, .. }, .. }) = self.shard_mut(listener) {
+            *backlog = n.clamp(1, 4096);
+        }
+    }
+
+    /// Whether a TCP port is held by a listener or a connection of this stack.
+    pub fn tcp_port_taken(&self, port: u16) -> bool {
+        self.listeners.contains_key(&port) || self.ephemeral_in_use.contains(&port)
+    }
+
+    /// Whether a closed connection on this local port is in TIME-WAIT (Linux refuses
+    /// `bind` to it without `SO_REUSEADDR`).
+    pub fn port_in_time_wait(&self, port: u16) -> bool {
+        self.tw_ports.contains_key(&port)
+    }
+
+    /// A free UDP port from the ephemeral range.
+    pub fn udp_ephemeral(&mut self) -> SysResult<u16> {
+        let span = u32::from(EPHEMERAL.1 - EPHEMERAL.0) + 1;
+        let start = (self.next_port.wrapping_mul(7919) as u32) % span;
+        for i in 0..span {
+            let p = EPHEMERAL.0 + ((start + i) % span) as u16;
+            if !self.udp.contains_key(&p) {
+                return Ok(p);
+            }
+        }
+        Err(Errno::EAGAIN)
+    }
+
+    /// Whether a UDP port is bound.
+    pub fn udp_port_taken(&self, port: u16) -> bool {
+        self.udp.contains_key(&port)
+    }
+
+    /// The UDP socket of a UDP shard, read-only.
+    pub fn udp(&self, id: ShardId) -> SysResult<&udp::Socket<'static>> {
+        let shard = self.shards.get(id).and_then(Option::as_ref).ok_or(Errno::EBADF)?;
+        match shard.role {
+            Role::Udp { handle, .. } => Ok(shard.set.get::<udp::Socket>(handle)),
+            _ => Err(Errno::ENOTSOCK),
+        }
+    }
+
+    /// The interface's context (for smoltcp calls that need it).
+    pub fn context(&mut self) -> &mut smoltcp::iface::Context {
+        self.iface.context()
     }
 
     /// When the stack next needs polling without new packets.

@@ -1,0 +1,515 @@
+//! Events over both worlds: epoll instances whose interest list mixes library-OS sockets and
+//! kernel fds, and the library-OS half of `poll`/`select`.
+//!
+//! Every epoll instance of a program under the loopback backend is an [`Epoll`]: its fd
+//! number *is* a kernel epoll instance, which holds the program's kernel fds (with the
+//! program's own `epoll_data`) and one *wake eventfd* of ours (registered edge-triggered with a
+//! sentinel datum the shim strips). Library-OS sockets sit in a user-level interest list here,
+//! with Linux's ready-list design: a socket whose state changes is queued on the ready list of
+//! every epoll watching it; `epoll_wait` walks the ready list, re-checks each entry's readiness,
+//! reports it, and keeps level-triggered entries queued (edge-triggered and one-shot ones
+//! leave). A thread that finds nothing sleeps in the kernel `epoll_wait` on the instance
+//! itself — the program's kernel fds and the wake eventfd in one wait — and a socket becoming
+//! ready writes the wake eventfd only while someone sleeps (or a parent watches).
+//!
+//! `poll`/`select` register the calling thread's [`Poller`] (an eventfd) as a watcher of each
+//! library-OS fd for the duration of the call and sleep in the kernel `ppoll` on their kernel
+//! fds plus that eventfd.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use rustix::fd::{AsFd, OwnedFd};
+
+use crate::error::{Errno, SysResult};
+use crate::fd::{FdKind, FdObject};
+use crate::net::socket::{self, Socket};
+use crate::net::world::{net, Inner};
+
+/// `poll`/`epoll` event bits (the same values for both on Linux).
+pub mod ev {
+    /// `POLLIN`.
+    pub const IN: u32 = 0x1;
+    /// `POLLPRI`.
+    pub const PRI: u32 = 0x2;
+    /// `POLLOUT`.
+    pub const OUT: u32 = 0x4;
+    /// `POLLERR`.
+    pub const ERR: u32 = 0x8;
+    /// `POLLHUP`.
+    pub const HUP: u32 = 0x10;
+    /// `POLLNVAL`.
+    pub const NVAL: u32 = 0x20;
+    /// `POLLRDNORM`.
+    pub const RDNORM: u32 = 0x40;
+    /// `POLLRDBAND`.
+    pub const RDBAND: u32 = 0x80;
+    /// `POLLWRNORM`.
+    pub const WRNORM: u32 = 0x100;
+    /// `POLLWRBAND`.
+    pub const WRBAND: u32 = 0x200;
+    /// `POLLMSG`.
+    pub const MSG: u32 = 0x400;
+    /// `POLLRDHUP`.
+    pub const RDHUP: u32 = 0x2000;
+    /// `EPOLLEXCLUSIVE`.
+    pub const EXCLUSIVE: u32 = 1 << 28;
+    /// `EPOLLWAKEUP`.
+    pub const WAKEUP: u32 = 1 << 29;
+    /// `EPOLLONESHOT`.
+    pub const ONESHOT: u32 = 1 << 30;
+    /// `EPOLLET`.
+    pub const ET: u32 = 1 << 31;
+}
+
+/// The `epoll_data` the shim gives our wake eventfd in the kernel epoll; events carrying it
+/// are stripped before the program sees them.
+pub const WAKE_DATUM: u64 = 0xA77A_C1D5_0000_0001;
+
+/// A thread's wake-up eventfd for `poll`/`select`.
+#[derive(Debug)]
+pub struct Poller {
+    fd: OwnedFd,
+}
+
+impl Poller {
+    /// A new poller (an eventfd placed out of the program's way).
+    pub fn new() -> SysResult<Arc<Poller>> {
+        let fd = internal_eventfd()?;
+        Ok(Arc::new(Poller { fd }))
+    }
+
+    /// The eventfd to include in the kernel wait.
+    pub fn fd(&self) -> rustix::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    fn wake(&self) {
+        let _ = rustix::io::write(&self.fd, &1u64.to_ne_bytes());
+    }
+
+    /// Empties the eventfd after a wait.
+    pub fn drain(&self) {
+        let mut b = [0u8; 8];
+        let _ = rustix::io::read(&self.fd, &mut b);
+    }
+}
+
+/// Who to tell when a socket (or an epoll's library half) may have become ready.
+#[derive(Clone, Debug)]
+pub enum Watcher {
+    /// An epoll instance (by registry index).
+    Epoll(usize),
+    /// A thread in `poll`/`select`.
+    Poller(Arc<Poller>),
+}
+
+impl PartialEq for Watcher {
+    fn eq(&self, o: &Watcher) -> bool {
+        match (self, o) {
+            (Watcher::Epoll(a), Watcher::Epoll(b)) => a == b,
+            (Watcher::Poller(a), Watcher::Poller(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    fd: i32,
+    events: u32,
+    data: u64,
+    queued: bool,
+    /// A one-shot entry that fired stays registered but disarmed until `EPOLL_CTL_MOD`.
+    armed: bool,
+}
+
+struct EpState {
+    /// Socket id → its registrations (usually one; more when several fds of one socket are
+    /// registered, as Linux keys by file *and* fd).
+    interest: HashMap<usize, Vec<Entry>>,
+    ready: VecDeque<(usize, i32)>,
+    sleepers: u32,
+    wake: OwnedFd,
+    /// Pollers and parents watching this instance's library half.
+    watchers: Vec<Watcher>,
+    /// It sits in another epoll or a poll set through the kernel: always ring the wake fd.
+    nested: bool,
+    /// Kernel fds in the interest list (so a wait with library events ready knows whether to
+    /// look at the kernel too).
+    kernel_fds: usize,
+}
+
+/// All epoll instances of the process (under the network lock).
+#[derive(Default)]
+pub(crate) struct Registry {
+    epolls: Vec<Option<EpState>>,
+    free: Vec<usize>,
+}
+
+impl Registry {
+    /// A socket with readiness `events` changed; `w` watches it.
+    pub(crate) fn signal(&mut self, w: Watcher, sock: usize, events: u32) {
+        match w {
+            Watcher::Poller(p) => p.wake(),
+            Watcher::Epoll(ep) => {
+                let Some(Some(e)) = self.epolls.get_mut(ep) else { return };
+                let Some(entries) = e.interest.get_mut(&sock) else { return };
+                let mut queued = false;
+                for en in entries.iter_mut() {
+                    if en.armed && !en.queued && events & (en.events | ev::ERR | ev::HUP) != 0 {
+                        en.queued = true;
+                        e.ready.push_back((sock, en.fd));
+                        queued = true;
+                    }
+                }
+                if queued {
+                    if e.sleepers > 0 || e.nested {
+                        let _ = rustix::io::write(&e.wake, &1u64.to_ne_bytes());
+                    }
+                    for w in e.watchers.clone() {
+                        if let Watcher::Poller(p) = w {
+                            p.wake();
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A socket went away: drop its registrations in the epoll `w`.
+    pub(crate) fn forget_sock(&mut self, w: &Watcher, sock: usize) {
+        if let Watcher::Epoll(ep) = w {
+            if let Some(Some(e)) = self.epolls.get_mut(*ep) {
+                e.interest.remove(&sock);
+                e.ready.retain(|(s, _)| *s != sock);
+            }
+        }
+    }
+
+    fn get(&mut self, ep: usize) -> SysResult<&mut EpState> {
+        self.epolls.get_mut(ep).and_then(Option::as_mut).ok_or(Errno::EBADF)
+    }
+}
+
+/// Moves an internal fd out of the program's way: to a high number (so the program's own
+/// lowest-free-fd numbering is unchanged), close-on-exec.
+fn hide(fd: OwnedFd) -> OwnedFd {
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(1024);
+    let min = (soft.saturating_mul(3) / 4).clamp(3, 1 << 20) as i32;
+    match rustix::io::fcntl_dupfd_cloexec(&fd, min) {
+        Ok(high) => high,
+        Err(_) => fd,
+    }
+}
+
+fn internal_eventfd() -> SysResult<OwnedFd> {
+    let flags = rustix::event::EventfdFlags::NONBLOCK | rustix::event::EventfdFlags::CLOEXEC;
+    let fd = rustix::event::eventfd(0, flags).map_err(|e| Errno(e.raw_os_error()))?;
+    Ok(hide(fd))
+}
+
+/// A library-OS epoll instance; its fd number is a kernel epoll instance.
+#[derive(Debug)]
+pub struct Epoll {
+    id: usize,
+}
+
+impl FdObject for Epoll {
+    fn kind(&self) -> FdKind {
+        FdKind::Epoll
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
+        self
+    }
+}
+
+impl Drop for Epoll {
+    fn drop(&mut self) {
+        let mut g = net().lock();
+        let id = self.id;
+        let Some(e) = g.ev.epolls.get_mut(id).and_then(Option::take) else { return };
+        g.ev.free.push(id);
+        for sock in e.interest.keys() {
+            socket::unwatch(&mut g, *sock, &Watcher::Epoll(id));
+        }
+    }
+}
+
+/// One event for the program: `(events, data)`.
+pub type Event = (u32, u64);
+
+/// What to register for an fd in [`Epoll::ctl`].
+pub enum Target<'a> {
+    /// A library-OS socket.
+    Socket(&'a Arc<Socket>),
+    /// A kernel fd (the shim registered it in the kernel epoll; we only count it).
+    Kernel,
+}
+
+/// `EPOLL_CTL_*`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// `EPOLL_CTL_ADD`.
+    Add,
+    /// `EPOLL_CTL_DEL`.
+    Del,
+    /// `EPOLL_CTL_MOD`.
+    Mod,
+}
+
+impl Epoll {
+    /// A new instance; the shim registers the returned wake eventfd in the kernel epoll with
+    /// [`WAKE_DATUM`], `EPOLLIN | EPOLLET`.
+    pub fn new() -> SysResult<(Arc<Epoll>, rustix::fd::RawFd)> {
+        let wake = internal_eventfd()?;
+        let raw = rustix::fd::AsRawFd::as_raw_fd(&wake);
+        let n = net();
+        let mut g = n.lock();
+        let st = EpState {
+            interest: HashMap::new(),
+            ready: VecDeque::new(),
+            sleepers: 0,
+            wake,
+            watchers: Vec::new(),
+            nested: false,
+            kernel_fds: 0,
+        };
+        let id = match g.ev.free.pop() {
+            Some(i) => {
+                g.ev.epolls[i] = Some(st);
+                i
+            }
+            None => {
+                g.ev.epolls.push(Some(st));
+                g.ev.epolls.len() - 1
+            }
+        };
+        drop(g);
+        n.ensure_progress();
+        Ok((Arc::new(Epoll { id }), raw))
+    }
+
+    /// `epoll_ctl` for a library-OS socket (or bookkeeping for a kernel fd).
+    pub fn ctl(&self, op: Op, fd: i32, target: Target<'_>, events: u32, data: u64) -> SysResult<()> {
+        let mut g = net().lock();
+        let ep = self.id;
+        let sock = match target {
+            Target::Kernel => {
+                let e = g.ev.get(ep)?;
+                match op {
+                    Op::Add => e.kernel_fds += 1,
+                    Op::Del => e.kernel_fds = e.kernel_fds.saturating_sub(1),
+                    Op::Mod => {}
+                }
+                return Ok(());
+            }
+            Target::Socket(s) => s.id(),
+        };
+        let now = socket::events(&g, sock);
+        let e = g.ev.get(ep)?;
+        let list = e.interest.entry(sock).or_default();
+        let pos = list.iter().position(|en| en.fd == fd);
+        match op {
+            Op::Add => {
+                const EXCLUSIVE_OK: u32 =
+                    ev::IN | ev::OUT | ev::ERR | ev::HUP | ev::WAKEUP | ev::ET | ev::EXCLUSIVE;
+                if events & ev::EXCLUSIVE != 0 && events & !EXCLUSIVE_OK != 0 {
+                    if list.is_empty() {
+                        e.interest.remove(&sock);
+                    }
+                    return Err(Errno::EINVAL);
+                }
+                if pos.is_some() {
+                    return Err(Errno::EEXIST);
+                }
+                list.push(Entry { fd, events, data, queued: false, armed: true });
+            }
+            Op::Mod => {
+                let Some(i) = pos else {
+                    if list.is_empty() {
+                        e.interest.remove(&sock);
+                    }
+                    return Err(Errno::ENOENT);
+                };
+                if list[i].events & ev::EXCLUSIVE != 0 || events & ev::EXCLUSIVE != 0 {
+                    return Err(Errno::EINVAL);
+                }
+                list[i].events = events;
+                list[i].data = data;
+                list[i].armed = true;
+            }
+            Op::Del => {
+                let Some(i) = pos else {
+                    if list.is_empty() {
+                        e.interest.remove(&sock);
+                    }
+                    return Err(Errno::ENOENT);
+                };
+                list.remove(i);
+                e.ready.retain(|&(s, f)| !(s == sock && f == fd));
+                if list.is_empty() {
+                    e.interest.remove(&sock);
+                    socket::unwatch(&mut g, sock, &Watcher::Epoll(ep));
+                }
+                return Ok(());
+            }
+        }
+        socket::watch(&mut g, sock, Watcher::Epoll(ep));
+        // Already ready: queue it now, as Linux's ep_insert / ep_modify do.
+        g.ev.signal(Watcher::Epoll(ep), sock, now);
+        Ok(())
+    }
+
+    /// Ready library-OS events, at most `max`, walking the ready list as `ep_send_events`.
+    pub fn collect(&self, max: usize) -> Vec<Event> {
+        let mut g = net().lock();
+        collect(&mut g, self.id, max)
+    }
+
+    /// Whether the instance holds kernel fds besides our wake eventfd.
+    pub fn has_kernel_fds(&self) -> bool {
+        let mut g = net().lock();
+        g.ev.get(self.id).is_ok_and(|e| e.kernel_fds > 0)
+    }
+
+    /// About to sleep in the kernel: from now on readiness rings the wake eventfd. `false` if
+    /// something is ready already (do not sleep).
+    pub fn sleep_begin(&self) -> bool {
+        let mut g = net().lock();
+        let Ok(e) = g.ev.get(self.id) else { return false };
+        if !e.ready.is_empty() {
+            return false;
+        }
+        e.sleepers += 1;
+        true
+    }
+
+    /// Back from the kernel wait.
+    pub fn sleep_end(&self) {
+        let mut g = net().lock();
+        if let Ok(e) = g.ev.get(self.id) {
+            e.sleepers = e.sleepers.saturating_sub(1);
+        }
+    }
+
+    /// This instance was put in another epoll or a poll set through the kernel: ring the wake
+    /// eventfd on every readiness so the kernel sees it.
+    pub fn set_nested(&self) {
+        let mut g = net().lock();
+        if let Ok(e) = g.ev.get(self.id) {
+            e.nested = true;
+            if !e.ready.is_empty() {
+                let _ = rustix::io::write(&e.wake, &1u64.to_ne_bytes());
+            }
+        }
+    }
+
+    /// Library-side readiness of the instance itself (for `poll` on an epoll fd).
+    fn lib_ready(g: &mut Inner, ep: usize) -> bool {
+        // Re-check entries: one whose socket stopped being ready does not count.
+        let Ok(e) = g.ev.get(ep) else { return false };
+        let items: Vec<(usize, i32)> = e.ready.iter().copied().collect();
+        items.iter().any(|&(sock, fd)| {
+            let now = socket::events(g, sock);
+            g.ev.epolls.get(ep).and_then(Option::as_ref).and_then(|e| e.interest.get(&sock)).is_some_and(
+                |l| l.iter().any(|en| en.fd == fd && en.armed && now & (en.events | ev::ERR | ev::HUP) != 0),
+            )
+        })
+    }
+}
+
+fn collect(g: &mut Inner, ep: usize, max: usize) -> Vec<Event> {
+    let mut out = Vec::new();
+    let Ok(e) = g.ev.get(ep) else { return out };
+    let mut n = e.ready.len();
+    while out.len() < max && n > 0 {
+        n -= 1;
+        let Ok(e) = g.ev.get(ep) else { break };
+        let Some((sock, fd)) = e.ready.pop_front() else { break };
+        let now = socket::events(g, sock);
+        let Ok(e) = g.ev.get(ep) else { break };
+        let Some(en) = e.interest.get_mut(&sock).and_then(|l| l.iter_mut().find(|en| en.fd == fd)) else {
+            continue;
+        };
+        en.queued = false;
+        if !en.armed {
+            continue;
+        }
+        let got = now & (en.events | ev::ERR | ev::HUP);
+        if got == 0 {
+            continue;
+        }
+        out.push((got, en.data));
+        if en.events & ev::ONESHOT != 0 {
+            en.armed = false;
+        } else if en.events & ev::ET == 0 {
+            // Level-triggered: stays on the ready list, re-checked next time.
+            en.queued = true;
+            e.ready.push_back((sock, fd));
+        }
+    }
+    out
+}
+
+/// One library-OS fd in a `poll`/`select` set.
+pub enum PollObj<'a> {
+    /// A socket.
+    Socket(&'a Arc<Socket>),
+    /// An epoll instance (its library half; the shim polls its kernel half).
+    Epoll(&'a Arc<Epoll>),
+}
+
+/// Readiness of library-OS fds for `poll`/`select`, each masked by what was asked (plus
+/// `POLLERR`/`POLLHUP`/`POLLNVAL`, always reported). With `watch`, the poller is registered
+/// on each until [`poll_end`].
+pub fn poll_lib(objs: &[(PollObj<'_>, u32)], watch: Option<&Arc<Poller>>) -> Vec<u32> {
+    let mut g = net().lock();
+    objs.iter()
+        .map(|(o, want)| {
+            let mask = want | ev::ERR | ev::HUP | ev::NVAL;
+            match o {
+                PollObj::Socket(s) => {
+                    if let Some(p) = watch {
+                        socket::watch(&mut g, s.id(), Watcher::Poller(p.clone()));
+                    }
+                    socket::events(&g, s.id()) & mask
+                }
+                PollObj::Epoll(e) => {
+                    if let Some(p) = watch {
+                        if let Ok(st) = g.ev.get(e.id) {
+                            let w = Watcher::Poller(p.clone());
+                            if !st.watchers.contains(&w) {
+                                st.watchers.push(w);
+                            }
+                        }
+                    }
+                    if Epoll::lib_ready(&mut g, e.id) {
+                        (ev::IN | ev::RDNORM) & mask
+                    } else {
+                        0
+                    }
+                }
+            }
+        })
+        .collect()
+}
+
+/// Unregisters the poller from every fd of a `poll`/`select` call.
+pub fn poll_end(objs: &[(PollObj<'_>, u32)], p: &Arc<Poller>) {
+    let mut g = net().lock();
+    let w = Watcher::Poller(p.clone());
+    for (o, _) in objs {
+        match o {
+            PollObj::Socket(s) => socket::unwatch(&mut g, s.id(), &w),
+            PollObj::Epoll(e) => {
+                if let Ok(st) = g.ev.get(e.id) {
+                    st.watchers.retain(|x| x != &w);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,1568 @@
+//! Sockets of the library OS with Linux's semantics, on the process's [`Stack`].
+//!
+//! A [`Socket`] is the fd object; its state ([`SockState`]) lives in the network world behind
+//! the one lock. The model follows Linux's own: a socket-level state (`SS_UNCONNECTED`,
+//! `SS_CONNECTING`, `SS_CONNECTED`), the protocol state (smoltcp's TCP state, mirrored into
+//! Linux's `sk_shutdown` bits, `SOCK_DONE` and `sk_err` by [`sync`]), and per-call rules
+//! taken from `inet_stream_connect`, `tcp_sendmsg`, `tcp_recvmsg`, `tcp_poll`,
+//! `inet_shutdown`, `udp_sendmsg`/`udp_recvmsg` and `datagram_poll`.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::{Duration, Instant as StdInstant};
+
+use rustix::fd::OwnedFd;
+use smoltcp::socket::tcp;
+use smoltcp::wire::{IpAddress, IpEndpoint};
+
+use super::stack::ShardId;
+use super::world::{net, Inner, Wait};
+use crate::error::{Errno, SysResult};
+use crate::event::{ev, Watcher};
+use crate::fd::{FdKind, FdObject};
+
+/// Address family of a socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// `AF_INET`.
+    V4,
+    /// `AF_INET6`.
+    V6,
+}
+
+/// Socket type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// `SOCK_STREAM` (TCP).
+    Stream,
+    /// `SOCK_DGRAM` (UDP).
+    Dgram,
+}
+
+/// Linux's `sock->state`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ss {
+    Unconnected,
+    Connecting,
+    Connected,
+}
+
+/// `MSG_*` flags the library OS understands.
+pub mod msg {
+    /// `MSG_OOB`.
+    pub const OOB: i32 = 0x1;
+    /// `MSG_PEEK`.
+    pub const PEEK: i32 = 0x2;
+    /// `MSG_TRUNC`.
+    pub const TRUNC: i32 = 0x20;
+    /// `MSG_DONTWAIT`.
+    pub const DONTWAIT: i32 = 0x40;
+    /// `MSG_WAITALL`.
+    pub const WAITALL: i32 = 0x100;
+    /// `MSG_NOSIGNAL`.
+    pub const NOSIGNAL: i32 = 0x4000;
+    /// `MSG_MORE`.
+    pub const MORE: i32 = 0x8000;
+    /// `MSG_CMSG_CLOEXEC` (meaningless without fds, accepted).
+    pub const CMSG_CLOEXEC: i32 = 0x4000_0000;
+}
+
+/// Socket options kept per socket.
+#[derive(Clone, Debug)]
+struct Opts {
+    reuseaddr: bool,
+    reuseport: bool,
+    keepalive: bool,
+    nodelay: bool,
+    v6only: bool,
+    rcvbuf: i32,
+    sndbuf: i32,
+    /// `SO_LINGER`: `Some(seconds)` when on.
+    linger: Option<i32>,
+    rcvtimeo: Option<Duration>,
+    sndtimeo: Option<Duration>,
+    /// Options stored and reported back but not modelled (`SO_PRIORITY`, `IP_TOS`, ...).
+    other: HashMap<(i32, i32), Vec<u8>>,
+}
+
+/// The state of one socket (under the network lock).
+pub(crate) struct SockState {
+    fam: Family,
+    kind: Kind,
+    pub(crate) wait: Arc<Wait>,
+    ss: Ss,
+    /// Bound local address as the program sees it (`None` until bound).
+    local: Option<SocketAddr>,
+    /// Peer as the program sees it (connected TCP, connected UDP).
+    peer: Option<SocketAddr>,
+    /// Listener shard while listening.
+    listener: Option<ShardId>,
+    /// Connection shard (TCP) or UDP shard.
+    shard: Option<ShardId>,
+    /// `sk_err`: reported once by `SO_ERROR` or the next call.
+    err: Option<Errno>,
+    /// `RCV_SHUTDOWN` / `SEND_SHUTDOWN`.
+    shut_rd: bool,
+    shut_wr: bool,
+    /// `SOCK_DONE`: the peer's FIN arrived.
+    done: bool,
+    /// TCP state `CLOSE` after having had a connection (reset, refused, finished).
+    closed: bool,
+    /// A FIN was sent (shutdown or close).
+    fin_sent: bool,
+    backlog: usize,
+    /// Readiness and bytes queued when watchers were last told (edge detection).
+    pub(crate) last_ev: u32,
+    pub(crate) last_rx: usize,
+    opts: Opts,
+    pub(crate) watchers: Vec<Watcher>,
+}
+
+/// Linux's defaults (`tcp_rmem[1]`, `tcp_wmem[1]`, `rmem_default`).
+const TCP_RCVBUF: i32 = 131_072;
+const TCP_SNDBUF: i32 = 16_384;
+const UDP_BUF: i32 = 212_992;
+const RMEM_MAX: i32 = 212_992;
+const SOCK_MIN_RCVBUF: i32 = 2_304;
+const SOCK_MIN_SNDBUF: i32 = 4_608;
+/// Largest UDP payload over IPv4 / IPv6.
+const UDP_MAX_V4: usize = 65_507;
+const UDP_MAX_V6: usize = 65_527;
+
+impl SockState {
+    fn new(fam: Family, kind: Kind, wait: Arc<Wait>) -> SockState {
+        let buf = if kind == Kind::Stream { (TCP_RCVBUF, TCP_SNDBUF) } else { (UDP_BUF, UDP_BUF) };
+        SockState {
+            fam,
+            kind,
+            wait,
+            ss: Ss::Unconnected,
+            local: None,
+            peer: None,
+            listener: None,
+            shard: None,
+            err: None,
+            shut_rd: false,
+            shut_wr: false,
+            done: false,
+            closed: false,
+            fin_sent: false,
+            backlog: 0,
+            last_ev: 0,
+            last_rx: 0,
+            opts: Opts {
+                reuseaddr: false,
+                reuseport: false,
+                keepalive: false,
+                nodelay: false,
+                v6only: false,
+                rcvbuf: buf.0,
+                sndbuf: buf.1,
+                linger: None,
+                rcvtimeo: None,
+                sndtimeo: None,
+                other: HashMap::new(),
+            },
+            watchers: Vec::new(),
+        }
+    }
+
+    fn take_err(&mut self) -> Option<Errno> {
+        self.err.take()
+    }
+
+    fn wildcard(&self) -> SocketAddr {
+        match self.fam {
+            Family::V4 => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+            Family::V6 => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
+        }
+    }
+}
+
+/// A library-OS socket: what an fd number refers to.
+#[derive(Debug)]
+pub struct Socket {
+    id: usize,
+    wait: Arc<Wait>,
+    nonblock: AtomicBool,
+    fam: Family,
+    kind: Kind,
+}
+
+impl FdObject for Socket {
+    fn kind(&self) -> FdKind {
+        FdKind::Socket
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
+        self
+    }
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        let mut g = net().lock();
+        close(&mut g, self.id);
+    }
+}
+
+/// A kernel placeholder for a new library-OS fd: an eventfd, placed by the kernel at the
+/// lowest free number so numbering stays Linux's.
+pub fn placeholder(nonblock: bool, cloexec: bool) -> SysResult<OwnedFd> {
+    let mut flags = rustix::event::EventfdFlags::empty();
+    if nonblock {
+        flags |= rustix::event::EventfdFlags::NONBLOCK;
+    }
+    if cloexec {
+        flags |= rustix::event::EventfdFlags::CLOEXEC;
+    }
+    rustix::event::eventfd(0, flags).map_err(|e| Errno(e.raw_os_error()))
+}
+
+/// Whether the loopback backend serves this address (the stack's own addresses and the
+/// wildcards); other addresses stay on the kernel.
+pub fn serves(addr: &SocketAddr) -> bool {
+    match unmap(addr.ip()) {
+        IpAddr::V4(a) => a == Ipv4Addr::LOCALHOST || a.is_unspecified(),
+        IpAddr::V6(a) => a == Ipv6Addr::LOCALHOST || a.is_unspecified(),
+    }
+}
+
+/// `::ffff:a.b.c.d` → `a.b.c.d`.
+fn unmap(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        },
+        v4 => v4,
+    }
+}
+
+/// The endpoint the stack uses for a program's address (v4-mapped become IPv4; a wildcard
+/// destination means this host, as on Linux).
+fn endpoint(addr: &SocketAddr) -> IpEndpoint {
+    let ip = match unmap(addr.ip()) {
+        IpAddr::V4(a) if a.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(a) if a.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    IpEndpoint::new(IpAddress::from(ip), addr.port())
+}
+
+/// The program's view of a stack endpoint, in the socket's family.
+fn to_addr(fam: Family, ep: IpEndpoint) -> SocketAddr {
+    let ip: IpAddr = ep.addr.into();
+    match (fam, ip) {
+        (Family::V6, IpAddr::V4(v4)) => SocketAddr::V6(SocketAddrV6::new(v4.to_ipv6_mapped(), ep.port, 0, 0)),
+        (_, ip) => SocketAddr::new(ip, ep.port),
+    }
+}
+
+/// What `recv*` produced.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Received {
+    /// Bytes returned (the datagram's full length with `MSG_TRUNC` in the flags).
+    pub n: usize,
+    /// Sender (datagrams; the peer for a connected stream when asked).
+    pub from: Option<SocketAddr>,
+    /// `msg_flags`: `MSG_TRUNC` when a datagram did not fit.
+    pub flags: i32,
+}
+
+/// Result of a send that failed with `EPIPE`: the shim raises `SIGPIPE` unless
+/// `MSG_NOSIGNAL` — see [`Socket::send`].
+pub const SIGPIPE_ERRNO: Errno = Errno::EPIPE;
+
+impl Socket {
+    /// A new socket of `fam`/`kind` (its fd placeholder comes from [`placeholder`]).
+    pub fn new(fam: Family, kind: Kind, nonblock: bool) -> Arc<Socket> {
+        let wait = Arc::new(Wait::default());
+        let n = net();
+        let id = {
+            let mut g = n.lock();
+            g.add_sock(SockState::new(fam, kind, wait.clone()))
+        };
+        n.ensure_progress();
+        Arc::new(Socket { id, wait, nonblock: AtomicBool::new(nonblock), fam, kind })
+    }
+
+    /// Family of the socket.
+    pub fn family(&self) -> Family {
+        self.fam
+    }
+
+    /// Type of the socket.
+    pub fn sock_kind(&self) -> Kind {
+        self.kind
+    }
+
+    pub(crate) fn id(&self) -> usize {
+        self.id
+    }
+
+    /// `O_NONBLOCK` of the open file description (shared by `dup`s).
+    pub fn set_nonblocking(&self, on: bool) {
+        self.nonblock.store(on, SeqCst);
+    }
+
+    /// Whether `O_NONBLOCK` is set.
+    pub fn nonblocking(&self) -> bool {
+        self.nonblock.load(SeqCst)
+    }
+
+    /// Whether the socket still has no state, so it could move to the kernel (an address
+    /// the library OS does not serve).
+    pub fn is_fresh(&self) -> bool {
+        let g = net().lock();
+        g.sock(self.id).is_ok_and(|s| s.local.is_none() && s.peer.is_none() && s.listener.is_none())
+    }
+
+    /// Runs `attempt` under the lock until it gives a result; `None` means "would block".
+    /// Non-blocking → `EAGAIN`; otherwise sleeps on the socket's word until `deadline`
+    /// (`EAGAIN` when it passes, as Linux's `SO_RCVTIMEO`), `EINTR` after a signal.
+    fn block<T>(
+        &self,
+        nonblock: bool,
+        timeout: impl Fn(&Opts) -> Option<Duration>,
+        mut attempt: impl FnMut(&mut Inner, usize) -> SysResult<Option<T>>,
+    ) -> SysResult<T> {
+        let mut deadline: Option<Option<StdInstant>> = None;
+        loop {
+            let seen = self.wait.seen();
+            {
+                let mut g = net().lock();
+                if let Some(v) = attempt(&mut g, self.id)? {
+                    return Ok(v);
+                }
+                if nonblock {
+                    return Err(Errno::EAGAIN);
+                }
+                if deadline.is_none() {
+                    let t = timeout(&g.sock(self.id)?.opts);
+                    deadline = Some(t.map(|t| StdInstant::now() + t));
+                }
+            }
+            match self.wait.sleep(seen, deadline.flatten()) {
+                Ok(()) => {}
+                Err(Errno::ETIMEDOUT) => return Err(Errno::EAGAIN),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// `bind(2)`.
+    pub fn bind(&self, addr: SocketAddr) -> SysResult<()> {
+        let mut g = net().lock();
+        bind(&mut g, self.id, addr)
+    }
+
+    /// `listen(2)`.
+    pub fn listen(&self, backlog: i32) -> SysResult<()> {
+        let mut g = net().lock();
+        let id = self.id;
+        let s = g.sock(id)?;
+        if s.kind != Kind::Stream {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        // Linux: somaxconn caps the backlog (4096); a negative or zero one means 0 → 1.
+        let backlog = usize::try_from(backlog).unwrap_or(4096).min(4096);
+        if let Some(l) = s.listener {
+            g.sock_mut(id)?.backlog = backlog;
+            g.stack.set_backlog(l, backlog.max(1));
+            return Ok(());
+        }
+        if s.ss != Ss::Unconnected || s.shard.is_some() || s.closed {
+            return Err(Errno::EINVAL);
+        }
+        if s.local.is_none() {
+            let port = free_tcp_port(&g)?;
+            let a = SocketAddr::new(s.wildcard().ip(), port);
+            g.sock_mut(id)?.local = Some(a);
+        }
+        let port = g.sock(id)?.local.map_or(0, |a| a.port());
+        let reuseport = g.sock(id)?.opts.reuseport;
+        // SO_REUSEPORT: a second listener on the port shares the first one's queue; without
+        // it, two listeners on one port collide even if both had SO_REUSEADDR.
+        let mut shared = None;
+        for (other, o) in g.socks.iter().enumerate() {
+            let Some(o) = o.as_ref() else { continue };
+            if other == id || o.kind != Kind::Stream || o.local.map(|a| a.port()) != Some(port) {
+                continue;
+            }
+            if let Some(l) = o.listener {
+                if !(reuseport && o.opts.reuseport) {
+                    return Err(Errno::EADDRINUSE);
+                }
+                shared = Some(l);
+            }
+        }
+        let shard = match shared {
+            Some(l) => l,
+            None => g.stack.listen(port, backlog.max(1))?,
+        };
+        let s = g.sock_mut(id)?;
+        s.listener = Some(shard);
+        s.backlog = backlog;
+        g.attach(shard, id);
+        Ok(())
+    }
+
+    /// `accept4(2)`: the new socket and the peer's address.
+    pub fn accept(&self, nonblock_new: bool) -> SysResult<(Arc<Socket>, SocketAddr)> {
+        let nb = self.nonblocking();
+        let (id, peer) = self.block(
+            nb,
+            |o| o.rcvtimeo,
+            |g, me| {
+                let s = g.sock(me)?;
+                let Some(l) = s.listener else { return Err(Errno::EINVAL) };
+                let fam = s.fam;
+                let pick = reuseport_pick(g, l, me);
+                let Some(conn) = g.stack.accept_where(l, pick)? else { return Ok(None) };
+                let (local, remote) = g.stack.endpoints(conn).ok_or(Errno::ECONNABORTED)?;
+                let parent = g.sock(me)?;
+                let mut st = SockState::new(fam, Kind::Stream, Arc::new(Wait::default()));
+                st.opts.reuseaddr = parent.opts.reuseaddr;
+                st.opts.keepalive = parent.opts.keepalive;
+                st.opts.nodelay = parent.opts.nodelay;
+                st.opts.linger = parent.opts.linger;
+                st.opts.rcvbuf = parent.opts.rcvbuf;
+                st.opts.sndbuf = parent.opts.sndbuf;
+                st.ss = Ss::Connected;
+                st.local = Some(to_addr(fam, local));
+                st.peer = Some(to_addr(fam, remote));
+                st.shard = Some(conn);
+                let peer = st.peer;
+                let id = g.add_sock(st);
+                g.attach(conn, id);
+                apply_tcp_opts(g, id);
+                sync(g, id);
+                Ok(Some((id, peer.ok_or(Errno::ECONNABORTED)?)))
+            },
+        )?;
+        let wait = net().lock().sock(id)?.wait.clone();
+        Ok((
+            Arc::new(Socket {
+                id,
+                wait,
+                nonblock: AtomicBool::new(nonblock_new),
+                fam: self.fam,
+                kind: self.kind,
+            }),
+            peer,
+        ))
+    }
+
+    /// `connect(2)`. `None` is `AF_UNSPEC` (dissolve a UDP association).
+    pub fn connect(&self, addr: Option<SocketAddr>) -> SysResult<()> {
+        if self.kind == Kind::Dgram {
+            let mut g = net().lock();
+            return udp_connect(&mut g, self.id, addr);
+        }
+        let Some(addr) = addr else {
+            // AF_UNSPEC on TCP: disconnect (tcp_disconnect); a fresh socket just succeeds.
+            let mut g = net().lock();
+            return tcp_disconnect(&mut g, self.id);
+        };
+        let nb = self.nonblocking();
+        // Start (or inspect) the attempt, as inet_stream_connect's switch.
+        {
+            let mut g = net().lock();
+            let id = self.id;
+            let s = g.sock(id)?;
+            match s.ss {
+                Ss::Connected => return Err(Errno::EISCONN),
+                Ss::Connecting => {
+                    let state = s.shard.and_then(|c| g.stack.tcp(c).ok()).map(|t| t.state());
+                    match state {
+                        Some(tcp::State::SynSent | tcp::State::SynReceived) => return Err(Errno::EALREADY),
+                        _ if s.closed => {
+                            let s = g.sock_mut(id)?;
+                            s.ss = Ss::Unconnected;
+                            let e = s.take_err().unwrap_or(Errno::ECONNABORTED);
+                            reset_for_reconnect(&mut g, id);
+                            return Err(e);
+                        }
+                        _ => {
+                            g.sock_mut(id)?.ss = Ss::Connected;
+                            return Ok(());
+                        }
+                    }
+                }
+                Ss::Unconnected => {
+                    if s.listener.is_some() || (s.shard.is_some() && !s.closed) {
+                        return Err(Errno::EISCONN);
+                    }
+                }
+            }
+            if s.fam == Family::V4 && addr.is_ipv6() {
+                return Err(Errno::EAFNOSUPPORT);
+            }
+            if s.fam == Family::V6 && addr.is_ipv4() {
+                return Err(Errno::EAFNOSUPPORT);
+            }
+            if s.closed {
+                reset_for_reconnect(&mut g, id);
+            }
+            let remote = endpoint(&addr);
+            let s = g.sock(id)?;
+            let port = s.local.map(|a| a.port()).filter(|&p| p != 0);
+            let fam = s.fam;
+            let conn = g.stack.connect_from(port, remote)?;
+            let (local, _) = g.stack.endpoints(conn).ok_or(Errno::EINVAL)?;
+            let s = g.sock_mut(id)?;
+            s.shard = Some(conn);
+            s.local = Some(to_addr(fam, local));
+            s.peer = Some(to_addr(fam, remote));
+            s.ss = Ss::Connecting;
+            s.err = None;
+            s.done = false;
+            s.closed = false;
+            s.shut_rd = false;
+            s.shut_wr = false;
+            s.fin_sent = false;
+            g.attach(conn, id);
+            apply_tcp_opts(&mut g, id);
+        }
+        // Linux answers a non-blocking connect with EINPROGRESS even when the handshake is
+        // already over (loopback); the next connect then reports the outcome.
+        if nb {
+            return Err(Errno::EINPROGRESS);
+        }
+        let r = self.block(
+            nb,
+            |o| o.sndtimeo,
+            |g, me| {
+                let s = g.sock(me)?;
+                if s.closed {
+                    let s = g.sock_mut(me)?;
+                    s.ss = Ss::Unconnected;
+                    let e = s.take_err().unwrap_or(Errno::ECONNABORTED);
+                    reset_for_reconnect(g, me);
+                    return Err(e);
+                }
+                let state = s.shard.and_then(|c| g.stack.tcp(c).ok()).map(|t| t.state());
+                match state {
+                    Some(tcp::State::SynSent | tcp::State::SynReceived) => Ok(None),
+                    _ => {
+                        g.sock_mut(me)?.ss = Ss::Connected;
+                        Ok(Some(()))
+                    }
+                }
+            },
+        );
+        match r {
+            Err(Errno::EAGAIN) => Err(Errno::EINPROGRESS),
+            r => r,
+        }
+    }
+
+    /// `shutdown(2)`.
+    pub fn shutdown(&self, how: i32) -> SysResult<()> {
+        if !(0..=2).contains(&how) {
+            return Err(Errno::EINVAL);
+        }
+        let (rd, wr) = (how != 1, how != 0);
+        let mut g = net().lock();
+        let id = self.id;
+        let s = g.sock_mut(id)?;
+        if s.kind == Kind::Dgram {
+            s.shut_rd |= rd;
+            s.shut_wr |= wr;
+            let connected = s.peer.is_some();
+            g.changed(id);
+            return if connected { Ok(()) } else { Err(Errno::ENOTCONN) };
+        }
+        if s.ss == Ss::Connecting {
+            s.ss = Ss::Connected;
+        }
+        if let Some(l) = s.listener {
+            if rd {
+                // Linux: SHUT_RD on a listener disconnects it (stops listening).
+                let last = g.by_shard.get(&l).is_none_or(|v| v.len() <= 1);
+                g.detach(l, id);
+                if last {
+                    let _ = g.stack.release(l);
+                }
+                let s = g.sock_mut(id)?;
+                s.listener = None;
+                s.closed = true;
+                s.ss = Ss::Unconnected;
+                g.changed(id);
+            }
+            return Ok(());
+        }
+        let Some(c) = s.shard else {
+            s.shut_rd |= rd;
+            s.shut_wr |= wr;
+            return Err(Errno::ENOTCONN);
+        };
+        if s.closed {
+            s.shut_rd |= rd;
+            s.shut_wr |= wr;
+            return Err(Errno::ENOTCONN);
+        }
+        s.shut_rd |= rd;
+        if wr && !s.shut_wr {
+            s.shut_wr = true;
+            s.fin_sent = true;
+            let t = g.stack.tcp_mut(c)?;
+            if matches!(t.state(), tcp::State::SynSent) {
+                t.abort();
+            } else {
+                t.close();
+            }
+        }
+        g.changed(id);
+        Ok(())
+    }
+
+    /// `getsockname(2)`.
+    pub fn local_addr(&self) -> SysResult<SocketAddr> {
+        let g = net().lock();
+        let s = g.sock(self.id)?;
+        Ok(s.local.unwrap_or_else(|| s.wildcard()))
+    }
+
+    /// `getpeername(2)`.
+    pub fn peer_addr(&self) -> SysResult<SocketAddr> {
+        let g = net().lock();
+        let s = g.sock(self.id)?;
+        match s.kind {
+            Kind::Stream
+                if s.ss == Ss::Connected || (s.ss == Ss::Connecting && !s.closed && s.peer.is_some()) =>
+            {
+                if s.ss == Ss::Connecting {
+                    let state = s.shard.and_then(|c| g.stack.tcp(c).ok()).map(|t| t.state());
+                    if matches!(state, Some(tcp::State::SynSent | tcp::State::SynReceived)) {
+                        return Err(Errno::ENOTCONN);
+                    }
+                }
+                if s.closed && s.ss != Ss::Connected {
+                    return Err(Errno::ENOTCONN);
+                }
+                s.peer.ok_or(Errno::ENOTCONN)
+            }
+            Kind::Dgram => s.peer.ok_or(Errno::ENOTCONN),
+            _ => Err(Errno::ENOTCONN),
+        }
+    }
+
+    /// `send`/`sendto`/`sendmsg`/`write`/`writev`: the buffers in order. An `EPIPE` error
+    /// means the caller raises `SIGPIPE` unless `MSG_NOSIGNAL` (stream sockets only).
+    pub fn send(&self, bufs: &[&[u8]], flags: i32, to: Option<SocketAddr>) -> SysResult<usize> {
+        let nb = self.nonblocking() || flags & msg::DONTWAIT != 0;
+        match self.kind {
+            Kind::Stream => self.tcp_send(bufs, nb),
+            Kind::Dgram => self.udp_send(bufs, nb, to),
+        }
+    }
+
+    fn tcp_send(&self, bufs: &[&[u8]], nb: bool) -> SysResult<usize> {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        let mut sent = 0usize;
+        let r = self.block(
+            nb,
+            |o| o.sndtimeo,
+            |g, me| {
+                let s = g.sock(me)?;
+                // sk_stream_wait_connect.
+                let state = s.shard.and_then(|c| g.stack.tcp(c).ok()).map(|t| t.state());
+                let connecting = matches!(state, Some(tcp::State::SynSent | tcp::State::SynReceived));
+                if s.err.is_some() && sent == 0 {
+                    return Err(g.sock_mut(me)?.take_err().unwrap_or(Errno::EPIPE));
+                }
+                if connecting && !s.closed {
+                    return if sent > 0 { Ok(Some(sent)) } else { Ok(None) };
+                }
+                if s.shut_wr || s.closed || s.shard.is_none() {
+                    if sent > 0 {
+                        return Ok(Some(sent));
+                    }
+                    return Err(g.sock_mut(me)?.take_err().unwrap_or(Errno::EPIPE));
+                }
+                let Some(c) = s.shard else { return Err(Errno::EPIPE) };
+                if total == 0 {
+                    return Ok(Some(0));
+                }
+                loop {
+                    let before = sent;
+                    let t = g.stack.tcp_mut(c)?;
+                    let mut skip = sent;
+                    for b in bufs {
+                        if skip >= b.len() {
+                            skip -= b.len();
+                            continue;
+                        }
+                        let n = t.send_slice(&b[skip..]).unwrap_or(0);
+                        sent += n;
+                        if n < b.len() - skip {
+                            break;
+                        }
+                        skip = 0;
+                    }
+                    if sent == total {
+                        return Ok(Some(sent));
+                    }
+                    // Buffer full: push it out (on loopback the peer may take it at once)
+                    // and go round while that makes room.
+                    g.pump();
+                    if sent == before {
+                        return Ok(None);
+                    }
+                }
+            },
+        );
+        match r {
+            Err(Errno::EAGAIN | Errno::EINTR) if sent > 0 => Ok(sent),
+            r => r,
+        }
+    }
+
+    fn udp_send(&self, bufs: &[&[u8]], nb: bool, to: Option<SocketAddr>) -> SysResult<usize> {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        let mut data = Vec::with_capacity(total);
+        for b in bufs {
+            data.extend_from_slice(b);
+        }
+        self.block(
+            nb,
+            |o| o.sndtimeo,
+            |g, me| {
+                let s = g.sock(me)?;
+                let dest = match (to, s.peer) {
+                    (Some(a), _) => a,
+                    (None, Some(p)) => p,
+                    (None, None) => return Err(Errno::EDESTADDRREQ),
+                };
+                if s.fam == Family::V4 && dest.is_ipv6() {
+                    return Err(Errno::EAFNOSUPPORT);
+                }
+                let max = if matches!(unmap(dest.ip()), IpAddr::V4(_)) { UDP_MAX_V4 } else { UDP_MAX_V6 };
+                if data.len() > max {
+                    return Err(Errno::EMSGSIZE);
+                }
+                if let Some(e) = g.sock_mut(me)?.take_err() {
+                    return Err(e);
+                }
+                let shard = udp_autobind(g, me)?;
+                let u = g.stack.udp_mut(shard)?;
+                match u.send_slice(&data, endpoint(&dest)) {
+                    Ok(()) => Ok(Some(data.len())),
+                    Err(smoltcp::socket::udp::SendError::BufferFull) => Ok(None),
+                    Err(smoltcp::socket::udp::SendError::Unaddressable) => Err(Errno::ENETUNREACH),
+                }
+            },
+        )
+    }
+
+    /// `recv`/`recvfrom`/`recvmsg`/`read`/`readv` into the buffers in order.
+    pub fn recv(&self, bufs: &mut [&mut [u8]], flags: i32) -> SysResult<Received> {
+        let nb = self.nonblocking() || flags & msg::DONTWAIT != 0;
+        match self.kind {
+            Kind::Stream => self.tcp_recv(bufs, flags, nb),
+            Kind::Dgram => self.udp_recv(bufs, flags, nb),
+        }
+    }
+
+    fn tcp_recv(&self, bufs: &mut [&mut [u8]], flags: i32, nb: bool) -> SysResult<Received> {
+        if flags & msg::OOB != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        let peek = flags & msg::PEEK != 0;
+        let waitall = flags & msg::WAITALL != 0 && !peek;
+        // MSG_TRUNC on TCP: the bytes are consumed and discarded, not copied.
+        if flags & msg::TRUNC != 0 {
+            let mut scratch = vec![0u8; total.min(1 << 20)];
+            return self.tcp_recv(&mut [&mut scratch[..]], flags & !msg::TRUNC, nb);
+        }
+        let mut got = 0usize;
+        let r = self.block(
+            nb,
+            |o| o.rcvtimeo,
+            |g, me| {
+                let s = g.sock(me)?;
+                if s.listener.is_some() {
+                    return Err(Errno::ENOTCONN);
+                }
+                if let Some(c) = s.shard {
+                    let avail = g.stack.tcp(c).map(|t| t.recv_queue()).unwrap_or(0);
+                    if total == 0 && avail > 0 {
+                        return Ok(Some(0));
+                    }
+                    if avail > 0 && total > 0 {
+                        let t = g.stack.tcp_mut(c)?;
+                        if peek {
+                            // Peek the front of the queue into the buffers in order.
+                            let mut tmp = vec![0u8; avail.min(total)];
+                            let n = t.peek_slice(&mut tmp).unwrap_or(0);
+                            scatter(bufs, 0, &tmp[..n]);
+                            return Ok(Some(n));
+                        }
+                        let mut skip = got;
+                        for b in bufs.iter_mut() {
+                            if skip >= b.len() {
+                                skip -= b.len();
+                                continue;
+                            }
+                            let n = t.recv_slice(&mut b[skip..]).unwrap_or(0);
+                            got += n;
+                            if n < b.len() - skip {
+                                break;
+                            }
+                            skip = 0;
+                        }
+                        if got == total || !waitall {
+                            return Ok(Some(got));
+                        }
+                    }
+                }
+                let s = g.sock(me)?;
+                if got > 0 && !waitall {
+                    return Ok(Some(got));
+                }
+                if s.done {
+                    return Ok(Some(got));
+                }
+                if s.err.is_some() {
+                    if got > 0 {
+                        return Ok(Some(got));
+                    }
+                    return Err(g.sock_mut(me)?.take_err().unwrap_or(Errno::ECONNRESET));
+                }
+                if s.shut_rd {
+                    return Ok(Some(got));
+                }
+                if s.shard.is_none() || s.closed {
+                    if got > 0 {
+                        return Ok(Some(got));
+                    }
+                    return Err(Errno::ENOTCONN);
+                }
+                Ok(None)
+            },
+        );
+        let n = match r {
+            Err(Errno::EAGAIN | Errno::EINTR) if got > 0 => got,
+            r => r?,
+        };
+        Ok(Received { n, from: None, flags: 0 })
+    }
+
+    fn udp_recv(&self, bufs: &mut [&mut [u8]], flags: i32, nb: bool) -> SysResult<Received> {
+        if flags & msg::OOB != 0 {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let peek = flags & msg::PEEK != 0;
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        let fam = self.fam;
+        self.block(
+            nb,
+            |o| o.rcvtimeo,
+            |g, me| {
+                if let Some(e) = g.sock_mut(me)?.take_err() {
+                    return Err(e);
+                }
+                let s = g.sock(me)?;
+                let peer = s.peer;
+                let shut = s.shut_rd;
+                let Some(shard) = s.shard else {
+                    return if shut { Ok(Some(Received::default())) } else { Ok(None) };
+                };
+                let u = g.stack.udp_mut(shard)?;
+                while let Ok((data, meta)) = u.peek() {
+                    let from = to_addr(fam, meta.endpoint);
+                    if let Some(p) = peer {
+                        if endpoint(&p) != meta.endpoint {
+                            // Connected: datagrams from anyone else are not for us.
+                            let _ = u.recv();
+                            continue;
+                        }
+                    }
+                    let len = data.len();
+                    let n = scatter(bufs, 0, data);
+                    if !peek {
+                        let _ = u.recv();
+                    }
+                    let trunc = n < len;
+                    let ret = if flags & msg::TRUNC != 0 { len } else { n };
+                    let _ = total;
+                    return Ok(Some(Received {
+                        n: ret,
+                        from: Some(from),
+                        flags: if trunc { msg::TRUNC } else { 0 },
+                    }));
+                }
+                if shut {
+                    return Ok(Some(Received::default()));
+                }
+                Ok(None)
+            },
+        )
+    }
+
+    /// `FIONREAD`/`SIOCINQ`: bytes (TCP) or the next datagram's size (UDP) waiting.
+    pub fn pending_in(&self) -> SysResult<usize> {
+        let mut g = net().lock();
+        let s = g.sock(self.id)?;
+        if s.listener.is_some() {
+            return Err(Errno::EINVAL);
+        }
+        let Some(c) = s.shard else { return Ok(0) };
+        Ok(match s.kind {
+            Kind::Stream => g.stack.tcp(c).map(|t| t.recv_queue()).unwrap_or(0),
+            Kind::Dgram => {
+                g.stack.udp_mut(c).ok().and_then(|u| u.peek().ok().map(|(d, _)| d.len())).unwrap_or(0)
+            }
+        })
+    }
+
+    /// `SIOCOUTQ`: bytes not yet acknowledged (TCP) / queued (UDP).
+    pub fn pending_out(&self) -> SysResult<usize> {
+        let g = net().lock();
+        let s = g.sock(self.id)?;
+        if s.listener.is_some() {
+            return Err(Errno::EINVAL);
+        }
+        let Some(c) = s.shard else { return Ok(0) };
+        Ok(match s.kind {
+            Kind::Stream => g.stack.tcp(c).map(|t| t.send_queue()).unwrap_or(0),
+            Kind::Dgram => g.stack.udp(c).map(|u| u.send_queue()).unwrap_or(0),
+        })
+    }
+
+    /// Readiness as `poll` reports it (`POLLIN` ...).
+    pub fn events(&self) -> u32 {
+        let g = net().lock();
+        events(&g, self.id)
+    }
+
+    /// `setsockopt(2)` with the raw option bytes.
+    pub fn setsockopt(&self, level: i32, name: i32, val: &[u8]) -> SysResult<()> {
+        let mut g = net().lock();
+        let id = self.id;
+        let int = || -> SysResult<i32> {
+            if val.len() < 4 {
+                return Err(Errno::EINVAL);
+            }
+            Ok(i32::from_ne_bytes([val[0], val[1], val[2], val[3]]))
+        };
+        let s = g.sock_mut(id)?;
+        let kind = s.kind;
+        match (level, name) {
+            (SOL_SOCKET, SO_REUSEADDR) => s.opts.reuseaddr = int()? != 0,
+            (SOL_SOCKET, SO_REUSEPORT) => s.opts.reuseport = int()? != 0,
+            (SOL_SOCKET, SO_KEEPALIVE) => s.opts.keepalive = int()? != 0,
+            (SOL_SOCKET, SO_RCVBUF | SO_RCVBUFFORCE) => {
+                let v = int()?.clamp(0, RMEM_MAX);
+                s.opts.rcvbuf = (v.saturating_mul(2)).max(SOCK_MIN_RCVBUF);
+            }
+            (SOL_SOCKET, SO_SNDBUF | SO_SNDBUFFORCE) => {
+                let v = int()?.clamp(0, RMEM_MAX);
+                s.opts.sndbuf = (v.saturating_mul(2)).max(SOCK_MIN_SNDBUF);
+            }
+            (SOL_SOCKET, SO_LINGER) => {
+                if val.len() < 8 {
+                    return Err(Errno::EINVAL);
+                }
+                let on = i32::from_ne_bytes([val[0], val[1], val[2], val[3]]);
+                let secs = i32::from_ne_bytes([val[4], val[5], val[6], val[7]]);
+                s.opts.linger = (on != 0).then_some(secs.max(0));
+            }
+            (SOL_SOCKET, SO_RCVTIMEO_OLD | SO_RCVTIMEO_NEW) => s.opts.rcvtimeo = timeval(val)?,
+            (SOL_SOCKET, SO_SNDTIMEO_OLD | SO_SNDTIMEO_NEW) => s.opts.sndtimeo = timeval(val)?,
+            (SOL_SOCKET, SO_TYPE | SO_ERROR | SO_ACCEPTCONN | SO_DOMAIN | SO_PROTOCOL) => {
+                return Err(Errno::ENOPROTOOPT)
+            }
+            (
+                SOL_SOCKET,
+                SO_BROADCAST | SO_OOBINLINE | SO_PRIORITY | SO_RCVLOWAT | SO_SNDLOWAT | SO_DONTROUTE,
+            )
+            | (
+                SOL_SOCKET,
+                SO_TIMESTAMP | SO_PASSCRED | SO_MARK | SO_BUSY_POLL | SO_INCOMING_CPU | SO_ZEROCOPY,
+            ) => {
+                int()?;
+                s.opts.other.insert((level, name), val[..4].to_vec());
+            }
+            (IPPROTO_TCP, _) if kind != Kind::Stream => return Err(Errno::EOPNOTSUPP),
+            (IPPROTO_TCP, TCP_NODELAY) => s.opts.nodelay = int()? != 0,
+            (IPPROTO_TCP, TCP_KEEPIDLE | TCP_KEEPINTVL | TCP_KEEPCNT | TCP_SYNCNT | TCP_USER_TIMEOUT) => {
+                let v = int()?;
+                let max = if name == TCP_KEEPCNT || name == TCP_SYNCNT { 127 } else { 32767 };
+                if name == TCP_USER_TIMEOUT {
+                    if v < 0 {
+                        return Err(Errno::EINVAL);
+                    }
+                } else if v < 1 || v > max {
+                    return Err(Errno::EINVAL);
+                }
+                s.opts.other.insert((level, name), val[..4].to_vec());
+            }
+            (IPPROTO_TCP, TCP_CORK | TCP_QUICKACK | TCP_DEFER_ACCEPT | TCP_LINGER2 | TCP_WINDOW_CLAMP)
+            | (IPPROTO_TCP, TCP_NOTSENT_LOWAT | TCP_FASTOPEN | TCP_MAXSEG) => {
+                int()?;
+                s.opts.other.insert((level, name), val[..4].to_vec());
+            }
+            (IPPROTO_IPV6, IPV6_V6ONLY) => {
+                if s.fam != Family::V6 {
+                    return Err(Errno::ENOPROTOOPT);
+                }
+                if s.local.is_some() {
+                    return Err(Errno::EINVAL);
+                }
+                s.opts.v6only = int()? != 0;
+            }
+            (IPPROTO_IP, IP_TOS | IP_TTL | IP_RECVERR | IP_PKTINFO | IP_MTU_DISCOVER | IP_FREEBIND)
+            | (IPPROTO_IPV6, IPV6_UNICAST_HOPS | IPV6_TCLASS | IPV6_RECVPKTINFO | IPV6_RECVERR) => {
+                int()?;
+                s.opts.other.insert((level, name), val[..4].to_vec());
+            }
+            _ => return Err(Errno::ENOPROTOOPT),
+        }
+        apply_tcp_opts(&mut g, id);
+        Ok(())
+    }
+
+    /// `getsockopt(2)`: the option's bytes (the shim truncates to the caller's length).
+    pub fn getsockopt(&self, level: i32, name: i32) -> SysResult<Vec<u8>> {
+        let mut g = net().lock();
+        let id = self.id;
+        let events = events(&g, id);
+        let s = g.sock_mut(id)?;
+        let b = |v: bool| i32::from(v).to_ne_bytes().to_vec();
+        let i = |v: i32| v.to_ne_bytes().to_vec();
+        Ok(match (level, name) {
+            (SOL_SOCKET, SO_TYPE) => i(if s.kind == Kind::Stream { 1 } else { 2 }),
+            (SOL_SOCKET, SO_DOMAIN) => i(if s.fam == Family::V4 { 2 } else { 10 }),
+            (SOL_SOCKET, SO_PROTOCOL) => i(if s.kind == Kind::Stream { 6 } else { 17 }),
+            (SOL_SOCKET, SO_ERROR) => {
+                let _ = events;
+                i(s.take_err().map_or(0, |e| e.0))
+            }
+            (SOL_SOCKET, SO_ACCEPTCONN) => b(s.listener.is_some()),
+            (SOL_SOCKET, SO_REUSEADDR) => b(s.opts.reuseaddr),
+            (SOL_SOCKET, SO_REUSEPORT) => b(s.opts.reuseport),
+            (SOL_SOCKET, SO_KEEPALIVE) => b(s.opts.keepalive),
+            (SOL_SOCKET, SO_RCVBUF) => i(s.opts.rcvbuf),
+            (SOL_SOCKET, SO_SNDBUF) => i(s.opts.sndbuf),
+            (SOL_SOCKET, SO_LINGER) => {
+                let mut v = i(i32::from(s.opts.linger.is_some()));
+                v.extend_from_slice(&s.opts.linger.unwrap_or(0).to_ne_bytes());
+                v
+            }
+            (SOL_SOCKET, SO_RCVTIMEO_OLD | SO_RCVTIMEO_NEW) => timeval_bytes(s.opts.rcvtimeo),
+            (SOL_SOCKET, SO_SNDTIMEO_OLD | SO_SNDTIMEO_NEW) => timeval_bytes(s.opts.sndtimeo),
+            (SOL_SOCKET, SO_RCVLOWAT | SO_SNDLOWAT) => {
+                s.opts.other.get(&(level, name)).cloned().unwrap_or_else(|| i(1))
+            }
+            (IPPROTO_TCP, _) if s.kind != Kind::Stream => return Err(Errno::EOPNOTSUPP),
+            (IPPROTO_TCP, TCP_NODELAY) => b(s.opts.nodelay),
+            (IPPROTO_TCP, TCP_KEEPIDLE) => {
+                s.opts.other.get(&(level, name)).cloned().unwrap_or_else(|| i(7200))
+            }
+            (IPPROTO_TCP, TCP_KEEPINTVL) => {
+                s.opts.other.get(&(level, name)).cloned().unwrap_or_else(|| i(75))
+            }
+            (IPPROTO_TCP, TCP_KEEPCNT) => s.opts.other.get(&(level, name)).cloned().unwrap_or_else(|| i(9)),
+            (IPPROTO_TCP, TCP_SYNCNT) => s.opts.other.get(&(level, name)).cloned().unwrap_or_else(|| i(6)),
+            (IPPROTO_TCP, TCP_MAXSEG) => i(if s.shard.is_some() { 65_483 } else { 536 }),
+            (IPPROTO_IPV6, IPV6_V6ONLY) if s.fam == Family::V6 => b(s.opts.v6only),
+            (IPPROTO_IP, IP_TTL) => s.opts.other.get(&(level, name)).cloned().unwrap_or_else(|| i(64)),
+            (IPPROTO_IPV6, IPV6_UNICAST_HOPS) => {
+                s.opts.other.get(&(level, name)).cloned().unwrap_or_else(|| i(64))
+            }
+            (lvl, nm) => match s.opts.other.get(&(lvl, nm)) {
+                Some(v) => v.clone(),
+                None if known_int_option(lvl, nm) => i(0),
+                None => return Err(Errno::ENOPROTOOPT),
+            },
+        })
+    }
+}
+
+/// Places bytes across the buffers from offset `at`; returns how many fit.
+fn scatter(bufs: &mut [&mut [u8]], mut at: usize, data: &[u8]) -> usize {
+    let mut done = 0;
+    for b in bufs.iter_mut() {
+        if at >= b.len() {
+            at -= b.len();
+            continue;
+        }
+        let n = (b.len() - at).min(data.len() - done);
+        b[at..at + n].copy_from_slice(&data[done..done + n]);
+        done += n;
+        at = 0;
+        if done == data.len() {
+            break;
+        }
+    }
+    done
+}
+
+fn timeval(val: &[u8]) -> SysResult<Option<Duration>> {
+    if val.len() < 16 {
+        return Err(Errno::EINVAL);
+    }
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&val[..8]);
+    let sec = i64::from_ne_bytes(a);
+    a.copy_from_slice(&val[8..16]);
+    let usec = i64::from_ne_bytes(a);
+    if !(0..1_000_000).contains(&usec) {
+        return Err(Errno::EDOM);
+    }
+    if sec < 0 {
+        // Linux: a negative timeout means "do not wait".
+        return Ok(Some(Duration::ZERO));
+    }
+    let d = Duration::from_secs(sec as u64) + Duration::from_micros(usec as u64);
+    Ok((!d.is_zero()).then_some(d))
+}
+
+fn timeval_bytes(d: Option<Duration>) -> Vec<u8> {
+    let d = d.unwrap_or_default();
+    let mut v = (d.as_secs() as i64).to_ne_bytes().to_vec();
+    v.extend_from_slice(&i64::from(d.subsec_micros()).to_ne_bytes());
+    v
+}
+
+fn known_int_option(level: i32, name: i32) -> bool {
+    matches!(
+        (level, name),
+        (SOL_SOCKET, SO_BROADCAST | SO_OOBINLINE | SO_PRIORITY | SO_DONTROUTE | SO_TIMESTAMP | SO_PASSCRED)
+            | (SOL_SOCKET, SO_MARK | SO_BUSY_POLL | SO_ZEROCOPY)
+            | (IPPROTO_TCP, TCP_CORK | TCP_QUICKACK | TCP_DEFER_ACCEPT | TCP_LINGER2 | TCP_WINDOW_CLAMP)
+            | (IPPROTO_TCP, TCP_NOTSENT_LOWAT | TCP_FASTOPEN | TCP_USER_TIMEOUT)
+            | (IPPROTO_IP, IP_TOS | IP_RECVERR | IP_PKTINFO | IP_MTU_DISCOVER | IP_FREEBIND)
+            | (IPPROTO_IPV6, IPV6_TCLASS | IPV6_RECVPKTINFO | IPV6_RECVERR)
+    )
+}
+
+// Option names (Linux x86_64).
+const SOL_SOCKET: i32 = 1;
+const SO_REUSEADDR: i32 = 2;
+const SO_TYPE: i32 = 3;
+const SO_ERROR: i32 = 4;
+const SO_DONTROUTE: i32 = 5;
+const SO_BROADCAST: i32 = 6;
+const SO_SNDBUF: i32 = 7;
+const SO_RCVBUF: i32 = 8;
+const SO_KEEPALIVE: i32 = 9;
+const SO_OOBINLINE: i32 = 10;
+const SO_PRIORITY: i32 = 12;
+const SO_LINGER: i32 = 13;
+const SO_REUSEPORT: i32 = 15;
+const SO_PASSCRED: i32 = 16;
+const SO_RCVLOWAT: i32 = 18;
+const SO_SNDLOWAT: i32 = 19;
+const SO_RCVTIMEO_OLD: i32 = 20;
+const SO_SNDTIMEO_OLD: i32 = 21;
+const SO_TIMESTAMP: i32 = 29;
+const SO_ACCEPTCONN: i32 = 30;
+const SO_SNDBUFFORCE: i32 = 32;
+const SO_RCVBUFFORCE: i32 = 33;
+const SO_MARK: i32 = 36;
+const SO_PROTOCOL: i32 = 38;
+const SO_DOMAIN: i32 = 39;
+const SO_BUSY_POLL: i32 = 46;
+const SO_INCOMING_CPU: i32 = 49;
+const SO_ZEROCOPY: i32 = 60;
+const SO_RCVTIMEO_NEW: i32 = 66;
+const SO_SNDTIMEO_NEW: i32 = 67;
+const IPPROTO_IP: i32 = 0;
+const IP_TOS: i32 = 1;
+const IP_TTL: i32 = 2;
+const IP_PKTINFO: i32 = 8;
+const IP_MTU_DISCOVER: i32 = 10;
+const IP_RECVERR: i32 = 11;
+const IP_FREEBIND: i32 = 15;
+const IPPROTO_TCP: i32 = 6;
+const TCP_NODELAY: i32 = 1;
+const TCP_MAXSEG: i32 = 2;
+const TCP_CORK: i32 = 3;
+const TCP_KEEPIDLE: i32 = 4;
+const TCP_KEEPINTVL: i32 = 5;
+const TCP_KEEPCNT: i32 = 6;
+const TCP_SYNCNT: i32 = 7;
+const TCP_LINGER2: i32 = 8;
+const TCP_DEFER_ACCEPT: i32 = 9;
+const TCP_WINDOW_CLAMP: i32 = 10;
+const TCP_QUICKACK: i32 = 12;
+const TCP_USER_TIMEOUT: i32 = 18;
+const TCP_FASTOPEN: i32 = 23;
+const TCP_NOTSENT_LOWAT: i32 = 25;
+const IPPROTO_IPV6: i32 = 41;
+const IPV6_UNICAST_HOPS: i32 = 16;
+const IPV6_RECVERR: i32 = 25;
+const IPV6_V6ONLY: i32 = 26;
+const IPV6_RECVPKTINFO: i32 = 49;
+const IPV6_TCLASS: i32 = 67;
+
+/// Pushes the socket's TCP options into its smoltcp socket.
+fn apply_tcp_opts(g: &mut Inner, id: usize) {
+    let Ok(s) = g.sock(id) else { return };
+    let Some(c) = s.shard.filter(|_| s.kind == Kind::Stream) else { return };
+    let nodelay = s.opts.nodelay;
+    let keepalive = s.opts.keepalive;
+    let idle = s
+        .opts
+        .other
+        .get(&(IPPROTO_TCP, TCP_KEEPIDLE))
+        .map_or(7200, |v| i32::from_ne_bytes([v[0], v[1], v[2], v[3]]).max(1) as u64);
+    if let Ok(t) = g.stack.tcp_mut(c) {
+        t.set_nagle_enabled(!nodelay);
+        t.set_keep_alive(keepalive.then(|| smoltcp::time::Duration::from_secs(idle)));
+    }
+}
+
+/// A free TCP port from the ephemeral range for `listen` without `bind`.
+fn free_tcp_port(g: &Inner) -> SysResult<u16> {
+    let (lo, hi) = super::stack::EPHEMERAL;
+    let seed = (g.now().total_micros() as u32).wrapping_mul(2_654_435_761);
+    let span = u32::from(hi - lo) + 1;
+    for i in 0..span {
+        let p = lo + ((seed.wrapping_add(i)) % span) as u16;
+        if !g.stack.tcp_port_taken(p) && !port_bound(g, Kind::Stream, p, usize::MAX) {
+            return Ok(p);
+        }
+    }
+    Err(Errno::EADDRINUSE)
+}
+
+fn port_bound(g: &Inner, kind: Kind, port: u16, except: usize) -> bool {
+    g.socks.iter().enumerate().any(|(i, s)| {
+        i != except && s.as_ref().is_some_and(|s| s.kind == kind && s.local.is_some_and(|a| a.port() == port))
+    })
+}
+
+/// `bind(2)`: Linux's conflict rules, simplified to what a single host sees.
+fn bind(g: &mut Inner, id: usize, addr: SocketAddr) -> SysResult<()> {
+    let s = g.sock(id)?;
+    if s.local.is_some() {
+        return Err(Errno::EINVAL);
+    }
+    match (s.fam, addr) {
+        (Family::V4, SocketAddr::V6(_)) => return Err(Errno::EAFNOSUPPORT),
+        (Family::V6, SocketAddr::V4(_)) => return Err(Errno::EINVAL),
+        _ => {}
+    }
+    if !serves(&addr) {
+        return Err(Errno::EADDRNOTAVAIL);
+    }
+    let kind = s.kind;
+    let (reuseaddr, reuseport) = (s.opts.reuseaddr, s.opts.reuseport);
+    let mut port = addr.port();
+    if port == 0 {
+        port = match kind {
+            Kind::Stream => free_tcp_port(g)?,
+            Kind::Dgram => loop {
+                let p = g.stack.udp_ephemeral()?;
+                if !port_bound(g, Kind::Dgram, p, id) {
+                    break p;
+                }
+            },
+        };
+    } else {
+        for (i, o) in g.socks.iter().enumerate() {
+            let Some(o) = o.as_ref().filter(|o| i != id && o.kind == kind) else { continue };
+            let Some(l) = o.local.filter(|l| l.port() == port) else { continue };
+            if !overlaps(&l, o.opts.v6only, &addr, g.sock(id)?.opts.v6only) {
+                continue;
+            }
+            let shared_port = reuseport && o.opts.reuseport;
+            let shared_addr = reuseaddr && o.opts.reuseaddr && (kind == Kind::Dgram || o.listener.is_none());
+            if !(shared_port || shared_addr) {
+                return Err(Errno::EADDRINUSE);
+            }
+        }
+        if kind == Kind::Stream && !reuseaddr && g.stack.port_in_time_wait(port) {
+            return Err(Errno::EADDRINUSE);
+        }
+    }
+    let s = g.sock_mut(id)?;
+    s.local = Some(SocketAddr::new(addr.ip(), port));
+    if kind == Kind::Dgram {
+        let shard = g.stack.udp_bind(port)?;
+        g.sock_mut(id)?.shard = Some(shard);
+        g.attach(shard, id);
+    }
+    Ok(())
+}
+
+/// Whether two bound addresses on one port collide.
+fn overlaps(a: &SocketAddr, a_v6only: bool, b: &SocketAddr, b_v6only: bool) -> bool {
+    let wild = |x: &SocketAddr| x.ip().is_unspecified();
+    let v4ish = |x: &SocketAddr, only: bool| match x {
+        SocketAddr::V4(_) => true,
+        SocketAddr::V6(v) => (!only && v.ip().is_unspecified()) || v.ip().to_ipv4_mapped().is_some(),
+    };
+    let v6ish = |x: &SocketAddr| x.is_ipv6();
+    let same_family = (v4ish(a, a_v6only) && v4ish(b, b_v6only)) || (v6ish(a) && v6ish(b));
+    if !same_family {
+        return false;
+    }
+    wild(a) || wild(b) || unmap(a.ip()) == unmap(b.ip())
+}
+
+fn udp_autobind(g: &mut Inner, id: usize) -> SysResult<ShardId> {
+    if let Some(s) = g.sock(id)?.shard {
+        return Ok(s);
+    }
+    let wild = g.sock(id)?.wildcard();
+    bind(g, id, wild)?;
+    g.sock(id)?.shard.ok_or(Errno::EINVAL)
+}
+
+fn udp_connect(g: &mut Inner, id: usize, addr: Option<SocketAddr>) -> SysResult<()> {
+    let Some(addr) = addr else {
+        let s = g.sock_mut(id)?;
+        s.peer = None;
+        return Ok(());
+    };
+    let s = g.sock(id)?;
+    if s.fam == Family::V4 && addr.is_ipv6() {
+        return Err(Errno::EAFNOSUPPORT);
+    }
+    udp_autobind(g, id)?;
+    let s = g.sock_mut(id)?;
+    s.peer = Some(addr);
+    // A connected UDP socket's local address is the route's source (127.0.0.1 / ::1).
+    if let Some(l) = s.local {
+        if l.ip().is_unspecified() {
+            let ep = endpoint(&addr);
+            s.local = Some(to_addr(s.fam, IpEndpoint::new(ep.addr, l.port())));
+        }
+    }
+    Ok(())
+}
+
+/// AF_UNSPEC connect on TCP.
+fn tcp_disconnect(g: &mut Inner, id: usize) -> SysResult<()> {
+    let s = g.sock(id)?;
+    if let Some(l) = s.listener {
+        let last = g.by_shard.get(&l).is_none_or(|v| v.len() <= 1);
+        g.detach(l, id);
+        if last {
+            let _ = g.stack.release(l);
+        }
+        g.sock_mut(id)?.listener = None;
+    } else if let Some(c) = s.shard {
+        if let Ok(t) = g.stack.tcp_mut(c) {
+            t.abort();
+        }
+        g.detach(c, id);
+        let _ = g.stack.release(c);
+        g.sock_mut(id)?.shard = None;
+    }
+    let s = g.sock_mut(id)?;
+    s.ss = Ss::Unconnected;
+    s.peer = None;
+    s.closed = false;
+    s.done = false;
+    s.shut_rd = false;
+    s.shut_wr = false;
+    Ok(())
+}
+
+/// After a failed attempt: drop the dead connection so `connect` can start a new one.
+fn reset_for_reconnect(g: &mut Inner, id: usize) {
+    let Ok(s) = g.sock(id) else { return };
+    if let Some(c) = s.shard {
+        g.detach(c, id);
+        let _ = g.stack.release(c);
+    }
+    if let Ok(s) = g.sock_mut(id) {
+        s.shard = None;
+        s.peer = None;
+        s.closed = false;
+        s.done = false;
+        s.shut_rd = false;
+        s.shut_wr = false;
+        s.fin_sent = false;
+    }
+}
+
+/// `close` of the last fd: Linux's `tcp_close` — unread data or `SO_LINGER` 0 → RST,
+/// otherwise FIN after what was queued; a listener resets what nobody accepted.
+fn close(g: &mut Inner, id: usize) {
+    let Some(s) = g.drop_sock(id) else { return };
+    for w in &s.watchers {
+        g.ev.forget_sock(w, id);
+    }
+    if let Some(l) = s.listener {
+        g.detach(l, id);
+        if !g.by_shard.contains_key(&l) {
+            let _ = g.stack.release(l);
+        }
+    }
+    if let Some(c) = s.shard {
+        g.detach(c, id);
+        if s.kind == Kind::Stream {
+            let unread = g.stack.tcp(c).map(|t| t.recv_queue()).unwrap_or(0);
+            if let Ok(t) = g.stack.tcp_mut(c) {
+                if unread > 0 || s.opts.linger == Some(0) {
+                    t.abort();
+                    // Send the RST before the connection is forgotten.
+                    g.pump();
+                }
+            }
+        }
+        let _ = g.stack.release(c);
+    }
+}
+
+/// Mirrors smoltcp's TCP state into Linux's flags (`sk_err`, `sk_shutdown`, `SOCK_DONE`).
+pub(crate) fn sync(g: &mut Inner, id: usize) {
+    let Ok(s) = g.sock(id) else { return };
+    if s.kind != Kind::Stream || s.closed {
+        return;
+    }
+    let Some(c) = s.shard else { return };
+    let state = g.stack.tcp(c).map(|t| t.state()).unwrap_or(tcp::State::Closed);
+    let was_connecting = s.ss == Ss::Connecting
+        || g.stack.tcp(c).is_err()
+        || (s.ss == Ss::Connected
+            && s.peer.is_some()
+            && !s.done
+            && !s.fin_sent
+            && state == tcp::State::Closed);
+    let Ok(s) = g.sock_mut(id) else { return };
+    use tcp::State::*;
+    match state {
+        CloseWait | LastAck | Closing | TimeWait => {
+            s.done = true;
+            s.shut_rd = true;
+        }
+        Closed => {
+            let normal = s.done && s.fin_sent;
+            if !normal {
+                let handshake = was_connecting && s.ss == Ss::Connecting;
+                s.err = Some(if handshake { Errno::ECONNREFUSED } else { Errno::ECONNRESET });
+            }
+            s.closed = true;
+            s.shut_rd = true;
+            s.shut_wr = true;
+        }
+        _ => {}
+    }
+}
+
+/// Readiness of a socket, Linux's `tcp_poll` / `datagram_poll`.
+pub(crate) fn events(g: &Inner, id: usize) -> u32 {
+    let Ok(s) = g.sock(id) else { return ev::NVAL };
+    let mut m = 0;
+    if s.kind == Kind::Dgram {
+        if s.err.is_some() {
+            m |= ev::ERR;
+        }
+        if s.shut_rd {
+            m |= ev::RDHUP | ev::IN | ev::RDNORM;
+        }
+        if s.shut_rd && s.shut_wr {
+            m |= ev::HUP;
+        }
+        let readable = s.shard.and_then(|c| g.stack.udp(c).ok()).is_some_and(|u| u.can_recv());
+        if readable {
+            m |= ev::IN | ev::RDNORM;
+        }
+        m |= ev::OUT | ev::WRNORM | ev::WRBAND;
+        return m;
+    }
+    if let Some(l) = s.listener {
+        let pick = reuseport_pick(g, l, id);
+        return if g.stack.acceptable_where(l, pick) { ev::IN | ev::RDNORM } else { 0 };
+    }
+    let t = s.shard.and_then(|c| g.stack.tcp(c).ok());
+    let state = if s.closed { tcp::State::Closed } else { t.map_or(tcp::State::Closed, |t| t.state()) };
+    if (s.shut_rd && s.shut_wr) || state == tcp::State::Closed {
+        m |= ev::HUP;
+    }
+    if s.shut_rd {
+        m |= ev::IN | ev::RDNORM | ev::RDHUP;
+    }
+    if !matches!(state, tcp::State::SynSent | tcp::State::SynReceived) {
+        if t.is_some_and(|t| t.recv_queue() > 0) {
+            m |= ev::IN | ev::RDNORM;
+        }
+        if !s.shut_wr {
+            let writable = match t {
+                Some(t) if !s.closed => {
+                    let free = t.send_capacity() - t.send_queue();
+                    free > 0 && free * 2 >= t.send_queue()
+                }
+                _ => true,
+            };
+            if writable {
+                m |= ev::OUT | ev::WRNORM;
+            }
+        } else {
+            m |= ev::OUT | ev::WRNORM;
+        }
+    }
+    if s.err.is_some() {
+        m |= ev::ERR;
+    }
+    m
+}
+
+/// With several `SO_REUSEPORT` listeners on one queue, which connections this one takes:
+/// spread by connection (Linux spreads by a hash of the 4-tuple).
+fn reuseport_pick(g: &Inner, l: ShardId, me: usize) -> impl Fn(ShardId) -> bool {
+    let (k, j) = match g.by_shard.get(&l) {
+        Some(v) if v.len() > 1 => (v.len(), v.iter().position(|&x| x == me).unwrap_or(0)),
+        _ => (1, 0),
+    };
+    move |conn: ShardId| conn % k == j
+}
+
+/// Bytes waiting to be read (TCP) or datagrams queued (UDP), for edge detection.
+pub(crate) fn rx_level(g: &Inner, id: usize) -> usize {
+    let Ok(s) = g.sock(id) else { return 0 };
+    let Some(c) = s.shard else { return 0 };
+    match s.kind {
+        Kind::Stream => g.stack.tcp(c).map(|t| t.recv_queue()).unwrap_or(0),
+        Kind::Dgram => g.stack.udp(c).map(|u| u.recv_queue()).unwrap_or(0),
+    }
+}
+
+/// Registers a watcher on a socket.
+pub(crate) fn watch(g: &mut Inner, id: usize, w: Watcher) {
+    if let Ok(s) = g.sock_mut(id) {
+        if !s.watchers.contains(&w) {
+            s.watchers.push(w);
+        }
+    }
+}
+
+/// Removes a watcher from a socket.
+pub(crate) fn unwatch(g: &mut Inner, id: usize, w: &Watcher) {
+    if let Ok(s) = g.sock_mut(id) {
+        s.watchers.retain(|x| x != w);
+    }
+}
+
+/// Whether `port` is free for a new TCP listener or UDP bind (used by tests).
+pub fn port_free(kind: Kind, port: u16) -> bool {
+    let g = net().lock();
+    !port_bound(&g, kind, port, usize::MAX)
+}
+
+/// The socket's family as the kernel's `sa_family` value.
+pub fn family_code(f: Family) -> i32 {
+    match f {
+        Family::V4 => 2,
+        Family::V6 => 10,
+    }
+}
+
+/// Builds a v4 or v6 address (for callers converting from C).
+pub fn addr_v4(ip: [u8; 4], port: u16) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(ip), port))
+}

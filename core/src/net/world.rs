@@ -1,0 +1,345 @@
+//! The process's one network world: the stack, the sockets' state, the event registry, all
+//! behind one mutex; the clock; waiting on futexes; the progress thread.
+//!
+//! Locking: every library-OS socket and epoll operation takes [`Net::lock`] for the few
+//! microseconds it needs and never sleeps while holding it. A thread that must wait (a
+//! blocking `recv`, `accept`, `connect`) sleeps on its socket's [`Wait`] word with `FUTEX_WAIT`;
+//! whoever changes the socket's state under the lock bumps the word and wakes sleepers.
+//!
+//! Signals: a futex wait without a timeout is restarted by the kernel after a handler with
+//! `SA_RESTART` and fails with `EINTR` after one without — exactly what Linux does for a
+//! blocking socket call — and with a timeout (`SO_RCVTIMEO`) it fails with `EINTR` after any
+//! handler, also as Linux. So the library OS needs no signal bookkeeping of its own.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant as StdInstant};
+
+use arrakis_backends::loopback::Loopback;
+use rustix::thread::futex;
+use smoltcp::time::Instant;
+use smoltcp::wire::{IpAddress, IpCidr};
+
+use super::socket::SockState;
+use super::stack::{Buffers, ShardId, Stack};
+use crate::error::{Errno, SysResult};
+use crate::event::Registry;
+
+/// A futex word threads sleep on until something they wait for may have happened.
+#[derive(Debug, Default)]
+pub struct Wait {
+    gen: AtomicU32,
+    waiters: AtomicU32,
+}
+
+impl Wait {
+    /// The current generation; pass it to [`Wait::sleep`] after checking the condition.
+    pub fn seen(&self) -> u32 {
+        self.gen.load(SeqCst)
+    }
+
+    /// Something changed: wake every sleeper (one system call, only if there are sleepers).
+    pub fn notify(&self) {
+        self.gen.fetch_add(1, SeqCst);
+        if self.waiters.load(SeqCst) != 0 {
+            let _ = futex::wake(&self.gen, futex::Flags::PRIVATE, i32::MAX as u32);
+        }
+    }
+
+    /// Sleeps until [`Wait::notify`] after generation `seen`, a signal, or `deadline`.
+    /// `Err(EINTR)` after a signal handler ran (see the module comment for `SA_RESTART`),
+    /// `Err(ETIMEDOUT)` at the deadline.
+    pub fn sleep(&self, seen: u32, deadline: Option<StdInstant>) -> SysResult<()> {
+        let ts = match deadline {
+            None => None,
+            Some(d) => {
+                let left = d.saturating_duration_since(StdInstant::now());
+                if left.is_zero() {
+                    return Err(Errno::ETIMEDOUT);
+                }
+                Some(rustix::time::Timespec {
+                    tv_sec: left.as_secs() as i64,
+                    tv_nsec: i64::from(left.subsec_nanos()),
+                })
+            }
+        };
+        self.waiters.fetch_add(1, SeqCst);
+        let r = futex::wait(&self.gen, futex::Flags::PRIVATE, seen, ts.as_ref());
+        self.waiters.fetch_sub(1, SeqCst);
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) if e == rustix::io::Errno::AGAIN => Ok(()),
+            Err(e) if e == rustix::io::Errno::INTR => Err(Errno::EINTR),
+            Err(e) if e == rustix::io::Errno::TIMEDOUT => Err(Errno::ETIMEDOUT),
+            Err(e) => Err(Errno(e.raw_os_error())),
+        }
+    }
+}
+
+/// Everything the lock protects.
+pub(crate) struct Inner {
+    pub(crate) stack: Stack<Loopback>,
+    /// Sockets by id (`Socket::id`); `None` marks a free slot.
+    pub(crate) socks: Vec<Option<SockState>>,
+    free: Vec<usize>,
+    /// Connection and UDP shards → their socket; listener shards → every socket listening
+    /// there (several with `SO_REUSEPORT`).
+    pub(crate) by_shard: HashMap<ShardId, Vec<usize>>,
+    touched: Vec<ShardId>,
+    pub(crate) ev: Registry,
+    now: Instant,
+}
+
+impl Inner {
+    pub(crate) fn sock(&self, id: usize) -> SysResult<&SockState> {
+        self.socks.get(id).and_then(Option::as_ref).ok_or(Errno::EBADF)
+    }
+
+    pub(crate) fn sock_mut(&mut self, id: usize) -> SysResult<&mut SockState> {
+        self.socks.get_mut(id).and_then(Option::as_mut).ok_or(Errno::EBADF)
+    }
+
+    pub(crate) fn add_sock(&mut self, s: SockState) -> usize {
+        match self.free.pop() {
+            Some(id) => {
+                self.socks[id] = Some(s);
+                id
+            }
+            None => {
+                self.socks.push(Some(s));
+                self.socks.len() - 1
+            }
+        }
+    }
+
+    pub(crate) fn drop_sock(&mut self, id: usize) -> Option<SockState> {
+        let s = self.socks.get_mut(id)?.take();
+        if s.is_some() {
+            self.free.push(id);
+        }
+        s
+    }
+
+    pub(crate) fn attach(&mut self, shard: ShardId, id: usize) {
+        let v = self.by_shard.entry(shard).or_default();
+        if !v.contains(&id) {
+            v.push(id);
+        }
+    }
+
+    pub(crate) fn detach(&mut self, shard: ShardId, id: usize) {
+        if let Some(v) = self.by_shard.get_mut(&shard) {
+            v.retain(|&x| x != id);
+            if v.is_empty() {
+                self.by_shard.remove(&shard);
+            }
+        }
+    }
+
+    /// The stack's clock.
+    pub(crate) fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// Runs the stack and tells everyone whose sockets may have changed.
+    pub(crate) fn pump(&mut self) {
+        let now = self.now;
+        self.stack.poll(now);
+        let mut touched = std::mem::take(&mut self.touched);
+        self.stack.take_touched(&mut touched);
+        touched.sort_unstable();
+        touched.dedup();
+        for shard in &touched {
+            let Some(ids) = self.by_shard.get(shard) else { continue };
+            for id in ids.clone() {
+                self.changed(id);
+            }
+        }
+        self.touched = touched;
+    }
+
+    /// A socket's state may have changed: bring its flags up to date and wake whoever waits.
+    pub(crate) fn changed(&mut self, id: usize) {
+        super::socket::sync(self, id);
+        let ev = super::socket::events(self, id);
+        let rx = super::socket::rx_level(self, id);
+        let Ok(s) = self.sock_mut(id) else { return };
+        s.wait.notify();
+        // An edge, as Linux's wake-ups: a readiness bit that was not there, or more input.
+        let edge = ev & !s.last_ev != 0 || rx > s.last_rx;
+        s.last_ev = ev;
+        s.last_rx = rx;
+        if !edge || s.watchers.is_empty() {
+            return;
+        }
+        let watchers = s.watchers.clone();
+        for w in watchers {
+            self.ev.signal(w, id, ev);
+        }
+    }
+}
+
+/// The network world of this process.
+pub struct Net {
+    inner: Mutex<Inner>,
+    epoch: StdInstant,
+    /// The progress thread's futex word, and the deadline (µs since `epoch`) it sleeps to.
+    timer: Wait,
+    armed: AtomicU64,
+    /// Pid of the process whose progress thread runs (a forked child starts its own).
+    progress_pid: AtomicU32,
+}
+
+static NET: OnceLock<Net> = OnceLock::new();
+
+/// Loopback addresses the library OS serves.
+pub const LOOPBACK_V4: std::net::Ipv4Addr = std::net::Ipv4Addr::LOCALHOST;
+
+/// The process's network world, created on first use.
+pub fn net() -> &'static Net {
+    NET.get_or_init(|| {
+        let epoch = StdInstant::now();
+        let bufs = Buffers { tcp_rx: 256 * 1024, tcp_tx: 256 * 1024, nagle: true, ack_delay: None };
+        let addrs = [
+            IpCidr::new(IpAddress::Ipv4(LOOPBACK_V4), 8),
+            IpCidr::new(IpAddress::Ipv6(std::net::Ipv6Addr::LOCALHOST), 128),
+        ];
+        let stack = Stack::new(Loopback::default(), &addrs, Instant::from_micros(0), bufs);
+        Net {
+            inner: Mutex::new(Inner {
+                stack,
+                socks: Vec::new(),
+                free: Vec::new(),
+                by_shard: HashMap::new(),
+                touched: Vec::new(),
+                ev: Registry::default(),
+                now: Instant::from_micros(0),
+            }),
+            epoch,
+            timer: Wait::default(),
+            armed: AtomicU64::new(u64::MAX),
+            progress_pid: AtomicU32::new(0),
+        }
+    })
+}
+
+/// The lock, with the clock read and the stack run when it is released.
+pub(crate) struct Guard<'a> {
+    g: MutexGuard<'a, Inner>,
+    net: &'a Net,
+}
+
+impl std::ops::Deref for Guard<'_> {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.g
+    }
+}
+
+impl std::ops::DerefMut for Guard<'_> {
+    fn deref_mut(&mut self) -> &mut Inner {
+        &mut self.g
+    }
+}
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        self.g.now = self.net.now();
+        self.g.pump();
+        self.net.arm(&self.g);
+    }
+}
+
+impl Net {
+    fn now(&self) -> Instant {
+        Instant::from_micros(self.epoch.elapsed().as_micros() as i64)
+    }
+
+    /// Takes the lock (the stack runs once on entry and once on release).
+    pub(crate) fn lock(&self) -> Guard<'_> {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.now = self.now();
+        g.pump();
+        Guard { g, net: self }
+    }
+
+    /// Makes sure the progress thread will wake for the stack's next deadline.
+    fn arm(&self, inner: &Inner) {
+        let Some(at) = inner.stack.poll_at() else { return };
+        let at = at.total_micros().max(0) as u64;
+        if at < self.armed.load(SeqCst) {
+            self.armed.store(at, SeqCst);
+            self.timer.notify();
+        }
+    }
+
+    /// Starts this process's progress thread if it is not running (first socket; after fork).
+    pub(crate) fn ensure_progress(&'static self) {
+        let pid = std::process::id();
+        if self.progress_pid.swap(pid, SeqCst) == pid {
+            return;
+        }
+        let spawned = std::thread::Builder::new()
+            .name("arrakis-progress".into())
+            .stack_size(256 * 1024)
+            .spawn(move || self.progress());
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the progress thread; timers run only inside calls");
+        }
+    }
+
+    /// The progress thread: sleeps until the stack's earliest deadline (or until a call moves
+    /// it earlier), then runs the stack, so retransmissions, delayed ACKs, keep-alives and
+    /// window updates go out while the program computes or sleeps elsewhere.
+    fn progress(&self) {
+        // Signals are for the program's threads, never this one.
+        let _ = nix::sys::signal::pthread_sigmask(
+            nix::sys::signal::SigmaskHow::SIG_SETMASK,
+            Some(&nix::sys::signal::SigSet::all()),
+            None,
+        );
+        loop {
+            self.armed.store(u64::MAX, SeqCst);
+            // Runs the stack; releasing the lock arms `armed` with the next deadline.
+            drop(self.lock());
+            let seen = self.timer.seen();
+            // Read after `seen`: a call that arms an earlier deadline from now on also bumps
+            // the word, so the sleep below ends at once.
+            let at = self.armed.load(SeqCst);
+            // Never sleep longer than a second: a cheap guard against a lost deadline.
+            let cap = StdInstant::now() + Duration::from_secs(1);
+            let soonest = StdInstant::now() + Duration::from_micros(100);
+            let deadline = if at == u64::MAX {
+                cap
+            } else {
+                (self.epoch + Duration::from_micros(at)).clamp(soonest, cap)
+            };
+            let _ = self.timer.sleep(seen, Some(deadline));
+        }
+    }
+
+    /// Before `fork`: hold the lock so the child's copy is consistent.
+    pub fn fork_prepare(&'static self) -> ForkGuard {
+        ForkGuard(Some(self.inner.lock().unwrap_or_else(|e| e.into_inner())))
+    }
+}
+
+/// Held across `fork`; dropped in parent and child after it.
+pub struct ForkGuard(Option<MutexGuard<'static, Inner>>);
+
+impl ForkGuard {
+    /// In the child: its progress thread does not exist; start one on next use.
+    pub fn child(mut self) {
+        drop(self.0.take());
+        if let Some(n) = NET.get() {
+            n.progress_pid.store(0, SeqCst);
+            n.armed.store(u64::MAX, SeqCst);
+        }
+    }
+}
+
+/// Whether the network world exists (any socket was ever created).
+pub fn started() -> bool {
+    NET.get().is_some()
+}

@@ -1,0 +1,1359 @@
+//! Calls on library-OS fds: C arguments become safe Rust values, `core` does the work, and
+//! errors become `errno` (through `lib::guarded`). Every function here has the name and C
+//! signature of the export that dispatches to it (see `fd_passthrough!`).
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arrakis_core::config::Backend;
+use arrakis_core::event::{self as cev, Epoll, Op, PollObj, Poller, Target};
+use arrakis_core::fd::table;
+use arrakis_core::net::socket::{self, msg, Family, Kind, Socket};
+use arrakis_core::{Errno, FdObject, SysResult};
+use libc::{c_char, c_int, c_uint, c_void, epoll_event, iovec, mmsghdr, msghdr, off64_t, off_t, size_t};
+use libc::{sigset_t, sockaddr, socklen_t, ssize_t, timespec, DIR, FILE};
+
+use crate::lib;
+
+type Stat = c_void;
+
+static LOOPBACK: AtomicBool = AtomicBool::new(false);
+
+/// Called once by the constructor with the configured backend.
+pub(crate) fn configure(b: Backend) {
+    LOOPBACK.store(b == Backend::Loopback, Ordering::Release);
+}
+
+/// Whether new sockets of the library OS's families go to the library OS.
+pub(crate) fn serving() -> bool {
+    LOOPBACK.load(Ordering::Acquire)
+}
+
+/// The socket at `fd`, if it is one of ours.
+pub(crate) fn sock(fd: c_int) -> Option<Arc<Socket>> {
+    table().get(fd)?.into_any().downcast::<Socket>().ok()
+}
+
+/// The epoll instance at `fd`, if it is one of ours.
+pub(crate) fn epoll(fd: c_int) -> Option<Arc<Epoll>> {
+    table().get(fd)?.into_any().downcast::<Epoll>().ok()
+}
+
+fn with_sock<T: crate::Fail>(
+    fd: c_int,
+    call: &'static str,
+    f: impl FnOnce(&Arc<Socket>) -> SysResult<T>,
+) -> T {
+    lib::guarded(call, || {
+        let s = sock(fd).ok_or(Errno::ENOTSOCK)?;
+        f(&s)
+    })
+}
+
+/// A pointer no program could have meant: the null page or a kernel address. Linux answers
+/// `EFAULT` for these; the library OS checks them instead of crashing. (Other unmapped user
+/// addresses are not detected.)
+fn bad<T>(p: *const T) -> bool {
+    let a = p as usize;
+    !(4096..0x0000_8000_0000_0000).contains(&a)
+}
+
+// ---- addresses ----------------------------------------------------------------------
+
+/// Reads a C socket address. `Ok(None)` is `AF_UNSPEC`.
+///
+/// # Safety
+/// `p` must point to `len` readable bytes (or be null).
+unsafe fn read_sa(p: *const sockaddr, len: socklen_t) -> SysResult<Option<SocketAddr>> {
+    if (len as i32) < 0 || len as usize > std::mem::size_of::<libc::sockaddr_storage>() {
+        return Err(Errno::EINVAL);
+    }
+    if bad(p) {
+        return Err(if len == 0 { Errno::EINVAL } else { Errno::EFAULT });
+    }
+    if (len as usize) < std::mem::size_of::<libc::sa_family_t>() {
+        return Err(Errno::EINVAL);
+    }
+    // SAFETY: at least the family is readable (checked length; caller's contract).
+    let fam = unsafe { (*p).sa_family } as c_int;
+    match fam {
+        libc::AF_UNSPEC => Ok(None),
+        libc::AF_INET => {
+            if (len as usize) < std::mem::size_of::<libc::sockaddr_in>() {
+                return Err(Errno::EINVAL);
+            }
+            // SAFETY: `len` covers a sockaddr_in; read unaligned (the caller's buffer).
+            let a = unsafe { p.cast::<libc::sockaddr_in>().read_unaligned() };
+            let ip = Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+            Ok(Some(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(a.sin_port)))))
+        }
+        libc::AF_INET6 => {
+            if (len as usize) < std::mem::size_of::<libc::sockaddr_in6>() {
+                return Err(Errno::EINVAL);
+            }
+            // SAFETY: `len` covers a sockaddr_in6.
+            let a = unsafe { p.cast::<libc::sockaddr_in6>().read_unaligned() };
+            let ip = Ipv6Addr::from(a.sin6_addr.s6_addr);
+            Ok(Some(SocketAddr::V6(SocketAddrV6::new(
+                ip,
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            ))))
+        }
+        _ => Err(Errno::EAFNOSUPPORT),
+    }
+}
+
+/// Writes a socket address as the kernel's `move_addr_to_user`: truncated to `*len`, and
+/// `*len` set to the full size.
+///
+/// # Safety
+/// `p`/`len` must be the caller's buffer and length pointer (either may be null).
+unsafe fn write_sa(a: SocketAddr, p: *mut sockaddr, len: *mut socklen_t) -> SysResult<()> {
+    if p.is_null() || len.is_null() {
+        return Ok(());
+    }
+    if bad(p) || bad(len) {
+        return Err(Errno::EFAULT);
+    }
+    // SAFETY: caller's contract.
+    let have = unsafe { *len } as i32;
+    if have < 0 {
+        return Err(Errno::EINVAL);
+    }
+    // SAFETY: an all-zero sockaddr_storage is valid.
+    let mut st: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let size = match a {
+        SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr { s_addr: u32::from(*v4.ip()).to_be() },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than sockaddr_in.
+            unsafe { std::ptr::addr_of_mut!(st).cast::<libc::sockaddr_in>().write(sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: v6.flowinfo(),
+                sin6_addr: libc::in6_addr { s6_addr: v6.ip().octets() },
+                sin6_scope_id: v6.scope_id(),
+            };
+            // SAFETY: sockaddr_storage is larger than sockaddr_in6.
+            unsafe { std::ptr::addr_of_mut!(st).cast::<libc::sockaddr_in6>().write(sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    let n = size.min(have as usize);
+    // SAFETY: the caller's buffer holds `*len` bytes; we copy at most that many.
+    unsafe {
+        std::ptr::copy_nonoverlapping(std::ptr::addr_of!(st).cast::<u8>(), p.cast::<u8>(), n);
+        *len = size as socklen_t;
+    }
+    Ok(())
+}
+
+/// The caller's iovecs as slices.
+///
+/// # Safety
+/// `iov[..cnt]` must be readable and each describe readable memory.
+unsafe fn iov_in<'a>(iov: *const iovec, cnt: usize) -> SysResult<Vec<&'a [u8]>> {
+    if cnt > 1024 {
+        return Err(Errno::EINVAL);
+    }
+    if cnt == 0 {
+        return Ok(Vec::new());
+    }
+    if bad(iov) {
+        return Err(Errno::EFAULT);
+    }
+    // SAFETY: caller's contract.
+    let v = unsafe { std::slice::from_raw_parts(iov, cnt) };
+    let mut total = 0usize;
+    let mut out = Vec::with_capacity(cnt);
+    for e in v {
+        total = total.checked_add(e.iov_len).filter(|&t| t <= isize::MAX as usize).ok_or(Errno::EINVAL)?;
+        if e.iov_len == 0 {
+            continue;
+        }
+        if bad(e.iov_base) {
+            return Err(Errno::EFAULT);
+        }
+        // SAFETY: caller's contract: each iovec describes readable memory.
+        out.push(unsafe { std::slice::from_raw_parts(e.iov_base.cast::<u8>(), e.iov_len) });
+    }
+    Ok(out)
+}
+
+/// As [`iov_in`], writable.
+///
+/// # Safety
+/// `iov[..cnt]` must be readable and each describe writable memory.
+unsafe fn iov_out<'a>(iov: *const iovec, cnt: usize) -> SysResult<Vec<&'a mut [u8]>> {
+    if cnt > 1024 {
+        return Err(Errno::EINVAL);
+    }
+    if cnt == 0 {
+        return Ok(Vec::new());
+    }
+    if bad(iov) {
+        return Err(Errno::EFAULT);
+    }
+    // SAFETY: caller's contract.
+    let v = unsafe { std::slice::from_raw_parts(iov, cnt) };
+    let mut total = 0usize;
+    let mut out = Vec::with_capacity(cnt);
+    for e in v {
+        total = total.checked_add(e.iov_len).filter(|&t| t <= isize::MAX as usize).ok_or(Errno::EINVAL)?;
+        if e.iov_len == 0 {
+            continue;
+        }
+        if bad(e.iov_base) {
+            return Err(Errno::EFAULT);
+        }
+        // SAFETY: caller's contract: each iovec describes writable memory.
+        out.push(unsafe { std::slice::from_raw_parts_mut(e.iov_base.cast::<u8>(), e.iov_len) });
+    }
+    Ok(out)
+}
+
+/// `EPIPE` on a stream socket raises `SIGPIPE` unless `MSG_NOSIGNAL`, as Linux's
+/// `sk_stream_error`.
+fn sigpipe<T>(s: &Socket, flags: c_int, r: SysResult<T>) -> SysResult<T> {
+    if matches!(r, Err(Errno::EPIPE)) && s.sock_kind() == Kind::Stream && flags & msg::NOSIGNAL == 0 {
+        // SAFETY: raising a signal at ourselves; the program's disposition applies.
+        unsafe { libc::raise(libc::SIGPIPE) };
+    }
+    r
+}
+
+fn do_send(s: &Socket, bufs: &[&[u8]], flags: c_int, to: Option<SocketAddr>) -> SysResult<ssize_t> {
+    let to = if s.sock_kind() == Kind::Stream { None } else { to };
+    let r = s.send(bufs, flags, to).map(|n| n as ssize_t);
+    sigpipe(s, flags, r)
+}
+
+// ---- creation -------------------------------------------------------------------------
+
+/// `socket(2)` for the library OS: `None` if the library OS does not take this kind of socket.
+pub(crate) fn socket(domain: c_int, ty: c_int, proto: c_int) -> Option<c_int> {
+    if !serving() {
+        return None;
+    }
+    let fam = match domain {
+        libc::AF_INET => Family::V4,
+        libc::AF_INET6 => Family::V6,
+        _ => return None,
+    };
+    let base = ty & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC);
+    let kind = match (base, proto) {
+        (libc::SOCK_STREAM, 0 | libc::IPPROTO_TCP) => Kind::Stream,
+        (libc::SOCK_DGRAM, 0 | libc::IPPROTO_UDP) => Kind::Dgram,
+        _ => return None,
+    };
+    if ty & !(base | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) != 0 {
+        return None;
+    }
+    let nonblock = ty & libc::SOCK_NONBLOCK != 0;
+    let cloexec = ty & libc::SOCK_CLOEXEC != 0;
+    Some(lib::guarded("socket", || {
+        let ph = socket::placeholder(nonblock, cloexec)?;
+        let obj = Socket::new(fam, kind, nonblock);
+        install(ph, obj)
+    }))
+}
+
+fn install(ph: rustix::fd::OwnedFd, obj: Arc<dyn FdObject>) -> SysResult<c_int> {
+    let fd = rustix::fd::IntoRawFd::into_raw_fd(ph);
+    match table().install(fd, obj) {
+        Ok(stale) => {
+            drop(stale);
+            Ok(fd)
+        }
+        Err(e) => {
+            real!(close(fd) else sys(libc::SYS_close, fd));
+            Err(e)
+        }
+    }
+}
+
+/// `epoll_create*` under the loopback backend: the kernel instance becomes a library-OS
+/// epoll (with our wake eventfd in it).
+pub(crate) fn epoll_created(kfd: c_int) -> c_int {
+    if kfd < 0 || !serving() {
+        return kfd;
+    }
+    lib::guarded("epoll_create", || {
+        let (obj, wake) = Epoll::new()?;
+        let mut ev = epoll_event { events: (libc::EPOLLIN | libc::EPOLLET) as u32, u64: cev::WAKE_DATUM };
+        // SAFETY: registering our own eventfd in the instance the kernel just created.
+        let r = unsafe { real_epoll_ctl(kfd, libc::EPOLL_CTL_ADD, wake, &mut ev) };
+        if r < 0 {
+            let e = Errno(crate::errno::get());
+            real!(close(kfd) else sys(libc::SYS_close, kfd));
+            return Err(e);
+        }
+        match table().install(kfd, obj) {
+            Ok(stale) => {
+                drop(stale);
+                Ok(kfd)
+            }
+            // Too high a number for the table: it stays a plain kernel epoll.
+            Err(_) => Ok(kfd),
+        }
+    })
+}
+
+/// # Safety
+/// The C contract of `epoll_ctl(2)`.
+unsafe fn real_epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut epoll_event) -> c_int {
+    real!(epoll_ctl(epfd, op, fd, ev) else sys(libc::SYS_epoll_ctl, epfd, op, fd, ev))
+}
+
+/// `accept`/`accept4` on a library-OS listener.
+///
+/// # Safety
+/// `addr`/`len` as `accept(2)`.
+pub(crate) unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int {
+    with_sock(fd, "accept", |s| {
+        if flags & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) != 0 {
+            return Err(Errno::EINVAL);
+        }
+        if s.sock_kind() != Kind::Stream {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let nb = flags & libc::SOCK_NONBLOCK != 0;
+        let (new, peer) = s.accept(nb)?;
+        // SAFETY: caller's buffers.
+        unsafe { write_sa(peer, addr, len)? };
+        let ph = socket::placeholder(nb, flags & libc::SOCK_CLOEXEC != 0)?;
+        install(ph, new)
+    })
+}
+
+// ---- socket calls -------------------------------------------------------------------
+
+/// # Safety
+/// The C contract of `bind(2)`.
+pub(crate) unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    with_sock(fd, "bind", |s| {
+        // SAFETY: caller's contract.
+        let a = unsafe { read_sa(addr, len)? };
+        let a = match a {
+            Some(a) => a,
+            // AF_UNSPEC with INADDR_ANY is accepted as AF_INET by Linux.
+            None if s.family() == Family::V4 => SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
+            None => return Err(Errno::EAFNOSUPPORT),
+        };
+        s.bind(a).map(|()| 0)
+    })
+}
+
+/// # Safety
+/// The C contract of `listen(2)`.
+pub(crate) unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
+    with_sock(fd, "listen", |s| s.listen(backlog).map(|()| 0))
+}
+
+/// # Safety
+/// The C contract of `connect(2)`.
+pub(crate) unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    with_sock(fd, "connect", |s| {
+        // SAFETY: caller's contract.
+        let a = unsafe { read_sa(addr, len)? };
+        if let Some(a) = a {
+            if !socket::serves(&a) {
+                return Err(Errno::ENETUNREACH);
+            }
+        }
+        s.connect(a).map(|()| 0)
+    })
+}
+
+/// # Safety
+/// The C contract of `shutdown(2)`.
+pub(crate) unsafe fn shutdown(fd: c_int, how: c_int) -> c_int {
+    with_sock(fd, "shutdown", |s| s.shutdown(how).map(|()| 0))
+}
+
+/// # Safety
+/// The C contract of `getsockname(2)`.
+pub(crate) unsafe fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    with_sock(fd, "getsockname", |s| {
+        let a = s.local_addr()?;
+        // SAFETY: caller's buffers.
+        unsafe { write_sa(a, addr, len)? };
+        Ok(0)
+    })
+}
+
+/// # Safety
+/// The C contract of `getpeername(2)`.
+pub(crate) unsafe fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    with_sock(fd, "getpeername", |s| {
+        let a = s.peer_addr()?;
+        // SAFETY: caller's buffers.
+        unsafe { write_sa(a, addr, len)? };
+        Ok(0)
+    })
+}
+
+/// # Safety
+/// The C contract of `getsockopt(2)`.
+pub(crate) unsafe fn getsockopt(
+    fd: c_int,
+    level: c_int,
+    name: c_int,
+    val: *mut c_void,
+    len: *mut socklen_t,
+) -> c_int {
+    with_sock(fd, "getsockopt", |s| {
+        if bad(len) {
+            return Err(Errno::EFAULT);
+        }
+        // SAFETY: caller's contract.
+        let have = unsafe { *len } as i32;
+        if have < 0 {
+            return Err(Errno::EINVAL);
+        }
+        let v = s.getsockopt(level, name)?;
+        let n = v.len().min(have as usize);
+        if n > 0 && bad(val) {
+            return Err(Errno::EFAULT);
+        }
+        // SAFETY: the caller's buffer holds `*len` bytes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(v.as_ptr(), val.cast::<u8>(), n);
+            *len = n as socklen_t;
+        }
+        Ok(0)
+    })
+}
+
+/// # Safety
+/// The C contract of `setsockopt(2)`.
+pub(crate) unsafe fn setsockopt(
+    fd: c_int,
+    level: c_int,
+    name: c_int,
+    val: *const c_void,
+    len: socklen_t,
+) -> c_int {
+    with_sock(fd, "setsockopt", |s| {
+        if (len as i32) < 0 {
+            return Err(Errno::EINVAL);
+        }
+        let bytes: &[u8] = if len == 0 {
+            &[]
+        } else if bad(val) {
+            return Err(Errno::EFAULT);
+        } else {
+            // SAFETY: the caller's option value of `len` bytes.
+            unsafe { std::slice::from_raw_parts(val.cast::<u8>(), len as usize) }
+        };
+        s.setsockopt(level, name, bytes).map(|()| 0)
+    })
+}
+
+/// # Safety
+/// The C contract of `sendto(2)`.
+pub(crate) unsafe fn sendto(
+    fd: c_int,
+    buf: *const c_void,
+    n: size_t,
+    flags: c_int,
+    addr: *const sockaddr,
+    alen: socklen_t,
+) -> ssize_t {
+    with_sock(fd, "sendto", |s| {
+        let to = if addr.is_null() {
+            None
+        } else {
+            // SAFETY: caller's contract.
+            unsafe { read_sa(addr, alen)? }
+        };
+        let data: &[u8] = if n == 0 {
+            &[]
+        } else if bad(buf) {
+            return Err(Errno::EFAULT);
+        } else {
+            // SAFETY: the caller's buffer of `n` bytes.
+            unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), n) }
+        };
+        do_send(s, &[data], flags, to)
+    })
+}
+
+/// # Safety
+/// The C contract of `send(2)`.
+pub(crate) unsafe fn send(fd: c_int, buf: *const c_void, n: size_t, flags: c_int) -> ssize_t {
+    // SAFETY: same contract.
+    unsafe { sendto(fd, buf, n, flags, std::ptr::null(), 0) }
+}
+
+/// # Safety
+/// The C contract of `sendmsg(2)`.
+pub(crate) unsafe fn sendmsg(fd: c_int, m: *const msghdr, flags: c_int) -> ssize_t {
+    with_sock(fd, "sendmsg", |s| {
+        // SAFETY: caller's contract.
+        unsafe { sendmsg_one(s, m, flags) }
+    })
+}
+
+/// # Safety
+/// `m` as `sendmsg(2)`.
+unsafe fn sendmsg_one(s: &Socket, m: *const msghdr, flags: c_int) -> SysResult<ssize_t> {
+    if bad(m) {
+        return Err(Errno::EFAULT);
+    }
+    // SAFETY: caller's contract.
+    let m = unsafe { &*m };
+    let to = if m.msg_name.is_null() || m.msg_namelen == 0 {
+        None
+    } else {
+        // SAFETY: the caller's name buffer.
+        unsafe { read_sa(m.msg_name.cast(), m.msg_namelen)? }
+    };
+    // SAFETY: the caller's iovecs.
+    let bufs = unsafe { iov_in(m.msg_iov, m.msg_iovlen)? };
+    do_send(s, &bufs, flags, to)
+}
+
+/// # Safety
+/// The C contract of `sendmmsg(2)`.
+pub(crate) unsafe fn sendmmsg(fd: c_int, vec: *mut mmsghdr, vlen: c_uint, flags: c_int) -> c_int {
+    with_sock(fd, "sendmmsg", |s| {
+        let vlen = vlen.min(1024) as usize;
+        let mut done = 0;
+        for i in 0..vlen {
+            // SAFETY: the caller's vector of `vlen` entries.
+            let e = unsafe { &mut *vec.add(i) };
+            // SAFETY: as sendmsg.
+            match unsafe { sendmsg_one(s, &e.msg_hdr, flags) } {
+                Ok(n) => {
+                    e.msg_len = n as c_uint;
+                    done += 1;
+                }
+                Err(e) if done == 0 => return Err(e),
+                Err(_) => break,
+            }
+        }
+        Ok(done)
+    })
+}
+
+/// # Safety
+/// The C contract of `recvfrom(2)`.
+pub(crate) unsafe fn recvfrom(
+    fd: c_int,
+    buf: *mut c_void,
+    n: size_t,
+    flags: c_int,
+    addr: *mut sockaddr,
+    alen: *mut socklen_t,
+) -> ssize_t {
+    with_sock(fd, "recvfrom", |s| {
+        let data: &mut [u8] = if n == 0 {
+            &mut []
+        } else if bad(buf) {
+            return Err(Errno::EFAULT);
+        } else {
+            // SAFETY: the caller's buffer of `n` bytes.
+            unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), n) }
+        };
+        let r = s.recv(&mut [data], flags)?;
+        if let Some(from) = r.from {
+            // SAFETY: caller's buffers.
+            unsafe { write_sa(from, addr, alen)? };
+        }
+        Ok(r.n as ssize_t)
+    })
+}
+
+/// # Safety
+/// The C contract of `recv(2)`.
+pub(crate) unsafe fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int) -> ssize_t {
+    // SAFETY: same contract.
+    unsafe { recvfrom(fd, buf, n, flags, std::ptr::null_mut(), std::ptr::null_mut()) }
+}
+
+/// # Safety
+/// The C contract of `__recv_chk`.
+pub(crate) unsafe fn __recv_chk(
+    fd: c_int,
+    buf: *mut c_void,
+    n: size_t,
+    buflen: size_t,
+    flags: c_int,
+) -> ssize_t {
+    if n > buflen {
+        chk_fail();
+    }
+    // SAFETY: same contract.
+    unsafe { recv(fd, buf, n, flags) }
+}
+
+/// # Safety
+/// The C contract of `__recvfrom_chk`.
+pub(crate) unsafe fn __recvfrom_chk(
+    fd: c_int,
+    buf: *mut c_void,
+    n: size_t,
+    buflen: size_t,
+    flags: c_int,
+    addr: *mut sockaddr,
+    alen: *mut socklen_t,
+) -> ssize_t {
+    if n > buflen {
+        chk_fail();
+    }
+    // SAFETY: same contract.
+    unsafe { recvfrom(fd, buf, n, flags, addr, alen) }
+}
+
+fn chk_fail() -> ! {
+    extern "C" {
+        fn __chk_fail() -> !;
+    }
+    // SAFETY: glibc's buffer-overflow abort, as the fortified function would call.
+    unsafe { __chk_fail() }
+}
+
+/// # Safety
+/// `m` as `recvmsg(2)`.
+unsafe fn recvmsg_one(s: &Socket, m: *mut msghdr, flags: c_int) -> SysResult<ssize_t> {
+    if bad(m) {
+        return Err(Errno::EFAULT);
+    }
+    // SAFETY: caller's contract.
+    let m = unsafe { &mut *m };
+    // SAFETY: the caller's iovecs.
+    let mut bufs = unsafe { iov_out(m.msg_iov, m.msg_iovlen)? };
+    let r = s.recv(&mut bufs, flags)?;
+    m.msg_flags = r.flags;
+    m.msg_controllen = 0;
+    match r.from {
+        Some(from) if !m.msg_name.is_null() => {
+            // SAFETY: the caller's name buffer and its length field.
+            unsafe { write_sa(from, m.msg_name.cast(), &mut m.msg_namelen)? };
+        }
+        _ => m.msg_namelen = 0,
+    }
+    Ok(r.n as ssize_t)
+}
+
+/// `recvmsg` on a library-OS socket.
+///
+/// # Safety
+/// The C contract of `recvmsg(2)`.
+pub(crate) unsafe fn recvmsg(fd: c_int, m: *mut msghdr, flags: c_int) -> ssize_t {
+    with_sock(fd, "recvmsg", |s| {
+        // SAFETY: caller's contract.
+        unsafe { recvmsg_one(s, m, flags) }
+    })
+}
+
+/// `recvmmsg` on a library-OS socket.
+///
+/// # Safety
+/// The C contract of `recvmmsg(2)`.
+pub(crate) unsafe fn recvmmsg(
+    fd: c_int,
+    vec: *mut mmsghdr,
+    vlen: c_uint,
+    flags: c_int,
+    _t: *mut timespec,
+) -> c_int {
+    with_sock(fd, "recvmmsg", |s| {
+        let vlen = vlen.min(1024) as usize;
+        let mut done = 0;
+        let wait_first = flags & libc::MSG_WAITFORONE != 0;
+        let mut f = flags & !libc::MSG_WAITFORONE;
+        for i in 0..vlen {
+            // SAFETY: the caller's vector of `vlen` entries.
+            let e = unsafe { &mut *vec.add(i) };
+            // SAFETY: as recvmsg.
+            match unsafe { recvmsg_one(s, &mut e.msg_hdr, f) } {
+                Ok(n) => {
+                    e.msg_len = n as c_uint;
+                    done += 1;
+                    if wait_first {
+                        f |= libc::MSG_DONTWAIT;
+                    }
+                }
+                Err(e) if done == 0 => return Err(e),
+                Err(_) => break,
+            }
+        }
+        Ok(done)
+    })
+}
+
+// ---- read/write family ------------------------------------------------------------------
+
+/// # Safety
+/// The C contract of `read(2)`.
+pub(crate) unsafe fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t {
+    if epoll(fd).is_some() {
+        return crate::errno::fail(Errno::EINVAL);
+    }
+    if n == 0 && sock(fd).is_some() {
+        // sock_read_iter: an empty read returns 0 before the protocol sees it.
+        return 0;
+    }
+    // SAFETY: same contract.
+    unsafe { recv(fd, buf, n, 0) }
+}
+
+/// # Safety
+/// The C contract of `write(2)`.
+pub(crate) unsafe fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t {
+    if epoll(fd).is_some() {
+        return crate::errno::fail(Errno::EINVAL);
+    }
+    // SAFETY: same contract.
+    unsafe { send(fd, buf, n, 0) }
+}
+
+/// # Safety
+/// The C contract of `readv(2)`.
+pub(crate) unsafe fn readv(fd: c_int, iov: *const iovec, cnt: c_int) -> ssize_t {
+    with_sock(fd, "readv", |s| {
+        let cnt = usize::try_from(cnt).map_err(|_| Errno::EINVAL)?;
+        // SAFETY: the caller's iovecs.
+        let mut bufs = unsafe { iov_out(iov, cnt)? };
+        if bufs.is_empty() {
+            // sock_read_iter: nothing to read returns 0 before the protocol sees it.
+            return Ok(0);
+        }
+        Ok(s.recv(&mut bufs, 0)?.n as ssize_t)
+    })
+}
+
+/// # Safety
+/// The C contract of `writev(2)`.
+pub(crate) unsafe fn writev(fd: c_int, iov: *const iovec, cnt: c_int) -> ssize_t {
+    with_sock(fd, "writev", |s| {
+        let cnt = usize::try_from(cnt).map_err(|_| Errno::EINVAL)?;
+        // SAFETY: the caller's iovecs.
+        let bufs = unsafe { iov_in(iov, cnt)? };
+        do_send(s, &bufs, 0, None)
+    })
+}
+
+/// # Safety
+/// The C contract of `__read_chk`.
+pub(crate) unsafe fn __read_chk(fd: c_int, buf: *mut c_void, n: size_t, buflen: size_t) -> ssize_t {
+    if n > buflen {
+        chk_fail();
+    }
+    // SAFETY: same contract.
+    unsafe { read(fd, buf, n) }
+}
+
+/// Calls a socket or epoll cannot serve, with Linux's errno for them.
+macro_rules! refuse {
+    ($($name:ident ( $($a:ident : $t:ty),* ) -> $ret:ty = $e:ident;)*) => {$(
+        /// Linux's answer for a socket or epoll fd.
+        ///
+        /// # Safety
+        /// None beyond the C contract; no pointer is touched.
+        pub(crate) unsafe fn $name($($a: $t),*) -> $ret {
+            $(let _ = $a;)*
+            crate::errno::fail(Errno::$e)
+        }
+    )*};
+}
+
+refuse! {
+    pread(fd: c_int, b: *mut c_void, n: size_t, o: off_t) -> ssize_t = ESPIPE;
+    pread64(fd: c_int, b: *mut c_void, n: size_t, o: off64_t) -> ssize_t = ESPIPE;
+    pwrite(fd: c_int, b: *const c_void, n: size_t, o: off_t) -> ssize_t = ESPIPE;
+    pwrite64(fd: c_int, b: *const c_void, n: size_t, o: off64_t) -> ssize_t = ESPIPE;
+    preadv(fd: c_int, v: *const iovec, c: c_int, o: off_t) -> ssize_t = ESPIPE;
+    preadv64(fd: c_int, v: *const iovec, c: c_int, o: off64_t) -> ssize_t = ESPIPE;
+    pwritev(fd: c_int, v: *const iovec, c: c_int, o: off_t) -> ssize_t = ESPIPE;
+    pwritev64(fd: c_int, v: *const iovec, c: c_int, o: off64_t) -> ssize_t = ESPIPE;
+    preadv2(fd: c_int, v: *const iovec, c: c_int, o: off_t, f: c_int) -> ssize_t = ESPIPE;
+    preadv64v2(fd: c_int, v: *const iovec, c: c_int, o: off64_t, f: c_int) -> ssize_t = ESPIPE;
+    pwritev2(fd: c_int, v: *const iovec, c: c_int, o: off_t, f: c_int) -> ssize_t = ESPIPE;
+    pwritev64v2(fd: c_int, v: *const iovec, c: c_int, o: off64_t, f: c_int) -> ssize_t = ESPIPE;
+    __pread_chk(fd: c_int, b: *mut c_void, n: size_t, o: off_t, l: size_t) -> ssize_t = ESPIPE;
+    __pread64_chk(fd: c_int, b: *mut c_void, n: size_t, o: off64_t, l: size_t) -> ssize_t = ESPIPE;
+    lseek(fd: c_int, o: off_t, w: c_int) -> off_t = ESPIPE;
+    lseek64(fd: c_int, o: off64_t, w: c_int) -> off64_t = ESPIPE;
+    fsync(fd: c_int) -> c_int = EINVAL;
+    fdatasync(fd: c_int) -> c_int = EINVAL;
+    ftruncate(fd: c_int, l: off_t) -> c_int = EINVAL;
+    ftruncate64(fd: c_int, l: off64_t) -> c_int = EINVAL;
+    openat(d: c_int, p: *const c_char, f: c_int, m: c_uint) -> c_int = ENOTDIR;
+    openat64(d: c_int, p: *const c_char, f: c_int, m: c_uint) -> c_int = ENOTDIR;
+    __openat_2(d: c_int, p: *const c_char, f: c_int) -> c_int = ENOTDIR;
+    __openat64_2(d: c_int, p: *const c_char, f: c_int) -> c_int = ENOTDIR;
+    fstatat(d: c_int, p: *const c_char, b: *mut Stat, f: c_int) -> c_int = ENOTDIR;
+    fstatat64(d: c_int, p: *const c_char, b: *mut Stat, f: c_int) -> c_int = ENOTDIR;
+    statx(d: c_int, p: *const c_char, f: c_int, m: c_uint, b: *mut c_void) -> c_int = ENOTDIR;
+    unlinkat(d: c_int, p: *const c_char, f: c_int) -> c_int = ENOTDIR;
+    mkdirat(d: c_int, p: *const c_char, m: libc::mode_t) -> c_int = ENOTDIR;
+    faccessat(d: c_int, p: *const c_char, m: c_int, f: c_int) -> c_int = ENOTDIR;
+    __fxstatat(v: c_int, d: c_int, p: *const c_char, b: *mut Stat, f: c_int) -> c_int = ENOTDIR;
+    __fxstatat64(v: c_int, d: c_int, p: *const c_char, b: *mut Stat, f: c_int) -> c_int = ENOTDIR;
+}
+
+/// `fdopendir` on a socket: Linux says `ENOTDIR`.
+///
+/// # Safety
+/// None: no pointer is touched.
+pub(crate) unsafe fn fdopendir(_fd: c_int) -> *mut DIR {
+    crate::errno::fail(Errno::ENOTDIR)
+}
+
+/// `fdopen` on a library-OS fd: stdio would read the placeholder behind our back.
+///
+/// # Safety
+/// None: no pointer is touched.
+pub(crate) unsafe fn fdopen(fd: c_int, _mode: *const c_char) -> *mut FILE {
+    lib::unsupported(fd, "fdopen")
+}
+
+/// `fstat` of a socket: the placeholder's stat, typed as a socket.
+///
+/// # Safety
+/// The C contract of `fstat(2)`.
+pub(crate) unsafe fn fstat(fd: c_int, buf: *mut Stat) -> c_int {
+    let r = real!(fstat(fd, buf) else sys(libc::SYS_fstat, fd, buf));
+    if r == 0 && sock(fd).is_some() {
+        // SAFETY: the kernel just filled the caller's struct stat.
+        unsafe {
+            let st = buf.cast::<libc::stat>();
+            (*st).st_mode = libc::S_IFSOCK | 0o777;
+            (*st).st_size = 0;
+        }
+    }
+    r
+}
+
+/// # Safety
+/// The C contract of `fstat64`.
+pub(crate) unsafe fn fstat64(fd: c_int, buf: *mut Stat) -> c_int {
+    // SAFETY: same layout on x86_64.
+    unsafe { fstat(fd, buf) }
+}
+
+/// # Safety
+/// The C contract of `__fxstat`.
+pub(crate) unsafe fn __fxstat(_ver: c_int, fd: c_int, buf: *mut Stat) -> c_int {
+    // SAFETY: same layout on x86_64 (version 1).
+    unsafe { fstat(fd, buf) }
+}
+
+/// # Safety
+/// The C contract of `__fxstat64`.
+pub(crate) unsafe fn __fxstat64(_ver: c_int, fd: c_int, buf: *mut Stat) -> c_int {
+    // SAFETY: as above.
+    unsafe { fstat(fd, buf) }
+}
+
+// ---- fcntl / ioctl ---------------------------------------------------------------------
+
+/// `fcntl` on a library-OS fd: the placeholder carries the file status flags and
+/// `FD_CLOEXEC`; `O_NONBLOCK` is mirrored into the object.
+pub(crate) fn fcntl(fd: c_int, cmd: c_int, arg: libc::c_ulong, r: c_int) -> c_int {
+    if r >= 0 && cmd == libc::F_SETFL {
+        if let Some(s) = sock(fd) {
+            s.set_nonblocking(arg as c_int & libc::O_NONBLOCK != 0);
+        }
+    }
+    r
+}
+
+/// `ioctl` on a library-OS fd.
+///
+/// # Safety
+/// The C contract of `ioctl(2)`.
+pub(crate) unsafe fn ioctl(fd: c_int, request: libc::c_ulong, arg: libc::c_ulong) -> c_int {
+    let Some(s) = sock(fd) else {
+        return real!(ioctl(fd, request, arg) else sys(libc::SYS_ioctl, fd, request, arg));
+    };
+    let out = arg as *mut c_int;
+    lib::guarded("ioctl", || match request {
+        libc::FIONBIO => {
+            if out.is_null() {
+                return Err(Errno::EFAULT);
+            }
+            // SAFETY: the caller's int.
+            let on = unsafe { *out } != 0;
+            let r = real!(ioctl(fd, request, arg) else sys(libc::SYS_ioctl, fd, request, arg));
+            if r < 0 {
+                return Err(Errno(crate::errno::get()));
+            }
+            s.set_nonblocking(on);
+            Ok(0)
+        }
+        libc::FIONREAD | libc::TIOCOUTQ => {
+            if out.is_null() {
+                return Err(Errno::EFAULT);
+            }
+            let n = if request == libc::FIONREAD { s.pending_in()? } else { s.pending_out()? };
+            // SAFETY: the caller's int.
+            unsafe { *out = n.min(c_int::MAX as usize) as c_int };
+            Ok(0)
+        }
+        libc::FIOCLEX | libc::FIONCLEX | libc::FIOASYNC => {
+            let r = real!(ioctl(fd, request, arg) else sys(libc::SYS_ioctl, fd, request, arg));
+            if r < 0 {
+                Err(Errno(crate::errno::get()))
+            } else {
+                Ok(r)
+            }
+        }
+        _ => Err(Errno::ENOTTY),
+    })
+}
+
+// ---- epoll ------------------------------------------------------------------------------
+
+/// `epoll_ctl` where the instance or the target is ours.
+///
+/// # Safety
+/// The C contract of `epoll_ctl(2)`.
+pub(crate) unsafe fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut epoll_event) -> c_int {
+    let ep = epoll(epfd);
+    let target = sock(fd);
+    lib::guarded("epoll_ctl", || {
+        let op_ = match op {
+            libc::EPOLL_CTL_ADD => Op::Add,
+            libc::EPOLL_CTL_DEL => Op::Del,
+            libc::EPOLL_CTL_MOD => Op::Mod,
+            _ => return Err(Errno::EINVAL),
+        };
+        let (events, data) = if op_ == Op::Del {
+            (0, 0)
+        } else {
+            if bad(ev) {
+                return Err(Errno::EFAULT);
+            }
+            // SAFETY: the caller's event (packed on x86_64: read unaligned).
+            let e = unsafe { ev.read_unaligned() };
+            (e.events, e.u64)
+        };
+        let Some(ep) = ep else {
+            // A kernel epoll (not ours: created before the backend or too high a number)
+            // cannot watch a library-OS socket.
+            if target.is_some() {
+                return Err(Errno::EPERM);
+            }
+            // SAFETY: caller's contract.
+            return kernel_ctl(unsafe { real_epoll_ctl(epfd, op, fd, ev) });
+        };
+        if epfd == fd {
+            return Err(Errno::EINVAL);
+        }
+        match target {
+            Some(s) => ep.ctl(op_, fd, Target::Socket(&s), events, data).map(|()| 0),
+            None => {
+                // A kernel fd (or another epoll of ours, nested through the kernel).
+                // SAFETY: caller's contract.
+                let r = kernel_ctl(unsafe { real_epoll_ctl(epfd, op, fd, ev) })?;
+                if let Some(inner) = epoll(fd) {
+                    inner.set_nested();
+                }
+                ep.ctl(op_, fd, Target::Kernel, events, data)?;
+                Ok(r)
+            }
+        }
+    })
+}
+
+fn kernel_ctl(r: c_int) -> SysResult<c_int> {
+    if r < 0 {
+        Err(Errno(crate::errno::get()))
+    } else {
+        Ok(r)
+    }
+}
+
+/// Strips our wake events from what the kernel returned; returns how many remain.
+///
+/// # Safety
+/// `evs[..n]` must be initialised.
+unsafe fn strip_wake(evs: *mut epoll_event, n: usize) -> (usize, bool) {
+    let mut keep = 0;
+    let mut woke = false;
+    for i in 0..n {
+        // SAFETY: within the caller's initialised events.
+        let e = unsafe { evs.add(i).read_unaligned() };
+        if e.u64 == cev::WAKE_DATUM {
+            woke = true;
+            continue;
+        }
+        // SAFETY: keep <= i < n.
+        unsafe { evs.add(keep).write_unaligned(e) };
+        keep += 1;
+    }
+    (keep, woke)
+}
+
+/// The common body of `epoll_wait`/`epoll_pwait`/`epoll_pwait2` on our instance.
+///
+/// # Safety
+/// The C contract of `epoll_pwait2(2)`.
+unsafe fn wait_common(
+    epfd: c_int,
+    evs: *mut epoll_event,
+    max: c_int,
+    timeout: Option<std::time::Duration>,
+    mask: *const sigset_t,
+) -> c_int {
+    let Some(ep) = epoll(epfd) else {
+        return crate::errno::fail(Errno::EINVAL);
+    };
+    if max <= 0 || bad(evs) {
+        return crate::errno::fail(if max <= 0 { Errno::EINVAL } else { Errno::EFAULT });
+    }
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    let max_u = max as usize;
+    loop {
+        // Library-OS events first.
+        let lib_evs = lib::guarded("epoll_wait", || Ok(ep.collect(max_u)));
+        let mut n = 0usize;
+        for (events, data) in &lib_evs {
+            // SAFETY: n < max, within the caller's array.
+            unsafe { evs.add(n).write_unaligned(epoll_event { events: *events, u64: *data }) };
+            n += 1;
+        }
+        if n > 0 {
+            // Fold in kernel events that are ready now, without waiting.
+            if n < max_u && ep.has_kernel_fds() {
+                // SAFETY: the rest of the caller's array.
+                let k = unsafe { kernel_wait(epfd, evs.add(n), (max_u - n) as c_int, 0, std::ptr::null()) };
+                if k > 0 {
+                    // SAFETY: `k` entries were written.
+                    n += unsafe { strip_wake(evs.add(n), k as usize) }.0;
+                }
+            }
+            return n as c_int;
+        }
+        let left = match deadline {
+            None => -1,
+            Some(d) => {
+                let l = d.saturating_duration_since(std::time::Instant::now());
+                // Round up to whole milliseconds, as the kernel's timeout does.
+                l.as_micros().div_ceil(1000).min(c_int::MAX as u128) as c_int
+            }
+        };
+        let slept = left != 0 && ep.sleep_begin();
+        if left != 0 && !slept {
+            continue;
+        }
+        // SAFETY: the caller's array of `max` events.
+        let k = unsafe { kernel_wait(epfd, evs, max, left, mask) };
+        if slept {
+            ep.sleep_end();
+        }
+        if k < 0 {
+            return k;
+        }
+        // SAFETY: `k` entries were written.
+        let (kept, woke) = unsafe { strip_wake(evs, k as usize) };
+        if kept > 0 {
+            return kept as c_int;
+        }
+        if left == 0 || (!woke && deadline.is_some_and(|d| std::time::Instant::now() >= d)) {
+            return 0;
+        }
+    }
+}
+
+/// # Safety
+/// The C contract of `epoll_pwait(2)`.
+unsafe fn kernel_wait(
+    epfd: c_int,
+    evs: *mut epoll_event,
+    max: c_int,
+    ms: c_int,
+    mask: *const sigset_t,
+) -> c_int {
+    if mask.is_null() {
+        real!(epoll_wait(epfd, evs, max, ms) else sys(libc::SYS_epoll_wait, epfd, evs, max, ms))
+    } else {
+        real!(epoll_pwait(epfd, evs, max, ms, mask))
+    }
+}
+
+fn ms_timeout(ms: c_int) -> Option<std::time::Duration> {
+    (ms >= 0).then(|| std::time::Duration::from_millis(ms as u64))
+}
+
+/// # Safety
+/// The C contract of `epoll_wait(2)`.
+pub(crate) unsafe fn epoll_wait(epfd: c_int, evs: *mut epoll_event, max: c_int, timeout: c_int) -> c_int {
+    if sock(epfd).is_some() {
+        return crate::errno::fail(Errno::EINVAL);
+    }
+    // SAFETY: same contract.
+    unsafe { wait_common(epfd, evs, max, ms_timeout(timeout), std::ptr::null()) }
+}
+
+/// # Safety
+/// The C contract of `epoll_pwait(2)`.
+pub(crate) unsafe fn epoll_pwait(
+    epfd: c_int,
+    evs: *mut epoll_event,
+    max: c_int,
+    timeout: c_int,
+    mask: *const sigset_t,
+) -> c_int {
+    if sock(epfd).is_some() {
+        return crate::errno::fail(Errno::EINVAL);
+    }
+    // SAFETY: same contract.
+    unsafe { wait_common(epfd, evs, max, ms_timeout(timeout), mask) }
+}
+
+/// # Safety
+/// The C contract of `epoll_pwait2(2)`.
+pub(crate) unsafe fn epoll_pwait2(
+    epfd: c_int,
+    evs: *mut epoll_event,
+    max: c_int,
+    timeout: *const timespec,
+    mask: *const sigset_t,
+) -> c_int {
+    if sock(epfd).is_some() {
+        return crate::errno::fail(Errno::EINVAL);
+    }
+    let t = if timeout.is_null() {
+        None
+    } else {
+        // SAFETY: the caller's timespec.
+        let t = unsafe { *timeout };
+        if t.tv_sec < 0 || !(0..1_000_000_000).contains(&t.tv_nsec) {
+            return crate::errno::fail(Errno::EINVAL);
+        }
+        Some(std::time::Duration::new(t.tv_sec as u64, t.tv_nsec as u32))
+    };
+    // SAFETY: same contract.
+    unsafe { wait_common(epfd, evs, max, t, mask) }
+}
+
+// ---- poll / select ------------------------------------------------------------------------
+
+thread_local! {
+    static POLLER: std::cell::RefCell<Option<Arc<Poller>>> = const { std::cell::RefCell::new(None) };
+}
+
+fn poller() -> SysResult<Arc<Poller>> {
+    POLLER
+        .try_with(|p| {
+            let mut p = p.borrow_mut();
+            if let Some(p) = p.as_ref() {
+                return Ok(p.clone());
+            }
+            let n = Poller::new()?;
+            *p = Some(n.clone());
+            Ok(n)
+        })
+        .map_err(|_| Errno::ENOMEM)?
+}
+
+enum Obj {
+    Sock(Arc<Socket>),
+    Ep(Arc<Epoll>),
+}
+
+/// `poll`/`ppoll` over a set holding at least one library-OS fd.
+///
+/// # Safety
+/// `fds[..n]` must be the caller's pollfds.
+pub(crate) unsafe fn poll_mixed(
+    fds: *mut libc::pollfd,
+    n: libc::nfds_t,
+    timeout: Option<std::time::Duration>,
+    mask: *const sigset_t,
+) -> c_int {
+    // SAFETY: the caller's array.
+    let set = unsafe { std::slice::from_raw_parts_mut(fds, n as usize) };
+    let p = match poller() {
+        Ok(p) => p,
+        Err(e) => return crate::errno::fail(e),
+    };
+    // Library-OS entries and the kernel set (kernel fds, plus each epoll of ours, plus our
+    // eventfd at the end).
+    let mut objs: Vec<(usize, Obj)> = Vec::new();
+    let mut kset: Vec<libc::pollfd> = Vec::with_capacity(set.len() + 1);
+    let mut kidx: Vec<usize> = Vec::new();
+    for (i, pfd) in set.iter_mut().enumerate() {
+        pfd.revents = 0;
+        if pfd.fd < 0 {
+            continue;
+        }
+        if let Some(s) = sock(pfd.fd) {
+            objs.push((i, Obj::Sock(s)));
+            continue;
+        }
+        if let Some(e) = epoll(pfd.fd) {
+            objs.push((i, Obj::Ep(e)));
+        }
+        kset.push(libc::pollfd { fd: pfd.fd, events: pfd.events, revents: 0 });
+        kidx.push(i);
+    }
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    loop {
+        let lib_rev: Vec<u32> = lib::guarded("poll", || {
+            let list: Vec<(PollObj<'_>, u32)> = objs
+                .iter()
+                .map(|(i, o)| {
+                    let want = set[*i].events as u16 as u32;
+                    match o {
+                        Obj::Sock(s) => (PollObj::Socket(s), want),
+                        Obj::Ep(e) => (PollObj::Epoll(e), want),
+                    }
+                })
+                .collect();
+            Ok(cev::poll_lib(&list, Some(&p)))
+        });
+        let ready_lib = lib_rev.iter().any(|&r| r != 0);
+        let left = match deadline {
+            None => -1i64,
+            Some(d) => d.saturating_duration_since(std::time::Instant::now()).as_nanos() as i64,
+        };
+        let wait_ns = if ready_lib { 0 } else { left };
+        kset.push(libc::pollfd {
+            fd: rustix::fd::AsRawFd::as_raw_fd(&p.fd()),
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        let ts = (wait_ns >= 0).then_some(timespec {
+            tv_sec: (wait_ns / 1_000_000_000) as libc::time_t,
+            tv_nsec: (wait_ns % 1_000_000_000) as libc::c_long,
+        });
+        let tsp = ts.as_ref().map_or(std::ptr::null(), |t| t as *const timespec);
+        let kn = kset.len() as libc::nfds_t;
+        let r = real!(ppoll(kset.as_mut_ptr(), kn, tsp, mask));
+        let err = crate::errno::get();
+        let woke = kset.pop().is_some_and(|e| e.revents != 0);
+        if woke {
+            p.drain();
+        }
+        let lib_rev: Vec<u32> = if ready_lib {
+            lib_rev
+        } else {
+            lib::guarded("poll", || {
+                let list: Vec<(PollObj<'_>, u32)> = objs
+                    .iter()
+                    .map(|(i, o)| {
+                        let want = set[*i].events as u16 as u32;
+                        match o {
+                            Obj::Sock(s) => (PollObj::Socket(s), want),
+                            Obj::Ep(e) => (PollObj::Epoll(e), want),
+                        }
+                    })
+                    .collect();
+                Ok(cev::poll_lib(&list, None))
+            })
+        };
+        {
+            let list: Vec<(PollObj<'_>, u32)> = objs
+                .iter()
+                .map(|(_, o)| match o {
+                    Obj::Sock(s) => (PollObj::Socket(s), 0),
+                    Obj::Ep(e) => (PollObj::Epoll(e), 0),
+                })
+                .collect();
+            cev::poll_end(&list, &p);
+        }
+        if r < 0 && !lib_rev.iter().any(|&x| x != 0) {
+            crate::errno::set(err);
+            return -1;
+        }
+        let mut count = 0;
+        for (k, &i) in kidx.iter().enumerate() {
+            set[i].revents = kset[k].revents;
+        }
+        for ((i, _), rev) in objs.iter().zip(&lib_rev) {
+            set[*i].revents |= *rev as i16;
+        }
+        for pfd in set.iter() {
+            if pfd.revents != 0 {
+                count += 1;
+            }
+        }
+        if count > 0 || wait_ns == 0 || deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            return count;
+        }
+        for e in kset.iter_mut() {
+            e.revents = 0;
+        }
+    }
+}
+
+/// `select`/`pselect` over sets holding at least one library-OS fd, built on `poll_mixed`.
+///
+/// # Safety
+/// The C contract of `pselect(2)`.
+pub(crate) unsafe fn select_mixed(
+    nfds: c_int,
+    sets: [*mut libc::fd_set; 3],
+    timeout: Option<std::time::Duration>,
+    mask: *const sigset_t,
+) -> c_int {
+    if nfds < 0 {
+        return crate::errno::fail(Errno::EINVAL);
+    }
+    let limit = nfds.min(libc::FD_SETSIZE as c_int);
+    let mut pfds: Vec<libc::pollfd> = Vec::new();
+    const IN: i16 = libc::POLLIN | libc::POLLRDNORM | libc::POLLHUP | libc::POLLERR;
+    const OUT: i16 = libc::POLLOUT | libc::POLLWRNORM | libc::POLLERR;
+    const EX: i16 = libc::POLLPRI;
+    for fd in 0..limit {
+        let mut ev = 0i16;
+        for (k, s) in sets.iter().enumerate() {
+            // SAFETY: fd < FD_SETSIZE; the caller's set.
+            if !s.is_null() && unsafe { libc::FD_ISSET(fd, *s) } {
+                ev |= [libc::POLLIN, libc::POLLOUT, libc::POLLPRI][k];
+            }
+        }
+        if ev != 0 {
+            if table().is_kernel(fd) {
+                // A closed fd in a set is EBADF for select.
+                // SAFETY: F_GETFD on a number.
+                if unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_GETFD) } < 0 {
+                    return crate::errno::fail(Errno::EBADF);
+                }
+            }
+            pfds.push(libc::pollfd { fd, events: ev, revents: 0 });
+        }
+    }
+    // SAFETY: our own array.
+    let r = unsafe { poll_mixed(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout, mask) };
+    if r < 0 {
+        return r;
+    }
+    for s in sets.iter().filter(|s| !s.is_null()) {
+        // SAFETY: the caller's set.
+        unsafe { libc::FD_ZERO(*s) };
+    }
+    let mut count = 0;
+    for p in &pfds {
+        let hits = [
+            p.events & libc::POLLIN != 0 && p.revents & IN != 0,
+            p.events & libc::POLLOUT != 0 && p.revents & OUT != 0,
+            p.events & libc::POLLPRI != 0 && p.revents & EX != 0,
+        ];
+        for (k, hit) in hits.iter().enumerate() {
+            if *hit && !sets[k].is_null() {
+                // SAFETY: fd < FD_SETSIZE; the caller's set.
+                unsafe { libc::FD_SET(p.fd, sets[k]) };
+                count += 1;
+            }
+        }
+    }
+    count
+}
