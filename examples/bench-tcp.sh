@@ -1,0 +1,171 @@
+#!/usr/bin/env bash
+# In-process TCP on the library OS versus the same program on kernel loopback sockets, in one
+# run, ratios printed. examples/bench/echo.c is one process with a server thread: (a) 64-byte
+# round trips over one connection with TCP_NODELAY on both ends (p50, p99, mean), (b) a one-way
+# stream (1 GiB by default) to a receiver that discards it (MB/s). It runs natively ("kernel")
+# and with LD_PRELOAD=libarrakis.so ARRAKIS_BACKEND=loopback ("arrakis"), alternately (kernel
+# arrakis, arrakis kernel, ...) so that the neighbours' noise on a shared machine falls on both
+# alike, all pinned to one CPU by default: echo's two threads then wake each other with a local
+# context switch, which is stable; left to the scheduler, cross-CPU wake-ups of a VM's vCPUs
+# (~60 us here instead of ~14 us) land on some runs and not others.
+# echo prints "#lib=1" when its sockets were the library OS's (eventfd placeholders) and
+# "#lib=0" when they were kernel sockets; an "arrakis" run on kernel sockets (a build without
+# the loopback backend) gives a warning, and its ratios only show the shim's interposition.
+# Progress goes to stderr; stdout gets a Markdown summary for docs/BENCHMARKS.md.
+#
+# usage: examples/bench-tcp.sh [--no-build]
+#   --no-build, ARRAKIS_SKIP_BUILD=1   use the existing target/release build
+#   ROUNDS=5              runs per mode (1..50)
+#   RTT_N=20000 WARMUP=2000   timed and untimed round trips per run
+#   TPUT_MB=1024          MiB streamed per run (512 MiB take only ~0.2 s on the kernel here)
+#   BENCH_CPUS=LIST       taskset CPU list for echo (default: the last CPU)
+#   RUN_TIMEOUT=300       seconds per echo run; BENCH_MAX_SECONDS=1800 for all the runs
+set -euo pipefail
+# shellcheck source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+NO_BUILD=${ARRAKIS_SKIP_BUILD:-}
+for arg in "$@"; do
+  case $arg in
+    --no-build) NO_BUILD=1 ;;
+    -h | --help)
+      sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
+      exit 0
+      ;;
+    *) die "unknown argument: $arg (usage: examples/bench-tcp.sh [--no-build])" ;;
+  esac
+done
+
+ROUNDS=${ROUNDS:-5}
+RTT_N=${RTT_N:-20000}
+WARMUP=${WARMUP:-2000}
+TPUT_MB=${TPUT_MB:-1024}
+RUN_TIMEOUT=${RUN_TIMEOUT:-300}
+BENCH_MAX_SECONDS=${BENCH_MAX_SECONDS:-1800}
+for v in ROUNDS RTT_N WARMUP TPUT_MB RUN_TIMEOUT BENCH_MAX_SECONDS; do
+  [[ ${!v} =~ ^[0-9]+$ ]] || die "$v=${!v} is not a number"
+done
+if [ "$ROUNDS" -lt 1 ] || [ "$ROUNDS" -gt 50 ]; then die "ROUNDS=$ROUNDS: use 1..50"; fi
+if [ "$RTT_N" -lt 1 ] || [ "$TPUT_MB" -lt 1 ]; then die "RTT_N and TPUT_MB must be at least 1"; fi
+[ "$RUN_TIMEOUT" -ge 20 ] || die "RUN_TIMEOUT=$RUN_TIMEOUT: use at least 20 s"
+
+ensure_packages cc:gcc
+if [ -n "$NO_BUILD" ]; then
+  [ -f "$SHIM" ] || die "--no-build (or ARRAKIS_SKIP_BUILD) given but $SHIM is missing; run cargo build --release"
+else
+  build_arrakis
+fi
+
+NCPU=$(nproc)
+PIN=()
+if command -v taskset >/dev/null 2>&1; then
+  CPUS=${BENCH_CPUS:-$((NCPU - 1))}
+  taskset -c "$CPUS" true 2>/dev/null || die "taskset -c $CPUS fails: BENCH_CPUS must be a CPU list of this machine (0-$((NCPU - 1)))"
+  PIN=(taskset -c "$CPUS")
+  PINNED="pinned to CPU(s) $CPUS with taskset"
+else
+  say "taskset not found: runs are not pinned (expect noisier round trips)"
+  PINNED="not pinned (no taskset)"
+fi
+
+ECHO=$WORK/echo
+cc -O2 -Wall -Wextra -pthread -o "$ECHO" "$ROOT/examples/bench/echo.c" || die "cannot compile examples/bench/echo.c"
+START=$SECONDS
+
+# value FILE KEY: the value of "KEY value" (or "#KEY=value") in echo's output FILE.
+value() {
+  awk -v k="$2" '$1 == k { print $2; found = 1 } index($0, "#" k "=") == 1 { print substr($0, length(k) + 3); found = 1 }
+    END { exit !found }' "$1" || die "no $2 in $1: $(cat "$1")"
+}
+
+METRICS=(rtt_us_p50 rtt_us_p99 rtt_us_mean tput_MBps)
+KERNEL_SOCKETS_UNDER_SHIM=0
+
+# run_echo MODE ROUND: one run of echo; appends its metrics to $WORK/MODE.METRIC.
+run_echo() {
+  local mode=$1 round=$2 out=$WORK/echo.$1.$2 rc=0 envs=() m shim lib
+  [ $((SECONDS - START)) -lt "$BENCH_MAX_SECONDS" ] ||
+    die "the runs took longer than BENCH_MAX_SECONDS=$BENCH_MAX_SECONDS s; stopped before $mode round $round"
+  if [ "$mode" = arrakis ]; then
+    envs=(LD_PRELOAD="$SHIM" ARRAKIS_BACKEND=loopback)
+  else
+    envs=(-u LD_PRELOAD)
+  fi
+  # env runs under taskset and natively; only echo itself gets the preload.
+  timeout -k 5 "$RUN_TIMEOUT" "${PIN[@]}" env "${envs[@]}" "$ECHO" -n "$RTT_N" -w "$WARMUP" \
+    -b "${TPUT_MB}M" -t $((RUN_TIMEOUT - 10)) >"$out" 2>"$out.err" || rc=$?
+  if [ "$rc" -ne 0 ]; then
+    cat "$out" "$out.err" >&2
+    [ "$rc" -eq 124 ] && die "echo ($mode, round $round) did not finish within $RUN_TIMEOUT s"
+    die "echo ($mode, round $round) failed with exit status $rc"
+  fi
+  shim=$(value "$out" shim)
+  lib=$(value "$out" lib)
+  if [ "$mode" = arrakis ]; then
+    [ "$shim" = 1 ] || die "echo (arrakis, round $round): libarrakis.so was not mapped ($SHIM not preloaded?)"
+    if [ "$lib" != 1 ]; then
+      KERNEL_SOCKETS_UNDER_SHIM=$((KERNEL_SOCKETS_UNDER_SHIM + 1))
+      say "WARNING: arrakis round $round: echo's sockets were kernel sockets (#lib=$lib), not the library OS's"
+    fi
+  else
+    [ "$shim" = 0 ] || die "echo (kernel, round $round) has libarrakis.so mapped but should run natively"
+    [ "$lib" = 0 ] || die "echo (kernel, round $round) reports library-OS sockets (#lib=$lib) without the shim"
+  fi
+  for m in "${METRICS[@]}"; do
+    value "$out" "$m" >>"$WORK/$mode.$m"
+  done
+  say "$mode round $round/$ROUNDS: rtt p50 $(value "$out" rtt_us_p50) us, p99 $(value "$out" rtt_us_p99) us, $(value "$out" tput_MBps) MB/s"
+}
+
+say "echo: $RTT_N round trips of 64 bytes after $WARMUP, $TPUT_MB MiB one way; $ROUNDS rounds per mode, $PINNED"
+for round in $(seq 1 "$ROUNDS"); do
+  if [ $((round % 2)) -eq 1 ]; then
+    run_echo kernel "$round"
+    run_echo arrakis "$round"
+  else
+    run_echo arrakis "$round"
+    run_echo kernel "$round"
+  fi
+done
+
+# --- report -----------------------------------------------------------------------------
+
+declare -A MED
+for mode in kernel arrakis; do
+  for m in "${METRICS[@]}"; do
+    MED[$mode.$m]=$(median <"$WORK/$mode.$m")
+  done
+done
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == 0) print "n/a"; else printf "%.3f", b / a }'; }
+CPU=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+WARNING=
+if [ "$KERNEL_SOCKETS_UNDER_SHIM" -gt 0 ]; then
+  WARNING="WARNING: in $KERNEL_SOCKETS_UNDER_SHIM of $ROUNDS arrakis runs echo's sockets were kernel sockets (#lib=0): this build does not serve ARRAKIS_BACKEND=loopback, so the ratios compare the kernel path with itself under the shim."
+  echo "$WARNING" >&2
+fi
+cat <<EOF
+Machine: $NCPU CPUs (nproc), ${CPU:-unknown CPU}, Linux $(uname -r), $(date -u '+%Y-%m-%d %H:%M UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg)
+Shim: $SHIM, built from $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo "an unknown tree")
+
+### In-process TCP echo: library OS (ARRAKIS_BACKEND=loopback) vs kernel loopback
+
+examples/bench/echo.c, one process, server thread + client thread, $PINNED; $ROUNDS runs per
+mode, alternating; medians of the per-run values. Round trip: $RTT_N timed 64-byte
+ping-pongs (after $WARMUP untimed), TCP_NODELAY on both ends. Throughput: $TPUT_MB MiB one way
+in 128 KiB writes, the receiver discards, timed until its byte count came back (MB = 10^6 bytes).
+
+| metric | kernel | arrakis | arrakis / kernel | better |
+|---|---:|---:|---:|---|
+| round trip p50 (µs) | ${MED[kernel.rtt_us_p50]} | ${MED[arrakis.rtt_us_p50]} | $(ratio "${MED[kernel.rtt_us_p50]}" "${MED[arrakis.rtt_us_p50]}") | lower |
+| round trip p99 (µs) | ${MED[kernel.rtt_us_p99]} | ${MED[arrakis.rtt_us_p99]} | $(ratio "${MED[kernel.rtt_us_p99]}" "${MED[arrakis.rtt_us_p99]}") | lower |
+| round trip mean (µs) | ${MED[kernel.rtt_us_mean]} | ${MED[arrakis.rtt_us_mean]} | $(ratio "${MED[kernel.rtt_us_mean]}" "${MED[arrakis.rtt_us_mean]}") | lower |
+| throughput (MB/s) | ${MED[kernel.tput_MBps]} | ${MED[arrakis.tput_MBps]} | $(ratio "${MED[kernel.tput_MBps]}" "${MED[arrakis.tput_MBps]}") | higher |
+
+EOF
+for mode in kernel arrakis; do
+  for m in "${METRICS[@]}"; do
+    echo "- per-run $m, $mode: $(tr '\n' ' ' <"$WORK/$mode.$m")"
+  done
+done
+[ -z "$WARNING" ] || printf '\n%s\n' "$WARNING"
+say "done in $((SECONDS - START)) s"
