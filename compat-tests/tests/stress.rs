@@ -10,11 +10,8 @@
 //! library OS's (an eventfd placeholder). Natively it must be 0.
 //!
 //! Under the shim the sockets must be the library OS's: `ARRAKIS_BACKEND=loopback`, `#lib=1`.
-//! TODO(networking issue): the loopback backend does not exist yet, so that run and its
-//! `#lib=1` assertion are gated behind `ARRAKIS_STRESS_LOOPBACK=1`; without it the shim runs
-//! with `ARRAKIS_BACKEND=kernel` and must print `#lib=0`. Remove the gate (make
-//! `shim_backend()` return `Backend::Loopback` unconditionally) once the loopback backend
-//! lands.
+//! `ARRAKIS_STRESS_KERNEL=1` runs the shim with the kernel backend instead (and expects
+//! `#lib=0`): the same sizes through the shim's pass-through path.
 //!
 //! Needs the shim built first (`cargo build --release`, or `ARRAKIS_SHIM=...`) and gcc.
 //! `STRESS_TIMEOUT` (seconds per phase, default 300) is passed to the program.
@@ -36,8 +33,8 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(600);
 /// The phases and their acceptance sizes.
 const PHASES: &[(&str, &str)] = &[("bulk", "1073741824"), ("short", "100000"), ("burst", "1000")];
 
-/// The environment variable that enables the loopback run (see the TODO above).
-const LOOPBACK_GATE: &str = "ARRAKIS_STRESS_LOOPBACK";
+/// The environment variable that makes the shim runs use the kernel backend.
+const LOOPBACK_GATE: &str = "ARRAKIS_STRESS_KERNEL";
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Backend {
@@ -77,13 +74,12 @@ impl Mode {
     }
 }
 
-/// The backend of the shim runs. TODO(networking issue): remove the gate once
-/// `ARRAKIS_BACKEND=loopback` exists: always `Backend::Loopback`.
+/// The backend of the shim runs: the loopback backend unless `ARRAKIS_STRESS_KERNEL=1`.
 fn shim_backend() -> Backend {
     if std::env::var(LOOPBACK_GATE).is_ok_and(|v| v == "1") {
-        Backend::Loopback
-    } else {
         Backend::Kernel
+    } else {
+        Backend::Loopback
     }
 }
 
@@ -226,10 +222,7 @@ fn tcp_stress_full_size() {
     let backend = shim_backend();
     println!("shim under test: {} (shim runs with ARRAKIS_BACKEND={})", shim.display(), backend.name());
     if backend == Backend::Kernel {
-        println!(
-            "note: {LOOPBACK_GATE}=1 is not set: the shim runs use the kernel backend and expect \
-             #lib=0 (TODO: remove the gate when the loopback backend lands)"
-        );
+        println!("note: {LOOPBACK_GATE}=1: the shim runs use the kernel backend and expect #lib=0");
     }
 
     let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("stress");
