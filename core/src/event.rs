@@ -135,6 +135,8 @@ struct EpState {
     watchers: Vec<Watcher>,
     /// It sits in another epoll or a poll set through the kernel: always ring the wake fd.
     nested: bool,
+    /// The wake eventfd was written and not drained since.
+    rung: bool,
     /// Kernel fds in the interest list (so a wait with library events ready knows whether to
     /// look at the kernel too).
     kernel_fds: usize,
@@ -166,6 +168,7 @@ impl Registry {
                 if queued {
                     if e.sleepers > 0 || e.nested {
                         let _ = rustix::io::write(&e.wake, &1u64.to_ne_bytes());
+                        e.rung = true;
                     }
                     for w in e.watchers.clone() {
                         if let Watcher::Poller(p) = w {
@@ -276,6 +279,7 @@ impl Epoll {
             wake,
             watchers: Vec::new(),
             nested: false,
+            rung: false,
             kernel_fds: 0,
         };
         let id = match g.ev.free.pop() {
@@ -404,6 +408,7 @@ impl Epoll {
             e.nested = true;
             if !e.ready.is_empty() {
                 let _ = rustix::io::write(&e.wake, &1u64.to_ne_bytes());
+                e.rung = true;
             }
         }
     }
@@ -450,6 +455,15 @@ fn collect(g: &mut Inner, ep: usize, max: usize) -> Vec<Event> {
             // Level-triggered: stays on the ready list, re-checked next time.
             en.queued = true;
             e.ready.push_back((sock, fd));
+        }
+    }
+    // Nothing left: drain the wake eventfd, so a kernel epoll or poll that holds this
+    // instance (nesting) stops seeing it readable, as Linux re-checks nested readiness.
+    if let Ok(e) = g.ev.get(ep) {
+        if e.ready.is_empty() && e.rung {
+            let mut b = [0u8; 8];
+            let _ = rustix::io::read(&e.wake, &mut b);
+            e.rung = false;
         }
     }
     out

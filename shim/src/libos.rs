@@ -559,6 +559,11 @@ pub(crate) unsafe fn recvfrom(
     alen: *mut socklen_t,
 ) -> ssize_t {
     with_sock(fd, "recvfrom", |s| {
+        if s.sock_kind() == Kind::Stream && flags & msg::TRUNC != 0 {
+            // TCP's MSG_TRUNC discards the bytes: the buffer is never touched.
+            let mut scratch = vec![0u8; n.min(1 << 20)];
+            return Ok(s.recv(&mut [&mut scratch[..]], flags)?.n as ssize_t);
+        }
         let data: &mut [u8] = if n == 0 {
             &mut []
         } else if bad(buf) {
@@ -571,6 +576,10 @@ pub(crate) unsafe fn recvfrom(
         if let Some(from) = r.from {
             // SAFETY: caller's buffers.
             unsafe { write_sa(from, addr, alen)? };
+        } else if !addr.is_null() && !bad(alen) {
+            // A stream socket has no source address to give: the length becomes 0.
+            // SAFETY: the caller's length.
+            unsafe { *alen = 0 };
         }
         Ok(r.n as ssize_t)
     })
@@ -944,6 +953,9 @@ pub(crate) unsafe fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut epoll
             (e.events, e.u64)
         };
         let Some(ep) = ep else {
+            if sock(epfd).is_some() {
+                return Err(Errno::EINVAL);
+            }
             // A kernel epoll (not ours: created before the backend or too high a number)
             // cannot watch a library-OS socket.
             if target.is_some() {

@@ -81,6 +81,10 @@ struct Opts {
     sndbuf: i32,
     /// `SO_LINGER`: `Some(seconds)` when on.
     linger: Option<i32>,
+    /// `l_linger` as last set (Linux keeps it while lingering is off).
+    linger_secs: i32,
+    /// `SO_RCVLOWAT` (at least 1).
+    rcvlowat: i32,
     rcvtimeo: Option<Duration>,
     sndtimeo: Option<Duration>,
     /// Options stored and reported back but not modelled (`SO_PRIORITY`, `IP_TOS`, ...).
@@ -161,6 +165,8 @@ impl SockState {
                 rcvbuf: buf.0,
                 sndbuf: buf.1,
                 linger: None,
+                linger_secs: 0,
+                rcvlowat: 1,
                 rcvtimeo: None,
                 sndtimeo: None,
                 other: HashMap::new(),
@@ -433,6 +439,9 @@ impl Socket {
                 st.opts.linger = parent.opts.linger;
                 st.opts.rcvbuf = parent.opts.rcvbuf;
                 st.opts.sndbuf = parent.opts.sndbuf;
+                st.opts.rcvlowat = parent.opts.rcvlowat;
+                st.opts.linger_secs = parent.opts.linger_secs;
+                st.opts.other = parent.opts.other.clone();
                 st.ss = Ss::Connected;
                 st.local = Some(to_addr(fam, local));
                 st.peer = Some(to_addr(fam, remote));
@@ -591,7 +600,6 @@ impl Socket {
                 }
                 let s = g.sock_mut(id)?;
                 s.listener = None;
-                s.closed = true;
                 s.ss = Ss::Unconnected;
                 g.changed(id);
             }
@@ -974,16 +982,16 @@ impl Socket {
                 let on = i32::from_ne_bytes([val[0], val[1], val[2], val[3]]);
                 let secs = i32::from_ne_bytes([val[4], val[5], val[6], val[7]]);
                 s.opts.linger = (on != 0).then_some(secs.max(0));
+                s.opts.linger_secs = secs;
             }
             (SOL_SOCKET, SO_RCVTIMEO_OLD | SO_RCVTIMEO_NEW) => s.opts.rcvtimeo = timeval(val)?,
             (SOL_SOCKET, SO_SNDTIMEO_OLD | SO_SNDTIMEO_NEW) => s.opts.sndtimeo = timeval(val)?,
             (SOL_SOCKET, SO_TYPE | SO_ERROR | SO_ACCEPTCONN | SO_DOMAIN | SO_PROTOCOL) => {
                 return Err(Errno::ENOPROTOOPT)
             }
-            (
-                SOL_SOCKET,
-                SO_BROADCAST | SO_OOBINLINE | SO_PRIORITY | SO_RCVLOWAT | SO_SNDLOWAT | SO_DONTROUTE,
-            )
+            (SOL_SOCKET, SO_RCVLOWAT) => s.opts.rcvlowat = int()?.max(1),
+            (SOL_SOCKET, SO_SNDLOWAT) => return Err(Errno::ENOPROTOOPT),
+            (SOL_SOCKET, SO_BROADCAST | SO_OOBINLINE | SO_PRIORITY | SO_DONTROUTE)
             | (
                 SOL_SOCKET,
                 SO_TIMESTAMP | SO_PASSCRED | SO_MARK | SO_BUSY_POLL | SO_INCOMING_CPU | SO_ZEROCOPY,
@@ -991,7 +999,7 @@ impl Socket {
                 int()?;
                 s.opts.other.insert((level, name), val[..4].to_vec());
             }
-            (IPPROTO_TCP, _) if kind != Kind::Stream => return Err(Errno::EOPNOTSUPP),
+            (IPPROTO_TCP, _) if kind != Kind::Stream => return Err(Errno::ENOPROTOOPT),
             (IPPROTO_TCP, TCP_NODELAY) => s.opts.nodelay = int()? != 0,
             (IPPROTO_TCP, TCP_KEEPIDLE | TCP_KEEPINTVL | TCP_KEEPCNT | TCP_SYNCNT | TCP_USER_TIMEOUT) => {
                 let v = int()?;
@@ -1054,15 +1062,14 @@ impl Socket {
             (SOL_SOCKET, SO_SNDBUF) => i(s.opts.sndbuf),
             (SOL_SOCKET, SO_LINGER) => {
                 let mut v = i(i32::from(s.opts.linger.is_some()));
-                v.extend_from_slice(&s.opts.linger.unwrap_or(0).to_ne_bytes());
+                v.extend_from_slice(&s.opts.linger_secs.to_ne_bytes());
                 v
             }
             (SOL_SOCKET, SO_RCVTIMEO_OLD | SO_RCVTIMEO_NEW) => timeval_bytes(s.opts.rcvtimeo),
             (SOL_SOCKET, SO_SNDTIMEO_OLD | SO_SNDTIMEO_NEW) => timeval_bytes(s.opts.sndtimeo),
-            (SOL_SOCKET, SO_RCVLOWAT | SO_SNDLOWAT) => {
-                s.opts.other.get(&(level, name)).cloned().unwrap_or_else(|| i(1))
-            }
-            (IPPROTO_TCP, _) if s.kind != Kind::Stream => return Err(Errno::EOPNOTSUPP),
+            (SOL_SOCKET, SO_RCVLOWAT) => i(s.opts.rcvlowat),
+            (SOL_SOCKET, SO_SNDLOWAT) => i(1),
+            (IPPROTO_TCP, _) if s.kind != Kind::Stream => return Err(foreign_level(s.fam)),
             (IPPROTO_TCP, TCP_NODELAY) => b(s.opts.nodelay),
             (IPPROTO_TCP, TCP_KEEPIDLE) => {
                 s.opts.other.get(&(level, name)).cloned().unwrap_or_else(|| i(7200))
@@ -1074,6 +1081,7 @@ impl Socket {
             (IPPROTO_TCP, TCP_SYNCNT) => s.opts.other.get(&(level, name)).cloned().unwrap_or_else(|| i(6)),
             (IPPROTO_TCP, TCP_MAXSEG) => i(if s.shard.is_some() { 65_483 } else { 536 }),
             (IPPROTO_IPV6, IPV6_V6ONLY) if s.fam == Family::V6 => b(s.opts.v6only),
+            (IPPROTO_IPV6, _) if s.fam == Family::V4 => return Err(Errno::EOPNOTSUPP),
             (IPPROTO_IP, IP_TTL) => s.opts.other.get(&(level, name)).cloned().unwrap_or_else(|| i(64)),
             (IPPROTO_IPV6, IPV6_UNICAST_HOPS) => {
                 s.opts.other.get(&(level, name)).cloned().unwrap_or_else(|| i(64))
@@ -1081,7 +1089,14 @@ impl Socket {
             (lvl, nm) => match s.opts.other.get(&(lvl, nm)) {
                 Some(v) => v.clone(),
                 None if known_int_option(lvl, nm) => i(0),
-                None => return Err(Errno::ENOPROTOOPT),
+                None => {
+                    let own = lvl == SOL_SOCKET
+                        || (lvl == IPPROTO_TCP && s.kind == Kind::Stream)
+                        || (lvl == IPPROTO_UDP && s.kind == Kind::Dgram)
+                        || (lvl == IPPROTO_IP && s.fam == Family::V4)
+                        || (lvl == IPPROTO_IPV6 && s.fam == Family::V6);
+                    return Err(if own { Errno::ENOPROTOOPT } else { foreign_level(s.fam) });
+                }
             },
         })
     }
@@ -1127,10 +1142,22 @@ fn timeval(val: &[u8]) -> SysResult<Option<Duration>> {
 }
 
 fn timeval_bytes(d: Option<Duration>) -> Vec<u8> {
+    // Linux keeps socket timeouts in jiffies (HZ=250 on Debian's kernels: 4 ms), rounding up.
     let d = d.unwrap_or_default();
+    let tick = 4_000u128;
+    let d = Duration::from_micros((d.as_micros().div_ceil(tick) * tick) as u64);
     let mut v = (d.as_secs() as i64).to_ne_bytes().to_vec();
     v.extend_from_slice(&i64::from(d.subsec_micros()).to_ne_bytes());
     v
+}
+
+/// `getsockopt` at a level the socket's protocol does not handle: IPv4 sockets end in
+/// `ip_getsockopt` (`EOPNOTSUPP`), IPv6 ones in `ipv6_getsockopt` (`ENOPROTOOPT`).
+fn foreign_level(f: Family) -> Errno {
+    match f {
+        Family::V4 => Errno::EOPNOTSUPP,
+        Family::V6 => Errno::ENOPROTOOPT,
+    }
 }
 
 fn known_int_option(level: i32, name: i32) -> bool {
@@ -1199,6 +1226,7 @@ const TCP_USER_TIMEOUT: i32 = 18;
 const TCP_FASTOPEN: i32 = 23;
 const TCP_NOTSENT_LOWAT: i32 = 25;
 const IPPROTO_IPV6: i32 = 41;
+const IPPROTO_UDP: i32 = 17;
 const IPV6_UNICAST_HOPS: i32 = 16;
 const IPV6_RECVERR: i32 = 25;
 const IPV6_V6ONLY: i32 = 26;
@@ -1488,7 +1516,8 @@ pub(crate) fn events(g: &Inner, id: usize) -> u32 {
         m |= ev::IN | ev::RDNORM | ev::RDHUP;
     }
     if !matches!(state, tcp::State::SynSent | tcp::State::SynReceived) {
-        if t.is_some_and(|t| t.recv_queue() > 0) {
+        let lowat = usize::try_from(s.opts.rcvlowat).unwrap_or(1).max(1);
+        if t.is_some_and(|t| t.recv_queue() >= lowat) {
             m |= ev::IN | ev::RDNORM;
         }
         if !s.shut_wr {
@@ -1514,12 +1543,12 @@ pub(crate) fn events(g: &Inner, id: usize) -> u32 {
 
 /// With several `SO_REUSEPORT` listeners on one queue, which connections this one takes:
 /// spread by connection (Linux spreads by a hash of the 4-tuple).
-fn reuseport_pick(g: &Inner, l: ShardId, me: usize) -> impl Fn(ShardId) -> bool {
+fn reuseport_pick(g: &Inner, l: ShardId, me: usize) -> impl Fn(IpEndpoint) -> bool {
     let (k, j) = match g.by_shard.get(&l) {
         Some(v) if v.len() > 1 => (v.len(), v.iter().position(|&x| x == me).unwrap_or(0)),
         _ => (1, 0),
     };
-    move |conn: ShardId| conn % k == j
+    move |remote: IpEndpoint| usize::from(remote.port) % k == j
 }
 
 /// Bytes waiting to be read (TCP) or datagrams queued (UDP), for edge detection.
@@ -1530,6 +1559,20 @@ pub(crate) fn rx_level(g: &Inner, id: usize) -> usize {
         Kind::Stream => g.stack.tcp(c).map(|t| t.recv_queue()).unwrap_or(0),
         Kind::Dgram => g.stack.udp(c).map(|u| u.recv_queue()).unwrap_or(0),
     }
+}
+
+/// An ICMP port unreachable for our UDP `port` from `remote`: Linux reports it
+/// (`ECONNREFUSED`) only to a socket connected to that peer. Returns the socket.
+pub(crate) fn udp_refused(g: &mut Inner, port: u16, remote: IpEndpoint) -> Option<usize> {
+    let id = g.socks.iter().position(|s| {
+        s.as_ref().is_some_and(|s| {
+            s.kind == Kind::Dgram
+                && s.local.is_some_and(|l| l.port() == port)
+                && s.peer.is_some_and(|p| endpoint(&p) == remote)
+        })
+    })?;
+    g.sock_mut(id).ok()?.err = Some(Errno::ECONNREFUSED);
+    Some(id)
 }
 
 /// Registers a watcher on a socket.

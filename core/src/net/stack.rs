@@ -107,6 +107,8 @@ pub struct Stack<D: NetDevice> {
     touched: Vec<ShardId>,
     timers: BinaryHeap<Reverse<(Instant, ShardId)>>,
     next_port: u16,
+    /// Rotates UDP ephemeral ports (a freed port is not handed out again at once).
+    next_udp: u32,
     /// Local ports taken by connections this stack opened.
     ephemeral_in_use: HashSet<u16>,
     buffers: Buffers,
@@ -114,6 +116,8 @@ pub struct Stack<D: NetDevice> {
     /// end of that period, oldest first; and how many such connections hold each port.
     time_wait: VecDeque<(Instant, u16)>,
     tw_ports: HashMap<u16, usize>,
+    /// ICMP "port unreachable" reports received: (our UDP port, the peer that refused).
+    pub icmp_errors: Vec<(u16, IpEndpoint)>,
     /// SYNs dropped because a listener's queue was full.
     pub syns_dropped: u64,
 }
@@ -192,8 +196,10 @@ impl<D: NetDevice> Stack<D> {
             tw_ports: HashMap::new(),
             timers: BinaryHeap::new(),
             next_port: EPHEMERAL.0,
+            next_udp: (seed as u32) % 28_232,
             ephemeral_in_use: HashSet::new(),
             buffers,
+            icmp_errors: Vec::new(),
             syns_dropped: 0,
         };
         stack.spare = stack.insert(SocketSet::new(vec![]), Role::Spare);
@@ -272,7 +278,7 @@ impl<D: NetDevice> Stack<D> {
     pub fn accept_where(
         &mut self,
         listener: ShardId,
-        pick: impl Fn(ShardId) -> bool,
+        pick: impl Fn(IpEndpoint) -> bool,
     ) -> SysResult<Option<ShardId>> {
         let Role::Listener { queue, .. } =
             &self.shards.get(listener).and_then(Option::as_ref).ok_or(Errno::EBADF)?.role
@@ -280,7 +286,7 @@ impl<D: NetDevice> Stack<D> {
             return Err(Errno::EINVAL);
         };
         let ok = |id: &ShardId| {
-            pick(*id)
+            self.endpoints(*id).is_some_and(|(_, r)| pick(r))
                 && self
                     .tcp(*id)
                     .is_ok_and(|s| !matches!(s.state(), tcp::State::SynReceived | tcp::State::Listen))
@@ -299,10 +305,10 @@ impl<D: NetDevice> Stack<D> {
     }
 
     /// Whether [`Stack::accept_where`] would find a connection.
-    pub fn acceptable_where(&self, listener: ShardId, pick: impl Fn(ShardId) -> bool) -> bool {
+    pub fn acceptable_where(&self, listener: ShardId, pick: impl Fn(IpEndpoint) -> bool) -> bool {
         match &self.shards.get(listener).and_then(Option::as_ref).map(|s| &s.role) {
             Some(Role::Listener { queue, .. }) => queue.iter().any(|id| {
-                pick(*id)
+                self.endpoints(*id).is_some_and(|(_, r)| pick(r))
                     && self
                         .tcp(*id)
                         .is_ok_and(|s| !matches!(s.state(), tcp::State::SynReceived | tcp::State::Listen))
@@ -552,10 +558,25 @@ impl<D: NetDevice> Stack<D> {
     fn ingress(&mut self, now: Instant) -> bool {
         let mut any = false;
         loop {
-            let Stack { iface, dev, caps, shards, conns, listeners, udp, spare, syns_dropped, .. } = self;
+            let Stack {
+                iface,
+                dev,
+                caps,
+                shards,
+                conns,
+                listeners,
+                udp,
+                spare,
+                syns_dropped,
+                icmp_errors,
+                ..
+            } = self;
             let Some((rx, tx)) = dev.receive(now) else { break };
             any = true;
             let routed = phy::RxToken::consume(rx, |frame| {
+                if let Some(e) = port_unreachable(frame) {
+                    icmp_errors.push(e);
+                }
                 let id = route(frame, conns, listeners, udp, shards, *spare, syns_dropped)?;
                 let shard = shards.get_mut(id)?.as_mut()?;
                 let mut one = OneFrame { frame: Some(frame), tx: Some(tx), caps: caps.clone() };
@@ -661,7 +682,8 @@ impl<D: NetDevice> Stack<D> {
     /// A free UDP port from the ephemeral range.
     pub fn udp_ephemeral(&mut self) -> SysResult<u16> {
         let span = u32::from(EPHEMERAL.1 - EPHEMERAL.0) + 1;
-        let start = (self.next_port.wrapping_mul(7919) as u32) % span;
+        self.next_udp = self.next_udp.wrapping_add(7919);
+        let start = self.next_udp % span;
         for i in 0..span {
             let p = EPHEMERAL.0 + ((start + i) % span) as u16;
             if !self.udp.contains_key(&p) {
@@ -734,6 +756,46 @@ fn route(
         }
         IpProtocol::Udp => Some(udp.get(&local.port).copied().unwrap_or(spare)),
         _ => Some(spare),
+    }
+}
+
+/// An ICMP or ICMPv6 "port unreachable" about a UDP datagram we sent: our source port and
+/// the destination that refused it.
+fn port_unreachable(frame: &[u8]) -> Option<(u16, IpEndpoint)> {
+    let port = |b: &[u8], at: usize| Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]));
+    match frame.first()? >> 4 {
+        4 => {
+            let hl = usize::from(frame[0] & 0x0f) * 4;
+            // ICMP (1), type 3 code 3, then the original IPv4 header and UDP header.
+            if *frame.get(9)? != 1 || *frame.get(hl)? != 3 || *frame.get(hl + 1)? != 3 {
+                return None;
+            }
+            let inner = frame.get(hl + 8..)?;
+            let ihl = usize::from(inner.first()? & 0x0f) * 4;
+            if *inner.get(9)? != 17 {
+                return None;
+            }
+            let dst = std::net::Ipv4Addr::new(*inner.get(16)?, inner[17], inner[18], inner[19]);
+            Some((
+                port(inner, ihl)?,
+                IpEndpoint::new(smoltcp::wire::IpAddress::Ipv4(dst), port(inner, ihl + 2)?),
+            ))
+        }
+        6 => {
+            // ICMPv6 (58), type 1 code 4, then the original IPv6 header and UDP header.
+            if *frame.get(6)? != 58 || *frame.get(40)? != 1 || *frame.get(41)? != 4 {
+                return None;
+            }
+            let inner = frame.get(48..)?;
+            if *inner.get(6)? != 17 {
+                return None;
+            }
+            let mut a = [0u8; 16];
+            a.copy_from_slice(inner.get(24..40)?);
+            let dst = std::net::Ipv6Addr::from(a);
+            Some((port(inner, 40)?, IpEndpoint::new(smoltcp::wire::IpAddress::Ipv6(dst), port(inner, 42)?)))
+        }
+        _ => None,
     }
 }
 

@@ -157,6 +157,12 @@ impl Inner {
             }
         }
         self.touched = touched;
+        // ICMP port unreachable: a connected UDP socket to that peer gets ECONNREFUSED.
+        for (port, remote) in std::mem::take(&mut self.stack.icmp_errors) {
+            if let Some(id) = super::socket::udp_refused(self, port, remote) {
+                self.changed(id);
+            }
+        }
     }
 
     /// A socket's state may have changed: bring its flags up to date and wake whoever waits.
