@@ -159,11 +159,12 @@ unsafe fn write_sa(a: SocketAddr, p: *mut sockaddr, len: *mut socklen_t) -> SysR
     Ok(())
 }
 
-/// The caller's iovecs as slices.
+/// The caller's iovecs, checked as the kernel's `import_iovec` does (count, total length,
+/// bad bases), as `(base, len)` pairs with empty ones dropped.
 ///
 /// # Safety
-/// `iov[..cnt]` must be readable and each describe readable memory.
-unsafe fn iov_in<'a>(iov: *const iovec, cnt: usize) -> SysResult<Vec<&'a [u8]>> {
+/// `iov[..cnt]` must be readable.
+unsafe fn iov_checked(iov: *const iovec, cnt: usize) -> SysResult<Vec<(*mut u8, usize)>> {
     if cnt > 1024 {
         return Err(Errno::EINVAL);
     }
@@ -185,10 +186,21 @@ unsafe fn iov_in<'a>(iov: *const iovec, cnt: usize) -> SysResult<Vec<&'a [u8]>> 
         if bad(e.iov_base) {
             return Err(Errno::EFAULT);
         }
-        // SAFETY: caller's contract: each iovec describes readable memory.
-        out.push(unsafe { std::slice::from_raw_parts(e.iov_base.cast::<u8>(), e.iov_len) });
+        out.push((e.iov_base.cast::<u8>(), e.iov_len));
     }
     Ok(out)
+}
+
+/// The caller's iovecs as slices.
+///
+/// # Safety
+/// `iov[..cnt]` must be readable and each describe readable memory.
+unsafe fn iov_in<'a>(iov: *const iovec, cnt: usize) -> SysResult<Vec<&'a [u8]>> {
+    // SAFETY: caller's contract: each iovec describes readable memory.
+    Ok(unsafe { iov_checked(iov, cnt)? }
+        .into_iter()
+        .map(|(p, n)| unsafe { std::slice::from_raw_parts(p, n) })
+        .collect())
 }
 
 /// As [`iov_in`], writable.
@@ -196,31 +208,11 @@ unsafe fn iov_in<'a>(iov: *const iovec, cnt: usize) -> SysResult<Vec<&'a [u8]>> 
 /// # Safety
 /// `iov[..cnt]` must be readable and each describe writable memory.
 unsafe fn iov_out<'a>(iov: *const iovec, cnt: usize) -> SysResult<Vec<&'a mut [u8]>> {
-    if cnt > 1024 {
-        return Err(Errno::EINVAL);
-    }
-    if cnt == 0 {
-        return Ok(Vec::new());
-    }
-    if bad(iov) {
-        return Err(Errno::EFAULT);
-    }
-    // SAFETY: caller's contract.
-    let v = unsafe { std::slice::from_raw_parts(iov, cnt) };
-    let mut total = 0usize;
-    let mut out = Vec::with_capacity(cnt);
-    for e in v {
-        total = total.checked_add(e.iov_len).filter(|&t| t <= isize::MAX as usize).ok_or(Errno::EINVAL)?;
-        if e.iov_len == 0 {
-            continue;
-        }
-        if bad(e.iov_base) {
-            return Err(Errno::EFAULT);
-        }
-        // SAFETY: caller's contract: each iovec describes writable memory.
-        out.push(unsafe { std::slice::from_raw_parts_mut(e.iov_base.cast::<u8>(), e.iov_len) });
-    }
-    Ok(out)
+    // SAFETY: caller's contract: each iovec describes writable memory.
+    Ok(unsafe { iov_checked(iov, cnt)? }
+        .into_iter()
+        .map(|(p, n)| unsafe { std::slice::from_raw_parts_mut(p, n) })
+        .collect())
 }
 
 /// `EPIPE` on a stream socket raises `SIGPIPE` unless `MSG_NOSIGNAL`, as Linux's
@@ -1216,21 +1208,23 @@ pub(crate) unsafe fn poll_mixed(
         kset.push(libc::pollfd { fd: pfd.fd, events: pfd.events, revents: 0 });
         kidx.push(i);
     }
+    // The library-OS entries with what each asks for (`want: false` → 0, for unregistering).
+    let wants: Vec<u32> = objs.iter().map(|(i, _)| set[*i].events as u16 as u32).collect();
+    let list = |want: bool| -> Vec<(PollObj<'_>, u32)> {
+        objs.iter()
+            .zip(&wants)
+            .map(|((_, o), w)| {
+                let w = if want { *w } else { 0 };
+                match o {
+                    Obj::Sock(s) => (PollObj::Socket(s), w),
+                    Obj::Ep(e) => (PollObj::Epoll(e), w),
+                }
+            })
+            .collect()
+    };
     let deadline = timeout.map(|t| std::time::Instant::now() + t);
     loop {
-        let lib_rev: Vec<u32> = lib::guarded("poll", || {
-            let list: Vec<(PollObj<'_>, u32)> = objs
-                .iter()
-                .map(|(i, o)| {
-                    let want = set[*i].events as u16 as u32;
-                    match o {
-                        Obj::Sock(s) => (PollObj::Socket(s), want),
-                        Obj::Ep(e) => (PollObj::Epoll(e), want),
-                    }
-                })
-                .collect();
-            Ok(cev::poll_lib(&list, Some(&p)))
-        });
+        let lib_rev: Vec<u32> = lib::guarded("poll", || Ok(cev::poll_lib(&list(true), Some(&p))));
         let ready_lib = lib_rev.iter().any(|&r| r != 0);
         let left = match deadline {
             None => -1i64,
@@ -1254,33 +1248,9 @@ pub(crate) unsafe fn poll_mixed(
         if woke {
             p.drain();
         }
-        let lib_rev: Vec<u32> = if ready_lib {
-            lib_rev
-        } else {
-            lib::guarded("poll", || {
-                let list: Vec<(PollObj<'_>, u32)> = objs
-                    .iter()
-                    .map(|(i, o)| {
-                        let want = set[*i].events as u16 as u32;
-                        match o {
-                            Obj::Sock(s) => (PollObj::Socket(s), want),
-                            Obj::Ep(e) => (PollObj::Epoll(e), want),
-                        }
-                    })
-                    .collect();
-                Ok(cev::poll_lib(&list, None))
-            })
-        };
-        {
-            let list: Vec<(PollObj<'_>, u32)> = objs
-                .iter()
-                .map(|(_, o)| match o {
-                    Obj::Sock(s) => (PollObj::Socket(s), 0),
-                    Obj::Ep(e) => (PollObj::Epoll(e), 0),
-                })
-                .collect();
-            cev::poll_end(&list, &p);
-        }
+        let lib_rev: Vec<u32> =
+            if ready_lib { lib_rev } else { lib::guarded("poll", || Ok(cev::poll_lib(&list(true), None))) };
+        cev::poll_end(&list(false), &p);
         if r < 0 && !lib_rev.iter().any(|&x| x != 0) {
             crate::errno::set(err);
             return -1;

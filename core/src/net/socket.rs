@@ -8,7 +8,7 @@
 //! `inet_shutdown`, `udp_sendmsg`/`udp_recvmsg` and `datagram_poll`.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
@@ -280,10 +280,6 @@ pub struct Received {
     pub flags: i32,
 }
 
-/// Result of a send that failed with `EPIPE`: the shim raises `SIGPIPE` unless
-/// `MSG_NOSIGNAL` — see [`Socket::send`].
-pub const SIGPIPE_ERRNO: Errno = Errno::EPIPE;
-
 impl Socket {
     /// A new socket of `fam`/`kind` (its fd placeholder comes from [`placeholder`]).
     pub fn new(fam: Family, kind: Kind, nonblock: bool) -> Arc<Socket> {
@@ -319,13 +315,6 @@ impl Socket {
     /// Whether `O_NONBLOCK` is set.
     pub fn nonblocking(&self) -> bool {
         self.nonblock.load(SeqCst)
-    }
-
-    /// Whether the socket still has no state, so it could move to the kernel (an address
-    /// the library OS does not serve).
-    pub fn is_fresh(&self) -> bool {
-        let g = net().lock();
-        g.sock(self.id).is_ok_and(|s| s.local.is_none() && s.peer.is_none() && s.listener.is_none())
     }
 
     /// Runs `attempt` under the lock until it gives a result; `None` means "would block".
@@ -868,7 +857,6 @@ impl Socket {
             return Err(Errno::EOPNOTSUPP);
         }
         let peek = flags & msg::PEEK != 0;
-        let total: usize = bufs.iter().map(|b| b.len()).sum();
         let fam = self.fam;
         self.block(
             nb,
@@ -900,7 +888,6 @@ impl Socket {
                     }
                     let trunc = n < len;
                     let ret = if flags & msg::TRUNC != 0 { len } else { n };
-                    let _ = total;
                     return Ok(Some(Received {
                         n: ret,
                         from: Some(from),
@@ -1042,7 +1029,6 @@ impl Socket {
     pub fn getsockopt(&self, level: i32, name: i32) -> SysResult<Vec<u8>> {
         let mut g = net().lock();
         let id = self.id;
-        let events = events(&g, id);
         let s = g.sock_mut(id)?;
         let b = |v: bool| i32::from(v).to_ne_bytes().to_vec();
         let i = |v: i32| v.to_ne_bytes().to_vec();
@@ -1050,10 +1036,7 @@ impl Socket {
             (SOL_SOCKET, SO_TYPE) => i(if s.kind == Kind::Stream { 1 } else { 2 }),
             (SOL_SOCKET, SO_DOMAIN) => i(if s.fam == Family::V4 { 2 } else { 10 }),
             (SOL_SOCKET, SO_PROTOCOL) => i(if s.kind == Kind::Stream { 6 } else { 17 }),
-            (SOL_SOCKET, SO_ERROR) => {
-                let _ = events;
-                i(s.take_err().map_or(0, |e| e.0))
-            }
+            (SOL_SOCKET, SO_ERROR) => i(s.take_err().map_or(0, |e| e.0)),
             (SOL_SOCKET, SO_ACCEPTCONN) => b(s.listener.is_some()),
             (SOL_SOCKET, SO_REUSEADDR) => b(s.opts.reuseaddr),
             (SOL_SOCKET, SO_REUSEPORT) => b(s.opts.reuseport),
@@ -1589,23 +1572,4 @@ pub(crate) fn unwatch(g: &mut Inner, id: usize, w: &Watcher) {
     if let Ok(s) = g.sock_mut(id) {
         s.watchers.retain(|x| x != w);
     }
-}
-
-/// Whether `port` is free for a new TCP listener or UDP bind (used by tests).
-pub fn port_free(kind: Kind, port: u16) -> bool {
-    let g = net().lock();
-    !port_bound(&g, kind, port, usize::MAX)
-}
-
-/// The socket's family as the kernel's `sa_family` value.
-pub fn family_code(f: Family) -> i32 {
-    match f {
-        Family::V4 => 2,
-        Family::V6 => 10,
-    }
-}
-
-/// Builds a v4 or v6 address (for callers converting from C).
-pub fn addr_v4(ip: [u8; 4], port: u16) -> SocketAddr {
-    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(ip), port))
 }
