@@ -180,6 +180,27 @@ impl Registry {
         }
     }
 
+    /// A socket's readiness fell to `events`: entries of the epoll `w` that no longer match
+    /// leave its ready list (they would not be reported), and an emptied list quiets the wake
+    /// eventfd.
+    pub(crate) fn lowered(&mut self, w: &Watcher, sock: usize, events: u32) {
+        let Watcher::Epoll(ep) = w else { return };
+        let Some(Some(e)) = self.epolls.get_mut(*ep) else { return };
+        let Some(entries) = e.interest.get_mut(&sock) else { return };
+        let mut gone = Vec::new();
+        for en in entries.iter_mut() {
+            if en.queued && events & (en.events | ev::ERR | ev::HUP) == 0 {
+                en.queued = false;
+                gone.push(en.fd);
+            }
+        }
+        if gone.is_empty() {
+            return;
+        }
+        e.ready.retain(|&(s, f)| !(s == sock && gone.contains(&f)));
+        quiet(e);
+    }
+
     /// A socket went away: drop its registrations in the epoll `w`.
     pub(crate) fn forget_sock(&mut self, w: &Watcher, sock: usize) {
         if let Watcher::Epoll(ep) = w {
@@ -413,6 +434,12 @@ impl Epoll {
         }
     }
 
+    /// Whether library-OS events are ready now (nothing is consumed).
+    pub fn ready_now(&self) -> bool {
+        let mut g = net().lock();
+        Epoll::lib_ready(&mut g, self.id)
+    }
+
     /// Library-side readiness of the instance itself (for `poll` on an epoll fd).
     fn lib_ready(g: &mut Inner, ep: usize) -> bool {
         // Re-check entries: one whose socket stopped being ready does not count.
@@ -457,16 +484,20 @@ fn collect(g: &mut Inner, ep: usize, max: usize) -> Vec<Event> {
             e.ready.push_back((sock, fd));
         }
     }
-    // Nothing left: drain the wake eventfd, so a kernel epoll or poll that holds this
-    // instance (nesting) stops seeing it readable, as Linux re-checks nested readiness.
     if let Ok(e) = g.ev.get(ep) {
-        if e.ready.is_empty() && e.rung {
-            let mut b = [0u8; 8];
-            let _ = rustix::io::read(&e.wake, &mut b);
-            e.rung = false;
-        }
+        quiet(e);
     }
     out
+}
+
+/// Nothing left on the ready list: drain the wake eventfd, so a kernel epoll or poll that
+/// holds this instance (nesting) stops seeing it readable, as Linux re-checks nested readiness.
+fn quiet(e: &mut EpState) {
+    if e.ready.is_empty() && e.rung {
+        let mut b = [0u8; 8];
+        let _ = rustix::io::read(&e.wake, &mut b);
+        e.rung = false;
+    }
 }
 
 /// One library-OS fd in a `poll`/`select` set.

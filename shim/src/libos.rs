@@ -56,8 +56,11 @@ fn with_sock<T: crate::Fail>(
 /// addresses are not detected.)
 fn bad<T>(p: *const T) -> bool {
     let a = p as usize;
-    !(4096..0x0000_8000_0000_0000).contains(&a)
+    !(4096..USER_END).contains(&a)
 }
+
+/// End of the user address space on x86-64 (`TASK_SIZE_MAX` rounded).
+const USER_END: usize = 0x0000_8000_0000_0000;
 
 // ---- addresses ----------------------------------------------------------------------
 
@@ -164,6 +167,15 @@ unsafe fn write_sa(a: SocketAddr, p: *mut sockaddr, len: *mut socklen_t) -> SysR
 ///
 /// # Safety
 /// `iov[..cnt]` must be readable.
+/// `msg_iovlen` of a `msghdr`: more than `UIO_MAXIOV` is `EMSGSIZE` (`__copy_msghdr`), where
+/// `readv`/`writev` say `EINVAL`.
+fn msg_iovlen(n: usize) -> SysResult<usize> {
+    if n > 1024 {
+        return Err(Errno::EMSGSIZE);
+    }
+    Ok(n)
+}
+
 unsafe fn iov_checked(iov: *const iovec, cnt: usize) -> SysResult<Vec<(*mut u8, usize)>> {
     if cnt > 1024 {
         return Err(Errno::EINVAL);
@@ -513,7 +525,7 @@ unsafe fn sendmsg_one(s: &Socket, m: *const msghdr, flags: c_int) -> SysResult<s
         unsafe { read_sa(m.msg_name.cast(), m.msg_namelen)? }
     };
     // SAFETY: the caller's iovecs.
-    let bufs = unsafe { iov_in(m.msg_iov, m.msg_iovlen)? };
+    let bufs = unsafe { iov_in(m.msg_iov, msg_iovlen(m.msg_iovlen)?)? };
     do_send(s, &bufs, flags, to)
 }
 
@@ -635,7 +647,7 @@ unsafe fn recvmsg_one(s: &Socket, m: *mut msghdr, flags: c_int) -> SysResult<ssi
     // SAFETY: caller's contract.
     let m = unsafe { &mut *m };
     // SAFETY: the caller's iovecs.
-    let mut bufs = unsafe { iov_out(m.msg_iov, m.msg_iovlen)? };
+    let mut bufs = unsafe { iov_out(m.msg_iov, msg_iovlen(m.msg_iovlen)?)? };
     let r = s.recv(&mut bufs, flags)?;
     m.msg_flags = r.flags;
     m.msg_controllen = 0;
@@ -897,11 +909,15 @@ pub(crate) unsafe fn ioctl(fd: c_int, request: libc::c_ulong, arg: libc::c_ulong
             s.set_nonblocking(on);
             Ok(0)
         }
-        libc::FIONREAD | libc::TIOCOUTQ => {
+        libc::FIONREAD | libc::TIOCOUTQ | SIOCOUTQNSD => {
             if out.is_null() {
                 return Err(Errno::EFAULT);
             }
-            let n = if request == libc::FIONREAD { s.pending_in()? } else { s.pending_out()? };
+            let n = match request {
+                libc::FIONREAD => s.pending_in()?,
+                libc::TIOCOUTQ => s.pending_out()?,
+                _ => s.unsent()?,
+            };
             // SAFETY: the caller's int.
             unsafe { *out = n.min(c_int::MAX as usize) as c_int };
             Ok(0)
@@ -917,6 +933,9 @@ pub(crate) unsafe fn ioctl(fd: c_int, request: libc::c_ulong, arg: libc::c_ulong
         _ => Err(Errno::ENOTTY),
     })
 }
+
+/// `SIOCOUTQNSD`: bytes queued but not yet sent.
+const SIOCOUTQNSD: libc::Ioctl = 0x894B;
 
 // ---- epoll ------------------------------------------------------------------------------
 
@@ -1018,8 +1037,18 @@ unsafe fn wait_common(
     let Some(ep) = epoll(epfd) else {
         return crate::errno::fail(Errno::EINVAL);
     };
-    if max <= 0 || bad(evs) {
+    if max <= 0 || evs as usize >= USER_END {
         return crate::errno::fail(if max <= 0 { Errno::EINVAL } else { Errno::EFAULT });
+    }
+    if bad(evs) {
+        // Linux checks only that the array lies in user space; copying out fails later, so
+        // a null array gives EFAULT only once something is ready.
+        if lib::guarded("epoll_wait", || Ok(i32::from(ep.ready_now()))) == 1 {
+            return crate::errno::fail(Errno::EFAULT);
+        }
+        let ms = timeout.map_or(-1, |t| t.as_micros().div_ceil(1000).min(c_int::MAX as u128) as c_int);
+        // SAFETY: the kernel validates the pointer itself and reports EFAULT.
+        return unsafe { kernel_wait(epfd, evs, max, ms, mask) };
     }
     let deadline = timeout.map(|t| std::time::Instant::now() + t);
     let max_u = max as usize;
@@ -1149,24 +1178,6 @@ pub(crate) unsafe fn epoll_pwait2(
 
 // ---- poll / select ------------------------------------------------------------------------
 
-thread_local! {
-    static POLLER: std::cell::RefCell<Option<Arc<Poller>>> = const { std::cell::RefCell::new(None) };
-}
-
-fn poller() -> SysResult<Arc<Poller>> {
-    POLLER
-        .try_with(|p| {
-            let mut p = p.borrow_mut();
-            if let Some(p) = p.as_ref() {
-                return Ok(p.clone());
-            }
-            let n = Poller::new()?;
-            *p = Some(n.clone());
-            Ok(n)
-        })
-        .map_err(|_| Errno::ENOMEM)?
-}
-
 enum Obj {
     Sock(Arc<Socket>),
     Ep(Arc<Epoll>),
@@ -1184,10 +1195,10 @@ pub(crate) unsafe fn poll_mixed(
 ) -> c_int {
     // SAFETY: the caller's array.
     let set = unsafe { std::slice::from_raw_parts_mut(fds, n as usize) };
-    let p = match poller() {
-        Ok(p) => p,
-        Err(e) => return crate::errno::fail(e),
-    };
+    // The eventfd a socket becoming ready writes, made only when the call has to sleep and
+    // closed when it returns: a program listing /proc/self/fd sees no fd of ours between
+    // calls (Linux has none).
+    let mut p: Option<Arc<Poller>> = None;
     // Library-OS entries and the kernel set (kernel fds, plus each epoll of ours, plus our
     // eventfd at the end).
     let mut objs: Vec<(usize, Obj)> = Vec::new();
@@ -1224,18 +1235,28 @@ pub(crate) unsafe fn poll_mixed(
     };
     let deadline = timeout.map(|t| std::time::Instant::now() + t);
     loop {
-        let lib_rev: Vec<u32> = lib::guarded("poll", || Ok(cev::poll_lib(&list(true), Some(&p))));
+        let lib_rev: Vec<u32> = lib::guarded("poll", || Ok(cev::poll_lib(&list(true), p.as_ref())));
         let ready_lib = lib_rev.iter().any(|&r| r != 0);
         let left = match deadline {
             None => -1i64,
             Some(d) => d.saturating_duration_since(std::time::Instant::now()).as_nanos() as i64,
         };
         let wait_ns = if ready_lib { 0 } else { left };
-        kset.push(libc::pollfd {
-            fd: rustix::fd::AsRawFd::as_raw_fd(&p.fd()),
-            events: libc::POLLIN,
-            revents: 0,
-        });
+        if wait_ns != 0 && p.is_none() {
+            // About to sleep: make the eventfd and check again with it registered.
+            match Poller::new() {
+                Ok(n) => p = Some(n),
+                Err(e) => return crate::errno::fail(e),
+            }
+            continue;
+        }
+        if let Some(p) = &p {
+            kset.push(libc::pollfd {
+                fd: rustix::fd::AsRawFd::as_raw_fd(&p.fd()),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
         let ts = (wait_ns >= 0).then_some(timespec {
             tv_sec: (wait_ns / 1_000_000_000) as libc::time_t,
             tv_nsec: (wait_ns % 1_000_000_000) as libc::c_long,
@@ -1244,13 +1265,16 @@ pub(crate) unsafe fn poll_mixed(
         let kn = kset.len() as libc::nfds_t;
         let r = real!(ppoll(kset.as_mut_ptr(), kn, tsp, mask));
         let err = crate::errno::get();
-        let woke = kset.pop().is_some_and(|e| e.revents != 0);
-        if woke {
-            p.drain();
+        if let Some(p) = &p {
+            if kset.pop().is_some_and(|e| e.revents != 0) {
+                p.drain();
+            }
         }
         let lib_rev: Vec<u32> =
             if ready_lib { lib_rev } else { lib::guarded("poll", || Ok(cev::poll_lib(&list(true), None))) };
-        cev::poll_end(&list(false), &p);
+        if let Some(p) = &p {
+            cev::poll_end(&list(false), p);
+        }
         if r < 0 && !lib_rev.iter().any(|&x| x != 0) {
             crate::errno::set(err);
             return -1;

@@ -7,6 +7,7 @@
 //! taken from `inet_stream_connect`, `tcp_sendmsg`, `tcp_recvmsg`, `tcp_poll`,
 //! `inet_shutdown`, `udp_sendmsg`/`udp_recvmsg` and `datagram_poll`.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
@@ -99,6 +100,13 @@ pub(crate) struct SockState {
     ss: Ss,
     /// Bound local address as the program sees it (`None` until bound).
     local: Option<SocketAddr>,
+    /// `SOCK_BINDPORT_LOCK` / `SOCK_BINDADDR_LOCK`: `bind` chose the port / a specific
+    /// address, so a disconnect keeps them (otherwise they are given back).
+    port_lock: bool,
+    addr_lock: bool,
+    /// The automatically chosen port was given back (`inet_num` 0) while `getsockname`
+    /// still shows it (`inet_sport`), as after a disconnect or a failed connect.
+    port_gone: bool,
     /// Peer as the program sees it (connected TCP, connected UDP).
     peer: Option<SocketAddr>,
     /// Listener shard while listening.
@@ -120,6 +128,7 @@ pub(crate) struct SockState {
     /// Readiness and bytes queued when watchers were last told (edge detection).
     pub(crate) last_ev: u32,
     pub(crate) last_rx: usize,
+    pub(crate) last_tx: usize,
     opts: Opts,
     pub(crate) watchers: Vec<Watcher>,
 }
@@ -128,7 +137,24 @@ pub(crate) struct SockState {
 const TCP_RCVBUF: i32 = 131_072;
 const TCP_SNDBUF: i32 = 16_384;
 const UDP_BUF: i32 = 212_992;
+/// `net.core.rmem_max` / `wmem_max` when `/proc` cannot tell.
 const RMEM_MAX: i32 = 212_992;
+
+/// `net.core.rmem_max` (`rcv`) or `net.core.wmem_max`, read once.
+fn sysctl_max(rcv: bool) -> i32 {
+    static MAX: std::sync::OnceLock<(i32, i32)> = std::sync::OnceLock::new();
+    let (r, w) = *MAX.get_or_init(|| {
+        let read = |p: &str| {
+            std::fs::read_to_string(p).ok().and_then(|s| s.trim().parse::<i32>().ok()).unwrap_or(RMEM_MAX)
+        };
+        (read("/proc/sys/net/core/rmem_max"), read("/proc/sys/net/core/wmem_max"))
+    });
+    if rcv {
+        r
+    } else {
+        w
+    }
+}
 const SOCK_MIN_RCVBUF: i32 = 2_304;
 const SOCK_MIN_SNDBUF: i32 = 4_608;
 /// Largest UDP payload over IPv4 / IPv6.
@@ -144,6 +170,9 @@ impl SockState {
             wait,
             ss: Ss::Unconnected,
             local: None,
+            port_lock: false,
+            addr_lock: false,
+            port_gone: false,
             peer: None,
             listener: None,
             shard: None,
@@ -156,6 +185,7 @@ impl SockState {
             backlog: 0,
             last_ev: 0,
             last_rx: 0,
+            last_tx: 0,
             opts: Opts {
                 reuseaddr: false,
                 reuseport: false,
@@ -173,6 +203,11 @@ impl SockState {
             },
             watchers: Vec::new(),
         }
+    }
+
+    /// The local address when the socket holds its port (Linux's `inet_num != 0`).
+    fn held(&self) -> Option<SocketAddr> {
+        self.local.filter(|_| !self.port_gone)
     }
 
     fn take_err(&mut self) -> Option<Errno> {
@@ -324,6 +359,20 @@ impl Socket {
         &self,
         nonblock: bool,
         timeout: impl Fn(&Opts) -> Option<Duration>,
+        attempt: impl FnMut(&mut Inner, usize) -> SysResult<Option<T>>,
+    ) -> SysResult<T> {
+        self.block_partial(nonblock, timeout, &Cell::new(false), attempt)
+    }
+
+    /// [`Socket::block`] for calls that can return part of their work (`recv` with
+    /// `MSG_WAITALL` or a low-water mark, `send` of more than fits): once `attempt` sets
+    /// `partial`, any signal handler ends the wait — `EINTR`, which the caller turns into the
+    /// partial count, as Linux returns what was copied instead of restarting the call.
+    fn block_partial<T>(
+        &self,
+        nonblock: bool,
+        timeout: impl Fn(&Opts) -> Option<Duration>,
+        partial: &Cell<bool>,
         mut attempt: impl FnMut(&mut Inner, usize) -> SysResult<Option<T>>,
     ) -> SysResult<T> {
         let mut deadline: Option<Option<StdInstant>> = None;
@@ -331,7 +380,11 @@ impl Socket {
             let seen = self.wait.seen();
             {
                 let mut g = net().lock();
-                if let Some(v) = attempt(&mut g, self.id)? {
+                let r = attempt(&mut g, self.id);
+                // The call may have lowered readiness (data read, error taken): update the
+                // socket's flags and the epolls watching it.
+                g.refresh(self.id);
+                if let Some(v) = r? {
                     return Ok(v);
                 }
                 if nonblock {
@@ -342,7 +395,11 @@ impl Socket {
                     deadline = Some(t.map(|t| StdInstant::now() + t));
                 }
             }
-            match self.wait.sleep(seen, deadline.flatten()) {
+            // A futex wait with a time-out is never restarted after a handler (see
+            // world.rs), so with work done a far deadline makes every signal end the call.
+            let far = || StdInstant::now() + Duration::from_secs(365 * 24 * 3600);
+            let until = deadline.flatten().or_else(|| partial.get().then(far));
+            match self.wait.sleep(seen, until) {
                 Ok(()) => {}
                 Err(Errno::ETIMEDOUT) => return Err(Errno::EAGAIN),
                 Err(e) => return Err(e),
@@ -366,27 +423,30 @@ impl Socket {
         }
         // Linux: somaxconn caps the backlog (4096); a negative or zero one means 0 → 1.
         let backlog = usize::try_from(backlog).unwrap_or(4096).min(4096);
+        // The queue is full when it holds more than the backlog (sk_acceptq_is_full).
         if let Some(l) = s.listener {
             g.sock_mut(id)?.backlog = backlog;
-            g.stack.set_backlog(l, backlog.max(1));
+            g.stack.set_backlog(l, backlog + 1);
             return Ok(());
         }
         if s.ss != Ss::Unconnected || s.shard.is_some() || s.closed {
             return Err(Errno::EINVAL);
         }
-        if s.local.is_none() {
+        if s.held().is_none() {
             let port = free_tcp_port(&g)?;
-            let a = SocketAddr::new(s.wildcard().ip(), port);
-            g.sock_mut(id)?.local = Some(a);
+            let ip = s.local.filter(|_| s.addr_lock).map_or(s.wildcard().ip(), |l| l.ip());
+            let s = g.sock_mut(id)?;
+            s.local = Some(SocketAddr::new(ip, port));
+            s.port_gone = false;
         }
-        let port = g.sock(id)?.local.map_or(0, |a| a.port());
+        let port = g.sock(id)?.held().map_or(0, |a| a.port());
         let reuseport = g.sock(id)?.opts.reuseport;
         // SO_REUSEPORT: a second listener on the port shares the first one's queue; without
         // it, two listeners on one port collide even if both had SO_REUSEADDR.
         let mut shared = None;
         for (other, o) in g.socks.iter().enumerate() {
             let Some(o) = o.as_ref() else { continue };
-            if other == id || o.kind != Kind::Stream || o.local.map(|a| a.port()) != Some(port) {
+            if other == id || o.kind != Kind::Stream || o.held().map(|a| a.port()) != Some(port) {
                 continue;
             }
             if let Some(l) = o.listener {
@@ -398,7 +458,7 @@ impl Socket {
         }
         let shard = match shared {
             Some(l) => l,
-            None => g.stack.listen(port, backlog.max(1))?,
+            None => g.stack.listen(port, backlog + 1)?,
         };
         let s = g.sock_mut(id)?;
         s.listener = Some(shard);
@@ -509,13 +569,14 @@ impl Socket {
             }
             let remote = endpoint(&addr);
             let s = g.sock(id)?;
-            let port = s.local.map(|a| a.port()).filter(|&p| p != 0);
+            let port = s.held().map(|a| a.port()).filter(|&p| p != 0);
             let fam = s.fam;
             let conn = g.stack.connect_from(port, remote)?;
             let (local, _) = g.stack.endpoints(conn).ok_or(Errno::EINVAL)?;
             let s = g.sock_mut(id)?;
             s.shard = Some(conn);
             s.local = Some(to_addr(fam, local));
+            s.port_gone = false;
             s.peer = Some(to_addr(fam, remote));
             s.ss = Ss::Connecting;
             s.err = None;
@@ -576,6 +637,17 @@ impl Socket {
             g.changed(id);
             return if connected { Ok(()) } else { Err(Errno::ENOTCONN) };
         }
+        if s.listener.is_none() && !s.closed {
+            let state = s.shard.and_then(|c| g.stack.tcp(c).ok()).map(|t| t.state());
+            if matches!(state, Some(tcp::State::SynSent | tcp::State::SynReceived)) {
+                // inet_shutdown on SYN-SENT: tcp_disconnect, back to unconnected with
+                // ECONNRESET pending.
+                tcp_disconnect(&mut g, id)?;
+                g.changed(id);
+                return Ok(());
+            }
+        }
+        let s = g.sock_mut(id)?;
         if s.ss == Ss::Connecting {
             s.ss = Ss::Connected;
         }
@@ -640,7 +712,8 @@ impl Socket {
                         return Err(Errno::ENOTCONN);
                     }
                 }
-                if s.closed && s.ss != Ss::Connected {
+                // inet_getname: no peer in CLOSE (reset, finished) or SYN-SENT.
+                if s.closed {
                     return Err(Errno::ENOTCONN);
                 }
                 s.peer.ok_or(Errno::ENOTCONN)
@@ -663,9 +736,11 @@ impl Socket {
     fn tcp_send(&self, bufs: &[&[u8]], nb: bool) -> SysResult<usize> {
         let total: usize = bufs.iter().map(|b| b.len()).sum();
         let mut sent = 0usize;
-        let r = self.block(
+        let partial = Cell::new(false);
+        let r = self.block_partial(
             nb,
             |o| o.sndtimeo,
+            &partial,
             |g, me| {
                 let s = g.sock(me)?;
                 // sk_stream_wait_connect.
@@ -710,6 +785,7 @@ impl Socket {
                     // and go round while that makes room.
                     g.pump();
                     if sent == before {
+                        partial.set(sent > 0);
                         return Ok(None);
                     }
                 }
@@ -773,21 +849,28 @@ impl Socket {
         }
         let total: usize = bufs.iter().map(|b| b.len()).sum();
         let peek = flags & msg::PEEK != 0;
-        let waitall = flags & msg::WAITALL != 0 && !peek;
+        let waitall = flags & msg::WAITALL != 0;
         // MSG_TRUNC on TCP: the bytes are consumed and discarded, not copied.
         if flags & msg::TRUNC != 0 {
             let mut scratch = vec![0u8; total.min(1 << 20)];
             return self.tcp_recv(&mut [&mut scratch[..]], flags & !msg::TRUNC, nb);
         }
         let mut got = 0usize;
-        let r = self.block(
+        let partial = Cell::new(false);
+        let r = self.block_partial(
             nb,
             |o| o.rcvtimeo,
+            &partial,
             |g, me| {
                 let s = g.sock(me)?;
                 if s.listener.is_some() {
                     return Err(Errno::ENOTCONN);
                 }
+                // sock_rcvlowat: MSG_WAITALL waits for everything asked, otherwise for
+                // SO_RCVLOWAT bytes (at most what was asked).
+                let lowat = usize::try_from(s.opts.rcvlowat).unwrap_or(1);
+                let target = if waitall { total } else { lowat.clamp(1, total.max(1)) };
+                let finished = s.done || s.err.is_some() || s.shut_rd || s.closed;
                 if let Some(c) = s.shard {
                     let avail = g.stack.tcp(c).map(|t| t.recv_queue()).unwrap_or(0);
                     if total == 0 && avail > 0 {
@@ -796,6 +879,9 @@ impl Socket {
                     if avail > 0 && total > 0 {
                         let t = g.stack.tcp_mut(c)?;
                         if peek {
+                            if avail < target && !finished && !nb {
+                                return Ok(None);
+                            }
                             // Peek the front of the queue into the buffers in order.
                             let mut tmp = vec![0u8; avail.min(total)];
                             let n = t.peek_slice(&mut tmp).unwrap_or(0);
@@ -815,15 +901,12 @@ impl Socket {
                             }
                             skip = 0;
                         }
-                        if got == total || !waitall {
+                        if got >= target {
                             return Ok(Some(got));
                         }
                     }
                 }
                 let s = g.sock(me)?;
-                if got > 0 && !waitall {
-                    return Ok(Some(got));
-                }
                 if s.done {
                     return Ok(Some(got));
                 }
@@ -842,6 +925,7 @@ impl Socket {
                     }
                     return Err(Errno::ENOTCONN);
                 }
+                partial.set(got > 0);
                 Ok(None)
             },
         );
@@ -932,6 +1016,24 @@ impl Socket {
         })
     }
 
+    /// `SIOCOUTQNSD`: bytes queued and not yet sent (TCP; 0 for UDP, as Linux).
+    ///
+    /// The stack runs every exchange to quiescence under the lock and the loopback device
+    /// neither delays nor loses frames, so after a call whatever is still queued was not sent:
+    /// data the peer took was acknowledged at once, and what remains waits for the peer's
+    /// window. (A backend with frames in flight needs `snd_nxt` tracked per connection.)
+    pub fn unsent(&self) -> SysResult<usize> {
+        let g = net().lock();
+        let s = g.sock(self.id)?;
+        if s.listener.is_some() {
+            return Err(Errno::EINVAL);
+        }
+        Ok(match (s.kind, s.shard) {
+            (Kind::Stream, Some(c)) => g.stack.tcp(c).map(|t| t.send_queue()).unwrap_or(0),
+            _ => 0,
+        })
+    }
+
     /// Readiness as `poll` reports it (`POLLIN` ...).
     pub fn events(&self) -> u32 {
         let g = net().lock();
@@ -954,13 +1056,22 @@ impl Socket {
             (SOL_SOCKET, SO_REUSEADDR) => s.opts.reuseaddr = int()? != 0,
             (SOL_SOCKET, SO_REUSEPORT) => s.opts.reuseport = int()? != 0,
             (SOL_SOCKET, SO_KEEPALIVE) => s.opts.keepalive = int()? != 0,
-            (SOL_SOCKET, SO_RCVBUF | SO_RCVBUFFORCE) => {
-                let v = int()?.clamp(0, RMEM_MAX);
-                s.opts.rcvbuf = (v.saturating_mul(2)).max(SOCK_MIN_RCVBUF);
-            }
-            (SOL_SOCKET, SO_SNDBUF | SO_SNDBUFFORCE) => {
-                let v = int()?.clamp(0, RMEM_MAX);
-                s.opts.sndbuf = (v.saturating_mul(2)).max(SOCK_MIN_SNDBUF);
+            (SOL_SOCKET, SO_RCVBUF | SO_RCVBUFFORCE | SO_SNDBUF | SO_SNDBUFFORCE) => {
+                let v = int()?;
+                let force = name == SO_RCVBUFFORCE || name == SO_SNDBUFFORCE;
+                if force && !rustix::process::geteuid().is_root() {
+                    return Err(Errno::EPERM);
+                }
+                let rcv = name == SO_RCVBUF || name == SO_RCVBUFFORCE;
+                // Capped by net.core.{r,w}mem_max unless forced, then doubled (the kernel's
+                // bookkeeping overhead), never below the minimum.
+                let cap = if force { i32::MAX / 2 } else { sysctl_max(rcv) };
+                let v = v.clamp(0, cap).saturating_mul(2);
+                if rcv {
+                    s.opts.rcvbuf = v.max(SOCK_MIN_RCVBUF);
+                } else {
+                    s.opts.sndbuf = v.max(SOCK_MIN_SNDBUF);
+                }
             }
             (SOL_SOCKET, SO_LINGER) => {
                 if val.len() < 8 {
@@ -968,8 +1079,11 @@ impl Socket {
                 }
                 let on = i32::from_ne_bytes([val[0], val[1], val[2], val[3]]);
                 let secs = i32::from_ne_bytes([val[4], val[5], val[6], val[7]]);
+                // Turning lingering off keeps the time (sock_setsockopt leaves sk_lingertime).
                 s.opts.linger = (on != 0).then_some(secs.max(0));
-                s.opts.linger_secs = secs;
+                if on != 0 {
+                    s.opts.linger_secs = secs;
+                }
             }
             (SOL_SOCKET, SO_RCVTIMEO_OLD | SO_RCVTIMEO_NEW) => s.opts.rcvtimeo = timeval(val)?,
             (SOL_SOCKET, SO_SNDTIMEO_OLD | SO_SNDTIMEO_NEW) => s.opts.sndtimeo = timeval(val)?,
@@ -1009,7 +1123,7 @@ impl Socket {
                 if s.fam != Family::V6 {
                     return Err(Errno::ENOPROTOOPT);
                 }
-                if s.local.is_some() {
+                if s.held().is_some() {
                     return Err(Errno::EINVAL);
                 }
                 s.opts.v6only = int()? != 0;
@@ -1036,7 +1150,11 @@ impl Socket {
             (SOL_SOCKET, SO_TYPE) => i(if s.kind == Kind::Stream { 1 } else { 2 }),
             (SOL_SOCKET, SO_DOMAIN) => i(if s.fam == Family::V4 { 2 } else { 10 }),
             (SOL_SOCKET, SO_PROTOCOL) => i(if s.kind == Kind::Stream { 6 } else { 17 }),
-            (SOL_SOCKET, SO_ERROR) => i(s.take_err().map_or(0, |e| e.0)),
+            (SOL_SOCKET, SO_ERROR) => {
+                let e = s.take_err().map_or(0, |e| e.0);
+                g.refresh(id);
+                i(e)
+            }
             (SOL_SOCKET, SO_ACCEPTCONN) => b(s.listener.is_some()),
             (SOL_SOCKET, SO_REUSEADDR) => b(s.opts.reuseaddr),
             (SOL_SOCKET, SO_REUSEPORT) => b(s.opts.reuseport),
@@ -1249,14 +1367,15 @@ fn free_tcp_port(g: &Inner) -> SysResult<u16> {
 
 fn port_bound(g: &Inner, kind: Kind, port: u16, except: usize) -> bool {
     g.socks.iter().enumerate().any(|(i, s)| {
-        i != except && s.as_ref().is_some_and(|s| s.kind == kind && s.local.is_some_and(|a| a.port() == port))
+        i != except
+            && s.as_ref().is_some_and(|s| s.kind == kind && s.held().is_some_and(|a| a.port() == port))
     })
 }
 
 /// `bind(2)`: Linux's conflict rules, simplified to what a single host sees.
 fn bind(g: &mut Inner, id: usize, addr: SocketAddr) -> SysResult<()> {
     let s = g.sock(id)?;
-    if s.local.is_some() {
+    if s.held().is_some() {
         return Err(Errno::EINVAL);
     }
     match (s.fam, addr) {
@@ -1283,7 +1402,7 @@ fn bind(g: &mut Inner, id: usize, addr: SocketAddr) -> SysResult<()> {
     } else {
         for (i, o) in g.socks.iter().enumerate() {
             let Some(o) = o.as_ref().filter(|o| i != id && o.kind == kind) else { continue };
-            let Some(l) = o.local.filter(|l| l.port() == port) else { continue };
+            let Some(l) = o.held().filter(|l| l.port() == port) else { continue };
             if !overlaps(&l, o.opts.v6only, &addr, g.sock(id)?.opts.v6only) {
                 continue;
             }
@@ -1293,18 +1412,36 @@ fn bind(g: &mut Inner, id: usize, addr: SocketAddr) -> SysResult<()> {
                 return Err(Errno::EADDRINUSE);
             }
         }
-        if kind == Kind::Stream && !reuseaddr && g.stack.port_in_time_wait(port) {
+        if kind == Kind::Stream && time_wait_conflict(g, port, reuseaddr) {
             return Err(Errno::EADDRINUSE);
         }
     }
     let s = g.sock_mut(id)?;
     s.local = Some(SocketAddr::new(addr.ip(), port));
+    s.port_gone = false;
+    s.port_lock = addr.port() != 0;
+    s.addr_lock = !addr.ip().is_unspecified();
     if kind == Kind::Dgram {
         let shard = g.stack.udp_bind(port)?;
         g.sock_mut(id)?.shard = Some(shard);
         g.attach(shard, id);
     }
     Ok(())
+}
+
+/// Whether a TIME-WAIT on `port` refuses a `bind` (Linux: unless both the binder and the
+/// socket that left the TIME-WAIT had `SO_REUSEADDR`): closed ones the stack remembers, and
+/// connections still held by an open socket.
+fn time_wait_conflict(g: &Inner, port: u16, reuse: bool) -> bool {
+    if g.stack.port_in_time_wait(port, reuse) {
+        return true;
+    }
+    g.socks.iter().flatten().any(|o| {
+        o.kind == Kind::Stream
+            && o.local.is_some_and(|l| l.port() == port)
+            && !(reuse && o.opts.reuseaddr)
+            && o.shard.and_then(|c| g.stack.tcp(c).ok()).is_some_and(|t| t.state() == tcp::State::TimeWait)
+    })
 }
 
 /// Whether two bound addresses on one port collide.
@@ -1354,9 +1491,12 @@ fn udp_connect(g: &mut Inner, id: usize, addr: Option<SocketAddr>) -> SysResult<
     Ok(())
 }
 
-/// AF_UNSPEC connect on TCP.
+/// Linux's `tcp_disconnect` (AF_UNSPEC connect; shutdown of an attempt in progress): abort
+/// what there is (RST where a connection exists, `ECONNRESET` for the owner), give back an
+/// automatically chosen port and source address, and return to a fresh unconnected socket.
 fn tcp_disconnect(g: &mut Inner, id: usize) -> SysResult<()> {
     let s = g.sock(id)?;
+    let mut reset = false;
     if let Some(l) = s.listener {
         let last = g.by_shard.get(&l).is_none_or(|v| v.len() <= 1);
         g.detach(l, id);
@@ -1365,8 +1505,18 @@ fn tcp_disconnect(g: &mut Inner, id: usize) -> SysResult<()> {
         }
         g.sock_mut(id)?.listener = None;
     } else if let Some(c) = s.shard {
-        if let Ok(t) = g.stack.tcp_mut(c) {
-            t.abort();
+        if !s.closed {
+            if let Ok(t) = g.stack.tcp_mut(c) {
+                use tcp::State::*;
+                // tcp_need_reset, plus SYN-SENT (no RST but the error).
+                reset = matches!(
+                    t.state(),
+                    Established | CloseWait | FinWait1 | FinWait2 | SynReceived | SynSent
+                );
+                t.abort();
+            }
+            // The RST goes out before the connection is forgotten.
+            g.pump();
         }
         g.detach(c, id);
         let _ = g.stack.release(c);
@@ -1379,10 +1529,27 @@ fn tcp_disconnect(g: &mut Inner, id: usize) -> SysResult<()> {
     s.done = false;
     s.shut_rd = false;
     s.shut_wr = false;
+    s.fin_sent = false;
+    if reset {
+        s.err = Some(Errno::ECONNRESET);
+    }
+    unhash(s);
     Ok(())
 }
 
-/// After a failed attempt: drop the dead connection so `connect` can start a new one.
+/// The socket leaves its connection: an automatically chosen port and source address are
+/// given back (`inet_put_port`, `inet_reset_saddr`), what `bind` set stays.
+fn unhash(s: &mut SockState) {
+    if !s.port_lock {
+        s.port_gone = s.local.is_some();
+    }
+    if !s.addr_lock {
+        s.local = s.local.map(|l| SocketAddr::new(s.wildcard().ip(), l.port()));
+    }
+}
+
+/// After a failed attempt: drop the dead connection so `connect` can start a new one (an
+/// automatically chosen port was already given back by `tcp_done`).
 fn reset_for_reconnect(g: &mut Inner, id: usize) {
     let Ok(s) = g.sock(id) else { return };
     if let Some(c) = s.shard {
@@ -1415,6 +1582,7 @@ fn close(g: &mut Inner, id: usize) {
     }
     if let Some(c) = s.shard {
         g.detach(c, id);
+        g.stack.set_reuse(c, s.opts.reuseaddr);
         if s.kind == Kind::Stream {
             let unread = g.stack.tcp(c).map(|t| t.recv_queue()).unwrap_or(0);
             if let Ok(t) = g.stack.tcp_mut(c) {
@@ -1447,15 +1615,37 @@ pub(crate) fn sync(g: &mut Inner, id: usize) {
     let Ok(s) = g.sock_mut(id) else { return };
     use tcp::State::*;
     match state {
-        CloseWait | LastAck | Closing | TimeWait => {
+        CloseWait | LastAck | Closing => {
             s.done = true;
             s.shut_rd = true;
+        }
+        TimeWait => {
+            // tcp_time_wait: a TIME-WAIT mini-socket takes over the port; the program's
+            // socket is CLOSE, finished without error.
+            s.done = true;
+            s.closed = true;
+            s.shut_rd = true;
+            s.shut_wr = true;
+            if !s.port_lock {
+                s.port_gone = true;
+            }
         }
         Closed => {
             let normal = s.done && s.fin_sent;
             if !normal {
                 let handshake = was_connecting && s.ss == Ss::Connecting;
-                s.err = Some(if handshake { Errno::ECONNREFUSED } else { Errno::ECONNRESET });
+                // tcp_reset: refused in SYN-SENT, EPIPE in CLOSE-WAIT, else ECONNRESET.
+                s.err = Some(if handshake {
+                    Errno::ECONNREFUSED
+                } else if s.done && !s.fin_sent {
+                    Errno::EPIPE
+                } else {
+                    Errno::ECONNRESET
+                });
+            }
+            // tcp_done gives an automatically chosen port back.
+            if !s.port_lock {
+                s.port_gone = true;
             }
             s.closed = true;
             s.shut_rd = true;
@@ -1541,6 +1731,16 @@ pub(crate) fn rx_level(g: &Inner, id: usize) -> usize {
     match s.kind {
         Kind::Stream => g.stack.tcp(c).map(|t| t.recv_queue()).unwrap_or(0),
         Kind::Dgram => g.stack.udp(c).map(|u| u.recv_queue()).unwrap_or(0),
+    }
+}
+
+/// Bytes (TCP) or datagrams (UDP) waiting to go out, for wake-ups of blocked senders.
+pub(crate) fn tx_level(g: &Inner, id: usize) -> usize {
+    let Ok(s) = g.sock(id) else { return 0 };
+    let Some(c) = s.shard else { return 0 };
+    match s.kind {
+        Kind::Stream => g.stack.tcp(c).map(|t| t.send_queue()).unwrap_or(0),
+        Kind::Dgram => g.stack.udp(c).map(|u| u.send_queue()).unwrap_or(0),
     }
 }
 

@@ -89,6 +89,8 @@ struct Shard {
     /// The application let go of it (closed its fd); the stack removes it once its socket
     /// reaches CLOSED — after sending what was queued, the FIN handshake and TIME-WAIT.
     orphan: bool,
+    /// Its socket had `SO_REUSEADDR` (kept by the TIME-WAIT it leaves behind).
+    reuse: bool,
 }
 
 /// A network stack over one device.
@@ -114,8 +116,9 @@ pub struct Stack<D: NetDevice> {
     buffers: Buffers,
     /// Local ports of connections that ended in TIME-WAIT after their fd was closed, with the
     /// end of that period, oldest first; and how many such connections hold each port.
-    time_wait: VecDeque<(Instant, u16)>,
-    tw_ports: HashMap<u16, usize>,
+    time_wait: VecDeque<(Instant, u16, bool)>,
+    /// Ports in TIME-WAIT: how many entries, and how many of them without `SO_REUSEADDR`.
+    tw_ports: HashMap<u16, (usize, usize)>,
     /// ICMP "port unreachable" reports received: (our UDP port, the peer that refused).
     pub icmp_errors: Vec<(u16, IpEndpoint)>,
     /// SYNs dropped because a listener's queue was full.
@@ -222,7 +225,7 @@ impl<D: NetDevice> Stack<D> {
     }
 
     fn insert(&mut self, set: SocketSet<'static>, role: Role) -> ShardId {
-        let shard = Shard { set, role, dirty: false, orphan: false };
+        let shard = Shard { set, role, dirty: false, orphan: false, reuse: false };
         match self.free.pop() {
             Some(id) => {
                 self.shards[id] = Some(shard);
@@ -268,7 +271,7 @@ impl<D: NetDevice> Stack<D> {
         sock.listen(port).map_err(|_| Errno::EINVAL)?;
         let mut set = SocketSet::new(vec![]);
         let handle = set.add(sock);
-        let backlog = backlog.clamp(1, 4096);
+        let backlog = backlog.clamp(1, 4097);
         let id = self.insert(set, Role::Listener { port, handle, backlog, queue: VecDeque::new() });
         self.listeners.insert(port, id);
         Ok(id)
@@ -525,14 +528,17 @@ impl<D: NetDevice> Stack<D> {
         /// Rounds of ingress + egress per call; a loopback exchange needs a few.
         const ROUNDS: usize = 64;
         let mut progress = false;
-        while let Some(&(end, port)) = self.time_wait.front() {
+        while let Some(&(end, port, reuse)) = self.time_wait.front() {
             if end > now {
                 break;
             }
             self.time_wait.pop_front();
             if let Some(n) = self.tw_ports.get_mut(&port) {
-                *n -= 1;
-                if *n == 0 {
+                n.0 -= 1;
+                if !reuse {
+                    n.1 -= 1;
+                }
+                if n.0 == 0 {
                     self.tw_ports.remove(&port);
                 }
             }
@@ -592,6 +598,7 @@ impl<D: NetDevice> Stack<D> {
                 if matches!(self.shards[id].as_ref().map(|s| &s.role), Some(Role::Listener { .. })) {
                     self.after_listener_ingress(id);
                 }
+                self.abort_on_orphan_data(id);
                 self.mark_dirty(id);
             }
         }
@@ -612,14 +619,19 @@ impl<D: NetDevice> Stack<D> {
                 _ => None,
             };
             let reap = shard.orphan && matches!(state, Some(tcp::State::Closed | tcp::State::TimeWait));
+            let reuse = shard.reuse;
             if reap {
                 if state == Some(tcp::State::TimeWait) {
                     // An orphan in TIME-WAIT keeps only its port (for bind's EADDRINUSE), not
                     // its buffers: thousands of short connections would otherwise hold
                     // 128 KiB each for the whole TIME-WAIT period.
                     if let Some((local, _)) = self.endpoints(id) {
-                        self.time_wait.push_back((now + TIME_WAIT, local.port));
-                        *self.tw_ports.entry(local.port).or_default() += 1;
+                        self.time_wait.push_back((now + TIME_WAIT, local.port, reuse));
+                        let n = self.tw_ports.entry(local.port).or_default();
+                        n.0 += 1;
+                        if !reuse {
+                            n.1 += 1;
+                        }
                     }
                 }
                 // The application let go and the connection is over.
@@ -630,6 +642,20 @@ impl<D: NetDevice> Stack<D> {
             }
         }
         any
+    }
+
+    /// Data for a connection whose owner closed it (FIN-WAIT, orphaned): nobody can read it,
+    /// so the connection is reset, as Linux's `tcp_rcv_state_process` does (RFC 1122).
+    fn abort_on_orphan_data(&mut self, id: ShardId) {
+        let Some(Some(shard)) = self.shards.get_mut(id) else { return };
+        let Role::Conn { handle, .. } = shard.role else { return };
+        if !shard.orphan {
+            return;
+        }
+        let t = shard.set.get_mut::<tcp::Socket>(handle);
+        if t.recv_queue() > 0 {
+            t.abort();
+        }
     }
 
     /// The shards touched (a packet arrived, a timer ran, output went out) since the last
@@ -664,7 +690,7 @@ impl<D: NetDevice> Stack<D> {
     /// Changes a listener's backlog (`listen` called again).
     pub fn set_backlog(&mut self, listener: ShardId, n: usize) {
         if let Ok(Shard { role: Role::Listener { backlog, .. }, .. }) = self.shard_mut(listener) {
-            *backlog = n.clamp(1, 4096);
+            *backlog = n.clamp(1, 4097);
         }
     }
 
@@ -675,8 +701,17 @@ impl<D: NetDevice> Stack<D> {
 
     /// Whether a closed connection on this local port is in TIME-WAIT (Linux refuses
     /// `bind` to it without `SO_REUSEADDR`).
-    pub fn port_in_time_wait(&self, port: u16) -> bool {
-        self.tw_ports.contains_key(&port)
+    /// With `reuse` (the binder has `SO_REUSEADDR`), only TIME-WAITs left by sockets without
+    /// it count, as `inet_csk_bind_conflict` requires the option on both sides.
+    pub fn port_in_time_wait(&self, port: u16, reuse: bool) -> bool {
+        self.tw_ports.get(&port).is_some_and(|&(all, plain)| if reuse { plain > 0 } else { all > 0 })
+    }
+
+    /// Records whether the socket owning a connection has `SO_REUSEADDR` (before release).
+    pub fn set_reuse(&mut self, id: ShardId, on: bool) {
+        if let Ok(s) = self.shard_mut(id) {
+            s.reuse = on;
+        }
     }
 
     /// A free UDP port from the ephemeral range.

@@ -153,7 +153,14 @@ impl Inner {
         for shard in &touched {
             let Some(ids) = self.by_shard.get(shard) else { continue };
             for id in ids.clone() {
-                self.changed(id);
+                // Wake sleepers only when something they could wait for moved: a shard is
+                // touched by every call on it, and a wake-up for nothing would turn a
+                // blocked call into a busy loop.
+                if self.refresh(id) {
+                    if let Ok(s) = self.sock(id) {
+                        s.wait.notify();
+                    }
+                }
             }
         }
         self.touched = touched;
@@ -167,22 +174,44 @@ impl Inner {
 
     /// A socket's state may have changed: bring its flags up to date and wake whoever waits.
     pub(crate) fn changed(&mut self, id: usize) {
+        if let Ok(s) = self.sock(id) {
+            s.wait.notify();
+        }
+        self.refresh(id);
+    }
+
+    /// Brings a socket's flags and its epolls' ready lists up to date after a call on it,
+    /// without waking its sleepers (the caller is the one that would sleep next). Returns
+    /// whether its readiness or its queues changed since the last look.
+    pub(crate) fn refresh(&mut self, id: usize) -> bool {
         super::socket::sync(self, id);
         let ev = super::socket::events(self, id);
         let rx = super::socket::rx_level(self, id);
-        let Ok(s) = self.sock_mut(id) else { return };
-        s.wait.notify();
+        let tx = super::socket::tx_level(self, id);
+        let Ok(s) = self.sock_mut(id) else { return false };
+        let moved = ev != s.last_ev || rx != s.last_rx || tx != s.last_tx;
+        s.last_tx = tx;
         // An edge, as Linux's wake-ups: a readiness bit that was not there, or more input.
         let edge = ev & !s.last_ev != 0 || rx > s.last_rx;
+        // A bit that went away (data read, connection accepted, error reported): epolls drop
+        // the entry from their ready lists, so a nested or polled epoll stops looking ready,
+        // as Linux re-checks readiness when it reports an epoll fd.
+        let falling = s.last_ev & !ev != 0;
         s.last_ev = ev;
         s.last_rx = rx;
-        if !edge || s.watchers.is_empty() {
-            return;
+        if !(edge || falling) || s.watchers.is_empty() {
+            return moved;
         }
         let watchers = s.watchers.clone();
         for w in watchers {
-            self.ev.signal(w, id, ev);
+            if falling {
+                self.ev.lowered(&w, id, ev);
+            }
+            if edge {
+                self.ev.signal(w, id, ev);
+            }
         }
+        moved
     }
 }
 
