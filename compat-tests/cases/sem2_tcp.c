@@ -14,6 +14,7 @@
 #include "sem2_common.h"
 
 #include <linux/sockios.h>
+#include <sys/sendfile.h>
 
 static volatile sig_atomic_t pipes;
 static void on_pipe(int sig)
@@ -862,6 +863,53 @@ static void trunc_peek(int fam)
     close(s);
 }
 
+/* sendfile from a file to a TCP socket: with an offset (the file position stays), from
+ * the position (it moves), past the end, and the socket as the input (refused). */
+static void sendfiles(int fam)
+{
+    int c, s;
+    char buf[256];
+    long n;
+
+    CASE(nm("sendfile_file_to_tcp", fam));
+    tcp_pair(fam, &c, &s);
+    char path[] = "/tmp/arrakis-sendfile-XXXXXX";
+    int f = (int)MUST(mkstemp(path));
+    unlink(path);
+    for (int i = 0; i < 100; i++)
+        dprintf(f, "line %02d\n", i);
+    MUST(lseek(f, 8, SEEK_SET));
+    off_t o = 16;
+    T(sendfile(c, f, &o, 24));
+    O("offset now %ld, file position %ld", (long)o, (long)lseek(f, 0, SEEK_CUR));
+    T(sendfile(c, f, NULL, 8));
+    O("file position %ld", (long)lseek(f, 0, SEEK_CUR));
+    n = 0;
+    while (n < 32) {
+        long k = recv(s, buf + n, sizeof buf - n, 0);
+        if (k <= 0)
+            break;
+        n += k;
+    }
+    show("got", buf, n);
+    o = 790;
+    T(sendfile(c, f, &o, 100)); /* 10 bytes left in the file */
+    O("offset now %ld", (long)o);
+    o = 800;
+    T(sendfile(c, f, &o, 100));
+    wait_bytes(s, 10);
+    n = T(recv(s, buf, sizeof buf, 0));
+    show("tail", buf, n);
+    o = 0;
+    T(sendfile(f, s, &o, 10));
+    T(sendfile(f, s, NULL, 10));
+    o = -1;
+    T(sendfile(c, f, &o, 10));
+    close(f);
+    close(c);
+    close(s);
+}
+
 int main(void)
 {
     watchdog(25);
@@ -881,6 +929,7 @@ int main(void)
         ephemeral(fams[i]);
         iovecs(fams[i]);
         trunc_peek(fams[i]);
+        sendfiles(fams[i]);
     }
     return 0;
 }

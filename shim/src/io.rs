@@ -41,7 +41,8 @@ fd_passthrough! {
 }
 
 export! {
-    /// Interposed `sendfile`: both fds must be kernel fds to pass through.
+    /// Interposed `sendfile`: kernel fds pass through; to a library-OS socket the shim
+    /// copies (see `libos::sendfile`); from one, `EINVAL`/`ESPIPE` as Linux for sockets.
     ///
     /// # Safety
     /// The C contract of `sendfile(2)`.
@@ -50,7 +51,8 @@ export! {
         if table().is_kernel(out_fd) && table().is_kernel(in_fd) {
             return real!(sendfile(out_fd, in_fd, off, n));
         }
-        lib::unsupported(if table().is_kernel(out_fd) { in_fd } else { out_fd }, "sendfile")
+        // SAFETY: the caller's offset pointer (off_t is 64-bit here).
+        unsafe { crate::libos::sendfile(out_fd, in_fd, off.cast(), n) }
     }
 }
 
@@ -63,7 +65,8 @@ pub unsafe extern "C" fn sendfile64(out_fd: c_int, in_fd: c_int, off: *mut off64
     if table().is_kernel(out_fd) && table().is_kernel(in_fd) {
         return real!(sendfile64(out_fd, in_fd, off, n));
     }
-    lib::unsupported(if table().is_kernel(out_fd) { in_fd } else { out_fd }, "sendfile64")
+    // SAFETY: the caller's offset pointer.
+    unsafe { crate::libos::sendfile(out_fd, in_fd, off.cast(), n) }
 }
 
 export! {

@@ -734,6 +734,81 @@ pub(crate) unsafe fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t 
     unsafe { send(fd, buf, n, 0) }
 }
 
+/// `sendfile(2)` to a library-OS socket from a kernel file: the file is read with `pread`
+/// (or `read` at its position) in pieces and each piece sent; the offset (or the file
+/// position) advances by what the socket took. Blocking follows the socket's `O_NONBLOCK`,
+/// as Linux's splice to a socket does, and a reset peer raises `SIGPIPE`.
+///
+/// # Safety
+/// `off` is null or points to the caller's offset.
+pub(crate) unsafe fn sendfile(out_fd: c_int, in_fd: c_int, off: *mut i64, n: size_t) -> ssize_t {
+    if sock(in_fd).is_some() || epoll(in_fd).is_some() {
+        // do_sendfile: an offset needs FMODE_PREAD (ESPIPE), and the input must be a regular
+        // file or a block device (EINVAL).
+        return crate::errno::fail(if off.is_null() { Errno::EINVAL } else { Errno::ESPIPE });
+    }
+    with_sock(out_fd, "sendfile", |s| {
+        if !off.is_null() && bad(off) {
+            return Err(Errno::EFAULT);
+        }
+        // SAFETY: checked above; the caller's offset.
+        let mut pos: Option<i64> = if off.is_null() { None } else { Some(unsafe { off.read_unaligned() }) };
+        if pos.is_some_and(|p| p < 0) {
+            return Err(Errno::EINVAL);
+        }
+        let want = n.min(0x7fff_f000);
+        let mut buf = vec![0u8; want.clamp(1, 1 << 16)];
+        let mut done = 0usize;
+        while done < want {
+            let chunk = (want - done).min(buf.len());
+            let got = match pos {
+                // SAFETY: our buffer of at least `chunk` bytes.
+                Some(p) => unsafe { libc::pread64(in_fd, buf.as_mut_ptr().cast(), chunk, p) },
+                // SAFETY: as above.
+                None => unsafe { libc::read(in_fd, buf.as_mut_ptr().cast(), chunk) },
+            };
+            if got < 0 {
+                let e = Errno(crate::errno::get());
+                return if done > 0 { Ok(done as ssize_t) } else { Err(e) };
+            }
+            let got = got as usize;
+            if got == 0 {
+                break;
+            }
+            let flags = if done > 0 { msg::DONTWAIT } else { 0 };
+            let sent = match do_send(s, &[&buf[..got]], flags, None) {
+                Ok(k) => k as usize,
+                Err(Errno::EAGAIN) if done > 0 => 0,
+                Err(e) => {
+                    if pos.is_none() {
+                        // Give back what was read and not sent.
+                        // SAFETY: plain lseek on the caller's fd.
+                        unsafe { libc::lseek64(in_fd, -(got as i64), libc::SEEK_CUR) };
+                    }
+                    return if done > 0 { Ok(done as ssize_t) } else { Err(e) };
+                }
+            };
+            done += sent;
+            match pos.as_mut() {
+                Some(p) => *p += sent as i64,
+                None if sent < got => {
+                    // SAFETY: plain lseek on the caller's fd.
+                    unsafe { libc::lseek64(in_fd, -((got - sent) as i64), libc::SEEK_CUR) };
+                }
+                None => {}
+            }
+            if sent < got {
+                break;
+            }
+        }
+        if let Some(p) = pos {
+            // SAFETY: checked above.
+            unsafe { off.write_unaligned(p) };
+        }
+        Ok(done as ssize_t)
+    })
+}
+
 /// # Safety
 /// The C contract of `readv(2)`.
 pub(crate) unsafe fn readv(fd: c_int, iov: *const iovec, cnt: c_int) -> ssize_t {
