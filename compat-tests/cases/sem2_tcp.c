@@ -910,6 +910,51 @@ static void sendfiles(int fam)
     close(s);
 }
 
+/* 127.0.0.2 is a loopback address the library OS does not serve: sockets addressed there
+ * must behave as on Linux (under the shim they are handed to the kernel). */
+static void unserved_address(void)
+{
+    CASE("other_loopback_address_v4");
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = inet_addr("127.0.0.2")};
+    socklen_t al = sizeof a;
+    int one = 1, v = 0;
+    socklen_t vl = sizeof v;
+    int l = (int)MUST(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    T(setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one));
+    T(bind(l, (struct sockaddr *)&a, sizeof a));
+    MUST(getsockname(l, (struct sockaddr *)&a, &al));
+    O("bound to %s", inet_ntoa(a.sin_addr));
+    T(listen(l, 4));
+    T(getsockopt(l, SOL_SOCKET, SO_REUSEADDR, &v, &vl));
+    O("SO_REUSEADDR=%d FD_CLOEXEC=%d", v, fcntl(l, F_GETFD) & FD_CLOEXEC);
+    int c = (int)MUST(socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0));
+    T(connect(c, (struct sockaddr *)&a, sizeof a));
+    wait_ev(c, POLLOUT);
+    T(connect(c, (struct sockaddr *)&a, sizeof a));
+    O("O_NONBLOCK kept: %d", (fcntl(c, F_GETFL) & O_NONBLOCK) != 0);
+    int s = (int)MUST(accept(l, NULL, NULL));
+    T(send(c, "far", 3, 0));
+    wait_readable(s);
+    char buf[8];
+    long n = T(recv(s, buf, sizeof buf, 0));
+    show("got", buf, n);
+    int u = (int)MUST(socket(AF_INET, SOCK_DGRAM, 0));
+    int w = (int)MUST(socket(AF_INET, SOCK_DGRAM, 0));
+    struct sockaddr_in ua = {.sin_family = AF_INET, .sin_addr.s_addr = inet_addr("127.0.0.2")};
+    al = sizeof ua;
+    T(bind(u, (struct sockaddr *)&ua, sizeof ua));
+    MUST(getsockname(u, (struct sockaddr *)&ua, &al));
+    T(sendto(w, "dg", 2, 0, (struct sockaddr *)&ua, sizeof ua));
+    wait_readable(u);
+    n = T(recv(u, buf, sizeof buf, 0));
+    show("datagram", buf, n);
+    close(u);
+    close(w);
+    close(s);
+    close(c);
+    close(l);
+}
+
 int main(void)
 {
     watchdog(25);
@@ -931,5 +976,6 @@ int main(void)
         trunc_peek(fams[i]);
         sendfiles(fams[i]);
     }
+    unserved_address();
     return 0;
 }

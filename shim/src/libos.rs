@@ -346,6 +346,10 @@ pub(crate) unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t
 /// # Safety
 /// The C contract of `bind(2)`.
 pub(crate) unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    // SAFETY: caller's contract.
+    if unsafe { handed_to_kernel(fd, addr, len) } {
+        return real!(bind(fd, addr, len) else sys(libc::SYS_bind, fd, addr, len));
+    }
     with_sock(fd, "bind", |s| {
         // SAFETY: caller's contract.
         let a = unsafe { read_sa(addr, len)? };
@@ -368,6 +372,10 @@ pub(crate) unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
 /// # Safety
 /// The C contract of `connect(2)`.
 pub(crate) unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    // SAFETY: caller's contract.
+    if unsafe { handed_to_kernel(fd, addr, len) } {
+        return real!(connect(fd, addr, len) else sys(libc::SYS_connect, fd, addr, len));
+    }
     with_sock(fd, "connect", |s| {
         // SAFETY: caller's contract.
         let a = unsafe { read_sa(addr, len)? };
@@ -378,6 +386,70 @@ pub(crate) unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -
         }
         s.connect(a).map(|()| 0)
     })
+}
+
+/// A socket of ours addressed to a peer the library OS does not serve (a name server, a
+/// host elsewhere): if it has no life here yet, a kernel socket takes its place — same
+/// family, type, flags, options and bound address, `dup3` onto the same fd number — and the
+/// call goes to the kernel. Returns whether that happened. A socket that cannot move
+/// (listening, connected, in an epoll) stays and the call fails as before.
+///
+/// # Safety
+/// `addr`/`len` as the caller passed them.
+unsafe fn handed_to_kernel(fd: c_int, addr: *const sockaddr, len: socklen_t) -> bool {
+    let Some(s) = sock(fd) else { return false };
+    if addr.is_null() {
+        return false;
+    }
+    // SAFETY: caller's contract.
+    let Ok(Some(to)) = (unsafe { read_sa(addr, len) }) else { return false };
+    if socket::serves(&to) {
+        return false;
+    }
+    let r = lib::guarded("handover", || {
+        let Some(h) = s.kernel_handover()? else { return Ok(0) };
+        hand_over(fd, &s, &h)?;
+        tracing::info!(fd, peer = %to, "socket handed to the kernel: the library OS does not serve that address");
+        Ok(1)
+    });
+    r == 1
+}
+
+fn hand_over(fd: c_int, s: &Socket, h: &socket::Handover) -> SysResult<()> {
+    let dom = if s.family() == Family::V4 { libc::AF_INET } else { libc::AF_INET6 };
+    let ty = if s.sock_kind() == Kind::Stream { libc::SOCK_STREAM } else { libc::SOCK_DGRAM };
+    let raw = |r: libc::c_long| if r < 0 { Err(Errno(crate::errno::get())) } else { Ok(r) };
+    // SAFETY: raw system calls on a new fd of our own; the option bytes are ours.
+    unsafe {
+        let k = raw(libc::syscall(libc::SYS_socket, dom, ty | libc::SOCK_CLOEXEC, 0))? as c_int;
+        let done = (|| -> SysResult<()> {
+            for (level, name, v) in &h.options {
+                // An option the kernel refuses was accepted by us: keep going, as the
+                // program saw success.
+                let _ =
+                    libc::syscall(libc::SYS_setsockopt, k, *level, *name, v.as_ptr(), v.len() as socklen_t);
+            }
+            if let Some(b) = h.bound {
+                let mut ss: libc::sockaddr_storage = std::mem::zeroed();
+                let mut sl = std::mem::size_of::<libc::sockaddr_storage>() as socklen_t;
+                write_sa(b, (&mut ss as *mut libc::sockaddr_storage).cast(), &mut sl)?;
+                raw(libc::syscall(libc::SYS_bind, k, &ss as *const libc::sockaddr_storage, sl))?;
+            }
+            if s.nonblocking() {
+                raw(libc::syscall(libc::SYS_fcntl, k, libc::F_SETFL, libc::O_NONBLOCK))?;
+            }
+            let fdflags = raw(libc::syscall(libc::SYS_fcntl, fd, libc::F_GETFD))?;
+            let cloexec =
+                if fdflags & libc::c_long::from(libc::FD_CLOEXEC) != 0 { libc::O_CLOEXEC } else { 0 };
+            raw(libc::syscall(libc::SYS_dup3, k, fd, cloexec))?;
+            Ok(())
+        })();
+        libc::syscall(libc::SYS_close, k);
+        done?;
+    }
+    // The fd number is a kernel socket now; our socket goes (its port with it).
+    drop(table().remove(fd));
+    Ok(())
 }
 
 /// # Safety
@@ -475,6 +547,10 @@ pub(crate) unsafe fn sendto(
     addr: *const sockaddr,
     alen: socklen_t,
 ) -> ssize_t {
+    // SAFETY: caller's contract.
+    if unsafe { handed_to_kernel(fd, addr, alen) } {
+        return real!(sendto(fd, buf, n, flags, addr, alen) else sys(libc::SYS_sendto, fd, buf, n, flags, addr, alen));
+    }
     with_sock(fd, "sendto", |s| {
         let to = if addr.is_null() {
             None
@@ -504,6 +580,10 @@ pub(crate) unsafe fn send(fd: c_int, buf: *const c_void, n: size_t, flags: c_int
 /// # Safety
 /// The C contract of `sendmsg(2)`.
 pub(crate) unsafe fn sendmsg(fd: c_int, m: *const msghdr, flags: c_int) -> ssize_t {
+    // SAFETY: caller's contract (the header is read only if it looks valid).
+    if !bad(m) && unsafe { handed_to_kernel(fd, (*m).msg_name.cast(), (*m).msg_namelen) } {
+        return real!(sendmsg(fd, m, flags) else sys(libc::SYS_sendmsg, fd, m, flags));
+    }
     with_sock(fd, "sendmsg", |s| {
         // SAFETY: caller's contract.
         unsafe { sendmsg_one(s, m, flags) }

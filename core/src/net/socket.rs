@@ -90,6 +90,9 @@ struct Opts {
     sndtimeo: Option<Duration>,
     /// Options stored and reported back but not modelled (`SO_PRIORITY`, `IP_TOS`, ...).
     other: HashMap<(i32, i32), Vec<u8>>,
+    /// Every `setsockopt` that succeeded, in order: replayed on a kernel socket that takes
+    /// this one's place ([`Socket::kernel_handover`]).
+    log: Vec<(i32, i32, Vec<u8>)>,
 }
 
 /// The state of one socket (under the network lock).
@@ -200,6 +203,7 @@ impl SockState {
                 rcvtimeo: None,
                 sndtimeo: None,
                 other: HashMap::new(),
+                log: Vec::new(),
             },
             watchers: Vec::new(),
         }
@@ -302,6 +306,15 @@ fn to_addr(fam: Family, ep: IpEndpoint) -> SocketAddr {
         (Family::V6, IpAddr::V4(v4)) => SocketAddr::V6(SocketAddrV6::new(v4.to_ipv6_mapped(), ep.port, 0, 0)),
         (_, ip) => SocketAddr::new(ip, ep.port),
     }
+}
+
+/// What a kernel socket replacing a library-OS one needs ([`Socket::kernel_handover`]).
+#[derive(Debug, Clone)]
+pub struct Handover {
+    /// `(level, name, value)` of each successful `setsockopt`, in order.
+    pub options: Vec<(i32, i32, Vec<u8>)>,
+    /// The address the program bound, if it chose one.
+    pub bound: Option<SocketAddr>,
 }
 
 /// What `recv*` produced.
@@ -1135,8 +1148,28 @@ impl Socket {
             }
             _ => return Err(Errno::ENOPROTOOPT),
         }
+        g.sock_mut(id)?.opts.log.push((level, name, val.to_vec()));
         apply_tcp_opts(&mut g, id);
         Ok(())
+    }
+
+    /// For a socket about to be replaced by a kernel socket (it talks to an address the
+    /// library OS does not serve): what the kernel socket needs to be the same socket — the
+    /// `setsockopt` calls to replay and the address `bind` gave it. `None` when the socket
+    /// already has a life here (listening, connected, or watched by an epoll or a poll,
+    /// whose registrations could not follow it).
+    pub fn kernel_handover(&self) -> SysResult<Option<Handover>> {
+        let g = net().lock();
+        let s = g.sock(self.id)?;
+        let busy = s.listener.is_some()
+            || s.peer.is_some()
+            || !s.watchers.is_empty()
+            || (s.kind == Kind::Stream && s.shard.is_some());
+        if busy {
+            return Ok(None);
+        }
+        let bound = if s.port_lock || s.addr_lock { s.held() } else { None };
+        Ok(Some(Handover { options: s.opts.log.clone(), bound }))
     }
 
     /// `getsockopt(2)`: the option's bytes (the shim truncates to the caller's length).
