@@ -80,6 +80,12 @@ struct Opts {
     v6only: bool,
     rcvbuf: i32,
     sndbuf: i32,
+    /// `SOCK_SNDBUF_LOCK`: the program set `SO_SNDBUF`, so the send queue is held to it
+    /// (otherwise Linux autotunes it upwards and so does the stack's large buffer).
+    sndbuf_locked: bool,
+    /// `SOCK_RCVBUF_LOCK`: the program set `SO_RCVBUF`; new connections get a receive
+    /// buffer (window) of that size.
+    rcvbuf_locked: bool,
     /// `SO_LINGER`: `Some(seconds)` when on.
     linger: Option<i32>,
     /// `l_linger` as last set (Linux keeps it while lingering is off).
@@ -127,6 +133,10 @@ pub(crate) struct SockState {
     closed: bool,
     /// A FIN was sent (shutdown or close).
     fin_sent: bool,
+    /// The current connection got past the handshake (a reset now is `ECONNRESET`, not
+    /// `ECONNREFUSED`, whatever `sock->state` says — a non-blocking connect leaves it
+    /// `SS_CONNECTING` on Linux too).
+    established: bool,
     backlog: usize,
     /// Readiness and bytes queued when watchers were last told (edge detection).
     pub(crate) last_ev: u32,
@@ -185,6 +195,7 @@ impl SockState {
             done: false,
             closed: false,
             fin_sent: false,
+            established: false,
             backlog: 0,
             last_ev: 0,
             last_rx: 0,
@@ -197,6 +208,8 @@ impl SockState {
                 v6only: false,
                 rcvbuf: buf.0,
                 sndbuf: buf.1,
+                sndbuf_locked: false,
+                rcvbuf_locked: false,
                 linger: None,
                 linger_secs: 0,
                 rcvlowat: 1,
@@ -452,14 +465,19 @@ impl Socket {
             s.local = Some(SocketAddr::new(ip, port));
             s.port_gone = false;
         }
-        let port = g.sock(id)?.held().map_or(0, |a| a.port());
-        let reuseport = g.sock(id)?.opts.reuseport;
+        let me = g.sock(id)?;
+        let mine = me.held().ok_or(Errno::EINVAL)?;
+        let port = mine.port();
+        let (reuseport, v6only) = (me.opts.reuseport, me.opts.v6only);
+        let (v4, v6) = families(&mine, v6only);
         // SO_REUSEPORT: a second listener on the port shares the first one's queue; without
-        // it, two listeners on one port collide even if both had SO_REUSEADDR.
+        // it, two listeners on one port collide even if both had SO_REUSEADDR — unless their
+        // addresses do not overlap (an IPv4 one and an IPV6_V6ONLY one).
         let mut shared = None;
         for (other, o) in g.socks.iter().enumerate() {
             let Some(o) = o.as_ref() else { continue };
-            if other == id || o.kind != Kind::Stream || o.held().map(|a| a.port()) != Some(port) {
+            let Some(theirs) = o.held().filter(|a| a.port() == port) else { continue };
+            if other == id || o.kind != Kind::Stream || !overlaps(&theirs, o.opts.v6only, &mine, v6only) {
                 continue;
             }
             if let Some(l) = o.listener {
@@ -471,7 +489,14 @@ impl Socket {
         }
         let shard = match shared {
             Some(l) => l,
-            None => g.stack.listen(port, backlog + 1)?,
+            None => {
+                let l = g.stack.listen_on(port, backlog + 1, v4, v6)?;
+                let rx = recv_window(&g.sock(id)?.opts);
+                if rx.is_some() {
+                    g.stack.set_listener_rx(l, rx);
+                }
+                l
+            }
         };
         let s = g.sock_mut(id)?;
         s.listener = Some(shard);
@@ -501,6 +526,8 @@ impl Socket {
                 st.opts.linger = parent.opts.linger;
                 st.opts.rcvbuf = parent.opts.rcvbuf;
                 st.opts.sndbuf = parent.opts.sndbuf;
+                st.opts.sndbuf_locked = parent.opts.sndbuf_locked;
+                st.opts.rcvbuf_locked = parent.opts.rcvbuf_locked;
                 st.opts.rcvlowat = parent.opts.rcvlowat;
                 st.opts.linger_secs = parent.opts.linger_secs;
                 st.opts.other = parent.opts.other.clone();
@@ -584,7 +611,8 @@ impl Socket {
             let s = g.sock(id)?;
             let port = s.held().map(|a| a.port()).filter(|&p| p != 0);
             let fam = s.fam;
-            let conn = g.stack.connect_from(port, remote)?;
+            let rx = recv_window(&s.opts);
+            let conn = g.stack.connect_sized(port, remote, rx)?;
             let (local, _) = g.stack.endpoints(conn).ok_or(Errno::EINVAL)?;
             let s = g.sock_mut(id)?;
             s.shard = Some(conn);
@@ -598,6 +626,7 @@ impl Socket {
             s.shut_rd = false;
             s.shut_wr = false;
             s.fin_sent = false;
+            s.established = false;
             g.attach(conn, id);
             apply_tcp_opts(&mut g, id);
         }
@@ -775,6 +804,7 @@ impl Socket {
                 if total == 0 {
                     return Ok(Some(0));
                 }
+                let cap = send_cap(&s.opts);
                 loop {
                     let before = sent;
                     let t = g.stack.tcp_mut(c)?;
@@ -784,7 +814,8 @@ impl Socket {
                             skip -= b.len();
                             continue;
                         }
-                        let n = t.send_slice(&b[skip..]).unwrap_or(0);
+                        let room = cap.saturating_sub(t.send_queue()).min(b.len() - skip);
+                        let n = t.send_slice(&b[skip..skip + room]).unwrap_or(0);
                         sent += n;
                         if n < b.len() - skip {
                             break;
@@ -1082,8 +1113,14 @@ impl Socket {
                 let v = v.clamp(0, cap).saturating_mul(2);
                 if rcv {
                     s.opts.rcvbuf = v.max(SOCK_MIN_RCVBUF);
+                    s.opts.rcvbuf_locked = true;
+                    if let Some(l) = s.listener {
+                        let rx = recv_window(&s.opts);
+                        g.stack.set_listener_rx(l, rx);
+                    }
                 } else {
                     s.opts.sndbuf = v.max(SOCK_MIN_SNDBUF);
+                    s.opts.sndbuf_locked = true;
                 }
             }
             (SOL_SOCKET, SO_LINGER) => {
@@ -1233,6 +1270,23 @@ impl Socket {
                 }
             },
         })
+    }
+}
+
+/// The receive buffer (advertised window) for a socket's new connections: with `SO_RCVBUF`
+/// set, half the (doubled) value, as Linux's `tcp_adv_win_scale` gives half to the window.
+fn recv_window(o: &Opts) -> Option<usize> {
+    o.rcvbuf_locked.then(|| usize::try_from(o.rcvbuf / 2).unwrap_or(usize::MAX))
+}
+
+/// Bytes a TCP socket may hold unsent or unacknowledged: with `SO_SNDBUF` set, half the
+/// (doubled) value — Linux charges each byte about twice in `sk_wmem_queued`; otherwise
+/// the stack's whole buffer (Linux would autotune up to `tcp_wmem[2]`).
+fn send_cap(o: &Opts) -> usize {
+    if o.sndbuf_locked {
+        usize::try_from(o.sndbuf / 2).unwrap_or(usize::MAX).max(1)
+    } else {
+        usize::MAX
     }
 }
 
@@ -1477,6 +1531,16 @@ fn time_wait_conflict(g: &Inner, port: u16, reuse: bool) -> bool {
     })
 }
 
+/// Which families a listener bound to `a` takes: (IPv4, IPv6).
+fn families(a: &SocketAddr, v6only: bool) -> (bool, bool) {
+    match a {
+        SocketAddr::V4(_) => (true, false),
+        SocketAddr::V6(v) if v.ip().to_ipv4_mapped().is_some() => (true, false),
+        SocketAddr::V6(v) if v.ip().is_unspecified() => (!v6only, true),
+        SocketAddr::V6(_) => (false, true),
+    }
+}
+
 /// Whether two bound addresses on one port collide.
 fn overlaps(a: &SocketAddr, a_v6only: bool, b: &SocketAddr, b_v6only: bool) -> bool {
     let wild = |x: &SocketAddr| x.ip().is_unspecified();
@@ -1563,6 +1627,7 @@ fn tcp_disconnect(g: &mut Inner, id: usize) -> SysResult<()> {
     s.shut_rd = false;
     s.shut_wr = false;
     s.fin_sent = false;
+    s.established = false;
     if reset {
         s.err = Some(Errno::ECONNRESET);
     }
@@ -1597,6 +1662,7 @@ fn reset_for_reconnect(g: &mut Inner, id: usize) {
         s.shut_rd = false;
         s.shut_wr = false;
         s.fin_sent = false;
+        s.established = false;
     }
 }
 
@@ -1638,15 +1704,11 @@ pub(crate) fn sync(g: &mut Inner, id: usize) {
     }
     let Some(c) = s.shard else { return };
     let state = g.stack.tcp(c).map(|t| t.state()).unwrap_or(tcp::State::Closed);
-    let was_connecting = s.ss == Ss::Connecting
-        || g.stack.tcp(c).is_err()
-        || (s.ss == Ss::Connected
-            && s.peer.is_some()
-            && !s.done
-            && !s.fin_sent
-            && state == tcp::State::Closed);
     let Ok(s) = g.sock_mut(id) else { return };
     use tcp::State::*;
+    if !matches!(state, Closed | Listen | SynSent | SynReceived) {
+        s.established = true;
+    }
     match state {
         CloseWait | LastAck | Closing => {
             s.done = true;
@@ -1666,7 +1728,7 @@ pub(crate) fn sync(g: &mut Inner, id: usize) {
         Closed => {
             let normal = s.done && s.fin_sent;
             if !normal {
-                let handshake = was_connecting && s.ss == Ss::Connecting;
+                let handshake = !s.established;
                 // tcp_reset: refused in SYN-SENT, EPIPE in CLOSE-WAIT, else ECONNRESET.
                 s.err = Some(if handshake {
                     Errno::ECONNREFUSED
@@ -1729,7 +1791,7 @@ pub(crate) fn events(g: &Inner, id: usize) -> u32 {
         if !s.shut_wr {
             let writable = match t {
                 Some(t) if !s.closed => {
-                    let free = t.send_capacity() - t.send_queue();
+                    let free = t.send_capacity().min(send_cap(&s.opts)).saturating_sub(t.send_queue());
                     free > 0 && free * 2 >= t.send_queue()
                 }
                 _ => true,

@@ -75,6 +75,8 @@ enum Role {
         handle: SocketHandle,
         backlog: usize,
         queue: VecDeque<ShardId>,
+        /// Receive buffer of the connections it makes (`None`: the stack's default).
+        rx: Option<usize>,
     },
     Udp {
         port: u16,
@@ -102,7 +104,9 @@ pub struct Stack<D: NetDevice> {
     free: Vec<ShardId>,
     spare: ShardId,
     conns: HashMap<(IpEndpoint, IpEndpoint), ShardId>,
-    listeners: HashMap<u16, ShardId>,
+    /// Listener shards by (port, IPv6): a dual-stack listener is under both keys, so IPv4
+    /// and IPv6 listeners can share a port as Linux's `IPV6_V6ONLY` allows.
+    listeners: HashMap<(u16, bool), ShardId>,
     udp: HashMap<u16, ShardId>,
     dirty: Vec<ShardId>,
     /// Shards whose state may have changed since [`Stack::take_touched`] last ran.
@@ -243,8 +247,14 @@ impl<D: NetDevice> Stack<D> {
     }
 
     fn new_tcp(&self) -> tcp::Socket<'static> {
+        self.new_tcp_rx(None)
+    }
+
+    /// A TCP socket whose receive buffer (hence advertised window) is `rx` bytes.
+    fn new_tcp_rx(&self, rx: Option<usize>) -> tcp::Socket<'static> {
+        let rx = rx.map_or(self.buffers.tcp_rx, |n| n.clamp(1024, self.buffers.tcp_rx));
         let mut s = tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0; self.buffers.tcp_rx]),
+            tcp::SocketBuffer::new(vec![0; rx]),
             tcp::SocketBuffer::new(vec![0; self.buffers.tcp_tx]),
         );
         s.set_nagle_enabled(self.buffers.nagle);
@@ -261,10 +271,18 @@ impl<D: NetDevice> Stack<D> {
         }
     }
 
-    /// Listens for TCP connections on `port` (all local addresses). `EADDRINUSE` if the port
-    /// has a listener already.
+    /// Listens for TCP connections on `port` (all local addresses, IPv4 and IPv6).
+    /// `EADDRINUSE` if the port has a listener already.
     pub fn listen(&mut self, port: u16, backlog: usize) -> SysResult<ShardId> {
-        if port == 0 || self.listeners.contains_key(&port) {
+        self.listen_on(port, backlog, true, true)
+    }
+
+    /// Listens on `port` for IPv4 connections, IPv6 ones, or both. `EADDRINUSE` if a
+    /// listener already takes either.
+    pub fn listen_on(&mut self, port: u16, backlog: usize, v4: bool, v6: bool) -> SysResult<ShardId> {
+        let taken = (v4 && self.listeners.contains_key(&(port, false)))
+            || (v6 && self.listeners.contains_key(&(port, true)));
+        if port == 0 || taken || !(v4 || v6) {
             return Err(Errno::EADDRINUSE);
         }
         let mut sock = self.new_tcp();
@@ -272,8 +290,13 @@ impl<D: NetDevice> Stack<D> {
         let mut set = SocketSet::new(vec![]);
         let handle = set.add(sock);
         let backlog = backlog.clamp(1, 4097);
-        let id = self.insert(set, Role::Listener { port, handle, backlog, queue: VecDeque::new() });
-        self.listeners.insert(port, id);
+        let id = self.insert(set, Role::Listener { port, handle, backlog, queue: VecDeque::new(), rx: None });
+        if v4 {
+            self.listeners.insert((port, false), id);
+        }
+        if v6 {
+            self.listeners.insert((port, true), id);
+        }
         Ok(id)
     }
 
@@ -349,7 +372,7 @@ impl<D: NetDevice> Stack<D> {
         for _ in 0..span {
             let p = self.next_port;
             self.next_port = if p >= EPHEMERAL.1 { EPHEMERAL.0 } else { p + 1 };
-            if !self.listeners.contains_key(&p) && self.ephemeral_in_use.insert(p) {
+            if !self.listening(p) && self.ephemeral_in_use.insert(p) {
                 return Ok(p);
             }
         }
@@ -371,16 +394,26 @@ impl<D: NetDevice> Stack<D> {
 
     /// Opens a TCP connection to `remote` from `local_port` (an ephemeral one if `None`).
     pub fn connect_from(&mut self, local_port: Option<u16>, remote: IpEndpoint) -> SysResult<ShardId> {
+        self.connect_sized(local_port, remote, None)
+    }
+
+    /// [`Stack::connect_from`] with a receive buffer of `rx` bytes (`SO_RCVBUF`).
+    pub fn connect_sized(
+        &mut self,
+        local_port: Option<u16>,
+        remote: IpEndpoint,
+        rx: Option<usize>,
+    ) -> SysResult<ShardId> {
         let port = match local_port {
             Some(p) if p != 0 => {
-                if self.listeners.contains_key(&p) || !self.ephemeral_in_use.insert(p) {
+                if self.listening(p) || !self.ephemeral_in_use.insert(p) {
                     return Err(Errno::EADDRINUSE);
                 }
                 p
             }
             _ => self.ephemeral_port()?,
         };
-        let mut sock = self.new_tcp();
+        let mut sock = self.new_tcp_rx(rx);
         if let Err(e) = sock.connect(self.iface.context(), remote, IpListenEndpoint { addr: None, port }) {
             self.ephemeral_in_use.remove(&port);
             return Err(match e {
@@ -447,7 +480,11 @@ impl<D: NetDevice> Stack<D> {
                 self.ephemeral_in_use.remove(&local.port);
             }
             Role::Listener { port, queue, .. } => {
-                self.listeners.remove(&port);
+                for v6 in [false, true] {
+                    if self.listeners.get(&(port, v6)) == Some(&id) {
+                        self.listeners.remove(&(port, v6));
+                    }
+                }
                 // Connections nobody accepted are reset, as Linux does on close(listener),
                 // and reaped once the reset is out.
                 for c in queue {
@@ -497,14 +534,14 @@ impl<D: NetDevice> Stack<D> {
     /// to a shard of its own, queue it for accept, and listen again.
     fn after_listener_ingress(&mut self, id: ShardId) {
         let Some(Some(shard)) = self.shards.get_mut(id) else { return };
-        let Role::Listener { port, handle, .. } = shard.role else { return };
+        let Role::Listener { port, handle, rx, .. } = shard.role else { return };
         let sock = shard.set.get::<tcp::Socket>(handle);
         if sock.state() == tcp::State::Listen {
             return;
         }
         let (Some(local), Some(remote)) = (sock.local_endpoint(), sock.remote_endpoint()) else { return };
         let taken = shard.set.remove(handle);
-        let mut fresh = self.new_tcp();
+        let mut fresh = self.new_tcp_rx(rx);
         // Listening again on the same port cannot fail: it just succeeded.
         let _ = fresh.listen(port);
         let mut set = SocketSet::new(vec![]);
@@ -694,9 +731,33 @@ impl<D: NetDevice> Stack<D> {
         }
     }
 
+    /// `SO_RCVBUF` on a listening socket: the connections it makes from now on get an `rx`
+    /// byte receive buffer (the idle listening socket is replaced at once, so the next
+    /// connection already has it, as Linux clones the listener's `sk_rcvbuf`).
+    pub fn set_listener_rx(&mut self, listener: ShardId, rx: Option<usize>) {
+        let fresh = self.new_tcp_rx(rx);
+        let Ok(shard) = self.shard_mut(listener) else { return };
+        let Role::Listener { port, handle, rx: cur, .. } = &mut shard.role else { return };
+        *cur = rx;
+        if shard.set.get::<tcp::Socket>(*handle).state() != tcp::State::Listen {
+            return;
+        }
+        let mut fresh = fresh;
+        if fresh.listen(*port).is_err() {
+            return;
+        }
+        shard.set.remove(*handle);
+        *handle = shard.set.add(fresh);
+    }
+
     /// Whether a TCP port is held by a listener or a connection of this stack.
     pub fn tcp_port_taken(&self, port: u16) -> bool {
-        self.listeners.contains_key(&port) || self.ephemeral_in_use.contains(&port)
+        self.listening(port) || self.ephemeral_in_use.contains(&port)
+    }
+
+    /// Whether a listener (of either family) holds `port`.
+    fn listening(&self, port: u16) -> bool {
+        self.listeners.contains_key(&(port, false)) || self.listeners.contains_key(&(port, true))
     }
 
     /// Whether a closed connection on this local port is in TIME-WAIT (Linux refuses
@@ -764,7 +825,7 @@ impl<D: NetDevice> Stack<D> {
 fn route(
     frame: &[u8],
     conns: &HashMap<(IpEndpoint, IpEndpoint), ShardId>,
-    listeners: &HashMap<u16, ShardId>,
+    listeners: &HashMap<(u16, bool), ShardId>,
     udp: &HashMap<u16, ShardId>,
     shards: &[Option<Shard>],
     spare: ShardId,
@@ -778,7 +839,8 @@ fn route(
             if let Some(&id) = conns.get(&(local, remote)) {
                 return Some(id);
             }
-            let Some(&id) = listeners.get(&local.port) else { return Some(spare) };
+            let v6 = matches!(local.addr, smoltcp::wire::IpAddress::Ipv6(_));
+            let Some(&id) = listeners.get(&(local.port, v6)) else { return Some(spare) };
             let full = match shards.get(id).and_then(Option::as_ref).map(|s| &s.role) {
                 Some(Role::Listener { backlog, queue, .. }) => queue.len() >= *backlog,
                 _ => false,
