@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant as StdInstant};
 
 use arrakis_backends::loopback::Loopback;
@@ -41,10 +41,23 @@ impl Wait {
 
     /// Something changed: wake every sleeper (one system call, only if there are sleepers).
     pub fn notify(&self) {
-        self.gen.fetch_add(1, SeqCst);
-        if self.waiters.load(SeqCst) != 0 {
-            let _ = futex::wake(&self.gen, futex::Flags::PRIVATE, i32::MAX as u32);
+        if self.bump() {
+            self.wake();
         }
+    }
+
+    /// Something changed: the generation moves on. `true` if a thread sleeps (or is about
+    /// to) on the word and needs [`Wait::wake`]. A sleeper that registers after this reads
+    /// the new generation in `FUTEX_WAIT` and does not sleep, so the wake may come later,
+    /// after the world lock is released (see [`Guard`]).
+    fn bump(&self) -> bool {
+        self.gen.fetch_add(1, SeqCst);
+        self.waiters.load(SeqCst) != 0
+    }
+
+    /// Wakes every sleeper.
+    fn wake(&self) {
+        let _ = futex::wake(&self.gen, futex::Flags::PRIVATE, i32::MAX as u32);
     }
 
     /// Sleeps until [`Wait::notify`] after generation `seen`, a signal, or `deadline`.
@@ -89,6 +102,10 @@ pub(crate) struct Inner {
     touched: Vec<ShardId>,
     pub(crate) ev: Registry,
     now: Instant,
+    /// Words with sleepers bumped under the lock; woken after it is released.
+    wakes: Vec<Arc<Wait>>,
+    /// The progress thread's word needs a wake after the lock is released.
+    wake_timer: bool,
 }
 
 impl Inner {
@@ -165,13 +182,22 @@ impl Inner {
         }
     }
 
+    /// Bumps a socket's word; its sleepers are woken once the lock is released.
+    fn wake_later(&mut self, id: usize) {
+        let Ok(s) = self.sock(id) else { return };
+        if s.wait.bump() && !self.wakes.iter().any(|w| Arc::ptr_eq(w, &s.wait)) {
+            let w = s.wait.clone();
+            self.wakes.push(w);
+        }
+    }
+
     /// A socket's state may have changed: bring its flags up to date and wake whoever waits.
     pub(crate) fn changed(&mut self, id: usize) {
         super::socket::sync(self, id);
         let ev = super::socket::events(self, id);
         let rx = super::socket::rx_level(self, id);
+        self.wake_later(id);
         let Ok(s) = self.sock_mut(id) else { return };
-        s.wait.notify();
         // An edge, as Linux's wake-ups: a readiness bit that was not there, or more input.
         let edge = ev & !s.last_ev != 0 || rx > s.last_rx;
         s.last_ev = ev;
@@ -221,6 +247,8 @@ pub fn net() -> &'static Net {
                 touched: Vec::new(),
                 ev: Registry::default(),
                 now: Instant::from_micros(0),
+                wakes: Vec::new(),
+                wake_timer: false,
             }),
             epoch,
             timer: Wait::default(),
@@ -231,9 +259,32 @@ pub fn net() -> &'static Net {
 }
 
 /// The lock, with the clock read and the stack run when it is released.
+///
+/// The sleepers that the call's changes concern are woken only after the mutex is released
+/// (`after`, dropped after `g`): a thread woken while the waker still held the lock would, on
+/// a shared CPU, preempt it only to block on the mutex at once.
 pub(crate) struct Guard<'a> {
     g: MutexGuard<'a, Inner>,
     net: &'a Net,
+    after: Wakes<'a>,
+}
+
+/// Futex wakes deferred until the world lock is released.
+struct Wakes<'a> {
+    net: &'a Net,
+    words: Vec<Arc<Wait>>,
+    timer: bool,
+}
+
+impl Drop for Wakes<'_> {
+    fn drop(&mut self) {
+        for w in self.words.drain(..) {
+            w.wake();
+        }
+        if self.timer {
+            self.net.timer.wake();
+        }
+    }
 }
 
 impl std::ops::Deref for Guard<'_> {
@@ -253,7 +304,10 @@ impl Drop for Guard<'_> {
     fn drop(&mut self) {
         self.g.now = self.net.now();
         self.g.pump();
-        self.net.arm(&self.g);
+        self.net.arm(&mut self.g);
+        // The fields drop next, in order: the mutex first, then the wakes.
+        std::mem::swap(&mut self.after.words, &mut self.g.wakes);
+        self.after.timer = std::mem::take(&mut self.g.wake_timer);
     }
 }
 
@@ -267,16 +321,16 @@ impl Net {
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         g.now = self.now();
         g.pump();
-        Guard { g, net: self }
+        Guard { g, net: self, after: Wakes { net: self, words: Vec::new(), timer: false } }
     }
 
     /// Makes sure the progress thread will wake for the stack's next deadline.
-    fn arm(&self, inner: &Inner) {
+    fn arm(&self, inner: &mut Inner) {
         let Some(at) = inner.stack.poll_at() else { return };
         let at = at.total_micros().max(0) as u64;
         if at < self.armed.load(SeqCst) {
             self.armed.store(at, SeqCst);
-            self.timer.notify();
+            inner.wake_timer |= self.timer.bump();
         }
     }
 
