@@ -342,6 +342,9 @@ impl Socket {
                     deadline = Some(t.map(|t| StdInstant::now() + t));
                 }
             }
+            if self.wait.spin(seen, deadline.flatten()) {
+                continue;
+            }
             match self.wait.sleep(seen, deadline.flatten()) {
                 Ok(()) => {}
                 Err(Errno::ETIMEDOUT) => return Err(Errno::EAGAIN),
