@@ -91,8 +91,13 @@ impl Wait {
         if misses >= SPIN_MISSES && !(misses - SPIN_MISSES).is_multiple_of(SPIN_PROBE) {
             return false;
         }
-        let mut end = StdInstant::now() + Duration::from_micros(u64::from(us));
+        let now = StdInstant::now();
+        let mut end = now + Duration::from_micros(u64::from(us));
         if let Some(d) = deadline {
+            if now >= d {
+                // Past the deadline: the caller's sleep reports it.
+                return false;
+            }
             end = end.min(d);
         }
         loop {
