@@ -11,7 +11,6 @@
 //! blocking socket call — and with a timeout (`SO_RCVTIMEO`) it fails with `EINTR` after any
 //! handler, also as Linux. So the library OS needs no signal bookkeeping of its own.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant as StdInstant};
@@ -21,6 +20,7 @@ use rustix::thread::futex;
 use smoltcp::time::Instant;
 use smoltcp::wire::{IpAddress, IpCidr};
 
+use super::hash::FastMap;
 use super::socket::SockState;
 use super::stack::{Buffers, ShardId, Stack};
 use crate::error::{Errno, SysResult};
@@ -169,8 +169,10 @@ pub(crate) struct Inner {
     free: Vec<usize>,
     /// Connection and UDP shards → their socket; listener shards → every socket listening
     /// there (several with `SO_REUSEPORT`).
-    pub(crate) by_shard: HashMap<ShardId, Vec<usize>>,
+    pub(crate) by_shard: FastMap<ShardId, Vec<usize>>,
     touched: Vec<ShardId>,
+    /// Scratch list for `pump` (kept to avoid an allocation per pump).
+    ids_spare: Vec<usize>,
     pub(crate) ev: Registry,
     now: Instant,
     /// Words with sleepers bumped under the lock; woken after it is released.
@@ -238,12 +240,16 @@ impl Inner {
         self.stack.take_touched(&mut touched);
         touched.sort_unstable();
         touched.dedup();
+        let mut ids = std::mem::take(&mut self.ids_spare);
         for shard in &touched {
-            let Some(ids) = self.by_shard.get(shard) else { continue };
-            for id in ids.clone() {
+            let Some(v) = self.by_shard.get(shard) else { continue };
+            ids.clear();
+            ids.extend_from_slice(v);
+            for &id in &ids {
                 self.changed(id);
             }
         }
+        self.ids_spare = ids;
         self.touched = touched;
         // ICMP port unreachable: a connected UDP socket to that peer gets ECONNREFUSED.
         for (port, remote) in std::mem::take(&mut self.stack.icmp_errors) {
@@ -314,8 +320,9 @@ pub fn net() -> &'static Net {
                 stack,
                 socks: Vec::new(),
                 free: Vec::new(),
-                by_shard: HashMap::new(),
+                by_shard: FastMap::default(),
                 touched: Vec::new(),
+                ids_spare: Vec::new(),
                 ev: Registry::default(),
                 now: Instant::from_micros(0),
                 wakes: Vec::new(),
@@ -355,7 +362,16 @@ impl Drop for Wakes<'_> {
         if self.timer {
             self.net.timer.wake();
         }
+        // Keep the buffer for this thread's next call.
+        let words = std::mem::take(&mut self.words);
+        let _ = WAKES_SPARE.try_with(|c| c.set(words));
     }
+}
+
+thread_local! {
+    /// An empty buffer with capacity for [`Wakes`], so a call that wakes someone does not
+    /// allocate.
+    static WAKES_SPARE: std::cell::Cell<Vec<Arc<Wait>>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 impl std::ops::Deref for Guard<'_> {
@@ -377,7 +393,10 @@ impl Drop for Guard<'_> {
         self.g.pump();
         self.net.arm(&mut self.g);
         // The fields drop next, in order: the mutex first, then the wakes.
-        std::mem::swap(&mut self.after.words, &mut self.g.wakes);
+        if !self.g.wakes.is_empty() {
+            let spare = WAKES_SPARE.try_with(std::cell::Cell::take).unwrap_or_default();
+            self.after.words = std::mem::replace(&mut self.g.wakes, spare);
+        }
         self.after.timer = std::mem::take(&mut self.g.wake_timer);
     }
 }
