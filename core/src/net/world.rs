@@ -152,9 +152,9 @@ pub const DEFAULT_SPIN_US: u32 = 50;
 static SPIN_US: AtomicU32 = AtomicU32::new(DEFAULT_SPIN_US);
 
 /// Spins in a row on one word that ended without a change before polling backs off.
-const SPIN_MISSES: u32 = 4;
+const SPIN_MISSES: u32 = 2;
 /// While backed off, one wait in this many polls.
-const SPIN_PROBE: u32 = 64;
+const SPIN_PROBE: u32 = 256;
 
 /// Sets the busy-poll time of blocking calls, in microseconds (0: sleep at once).
 pub fn set_spin_us(us: u32) {
