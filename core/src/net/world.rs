@@ -3,13 +3,16 @@
 //!
 //! Locking: every library-OS socket and epoll operation takes [`Net::lock`] for the few
 //! microseconds it needs and never sleeps while holding it. A thread that must wait (a
-//! blocking `recv`, `accept`, `connect`) sleeps on its socket's [`Wait`] word with `FUTEX_WAIT`;
-//! whoever changes the socket's state under the lock bumps the word and wakes sleepers.
+//! blocking `recv`, `accept`, `connect`) polls its socket's [`Wait`] word for a bounded time
+//! ([`Wait::spin`], `ARRAKIS_SPIN_US`), then sleeps on it with `FUTEX_WAIT`; whoever changes the
+//! socket's state under the lock bumps the word, and sleepers are woken once the lock is
+//! released ([`Guard`]).
 //!
 //! Signals: a futex wait without a timeout is restarted by the kernel after a handler with
 //! `SA_RESTART` and fails with `EINTR` after one without — exactly what Linux does for a
 //! blocking socket call — and with a timeout (`SO_RCVTIMEO`) it fails with `EINTR` after any
-//! handler, also as Linux. So the library OS needs no signal bookkeeping of its own.
+//! handler, also as Linux. So the library OS needs no signal bookkeeping of its own (the one
+//! exception, a signal during the poll before the sleep, is described at [`Wait::spin`]).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
