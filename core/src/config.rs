@@ -38,6 +38,13 @@ pub enum ConfigError {
         names = Backend::NAMES.join(", ")
     )]
     UnknownBackend(String),
+    /// `ARRAKIS_SPIN_US` is not a number of microseconds.
+    #[error(
+        "ARRAKIS_SPIN_US={0:?} is not a number of microseconds (0 to 1000000); \
+         using the default, {default}",
+        default = crate::net::world::DEFAULT_SPIN_US
+    )]
+    BadSpin(String),
 }
 
 /// The library OS's settings.
@@ -50,11 +57,19 @@ pub struct Config {
     pub log_file: Option<PathBuf>,
     /// `ARRAKIS_BACKEND`: the device to drive. Default `kernel`.
     pub backend: Backend,
+    /// `ARRAKIS_SPIN_US`: how long a blocking library-OS call busy-polls before it sleeps,
+    /// in microseconds; 0 sleeps at once. Default [`crate::net::world::DEFAULT_SPIN_US`].
+    pub spin_us: u32,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { log_filter: "warn".into(), log_file: None, backend: Backend::Kernel }
+        Config {
+            log_filter: "warn".into(),
+            log_file: None,
+            backend: Backend::Kernel,
+            spin_us: crate::net::world::DEFAULT_SPIN_US,
+        }
     }
 }
 
@@ -73,6 +88,12 @@ impl Config {
             match Backend::parse(&b) {
                 Ok(b) => cfg.backend = b,
                 Err(e) => errors.push(e),
+            }
+        }
+        if let Some(v) = get("ARRAKIS_SPIN_US") {
+            match v.trim().parse::<u32>() {
+                Ok(us) if us <= 1_000_000 => cfg.spin_us = us,
+                _ => errors.push(ConfigError::BadSpin(v)),
             }
         }
         (cfg, errors)
@@ -100,8 +121,10 @@ mod tests {
             ("ARRAKIS_LOG", "arrakis=debug"),
             ("ARRAKIS_LOG_FILE", "/tmp/x.log"),
             ("ARRAKIS_BACKEND", "kernel"),
+            ("ARRAKIS_SPIN_US", "0"),
         ]));
         assert!(errs.is_empty());
+        assert_eq!(cfg.spin_us, 0);
         assert_eq!(cfg.log_filter, "arrakis=debug");
         assert_eq!(cfg.log_file, Some(PathBuf::from("/tmp/x.log")));
         assert_eq!(cfg.backend, Backend::Kernel);
@@ -114,5 +137,15 @@ mod tests {
         assert_eq!(errs, vec![ConfigError::UnknownBackend("warp-drive".into())]);
         let msg = errs[0].to_string();
         assert!(msg.contains("ARRAKIS_BACKEND") && msg.contains("kernel"), "{msg}");
+    }
+
+    #[test]
+    fn bad_spin_is_named_and_falls_back() {
+        for bad in ["-1", "fast", "1000001"] {
+            let (cfg, errs) = Config::from_env(env(&[("ARRAKIS_SPIN_US", bad)]));
+            assert_eq!(cfg.spin_us, crate::net::world::DEFAULT_SPIN_US);
+            assert_eq!(errs, vec![ConfigError::BadSpin(bad.into())]);
+            assert!(errs[0].to_string().contains("ARRAKIS_SPIN_US"));
+        }
     }
 }

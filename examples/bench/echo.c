@@ -13,8 +13,10 @@
  *     The time runs from the first write until that reply has arrived, so it covers the
  *     delivery of the last byte.
  *
- * usage: echo [-n N] [-w WARMUP] [-b BYTES] [-t SECONDS]
+ * usage: echo [-n N] [-w WARMUP] [-b BYTES] [-t SECONDS] [-p CLIENT_CPU,SERVER_CPU]
  *   defaults: N 20000, WARMUP 2000, BYTES 512 MiB (K/M/G suffixes), watchdog 300 s
+ *   -p pins the client (main) thread and the server thread to one CPU each (they may be the
+ *      same CPU); without it both run wherever the scheduler (or taskset) puts them.
  * Output, one "key value" per line (times in microseconds, MB = 10^6 bytes):
  *   #shim=0|1        libarrakis.so is mapped in this process
  *   #lib=0|1         the sockets were kernel sockets (/proc/self/fd/N is "socket:[...]") or the
@@ -144,11 +146,25 @@ static void read_all(int fd, void *buf, size_t n, const char *what)
 
 static int listener;
 static struct sockaddr_in addr;
+static int client_cpu = -1, server_cpu = -1;
+
+/* Pins the calling thread to one CPU (-p); does nothing when cpu < 0. */
+static void pin(int cpu)
+{
+	if (cpu < 0)
+		return;
+	cpu_set_t set;
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	if ((errno = pthread_setaffinity_np(pthread_self(), sizeof set, &set)) != 0)
+		die("pin to CPU %d: %s", cpu, strerror(errno));
+}
 
 /* Serves two connections: the first byte of each says echo ('E') or sink ('S'). */
 static void *server(void *arg)
 {
 	(void)arg;
+	pin(server_cpu);
 	char *buf = malloc(CHUNK);
 	if (!buf)
 		die("out of memory");
@@ -225,14 +241,20 @@ int main(int argc, char **argv)
 	unsigned long long bytes = 512ull << 20;
 	unsigned timeout = 300;
 	int opt;
-	while ((opt = getopt(argc, argv, "n:w:b:t:")) != -1) {
+	while ((opt = getopt(argc, argv, "n:w:b:t:p:")) != -1) {
 		switch (opt) {
 		case 'n': n = (long)parse(optarg, 0); break;
 		case 'w': warmup = (long)parse(optarg, 0); break;
 		case 'b': bytes = parse(optarg, 1); break;
 		case 't': timeout = (unsigned)parse(optarg, 0); break;
+		case 'p':
+			if (sscanf(optarg, "%d,%d", &client_cpu, &server_cpu) != 2 || client_cpu < 0 ||
+			    server_cpu < 0)
+				die("-p wants CLIENT_CPU,SERVER_CPU: %s", optarg);
+			break;
 		default:
-			fprintf(stderr, "usage: echo [-n N] [-w WARMUP] [-b BYTES] [-t SECONDS]\n");
+			fprintf(stderr, "usage: echo [-n N] [-w WARMUP] [-b BYTES] [-t SECONDS] "
+					"[-p CLIENT_CPU,SERVER_CPU]\n");
 			return 2;
 		}
 	}
@@ -241,6 +263,7 @@ int main(int argc, char **argv)
 	signal(SIGALRM, on_alarm);
 	signal(SIGPIPE, SIG_IGN);
 	alarm(timeout);
+	pin(client_cpu);
 	printf("#shim=%d\n", shim_mapped());
 
 	listener = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);

@@ -53,6 +53,7 @@ fn start() {
         tracing::error!("panic in the library OS: {info}");
     }));
     crate::libos::configure(cfg.backend);
+    arrakis_core::net::world::set_spin_us(cfg.spin_us);
     let carry = record_carry();
     tracing::debug!(shim = ?carry.shim_path, backend = ?cfg.backend, "arrakis shim loaded");
     let _ = CARRY.set(carry);

@@ -3,6 +3,7 @@
 //! semantics on it ([`socket`]), and the process's network world — lock, clock, waits,
 //! progress thread ([`world`]).
 
+pub mod hash;
 pub mod socket;
 pub mod stack;
 pub mod tuple;

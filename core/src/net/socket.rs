@@ -421,6 +421,9 @@ impl Socket {
                     deadline = Some(t.map(|t| StdInstant::now() + t));
                 }
             }
+            if self.wait.spin(seen, deadline.flatten()) {
+                continue;
+            }
             // A futex wait with a time-out is never restarted after a handler (see
             // world.rs), so with work done a far deadline makes every signal end the call.
             let far = || StdInstant::now() + Duration::from_secs(365 * 24 * 3600);

@@ -15,7 +15,7 @@
 //! port are dropped (the client retransmits), as Linux does — never reset.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 
 use arrakis_backends::NetDevice;
 use smoltcp::iface::{Config, Interface, PollResult, SocketHandle, SocketSet};
@@ -24,6 +24,7 @@ use smoltcp::socket::{tcp, udp};
 use smoltcp::time::Instant;
 use smoltcp::wire::{HardwareAddress, IpCidr, IpEndpoint, IpListenEndpoint, IpProtocol, TcpPacket};
 
+use super::hash::{FastMap as HashMap, FastSet as HashSet};
 use super::tuple::FlowKey;
 use crate::error::{Errno, SysResult};
 
@@ -88,6 +89,9 @@ struct Shard {
     set: SocketSet<'static>,
     role: Role,
     dirty: bool,
+    /// The earliest entry of this shard in the timer heap not yet due, if any: a later
+    /// deadline needs no entry of its own (the earlier one fires, egress re-arms).
+    timer: Option<Instant>,
     /// The application let go of it (closed its fd); the stack removes it once its socket
     /// reaches CLOSED — after sending what was queued, the FIN handshake and TIME-WAIT.
     orphan: bool,
@@ -109,6 +113,8 @@ pub struct Stack<D: NetDevice> {
     listeners: HashMap<(u16, bool), ShardId>,
     udp: HashMap<u16, ShardId>,
     dirty: Vec<ShardId>,
+    /// `dirty`'s other buffer, swapped in while egress walks the list.
+    dirty_spare: Vec<ShardId>,
     /// Shards whose state may have changed since [`Stack::take_touched`] last ran.
     touched: Vec<ShardId>,
     timers: BinaryHeap<Reverse<(Instant, ShardId)>>,
@@ -194,17 +200,18 @@ impl<D: NetDevice> Stack<D> {
             shards: Vec::new(),
             free: Vec::new(),
             spare: 0,
-            conns: HashMap::new(),
-            listeners: HashMap::new(),
-            udp: HashMap::new(),
+            conns: HashMap::default(),
+            listeners: HashMap::default(),
+            udp: HashMap::default(),
             dirty: Vec::new(),
+            dirty_spare: Vec::new(),
             touched: Vec::new(),
             time_wait: VecDeque::new(),
-            tw_ports: HashMap::new(),
+            tw_ports: HashMap::default(),
             timers: BinaryHeap::new(),
             next_port: EPHEMERAL.0,
             next_udp: (seed as u32) % 28_232,
-            ephemeral_in_use: HashSet::new(),
+            ephemeral_in_use: HashSet::default(),
             buffers,
             icmp_errors: Vec::new(),
             syns_dropped: 0,
@@ -229,7 +236,7 @@ impl<D: NetDevice> Stack<D> {
     }
 
     fn insert(&mut self, set: SocketSet<'static>, role: Role) -> ShardId {
-        let shard = Shard { set, role, dirty: false, orphan: false, reuse: false };
+        let shard = Shard { set, role, dirty: false, timer: None, orphan: false, reuse: false };
         match self.free.pop() {
             Some(id) => {
                 self.shards[id] = Some(shard);
@@ -585,6 +592,11 @@ impl<D: NetDevice> Stack<D> {
                 break;
             }
             self.timers.pop();
+            if let Some(Some(s)) = self.shards.get_mut(id) {
+                if s.timer == Some(at) {
+                    s.timer = None;
+                }
+            }
             self.mark_dirty(id);
         }
         for _ in 0..ROUNDS {
@@ -644,7 +656,9 @@ impl<D: NetDevice> Stack<D> {
 
     fn egress(&mut self, now: Instant) -> bool {
         let mut any = false;
-        for id in std::mem::take(&mut self.dirty) {
+        let mut dirty = std::mem::take(&mut self.dirty_spare);
+        std::mem::swap(&mut dirty, &mut self.dirty);
+        for &id in &dirty {
             let Some(Some(shard)) = self.shards.get_mut(id) else { continue };
             shard.dirty = false;
             self.touched.push(id);
@@ -675,9 +689,14 @@ impl<D: NetDevice> Stack<D> {
                 let _ = self.remove(id);
                 any = true;
             } else if let Some(at) = self.iface.poll_at(now, &shard.set) {
-                self.timers.push(Reverse((at, id)));
+                if shard.timer.is_none_or(|t| at < t) {
+                    shard.timer = Some(at);
+                    self.timers.push(Reverse((at, id)));
+                }
             }
         }
+        dirty.clear();
+        self.dirty_spare = dirty;
         any
     }
 

@@ -3,17 +3,19 @@
 //!
 //! Locking: every library-OS socket and epoll operation takes [`Net::lock`] for the few
 //! microseconds it needs and never sleeps while holding it. A thread that must wait (a
-//! blocking `recv`, `accept`, `connect`) sleeps on its socket's [`Wait`] word with `FUTEX_WAIT`;
-//! whoever changes the socket's state under the lock bumps the word and wakes sleepers.
+//! blocking `recv`, `accept`, `connect`) polls its socket's [`Wait`] word for a bounded time
+//! ([`Wait::spin`], `ARRAKIS_SPIN_US`), then sleeps on it with `FUTEX_WAIT`; whoever changes the
+//! socket's state under the lock bumps the word, and sleepers are woken once the lock is
+//! released ([`Guard`]).
 //!
 //! Signals: a futex wait without a timeout is restarted by the kernel after a handler with
 //! `SA_RESTART` and fails with `EINTR` after one without — exactly what Linux does for a
 //! blocking socket call — and with a timeout (`SO_RCVTIMEO`) it fails with `EINTR` after any
-//! handler, also as Linux. So the library OS needs no signal bookkeeping of its own.
+//! handler, also as Linux. So the library OS needs no signal bookkeeping of its own (the one
+//! exception, a signal during the poll before the sleep, is described at [`Wait::spin`]).
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant as StdInstant};
 
 use arrakis_backends::loopback::Loopback;
@@ -21,6 +23,7 @@ use rustix::thread::futex;
 use smoltcp::time::Instant;
 use smoltcp::wire::{IpAddress, IpCidr};
 
+use super::hash::FastMap;
 use super::socket::SockState;
 use super::stack::{Buffers, ShardId, Stack};
 use crate::error::{Errno, SysResult};
@@ -31,6 +34,8 @@ use crate::event::Registry;
 pub struct Wait {
     gen: AtomicU32,
     waiters: AtomicU32,
+    /// Spins in a row that ended without the word moving (see [`Wait::spin`]).
+    misses: AtomicU32,
 }
 
 impl Wait {
@@ -41,9 +46,74 @@ impl Wait {
 
     /// Something changed: wake every sleeper (one system call, only if there are sleepers).
     pub fn notify(&self) {
+        if self.bump() {
+            self.wake();
+        }
+    }
+
+    /// Something changed: the generation moves on. `true` if a thread sleeps (or is about
+    /// to) on the word and needs [`Wait::wake`]. A sleeper that registers after this reads
+    /// the new generation in `FUTEX_WAIT` and does not sleep, so the wake may come later,
+    /// after the world lock is released (see [`Guard`]).
+    fn bump(&self) -> bool {
         self.gen.fetch_add(1, SeqCst);
-        if self.waiters.load(SeqCst) != 0 {
-            let _ = futex::wake(&self.gen, futex::Flags::PRIVATE, i32::MAX as u32);
+        self.waiters.load(SeqCst) != 0
+    }
+
+    /// Wakes every sleeper.
+    fn wake(&self) {
+        let _ = futex::wake(&self.gen, futex::Flags::PRIVATE, i32::MAX as u32);
+    }
+
+    /// Busy-polls the word before a sleep, for at most the spin time (`ARRAKIS_SPIN_US`,
+    /// [`set_spin_us`]) and never past `deadline`: `true` as soon as the generation has moved
+    /// past `seen`, `false` when the time is up (then sleep with [`Wait::sleep`]).
+    ///
+    /// Polling pays off when the thread that will bump the word runs on another CPU: the
+    /// change is seen within a fraction of a microsecond, with no `FUTEX_WAKE` for the waker
+    /// and no wake-up of an idle CPU for the waiter (tens of microseconds on a VM's vCPUs).
+    /// When the waker shares this thread's CPU, polling only delays it; such spins end
+    /// without the word moving, so after [`SPIN_MISSES`] misses in a row on this word only
+    /// every [`SPIN_PROBE`]th wait polls (to notice when the threads move apart), until a
+    /// spin succeeds again.
+    ///
+    /// Signals: a handler for a signal that arrives while the thread polls runs at once (the
+    /// thread is in user space), and the library OS cannot see that it ran without
+    /// interposing `sigaction`. So the call does not end with `EINTR` for it: it goes on
+    /// waiting, as if the signal had come just before the call. Linux's own `busy_poll`
+    /// stops polling on a pending signal and then fails the call with `EINTR` (or restarts
+    /// it). The difference is confined to signals landing in the first `ARRAKIS_SPIN_US` of a
+    /// wait on a word whose recent spins succeeded; signals during the `FUTEX_WAIT` that
+    /// follows behave as before, and `ARRAKIS_SPIN_US=0` restores the exact behaviour.
+    pub fn spin(&self, seen: u32, deadline: Option<StdInstant>) -> bool {
+        let us = SPIN_US.load(Relaxed);
+        if us == 0 {
+            return false;
+        }
+        let misses = self.misses.fetch_add(1, Relaxed);
+        if misses >= SPIN_MISSES && !(misses - SPIN_MISSES).is_multiple_of(SPIN_PROBE) {
+            return false;
+        }
+        let now = StdInstant::now();
+        let mut end = now + Duration::from_micros(u64::from(us));
+        if let Some(d) = deadline {
+            if now >= d {
+                // Past the deadline: the caller's sleep reports it.
+                return false;
+            }
+            end = end.min(d);
+        }
+        loop {
+            for _ in 0..8 {
+                std::hint::spin_loop();
+            }
+            if self.gen.load(SeqCst) != seen {
+                self.misses.store(0, Relaxed);
+                return true;
+            }
+            if StdInstant::now() >= end {
+                return false;
+            }
         }
     }
 
@@ -77,6 +147,23 @@ impl Wait {
     }
 }
 
+/// Default busy-poll time before a blocking call sleeps, in microseconds (see
+/// [`Wait::spin`]): about two cross-CPU wake-ups on the VMs this is measured on.
+pub const DEFAULT_SPIN_US: u32 = 50;
+
+/// The busy-poll time; [`set_spin_us`] changes it (`ARRAKIS_SPIN_US`), 0 disables polling.
+static SPIN_US: AtomicU32 = AtomicU32::new(DEFAULT_SPIN_US);
+
+/// Spins in a row on one word that ended without a change before polling backs off.
+const SPIN_MISSES: u32 = 2;
+/// While backed off, one wait in this many polls.
+const SPIN_PROBE: u32 = 256;
+
+/// Sets the busy-poll time of blocking calls, in microseconds (0: sleep at once).
+pub fn set_spin_us(us: u32) {
+    SPIN_US.store(us, Relaxed);
+}
+
 /// Everything the lock protects.
 pub(crate) struct Inner {
     pub(crate) stack: Stack<Loopback>,
@@ -85,10 +172,16 @@ pub(crate) struct Inner {
     free: Vec<usize>,
     /// Connection and UDP shards → their socket; listener shards → every socket listening
     /// there (several with `SO_REUSEPORT`).
-    pub(crate) by_shard: HashMap<ShardId, Vec<usize>>,
+    pub(crate) by_shard: FastMap<ShardId, Vec<usize>>,
     touched: Vec<ShardId>,
+    /// Scratch list for `pump` (kept to avoid an allocation per pump).
+    ids_spare: Vec<usize>,
     pub(crate) ev: Registry,
     now: Instant,
+    /// Words with sleepers bumped under the lock; woken after it is released.
+    wakes: Vec<Arc<Wait>>,
+    /// The progress thread's word needs a wake after the lock is released.
+    wake_timer: bool,
 }
 
 impl Inner {
@@ -150,19 +243,21 @@ impl Inner {
         self.stack.take_touched(&mut touched);
         touched.sort_unstable();
         touched.dedup();
+        let mut ids = std::mem::take(&mut self.ids_spare);
         for shard in &touched {
-            let Some(ids) = self.by_shard.get(shard) else { continue };
-            for id in ids.clone() {
+            let Some(v) = self.by_shard.get(shard) else { continue };
+            ids.clear();
+            ids.extend_from_slice(v);
+            for &id in &ids {
                 // Wake sleepers only when something they could wait for moved: a shard is
                 // touched by every call on it, and a wake-up for nothing would turn a
                 // blocked call into a busy loop.
                 if self.refresh(id) {
-                    if let Ok(s) = self.sock(id) {
-                        s.wait.notify();
-                    }
+                    self.wake_later(id);
                 }
             }
         }
+        self.ids_spare = ids;
         self.touched = touched;
         // ICMP port unreachable: a connected UDP socket to that peer gets ECONNREFUSED.
         for (port, remote) in std::mem::take(&mut self.stack.icmp_errors) {
@@ -172,11 +267,18 @@ impl Inner {
         }
     }
 
+    /// Bumps a socket's word; its sleepers are woken once the lock is released.
+    fn wake_later(&mut self, id: usize) {
+        let Ok(s) = self.sock(id) else { return };
+        if s.wait.bump() && !self.wakes.iter().any(|w| Arc::ptr_eq(w, &s.wait)) {
+            let w = s.wait.clone();
+            self.wakes.push(w);
+        }
+    }
+
     /// A socket's state may have changed: bring its flags up to date and wake whoever waits.
     pub(crate) fn changed(&mut self, id: usize) {
-        if let Ok(s) = self.sock(id) {
-            s.wait.notify();
-        }
+        self.wake_later(id);
         self.refresh(id);
     }
 
@@ -246,10 +348,13 @@ pub fn net() -> &'static Net {
                 stack,
                 socks: Vec::new(),
                 free: Vec::new(),
-                by_shard: HashMap::new(),
+                by_shard: FastMap::default(),
                 touched: Vec::new(),
+                ids_spare: Vec::new(),
                 ev: Registry::default(),
                 now: Instant::from_micros(0),
+                wakes: Vec::new(),
+                wake_timer: false,
             }),
             epoch,
             timer: Wait::default(),
@@ -260,9 +365,41 @@ pub fn net() -> &'static Net {
 }
 
 /// The lock, with the clock read and the stack run when it is released.
+///
+/// The sleepers that the call's changes concern are woken only after the mutex is released
+/// (`after`, dropped after `g`): a thread woken while the waker still held the lock would, on
+/// a shared CPU, preempt it only to block on the mutex at once.
 pub(crate) struct Guard<'a> {
     g: MutexGuard<'a, Inner>,
     net: &'a Net,
+    after: Wakes<'a>,
+}
+
+/// Futex wakes deferred until the world lock is released.
+struct Wakes<'a> {
+    net: &'a Net,
+    words: Vec<Arc<Wait>>,
+    timer: bool,
+}
+
+impl Drop for Wakes<'_> {
+    fn drop(&mut self) {
+        for w in self.words.drain(..) {
+            w.wake();
+        }
+        if self.timer {
+            self.net.timer.wake();
+        }
+        // Keep the buffer for this thread's next call.
+        let words = std::mem::take(&mut self.words);
+        let _ = WAKES_SPARE.try_with(|c| c.set(words));
+    }
+}
+
+thread_local! {
+    /// An empty buffer with capacity for [`Wakes`], so a call that wakes someone does not
+    /// allocate.
+    static WAKES_SPARE: std::cell::Cell<Vec<Arc<Wait>>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 impl std::ops::Deref for Guard<'_> {
@@ -282,7 +419,13 @@ impl Drop for Guard<'_> {
     fn drop(&mut self) {
         self.g.now = self.net.now();
         self.g.pump();
-        self.net.arm(&self.g);
+        self.net.arm(&mut self.g);
+        // The fields drop next, in order: the mutex first, then the wakes.
+        if !self.g.wakes.is_empty() {
+            let spare = WAKES_SPARE.try_with(std::cell::Cell::take).unwrap_or_default();
+            self.after.words = std::mem::replace(&mut self.g.wakes, spare);
+        }
+        self.after.timer = std::mem::take(&mut self.g.wake_timer);
     }
 }
 
@@ -296,16 +439,16 @@ impl Net {
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         g.now = self.now();
         g.pump();
-        Guard { g, net: self }
+        Guard { g, net: self, after: Wakes { net: self, words: Vec::new(), timer: false } }
     }
 
     /// Makes sure the progress thread will wake for the stack's next deadline.
-    fn arm(&self, inner: &Inner) {
+    fn arm(&self, inner: &mut Inner) {
         let Some(at) = inner.stack.poll_at() else { return };
         let at = at.total_micros().max(0) as u64;
         if at < self.armed.load(SeqCst) {
             self.armed.store(at, SeqCst);
-            self.timer.notify();
+            inner.wake_timer |= self.timer.bump();
         }
     }
 
