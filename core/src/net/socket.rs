@@ -1488,11 +1488,11 @@ fn tx_params(o: &Opts, v4: bool, control: &[Cmsg]) -> SysResult<Tx> {
                     if !(-1..=255).contains(&t) {
                         return Err(Errno::EINVAL);
                     }
-                    let v = if t == -1 && c.ty == IPV6_HOPLIMIT { 64 } else { t.max(0) as u8 };
-                    if c.ty == IPV6_HOPLIMIT {
-                        tx.hop_limit = v;
-                    } else {
-                        tx.tos = v;
+                    // -1 keeps the socket's own value (np->hop_limit, np->tclass).
+                    if t != -1 && c.ty == IPV6_HOPLIMIT {
+                        tx.hop_limit = t as u8;
+                    } else if t != -1 {
+                        tx.tos = t as u8;
                     }
                 }
                 IPV6_PKTINFO if c.data.len() >= 20 => {}
@@ -1876,5 +1876,80 @@ pub(crate) fn watch(g: &mut Inner, id: usize, w: Watcher) {
 pub(crate) fn unwatch(g: &mut Inner, id: usize, w: &Watcher) {
     if let Ok(s) = g.sock_mut(id) {
         s.watchers.retain(|x| x != w);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(fam: Family) -> SockState {
+        SockState::new(fam, Kind::Dgram, Arc::new(Wait::default()))
+    }
+
+    fn set(s: &mut SockState, level: i32, name: i32, v: i32) {
+        s.opts.other.insert((level, name), v.to_ne_bytes().to_vec());
+    }
+
+    #[test]
+    fn send_control_overrides_the_socket_options_as_linux_checks_them() {
+        let mut s = state(Family::V6);
+        assert_eq!(tx_params(&s.opts, false, &[]).unwrap(), Tx { hop_limit: 64, tos: 0 });
+        set(&mut s, IPPROTO_IPV6, IPV6_UNICAST_HOPS, 9);
+        set(&mut s, IPPROTO_IPV6, IPV6_TCLASS, 0x10);
+        let keep = [Cmsg::int(IPPROTO_IPV6, IPV6_HOPLIMIT, -1), Cmsg::int(IPPROTO_IPV6, IPV6_TCLASS, -1)];
+        assert_eq!(tx_params(&s.opts, false, &keep).unwrap(), Tx { hop_limit: 9, tos: 0x10 });
+        let over = [Cmsg::int(IPPROTO_IPV6, IPV6_HOPLIMIT, 3), Cmsg::int(IPPROTO_IPV6, IPV6_TCLASS, 0x20)];
+        assert_eq!(tx_params(&s.opts, false, &over).unwrap(), Tx { hop_limit: 3, tos: 0x20 });
+        // IPv6 messages mean nothing on the IPv4 path (a v4-mapped destination), and back.
+        assert_eq!(tx_params(&s.opts, true, &over).unwrap().hop_limit, 64);
+        assert_eq!(tx_params(&s.opts, false, &[Cmsg::int(IPPROTO_IP, IP_TTL, 0)]).unwrap().hop_limit, 9);
+        for bad in [
+            Cmsg::int(IPPROTO_IPV6, IPV6_HOPLIMIT, 256),
+            Cmsg::int(IPPROTO_IPV6, 99, 1),
+            Cmsg { level: IPPROTO_IPV6, ty: IPV6_TCLASS, data: vec![1] },
+            Cmsg::int(SOL_SOCKET, SO_TIMESTAMP, 1),
+        ] {
+            assert_eq!(tx_params(&s.opts, false, std::slice::from_ref(&bad)), Err(Errno::EINVAL), "{bad:?}");
+        }
+        let v4 = state(Family::V4).opts;
+        let tos1 = Cmsg { level: IPPROTO_IP, ty: IP_TOS, data: vec![0x28] };
+        assert_eq!(
+            tx_params(&v4, true, &[tos1, Cmsg::int(IPPROTO_IP, IP_TTL, 5)]).unwrap(),
+            Tx { hop_limit: 5, tos: 0x28 }
+        );
+        assert_eq!(tx_params(&v4, true, &[Cmsg::int(IPPROTO_IP, IP_TTL, 0)]), Err(Errno::EINVAL));
+        assert_eq!(tx_params(&v4, true, &[Cmsg::int(IPPROTO_TCP, 1, 1)]).unwrap().hop_limit, 64);
+    }
+
+    #[test]
+    fn receive_control_messages_come_in_linux_order() {
+        let d = Datagram {
+            data: b"x".to_vec(),
+            src: IpEndpoint::new(IpAddress::v4(127, 0, 0, 1), 9),
+            dst: IpAddress::v4(127, 0, 0, 1),
+            hop_limit: 7,
+            tos: 4,
+            stamp: std::time::UNIX_EPOCH + Duration::from_micros(1_500_000),
+        };
+        let mut s = state(Family::V6);
+        assert!(recv_cmsgs(&s, &d).is_empty());
+        s.opts.timestamp = Some(false);
+        set(&mut s, IPPROTO_IPV6, IPV6_RECVPKTINFO, 1);
+        set(&mut s, IPPROTO_IPV6, IPV6_RECVHOPLIMIT, 1);
+        set(&mut s, IPPROTO_IP, IP_RECVTTL, 1);
+        let got: Vec<(i32, i32)> = recv_cmsgs(&s, &d).iter().map(|c| (c.level, c.ty)).collect();
+        // An IPv4 packet on an IPv6 socket: IPV6_PKTINFO (v4-mapped), then the IPv4 ones.
+        assert_eq!(got, [(SOL_SOCKET, SO_TIMESTAMP), (IPPROTO_IPV6, IPV6_PKTINFO), (IPPROTO_IP, IP_TTL)]);
+        let ts = &recv_cmsgs(&s, &d)[0].data;
+        assert_eq!((ts[0], ts[8], ts[9]), (1, 0x20, 0xa1), "1 s and 500000 µs");
+        let pkt = &recv_cmsgs(&s, &d)[1].data;
+        assert_eq!(&pkt[10..16], &[0xff, 0xff, 127, 0, 0, 1]);
+        let d6 = Datagram { dst: IpAddress::v6(0, 0, 0, 0, 0, 0, 0, 1), ..d };
+        let got: Vec<(i32, i32)> = recv_cmsgs(&s, &d6).iter().map(|c| (c.level, c.ty)).collect();
+        assert_eq!(
+            got,
+            [(SOL_SOCKET, SO_TIMESTAMP), (IPPROTO_IPV6, IPV6_PKTINFO), (IPPROTO_IPV6, IPV6_HOPLIMIT)]
+        );
     }
 }
