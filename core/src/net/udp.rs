@@ -263,13 +263,13 @@ impl Table {
         Some(d)
     }
 
-    /// Queues a datagram as `__udp_enqueue_schedule_skb`: dropped only when what is queued
-    /// is already over `SO_RCVBUF` (so a datagram always fits a queue below the limit, however
-    /// big). Returns whether it was queued.
+    /// Queues a datagram as `__udp_enqueue_schedule_skb`: dropped when it would take the
+    /// queue over `SO_RCVBUF`, unless the queue is empty (any datagram fits an empty queue).
+    /// Returns whether it was queued.
     pub fn deliver(&mut self, id: ShardId, d: Datagram) -> bool {
         let Some(s) = self.socks.get_mut(&id) else { return false };
-        let size = truesize(d.data.len());
-        if s.rmem > s.rcvbuf {
+        let size = truesize(d.data.len(), d.dst.version() == smoltcp::wire::IpVersion::Ipv6);
+        if s.rmem + size > s.rcvbuf && s.rmem != 0 {
             s.drops += 1;
             return false;
         }
@@ -390,13 +390,24 @@ fn score(s: &Sock, src: IpEndpoint, dst: IpAddress) -> Option<i32> {
     Some(score)
 }
 
-/// `skb->truesize` of a datagram on Linux's loopback: the data buffer (payload, UDP/IP
-/// headers, link reserve) rounded to its kmalloc size with `skb_shared_info`, plus the
-/// `sk_buff` itself. An approximation of the kernel's accounting, good to the bucket.
-fn truesize(len: usize) -> usize {
-    let data = (len + 8 + 40 + 16 + 15 + 63) & !63;
-    let buf = (data + 320).next_power_of_two();
-    buf + 256
+/// `skb->truesize` of a datagram sent over Linux's loopback (x86_64), which is what
+/// `SO_RCVBUF` is charged with. `__ip_append_data` allocates the payload, the UDP and IP
+/// headers, `lo`'s link reserve (16) and 15 bytes of slack linearly below `SKB_MAX_ALLOC`;
+/// `kmalloc_reserve` adds `skb_shared_info` (320) and takes the 576-byte small-head cache or
+/// the next kmalloc/page size; the `sk_buff` adds 256. Bigger datagrams go to page fragments
+/// charged byte for byte after a small head.
+fn truesize(len: usize, v6: bool) -> usize {
+    const SHINFO: usize = 320;
+    const SKB: usize = 256;
+    const SMALL_HEAD: usize = 576;
+    const MAX_ALLOC: usize = 4 * 4096 - SHINFO;
+    let need = len + 8 + if v6 { 40 } else { 20 } + 16 + 15;
+    if need >= MAX_ALLOC {
+        return SMALL_HEAD + SKB + len;
+    }
+    let head = ((need + 63) & !63) + SHINFO;
+    let head = if head <= SMALL_HEAD { SMALL_HEAD } else { head.next_power_of_two() };
+    head + SKB
 }
 
 /// A parsed UDP packet.
@@ -789,7 +800,7 @@ mod tests {
     }
 
     #[test]
-    fn a_full_receive_buffer_drops_but_one_datagram_always_fits() {
+    fn a_full_receive_buffer_drops_but_an_empty_one_takes_any_datagram() {
         let mut t = Table::new(1);
         t.open(1, false);
         t.set_rcvbuf(1, 2304);
@@ -797,11 +808,17 @@ mod tests {
         assert!(!t.deliver(1, dgram(ep(LO4, 9), LO4, 1)));
         assert_eq!(t.drops(1), 1);
         t.pop(1);
-        let mut n = 0;
-        while t.deliver(1, dgram(ep(LO4, 9), LO4, 1)) {
-            n += 1;
+        // Counts measured on Linux 6.18 with the default SO_RCVBUF (212,992).
+        for (len, fit) in [(1, 256), (500, 166), (1024, 92), (4000, 25), (8000, 12), (30_000, 6), (65_000, 3)]
+        {
+            let mut t = Table::new(1);
+            t.open(1, false);
+            let mut n = 0;
+            while t.deliver(1, dgram(ep(LO4, 9), LO4, len)) {
+                n += 1;
+            }
+            assert_eq!(n, fit, "{len}-byte datagrams");
         }
-        assert!((1..=4).contains(&n), "{n} small datagrams in 2304 bytes");
     }
 
     #[test]
