@@ -6,7 +6,7 @@
  * a failing message, recvmmsg details, the MSG_TRUNC size probe, MSG_WAITALL
  * and MSG_PEEK on datagrams, which of several sockets on one port receives
  * (SO_REUSEADDR: the last bound; SO_REUSEPORT: one per flow, a connected
- * member for its peer), control messages on recvmsg (TTL/hop limit, TOS/
+ * member for its peer), a full receive buffer, control messages on recvmsg (TTL/hop limit, TOS/
  * traffic class, packet info, timestamps; MSG_CTRUNC truncation) and on
  * sendmsg (per-datagram TTL/TOS, bad messages); then IPv6 specifics: v4-mapped connects
  * (non-blocking, refused, UDP), IPV6_V6ONLY inherited, v4 and v6 sockets on
@@ -478,6 +478,34 @@ static void reuse(int fam)
     (void)b;
 }
 
+static void rcvbuf(int fam)
+{
+    addr_t a, b;
+    long n;
+    static char big[10000];
+
+    CASE(nm("udp_rcvbuf_full_drops_empty_takes_any", fam));
+    int x = udp_sock(fam, &a);
+    int y = udp_sock(fam, &b);
+    int tiny = 1;
+    T(setsockopt(x, SOL_SOCKET, SO_RCVBUF, &tiny, sizeof tiny));
+    O("SO_RCVBUF=%d", sockopt_int(x, SOL_SOCKET, SO_RCVBUF));
+    T(sendto(y, big, sizeof big, 0, SA(&a), a.len)); /* bigger than the buffer: fits an empty queue */
+    T(sendto(y, "x", 1, 0, SA(&a), a.len));         /* the queue is over its limit: dropped */
+    wait_readable(x);
+    int avail = -1;
+    T(ioctl(x, FIONREAD, &avail));
+    O("FIONREAD=%d", avail);
+    n = T(recv(x, big, sizeof big, 0));
+    T(recv(x, big, sizeof big, MSG_DONTWAIT));
+    T(sendto(y, "again", 5, 0, SA(&a), a.len));     /* room again */
+    wait_readable(x);
+    n = T(recv(x, big, sizeof big, 0));
+    show("got", big, n);
+    close(x);
+    close(y);
+}
+
 static void print_cmsgs(struct msghdr *mh)
 {
     O("msg_controllen=%zu MSG_CTRUNC=%d", (size_t)mh->msg_controllen, (mh->msg_flags & MSG_CTRUNC) != 0);
@@ -797,6 +825,7 @@ int main(void)
         mmsg(fams[i]);
         probe(fams[i]);
         reuse(fams[i]);
+        rcvbuf(fams[i]);
         cmsgs(fams[i]);
     }
     ipv6();
