@@ -914,7 +914,7 @@ impl Socket {
                 let cmsgs = recv_cmsgs(s, d);
                 if !peek {
                     if let Some(c) = s.shard {
-                        g.stack.udp_table_mut().pop(c);
+                        g.stack.udp_pop(c);
                     }
                 }
                 let trunc = n < len;

@@ -483,6 +483,14 @@ impl<D: NetDevice> Stack<D> {
         &mut self.udp
     }
 
+    /// Takes the next datagram of UDP socket `id`. The socket counts as touched, so its
+    /// readiness and queue level are brought up to date after the call (the next arrival is
+    /// then an edge for its watchers).
+    pub fn udp_pop(&mut self, id: ShardId) -> Option<Datagram> {
+        self.touched.push(id);
+        self.udp.pop(id)
+    }
+
     /// Sends a UDP datagram from socket `id` (bound) with source address `src`: written to
     /// the device at once, in IPv6 fragments if it exceeds the MTU (as `ip6_fragment`). A
     /// device that refuses a frame loses it, as a full `netif_rx` backlog does on Linux.
