@@ -6,7 +6,8 @@
  * a failing message, recvmmsg details, the MSG_TRUNC size probe, MSG_WAITALL
  * and MSG_PEEK on datagrams, which of several sockets on one port receives
  * (SO_REUSEADDR: the last bound; SO_REUSEPORT: one per flow, a connected
- * member for its peer), a full receive buffer, control messages on recvmsg (TTL/hop limit, TOS/
+ * member for its peer), a full receive buffer, edge-triggered wake-ups on
+ * every arrival, control messages on recvmsg (TTL/hop limit, TOS/
  * traffic class, packet info, timestamps; MSG_CTRUNC truncation) and on
  * sendmsg (per-datagram TTL/TOS, bad messages); then IPv6 specifics: v4-mapped connects
  * (non-blocking, refused, UDP), IPV6_V6ONLY inherited, v4 and v6 sockets on
@@ -506,6 +507,33 @@ static void rcvbuf(int fam)
     close(y);
 }
 
+static void wakeups(int fam)
+{
+    addr_t a, b;
+    char buf[16];
+
+    CASE(nm("udp_every_arrival_is_an_edge", fam));
+    int x = udp_sock(fam, &a);
+    int y = udp_sock(fam, &b);
+    int ep = (int)MUST(epoll_create1(0));
+    T(ctl(ep, EPOLL_CTL_ADD, x, EPOLLIN | EPOLLET, 7));
+    T(sendto(y, "d1", 2, 0, SA(&a), a.len));
+    ew(ep, 4, 1000);
+    ew(ep, 4, 0); /* edge-triggered: reported once */
+    T(recv(x, buf, sizeof buf, 0));
+    T(sendto(y, "d2", 2, 0, SA(&a), a.len));
+    ew(ep, 4, 1000); /* a new arrival after the queue was read */
+    T(sendto(y, "d3", 2, 0, SA(&a), a.len));
+    ew(ep, 4, 1000); /* and while one is still queued */
+    T(recv(x, buf, sizeof buf, 0));
+    T(recv(x, buf, sizeof buf, 0));
+    T(sendto(y, "d4", 2, 0, SA(&a), a.len));
+    poll1("x IN", x, POLLIN, 1000);
+    close(ep);
+    close(x);
+    close(y);
+}
+
 static void print_cmsgs(struct msghdr *mh)
 {
     O("msg_controllen=%zu MSG_CTRUNC=%d", (size_t)mh->msg_controllen, (mh->msg_flags & MSG_CTRUNC) != 0);
@@ -826,6 +854,7 @@ int main(void)
         probe(fams[i]);
         reuse(fams[i]);
         rcvbuf(fams[i]);
+        wakeups(fams[i]);
         cmsgs(fams[i]);
     }
     ipv6();
