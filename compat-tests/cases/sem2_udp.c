@@ -4,7 +4,12 @@
  * sendto errors and AF_UNSPEC destinations, shutdown of connected and
  * unconnected sockets, gather/scatter with many iovecs, sendmmsg stopping at
  * a failing message, recvmmsg details, the MSG_TRUNC size probe, MSG_WAITALL
- * and MSG_PEEK on datagrams; then IPv6 specifics: v4-mapped connects
+ * and MSG_PEEK on datagrams, which of several sockets on one port receives
+ * (SO_REUSEADDR: the last bound; SO_REUSEPORT: one per flow, a connected
+ * member for its peer), a full receive buffer, edge-triggered wake-ups on
+ * every arrival, control messages on recvmsg (TTL/hop limit, TOS/
+ * traffic class, packet info, timestamps; MSG_CTRUNC truncation) and on
+ * sendmsg (per-datagram TTL/TOS, bad messages); then IPv6 specifics: v4-mapped connects
  * (non-blocking, refused, UDP), IPV6_V6ONLY inherited, v4 and v6 sockets on
  * one port number. */
 #include "sem2_common.h"
@@ -381,6 +386,317 @@ static void probe(int fam)
     close(y);
 }
 
+/* Receives what is queued (the datagrams of sends that succeeded). */
+static void n_drain(int fd)
+{
+    char buf[64];
+    int n = 0;
+    struct pollfd pf = {fd, POLLIN, 0};
+    while (poll(&pf, 1, 100) > 0 && recv(fd, buf, sizeof buf, MSG_DONTWAIT) >= 0)
+        n++;
+    O("datagrams that arrived: %d", n);
+}
+
+/* Waits up to 1 s for `want` datagrams spread over `n` sockets; returns how
+ * many each got in got[]. */
+static int collect(int *fds, int n, int *got, int want)
+{
+    int total = 0;
+    char buf[64];
+    for (int i = 0; i < n; i++)
+        got[i] = 0;
+    for (int round = 0; round < 100 && total < want; round++) {
+        struct pollfd pf[4];
+        for (int i = 0; i < n; i++)
+            pf[i] = (struct pollfd){fds[i], POLLIN, 0};
+        if (poll(pf, (nfds_t)n, 10) <= 0)
+            continue;
+        for (int i = 0; i < n; i++)
+            while (recv(fds[i], buf, sizeof buf, MSG_DONTWAIT) >= 0) {
+                got[i]++;
+                total++;
+            }
+    }
+    return total;
+}
+
+static void reuse(int fam)
+{
+    addr_t a, b, c3, w;
+    char buf[32];
+    long n;
+    int one = 1;
+
+    CASE(nm("udp_reuseaddr_last_bound_receives", fam));
+    int x = (int)MUST(socket(fam, SOCK_DGRAM, 0));
+    int y = (int)MUST(socket(fam, SOCK_DGRAM, 0));
+    MUST(setsockopt(x, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one));
+    MUST(setsockopt(y, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one));
+    loop_addr(fam, &a, 0);
+    MUST(bind(x, SA(&a), a.len));
+    local_of(x, &a);
+    T(bind(y, SA(&a), a.len));
+    int z = udp_sock(fam, &c3);
+    T(sendto(z, "one", 3, 0, SA(&a), a.len));
+    poll1("y IN", y, POLLIN, 1000);
+    poll1("x IN", x, POLLIN, 0);
+    n = T(recv(y, buf, sizeof buf, MSG_DONTWAIT));
+    show("y got", buf, n);
+    close(y);
+    T(sendto(z, "two", 3, 0, SA(&a), a.len));
+    poll1("x IN", x, POLLIN, 1000);
+    n = T(recv(x, buf, sizeof buf, MSG_DONTWAIT));
+    show("x got", buf, n);
+    close(x);
+
+    CASE(nm("udp_reuseport_one_socket_per_flow", fam));
+    x = (int)MUST(socket(fam, SOCK_DGRAM, 0));
+    y = (int)MUST(socket(fam, SOCK_DGRAM, 0));
+    T(setsockopt(x, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one));
+    T(setsockopt(y, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one));
+    loop_addr(fam, &a, 0);
+    MUST(bind(x, SA(&a), a.len));
+    local_of(x, &a);
+    T(bind(y, SA(&a), a.len));
+    for (int i = 0; i < 6; i++)
+        MUST(sendto(z, "flow", 4, 0, SA(&a), a.len));
+    int fds[2] = {x, y}, got[2];
+    int total = collect(fds, 2, got, 6);
+    O("total=%d one socket got all: %d", total, got[0] == 6 || got[1] == 6);
+    /* A member connected to z takes z's datagrams; the other takes the rest. */
+    T(connect(y, SA(&c3), c3.len));
+    int v = udp_sock(fam, &w);
+    for (int i = 0; i < 3; i++) {
+        MUST(sendto(z, "z", 1, 0, SA(&a), a.len));
+        MUST(sendto(v, "v", 1, 0, SA(&a), a.len));
+    }
+    total = collect(fds, 2, got, 6);
+    O("total=%d x=%d y=%d", total, got[0], got[1]);
+    close(v);
+    close(x);
+    close(y);
+    close(z);
+    (void)b;
+}
+
+static void rcvbuf(int fam)
+{
+    addr_t a, b;
+    long n;
+    static char big[10000];
+
+    CASE(nm("udp_rcvbuf_full_drops_empty_takes_any", fam));
+    int x = udp_sock(fam, &a);
+    int y = udp_sock(fam, &b);
+    int tiny = 1;
+    T(setsockopt(x, SOL_SOCKET, SO_RCVBUF, &tiny, sizeof tiny));
+    O("SO_RCVBUF=%d", sockopt_int(x, SOL_SOCKET, SO_RCVBUF));
+    T(sendto(y, big, sizeof big, 0, SA(&a), a.len)); /* bigger than the buffer: fits an empty queue */
+    T(sendto(y, "x", 1, 0, SA(&a), a.len));         /* the queue is over its limit: dropped */
+    wait_readable(x);
+    int avail = -1;
+    T(ioctl(x, FIONREAD, &avail));
+    O("FIONREAD=%d", avail);
+    n = T(recv(x, big, sizeof big, 0));
+    T(recv(x, big, sizeof big, MSG_DONTWAIT));
+    T(sendto(y, "again", 5, 0, SA(&a), a.len));     /* room again */
+    wait_readable(x);
+    n = T(recv(x, big, sizeof big, 0));
+    show("got", big, n);
+    close(x);
+    close(y);
+}
+
+static void wakeups(int fam)
+{
+    addr_t a, b;
+    char buf[16];
+
+    CASE(nm("udp_every_arrival_is_an_edge", fam));
+    int x = udp_sock(fam, &a);
+    int y = udp_sock(fam, &b);
+    int ep = (int)MUST(epoll_create1(0));
+    T(ctl(ep, EPOLL_CTL_ADD, x, EPOLLIN | EPOLLET, 7));
+    T(sendto(y, "d1", 2, 0, SA(&a), a.len));
+    ew(ep, 4, 1000);
+    ew(ep, 4, 0); /* edge-triggered: reported once */
+    T(recv(x, buf, sizeof buf, 0));
+    T(sendto(y, "d2", 2, 0, SA(&a), a.len));
+    ew(ep, 4, 1000); /* a new arrival after the queue was read */
+    T(sendto(y, "d3", 2, 0, SA(&a), a.len));
+    ew(ep, 4, 1000); /* and while one is still queued */
+    T(recv(x, buf, sizeof buf, 0));
+    T(recv(x, buf, sizeof buf, 0));
+    T(sendto(y, "d4", 2, 0, SA(&a), a.len));
+    poll1("x IN", x, POLLIN, 1000);
+    close(ep);
+    close(x);
+    close(y);
+}
+
+static void print_cmsgs(struct msghdr *mh)
+{
+    O("msg_controllen=%zu MSG_CTRUNC=%d", (size_t)mh->msg_controllen, (mh->msg_flags & MSG_CTRUNC) != 0);
+    for (struct cmsghdr *cm = CMSG_FIRSTHDR(mh); cm; cm = CMSG_NXTHDR(mh, cm)) {
+        size_t dl = cm->cmsg_len >= CMSG_LEN(0) ? cm->cmsg_len - CMSG_LEN(0) : 0;
+        char val[64] = "";
+        int iv;
+        if (cm->cmsg_level == SOL_SOCKET && (cm->cmsg_type == SO_TIMESTAMP || cm->cmsg_type == SO_TIMESTAMPNS)) {
+            struct timespec now;
+            clock_gettime(CLOCK_REALTIME, &now);
+            long long sec;
+            memcpy(&sec, CMSG_DATA(cm), sizeof sec);
+            snprintf(val, sizeof val, "recent=%d", sec <= now.tv_sec && sec + 10 > now.tv_sec);
+        } else if (cm->cmsg_level == IPPROTO_IP && cm->cmsg_type == IP_PKTINFO && dl >= sizeof(struct in_pktinfo)) {
+            struct in_pktinfo pi;
+            memcpy(&pi, CMSG_DATA(cm), sizeof pi);
+            char s1[INET_ADDRSTRLEN], s2[INET_ADDRSTRLEN];
+            inet_ntop(AF_INET, &pi.ipi_spec_dst, s1, sizeof s1);
+            inet_ntop(AF_INET, &pi.ipi_addr, s2, sizeof s2);
+            snprintf(val, sizeof val, "ifindex=%d spec_dst=%s addr=%s", pi.ipi_ifindex, s1, s2);
+        } else if (cm->cmsg_level == IPPROTO_IPV6 && cm->cmsg_type == IPV6_PKTINFO && dl >= sizeof(struct in6_pktinfo)) {
+            struct in6_pktinfo pi;
+            memcpy(&pi, CMSG_DATA(cm), sizeof pi);
+            char s1[INET6_ADDRSTRLEN];
+            inet_ntop(AF_INET6, &pi.ipi6_addr, s1, sizeof s1);
+            snprintf(val, sizeof val, "ifindex=%d addr=%s", pi.ipi6_ifindex, s1);
+        } else if (dl == 1) {
+            snprintf(val, sizeof val, "byte=%d", *CMSG_DATA(cm));
+        } else if (dl == sizeof iv) {
+            memcpy(&iv, CMSG_DATA(cm), sizeof iv);
+            snprintf(val, sizeof val, "int=%d", iv);
+        }
+        O("  cmsg level=%d type=%d len=%zu %s", cm->cmsg_level, cm->cmsg_type, (size_t)cm->cmsg_len, val);
+    }
+}
+
+/* sendmsg of "payload" with `n` (0, 1, 2) int control messages. */
+static long send_with(int fd, addr_t *to, int n, int l1, int t1, int v1, int l2, int t2, int v2)
+{
+    union {
+        char buf[2 * CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } u;
+    memset(&u, 0, sizeof u);
+    struct iovec iv = {"payload", 7};
+    struct msghdr mh = {.msg_name = SA(to), .msg_namelen = to->len, .msg_iov = &iv, .msg_iovlen = 1};
+    if (n > 0) {
+        mh.msg_control = u.buf;
+        mh.msg_controllen = n > 1 ? sizeof u.buf : CMSG_SPACE(sizeof(int));
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+        cm->cmsg_level = l1;
+        cm->cmsg_type = t1;
+        cm->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(cm), &v1, sizeof v1);
+        if (n > 1) {
+            cm = CMSG_NXTHDR(&mh, cm);
+            cm->cmsg_level = l2;
+            cm->cmsg_type = t2;
+            cm->cmsg_len = CMSG_LEN(sizeof(int));
+            memcpy(CMSG_DATA(cm), &v2, sizeof v2);
+        }
+    }
+    return sendmsg(fd, &mh, 0);
+}
+
+/* recvmsg of one datagram with `room` bytes of control space (-1: none). */
+static void recv_ctl(int fd, long room)
+{
+    union {
+        char buf[256];
+        struct cmsghdr align;
+    } u;
+    memset(&u, 0, sizeof u);
+    char data[32];
+    struct iovec iv = {data, sizeof data};
+    struct msghdr mh = {.msg_iov = &iv, .msg_iovlen = 1};
+    if (room >= 0) {
+        mh.msg_control = u.buf;
+        mh.msg_controllen = (size_t)room;
+    }
+    wait_readable(fd);
+    T(recvmsg(fd, &mh, 0));
+    print_cmsgs(&mh);
+}
+
+static void cmsgs(int fam)
+{
+    addr_t a, b;
+    int one = 1, zero = 0;
+    int v4 = fam == AF_INET;
+    int lvl = v4 ? IPPROTO_IP : IPPROTO_IPV6;
+    int hop = v4 ? IP_TTL : IPV6_HOPLIMIT, tos = v4 ? IP_TOS : IPV6_TCLASS;
+
+    CASE(nm("udp_recv_hop_limit_and_tos_cmsgs", fam));
+    int x = udp_sock(fam, &a);
+    int y = udp_sock(fam, &b);
+    T(setsockopt(x, lvl, v4 ? IP_RECVTTL : IPV6_RECVHOPLIMIT, &one, sizeof one));
+    T(setsockopt(x, lvl, v4 ? IP_RECVTOS : IPV6_RECVTCLASS, &one, sizeof one));
+    T(setsockopt(x, lvl, v4 ? IP_PKTINFO : IPV6_RECVPKTINFO, &one, sizeof one));
+    T(send_with(y, &a, 0, 0, 0, 0, 0, 0, 0));
+    recv_ctl(x, 256);
+    T(send_with(y, &a, 2, lvl, hop, 33, lvl, tos, 0x20));
+    recv_ctl(x, 256);
+    int ttl = 7;
+    T(setsockopt(y, lvl, v4 ? IP_TTL : IPV6_UNICAST_HOPS, &ttl, sizeof ttl));
+    T(setsockopt(y, lvl, tos, &(int){0x10}, sizeof(int)));
+    T(send_with(y, &a, 0, 0, 0, 0, 0, 0, 0));
+    recv_ctl(x, 256);
+
+    CASE(nm("udp_cmsg_truncation", fam));
+    T(setsockopt(x, lvl, v4 ? IP_PKTINFO : IPV6_RECVPKTINFO, &zero, sizeof zero));
+    T(send_with(y, &a, 0, 0, 0, 0, 0, 0, 0));
+    recv_ctl(x, (long)(CMSG_SPACE(sizeof(int)) + CMSG_LEN(0) - 1)); /* no room for the 2nd header */
+    T(send_with(y, &a, 0, 0, 0, 0, 0, 0, 0));
+    recv_ctl(x, (long)(CMSG_SPACE(sizeof(int)) + CMSG_LEN(sizeof(int)) - 1)); /* 2nd cut in its data */
+    T(send_with(y, &a, 0, 0, 0, 0, 0, 0, 0));
+    recv_ctl(x, (long)CMSG_LEN(0) - 1); /* not even one header */
+    T(send_with(y, &a, 0, 0, 0, 0, 0, 0, 0));
+    recv_ctl(x, -1); /* no buffer at all */
+
+    CASE(nm("udp_bad_send_cmsgs", fam));
+    T(send_with(y, &a, 1, lvl, hop, v4 ? 0 : 256, 0, 0, 0));
+    T(send_with(y, &a, 1, lvl, tos, 300, 0, 0, 0));
+    T(send_with(y, &a, 1, lvl, 99, 1, 0, 0, 0));            /* unknown type */
+    T(send_with(y, &a, 1, IPPROTO_TCP, 1, 1, 0, 0, 0));      /* another level: ignored */
+    T(send_with(y, &a, 1, SOL_SOCKET, SO_TIMESTAMP, 1, 0, 0, 0));
+    T(send_with(y, &a, 1, v4 ? IPPROTO_IPV6 : IPPROTO_IP, 1, 1, 0, 0, 0)); /* the other IP: ignored */
+    struct iovec iv = {"x", 1};
+    char cb[CMSG_SPACE(sizeof(int))];
+    memset(cb, 0, sizeof cb);
+    struct msghdr mh = {.msg_name = SA(&a), .msg_namelen = a.len, .msg_iov = &iv, .msg_iovlen = 1,
+                        .msg_control = cb, .msg_controllen = sizeof cb};
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+    cm->cmsg_level = lvl;
+    cm->cmsg_type = hop;
+    cm->cmsg_len = sizeof cb + 8; /* past the buffer */
+    T(sendmsg(y, &mh, 0));
+    cm->cmsg_len = CMSG_LEN(0) - 1; /* shorter than a header */
+    T(sendmsg(y, &mh, 0));
+    mh.msg_controllen = CMSG_LEN(0) - 1; /* no room for a header: no messages */
+    T(sendmsg(y, &mh, 0));
+    n_drain(x);
+
+    CASE(nm("udp_timestamp_cmsgs", fam));
+    T(setsockopt(x, lvl, v4 ? IP_RECVTTL : IPV6_RECVHOPLIMIT, &zero, sizeof zero));
+    T(setsockopt(x, lvl, v4 ? IP_RECVTOS : IPV6_RECVTCLASS, &zero, sizeof zero));
+    T(setsockopt(x, SOL_SOCKET, SO_TIMESTAMP, &one, sizeof one));
+    O("SO_TIMESTAMP=%d SO_TIMESTAMPNS=%d", sockopt_int(x, SOL_SOCKET, SO_TIMESTAMP),
+      sockopt_int(x, SOL_SOCKET, SO_TIMESTAMPNS));
+    T(send_with(y, &a, 0, 0, 0, 0, 0, 0, 0));
+    recv_ctl(x, 256);
+    T(setsockopt(x, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof one));
+    O("SO_TIMESTAMP=%d SO_TIMESTAMPNS=%d", sockopt_int(x, SOL_SOCKET, SO_TIMESTAMP),
+      sockopt_int(x, SOL_SOCKET, SO_TIMESTAMPNS));
+    T(send_with(y, &a, 0, 0, 0, 0, 0, 0, 0));
+    recv_ctl(x, 256);
+    T(setsockopt(x, SOL_SOCKET, SO_TIMESTAMP, &zero, sizeof zero));
+    O("SO_TIMESTAMP=%d SO_TIMESTAMPNS=%d", sockopt_int(x, SOL_SOCKET, SO_TIMESTAMP),
+      sockopt_int(x, SOL_SOCKET, SO_TIMESTAMPNS));
+    close(x);
+    close(y);
+}
+
 /* ---- IPv6 specifics ---- */
 
 static void mapped(struct sockaddr_in6 *s, int port)
@@ -536,6 +852,10 @@ int main(void)
         sg(fams[i]);
         mmsg(fams[i]);
         probe(fams[i]);
+        reuse(fams[i]);
+        rcvbuf(fams[i]);
+        wakeups(fams[i]);
+        cmsgs(fams[i]);
     }
     ipv6();
     return 0;

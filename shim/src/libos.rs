@@ -92,11 +92,20 @@ unsafe fn read_sa(p: *const sockaddr, len: socklen_t) -> SysResult<Option<Socket
             Ok(Some(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(a.sin_port)))))
         }
         libc::AF_INET6 => {
-            if (len as usize) < std::mem::size_of::<libc::sockaddr_in6>() {
+            // SIN6_LEN_RFC2133: the 24-byte sockaddr_in6 without sin6_scope_id is accepted.
+            if (len as usize) < SIN6_LEN_RFC2133 {
                 return Err(Errno::EINVAL);
             }
-            // SAFETY: `len` covers a sockaddr_in6.
-            let a = unsafe { p.cast::<libc::sockaddr_in6>().read_unaligned() };
+            let mut a: libc::sockaddr_in6 = zeroed_in6();
+            // SAFETY: `len` covers at least the first 24 bytes of a sockaddr_in6, and `a` is a
+            // sockaddr_in6; the copy is of the smaller of the two.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    p.cast::<u8>(),
+                    (&mut a as *mut libc::sockaddr_in6).cast::<u8>(),
+                    (len as usize).min(std::mem::size_of::<libc::sockaddr_in6>()),
+                )
+            };
             let ip = Ipv6Addr::from(a.sin6_addr.s6_addr);
             Ok(Some(SocketAddr::V6(SocketAddrV6::new(
                 ip,
@@ -106,6 +115,64 @@ unsafe fn read_sa(p: *const sockaddr, len: socklen_t) -> SysResult<Option<Socket
             ))))
         }
         _ => Err(Errno::EAFNOSUPPORT),
+    }
+}
+
+/// `SIN6_LEN_RFC2133`: a sockaddr_in6 without `sin6_scope_id`.
+const SIN6_LEN_RFC2133: usize = 24;
+
+/// An all-zero `sockaddr_in6`.
+fn zeroed_in6() -> libc::sockaddr_in6 {
+    libc::sockaddr_in6 {
+        sin6_family: 0,
+        sin6_port: 0,
+        sin6_flowinfo: 0,
+        sin6_addr: libc::in6_addr { s6_addr: [0; 16] },
+        sin6_scope_id: 0,
+    }
+}
+
+/// The destination of a datagram `sendto`/`sendmsg`, read as `udp_sendmsg` (AF_INET
+/// sockets: at least a `sockaddr_in`; `AF_UNSPEC` counts as `AF_INET`) and `udpv6_sendmsg`
+/// (AF_INET6 sockets: `AF_INET6` of at least 24 bytes, `AF_INET` for IPv4, `AF_UNSPEC` for
+/// no address) do.
+///
+/// # Safety
+/// `p` must point to `len` readable bytes (or be null).
+unsafe fn read_dest(fam: Family, p: *const sockaddr, len: socklen_t) -> SysResult<Option<SocketAddr>> {
+    if (len as i32) < 0 || len as usize > std::mem::size_of::<libc::sockaddr_storage>() {
+        return Err(Errno::EINVAL);
+    }
+    if bad(p) {
+        return Err(if len == 0 { Errno::EINVAL } else { Errno::EFAULT });
+    }
+    if (len as usize) < std::mem::size_of::<libc::sa_family_t>() {
+        return Err(Errno::EINVAL);
+    }
+    // SAFETY: at least the family is readable (checked length; caller's contract).
+    let af = unsafe { (*p).sa_family } as c_int;
+    let v4 = || -> SysResult<Option<SocketAddr>> {
+        if (len as usize) < std::mem::size_of::<libc::sockaddr_in>() {
+            return Err(Errno::EINVAL);
+        }
+        // SAFETY: `len` covers a sockaddr_in; read unaligned (the caller's buffer).
+        let a = unsafe { p.cast::<libc::sockaddr_in>().read_unaligned() };
+        let ip = Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+        Ok(Some(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(a.sin_port)))))
+    };
+    match (fam, af) {
+        (Family::V4, libc::AF_INET | libc::AF_UNSPEC) => v4(),
+        (Family::V4, _) => {
+            if (len as usize) < std::mem::size_of::<libc::sockaddr_in>() {
+                return Err(Errno::EINVAL);
+            }
+            Err(Errno::EAFNOSUPPORT)
+        }
+        (Family::V6, libc::AF_INET) => v4(),
+        (Family::V6, libc::AF_UNSPEC) => Ok(None),
+        // SAFETY: caller's contract.
+        (Family::V6, libc::AF_INET6) => unsafe { read_sa(p, len) },
+        (Family::V6, _) => Err(Errno::EINVAL),
     }
 }
 
@@ -238,8 +305,18 @@ fn sigpipe<T>(s: &Socket, flags: c_int, r: SysResult<T>) -> SysResult<T> {
 }
 
 fn do_send(s: &Socket, bufs: &[&[u8]], flags: c_int, to: Option<SocketAddr>) -> SysResult<ssize_t> {
+    do_send_msg(s, bufs, flags, to, &[])
+}
+
+fn do_send_msg(
+    s: &Socket,
+    bufs: &[&[u8]],
+    flags: c_int,
+    to: Option<SocketAddr>,
+    control: &[u8],
+) -> SysResult<ssize_t> {
     let to = if s.sock_kind() == Kind::Stream { None } else { to };
-    let r = s.send(bufs, flags, to).map(|n| n as ssize_t);
+    let r = s.send_msg(bufs, flags, to, control).map(|n| n as ssize_t);
     sigpipe(s, flags, r)
 }
 
@@ -351,8 +428,15 @@ pub(crate) unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c
         return real!(bind(fd, addr, len) else sys(libc::SYS_bind, fd, addr, len));
     }
     with_sock(fd, "bind", |s| {
+        // inet6_bind: the length first, then the family.
+        if s.family() == Family::V6 && (len as usize) < SIN6_LEN_RFC2133 && !bad(addr) {
+            return Err(Errno::EINVAL);
+        }
         // SAFETY: caller's contract.
         let a = unsafe { read_sa(addr, len)? };
+        if s.family() == Family::V6 && matches!(a, Some(SocketAddr::V4(_))) {
+            return Err(Errno::EAFNOSUPPORT);
+        }
         let a = match a {
             Some(a) => a,
             // AF_UNSPEC with INADDR_ANY is accepted as AF_INET by Linux.
@@ -377,6 +461,18 @@ pub(crate) unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -
         return real!(connect(fd, addr, len) else sys(libc::SYS_connect, fd, addr, len));
     }
     with_sock(fd, "connect", |s| {
+        // tcp_v6_connect wants an AF_INET6 address's length even for another family (UDP
+        // takes an AF_INET address on an AF_INET6 socket).
+        if s.family() == Family::V6
+            && s.sock_kind() == Kind::Stream
+            && (len as usize) < SIN6_LEN_RFC2133
+            && !bad(addr)
+            && (len as usize) >= std::mem::size_of::<libc::sa_family_t>()
+            // SAFETY: the family is readable (checked length; caller's contract).
+            && unsafe { (*addr).sa_family } as c_int != libc::AF_UNSPEC
+        {
+            return Err(Errno::EINVAL);
+        }
         // SAFETY: caller's contract.
         let a = unsafe { read_sa(addr, len)? };
         if let Some(a) = a {
@@ -554,9 +650,12 @@ pub(crate) unsafe fn sendto(
     with_sock(fd, "sendto", |s| {
         let to = if addr.is_null() {
             None
-        } else {
+        } else if s.sock_kind() == Kind::Stream {
             // SAFETY: caller's contract.
             unsafe { read_sa(addr, alen)? }
+        } else {
+            // SAFETY: caller's contract.
+            unsafe { read_dest(s.family(), addr, alen)? }
         };
         let data: &[u8] = if n == 0 {
             &[]
@@ -598,15 +697,34 @@ unsafe fn sendmsg_one(s: &Socket, m: *const msghdr, flags: c_int) -> SysResult<s
     }
     // SAFETY: caller's contract.
     let m = unsafe { &*m };
+    // copy_msghdr_from_user: more than UIO_MAXIOV iovecs is EMSGSIZE here (EINVAL for writev).
+    if m.msg_iovlen > 1024 {
+        return Err(Errno::EMSGSIZE);
+    }
     let to = if m.msg_name.is_null() || m.msg_namelen == 0 {
         None
-    } else {
+    } else if s.sock_kind() == Kind::Stream {
         // SAFETY: the caller's name buffer.
         unsafe { read_sa(m.msg_name.cast(), m.msg_namelen)? }
+    } else {
+        // SAFETY: the caller's name buffer.
+        unsafe { read_dest(s.family(), m.msg_name.cast(), m.msg_namelen)? }
     };
     // SAFETY: the caller's iovecs.
     let bufs = unsafe { iov_in(m.msg_iov, msg_iovlen(m.msg_iovlen)?)? };
-    do_send(s, &bufs, flags, to)
+    // ____sys_sendmsg: the control buffer is copied in after the iovecs were checked.
+    if m.msg_controllen > i32::MAX as usize {
+        return Err(Errno::ENOBUFS);
+    }
+    let control: &[u8] = if m.msg_controllen == 0 {
+        &[]
+    } else if bad(m.msg_control) {
+        return Err(Errno::EFAULT);
+    } else {
+        // SAFETY: the caller's control buffer of `msg_controllen` bytes.
+        unsafe { std::slice::from_raw_parts(m.msg_control.cast::<u8>(), m.msg_controllen) }
+    };
+    do_send_msg(s, &bufs, flags, to, control)
 }
 
 /// # Safety
@@ -730,7 +848,23 @@ unsafe fn recvmsg_one(s: &Socket, m: *mut msghdr, flags: c_int) -> SysResult<ssi
     let mut bufs = unsafe { iov_out(m.msg_iov, msg_iovlen(m.msg_iovlen)?)? };
     let r = s.recv(&mut bufs, flags)?;
     m.msg_flags = r.flags;
-    m.msg_controllen = 0;
+    // put_cmsg: what fits of each control message; msg_controllen becomes what was used.
+    let room = if m.msg_control.is_null() { 0 } else { m.msg_controllen };
+    let ctl = arrakis_core::net::cmsg::encode(&r.cmsgs, room);
+    for (at, bytes) in &ctl.writes {
+        if bad(m.msg_control) {
+            return Err(Errno::EFAULT);
+        }
+        // SAFETY: `encode` keeps every write within `room` = the caller's `msg_controllen`
+        // bytes at `msg_control`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), m.msg_control.cast::<u8>().add(*at), bytes.len())
+        };
+    }
+    if ctl.truncated {
+        m.msg_flags |= libc::MSG_CTRUNC;
+    }
+    m.msg_controllen = ctl.used;
     match r.from {
         Some(from) if !m.msg_name.is_null() => {
             // SAFETY: the caller's name buffer and its length field.

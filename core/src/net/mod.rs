@@ -3,8 +3,10 @@
 //! semantics on it ([`socket`]), and the process's network world — lock, clock, waits,
 //! progress thread ([`world`]).
 
+pub mod cmsg;
 pub mod hash;
 pub mod socket;
 pub mod stack;
 pub mod tuple;
+pub mod udp;
 pub mod world;

@@ -18,7 +18,9 @@ use rustix::fd::OwnedFd;
 use smoltcp::socket::tcp;
 use smoltcp::wire::{IpAddress, IpEndpoint};
 
+use super::cmsg::Cmsg;
 use super::stack::ShardId;
+use super::udp::{Datagram, Tx, LOOPBACK_IFINDEX};
 use super::world::{net, Inner, Wait};
 use crate::error::{Errno, SysResult};
 use crate::event::{ev, Watcher};
@@ -94,6 +96,8 @@ struct Opts {
     rcvlowat: i32,
     rcvtimeo: Option<Duration>,
     sndtimeo: Option<Duration>,
+    /// `SOCK_RCVTSTAMP` (`SO_TIMESTAMP`), with `SOCK_RCVTSTAMPNS` (`SO_TIMESTAMPNS`) when true.
+    timestamp: Option<bool>,
     /// Options stored and reported back but not modelled (`SO_PRIORITY`, `IP_TOS`, ...).
     other: HashMap<(i32, i32), Vec<u8>>,
     /// Every `setsockopt` that succeeded, in order: replayed on a kernel socket that takes
@@ -107,7 +111,8 @@ pub(crate) struct SockState {
     kind: Kind,
     pub(crate) wait: Arc<Wait>,
     ss: Ss,
-    /// Bound local address as the program sees it (`None` until bound).
+    /// Bound local address as the program sees it (`None` until bound; a UDP socket whose
+    /// auto-bound port was given up by an `AF_UNSPEC` connect keeps its address with port 0).
     local: Option<SocketAddr>,
     /// `SOCK_BINDPORT_LOCK` / `SOCK_BINDADDR_LOCK`: `bind` chose the port / a specific
     /// address, so a disconnect keeps them (otherwise they are given back).
@@ -215,6 +220,7 @@ impl SockState {
                 rcvlowat: 1,
                 rcvtimeo: None,
                 sndtimeo: None,
+                timestamp: None,
                 other: HashMap::new(),
                 log: Vec::new(),
             },
@@ -331,7 +337,7 @@ pub struct Handover {
 }
 
 /// What `recv*` produced.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct Received {
     /// Bytes returned (the datagram's full length with `MSG_TRUNC` in the flags).
     pub n: usize,
@@ -339,6 +345,9 @@ pub struct Received {
     pub from: Option<SocketAddr>,
     /// `msg_flags`: `MSG_TRUNC` when a datagram did not fit.
     pub flags: i32,
+    /// Control messages the socket asked for (`IP_PKTINFO`, `SO_TIMESTAMP`, ...), in the
+    /// order Linux puts them.
+    pub cmsgs: Vec<Cmsg>,
 }
 
 impl Socket {
@@ -771,10 +780,22 @@ impl Socket {
     /// `send`/`sendto`/`sendmsg`/`write`/`writev`: the buffers in order. An `EPIPE` error
     /// means the caller raises `SIGPIPE` unless `MSG_NOSIGNAL` (stream sockets only).
     pub fn send(&self, bufs: &[&[u8]], flags: i32, to: Option<SocketAddr>) -> SysResult<usize> {
+        self.send_msg(bufs, flags, to, &[])
+    }
+
+    /// `sendmsg(2)` with the raw bytes of `msg_control` (UDP reads `IP_TTL`, `IP_TOS`,
+    /// `IPV6_HOPLIMIT`, `IPV6_TCLASS`, ... from it; TCP ignores it).
+    pub fn send_msg(
+        &self,
+        bufs: &[&[u8]],
+        flags: i32,
+        to: Option<SocketAddr>,
+        control: &[u8],
+    ) -> SysResult<usize> {
         let nb = self.nonblocking() || flags & msg::DONTWAIT != 0;
         match self.kind {
             Kind::Stream => self.tcp_send(bufs, nb),
-            Kind::Dgram => self.udp_send(bufs, nb, to),
+            Kind::Dgram => self.udp_send(bufs, nb, to, control),
         }
     }
 
@@ -844,12 +865,13 @@ impl Socket {
         }
     }
 
-    fn udp_send(&self, bufs: &[&[u8]], nb: bool, to: Option<SocketAddr>) -> SysResult<usize> {
+    fn udp_send(&self, bufs: &[&[u8]], nb: bool, to: Option<SocketAddr>, control: &[u8]) -> SysResult<usize> {
         let total: usize = bufs.iter().map(|b| b.len()).sum();
         let mut data = Vec::with_capacity(total);
         for b in bufs {
             data.extend_from_slice(b);
         }
+        let control = if control.is_empty() { Vec::new() } else { super::cmsg::parse(control)? };
         self.block(
             nb,
             |o| o.sndtimeo,
@@ -863,20 +885,31 @@ impl Socket {
                 if s.fam == Family::V4 && dest.is_ipv6() {
                     return Err(Errno::EAFNOSUPPORT);
                 }
-                let max = if matches!(unmap(dest.ip()), IpAddr::V4(_)) { UDP_MAX_V4 } else { UDP_MAX_V6 };
+                let v4 = matches!(unmap(dest.ip()), IpAddr::V4(_));
+                if s.fam == Family::V6 && s.opts.v6only && v4 {
+                    return Err(Errno::ENETUNREACH);
+                }
+                if to.is_some_and(|a| a.port() == 0) {
+                    return Err(Errno::EINVAL);
+                }
+                let tx = tx_params(&s.opts, v4, &control)?;
+                let max = if v4 { UDP_MAX_V4 } else { UDP_MAX_V6 };
                 if data.len() > max {
                     return Err(Errno::EMSGSIZE);
                 }
                 if let Some(e) = g.sock_mut(me)?.take_err() {
                     return Err(e);
                 }
-                let shard = udp_autobind(g, me)?;
-                let u = g.stack.udp_mut(shard)?;
-                match u.send_slice(&data, endpoint(&dest)) {
-                    Ok(()) => Ok(Some(data.len())),
-                    Err(smoltcp::socket::udp::SendError::BufferFull) => Ok(None),
-                    Err(smoltcp::socket::udp::SendError::Unaddressable) => Err(Errno::ENETUNREACH),
+                if g.sock(me)?.shut_wr {
+                    return Err(Errno::EPIPE);
                 }
+                let shard = udp_autobind(g, me)?;
+                let dst = endpoint(&dest);
+                mapped_source_check(g.sock(me)?, dst.addr)?;
+                let src = source_for(g.sock(me)?.local, dst.addr);
+                let now = g.now();
+                g.stack.udp_send(shard, src, dst, tx, &data, now)?;
+                Ok(Some(data.len()))
             },
         )
     }
@@ -980,7 +1013,7 @@ impl Socket {
             Err(Errno::EAGAIN | Errno::EINTR) if got > 0 => got,
             r => r?,
         };
-        Ok(Received { n, from: None, flags: 0 })
+        Ok(Received { n, from: None, flags: 0, cmsgs: Vec::new() })
     }
 
     fn udp_recv(&self, bufs: &mut [&mut [u8]], flags: i32, nb: bool) -> SysResult<Received> {
@@ -997,45 +1030,34 @@ impl Socket {
                     return Err(e);
                 }
                 let s = g.sock(me)?;
-                let peer = s.peer;
                 let shut = s.shut_rd;
-                let Some(shard) = s.shard else {
+                let Some(d) = s.shard.and_then(|c| g.stack.udp_table().front(c)) else {
                     return if shut { Ok(Some(Received::default())) } else { Ok(None) };
                 };
-                let u = g.stack.udp_mut(shard)?;
-                while let Ok((data, meta)) = u.peek() {
-                    let from = to_addr(fam, meta.endpoint);
-                    if let Some(p) = peer {
-                        if endpoint(&p) != meta.endpoint {
-                            // Connected: datagrams from anyone else are not for us.
-                            let _ = u.recv();
-                            continue;
-                        }
+                let len = d.data.len();
+                let n = scatter(bufs, 0, &d.data);
+                let from = to_addr(fam, d.src);
+                let cmsgs = recv_cmsgs(s, d);
+                if !peek {
+                    if let Some(c) = s.shard {
+                        g.stack.udp_pop(c);
                     }
-                    let len = data.len();
-                    let n = scatter(bufs, 0, data);
-                    if !peek {
-                        let _ = u.recv();
-                    }
-                    let trunc = n < len;
-                    let ret = if flags & msg::TRUNC != 0 { len } else { n };
-                    return Ok(Some(Received {
-                        n: ret,
-                        from: Some(from),
-                        flags: if trunc { msg::TRUNC } else { 0 },
-                    }));
                 }
-                if shut {
-                    return Ok(Some(Received::default()));
-                }
-                Ok(None)
+                let trunc = n < len;
+                let ret = if flags & msg::TRUNC != 0 { len } else { n };
+                Ok(Some(Received {
+                    n: ret,
+                    from: Some(from),
+                    flags: if trunc { msg::TRUNC } else { 0 },
+                    cmsgs,
+                }))
             },
         )
     }
 
     /// `FIONREAD`/`SIOCINQ`: bytes (TCP) or the next datagram's size (UDP) waiting.
     pub fn pending_in(&self) -> SysResult<usize> {
-        let mut g = net().lock();
+        let g = net().lock();
         let s = g.sock(self.id)?;
         if s.listener.is_some() {
             return Err(Errno::EINVAL);
@@ -1043,9 +1065,8 @@ impl Socket {
         let Some(c) = s.shard else { return Ok(0) };
         Ok(match s.kind {
             Kind::Stream => g.stack.tcp(c).map(|t| t.recv_queue()).unwrap_or(0),
-            Kind::Dgram => {
-                g.stack.udp_mut(c).ok().and_then(|u| u.peek().ok().map(|(d, _)| d.len())).unwrap_or(0)
-            }
+            // udp_ioctl: the first datagram's payload length.
+            Kind::Dgram => g.stack.udp_table().front(c).map_or(0, |d| d.data.len()),
         })
     }
 
@@ -1059,7 +1080,8 @@ impl Socket {
         let Some(c) = s.shard else { return Ok(0) };
         Ok(match s.kind {
             Kind::Stream => g.stack.tcp(c).map(|t| t.send_queue()).unwrap_or(0),
-            Kind::Dgram => g.stack.udp(c).map(|u| u.send_queue()).unwrap_or(0),
+            // Datagrams leave at once: loopback's transmit frees them (`skb_orphan`).
+            Kind::Dgram => 0,
         })
     }
 
@@ -1145,11 +1167,13 @@ impl Socket {
             }
             (SOL_SOCKET, SO_RCVLOWAT) => s.opts.rcvlowat = int()?.max(1),
             (SOL_SOCKET, SO_SNDLOWAT) => return Err(Errno::ENOPROTOOPT),
+            (SOL_SOCKET, SO_TIMESTAMP | SO_TIMESTAMPNS) => {
+                // sock_set_timestamp: on sets RCVTSTAMP (and RCVTSTAMPNS for the ns one), off
+                // clears both.
+                s.opts.timestamp = (int()? != 0).then_some(name == SO_TIMESTAMPNS);
+            }
             (SOL_SOCKET, SO_BROADCAST | SO_OOBINLINE | SO_PRIORITY | SO_DONTROUTE)
-            | (
-                SOL_SOCKET,
-                SO_TIMESTAMP | SO_PASSCRED | SO_MARK | SO_BUSY_POLL | SO_INCOMING_CPU | SO_ZEROCOPY,
-            ) => {
+            | (SOL_SOCKET, SO_PASSCRED | SO_MARK | SO_BUSY_POLL | SO_INCOMING_CPU | SO_ZEROCOPY) => {
                 int()?;
                 s.opts.other.insert((level, name), val[..4].to_vec());
             }
@@ -1182,7 +1206,9 @@ impl Socket {
                 s.opts.v6only = int()? != 0;
             }
             (IPPROTO_IP, IP_TOS | IP_TTL | IP_RECVERR | IP_PKTINFO | IP_MTU_DISCOVER | IP_FREEBIND)
-            | (IPPROTO_IPV6, IPV6_UNICAST_HOPS | IPV6_TCLASS | IPV6_RECVPKTINFO | IPV6_RECVERR) => {
+            | (IPPROTO_IP, IP_RECVTTL | IP_RECVTOS)
+            | (IPPROTO_IPV6, IPV6_UNICAST_HOPS | IPV6_TCLASS | IPV6_RECVPKTINFO | IPV6_RECVERR)
+            | (IPPROTO_IPV6, IPV6_RECVHOPLIMIT | IPV6_RECVTCLASS) => {
                 int()?;
                 s.opts.other.insert((level, name), val[..4].to_vec());
             }
@@ -1190,6 +1216,7 @@ impl Socket {
         }
         g.sock_mut(id)?.opts.log.push((level, name, val.to_vec()));
         apply_tcp_opts(&mut g, id);
+        apply_udp_opts(&mut g, id);
         Ok(())
     }
 
@@ -1242,6 +1269,8 @@ impl Socket {
             (SOL_SOCKET, SO_RCVTIMEO_OLD | SO_RCVTIMEO_NEW) => timeval_bytes(s.opts.rcvtimeo),
             (SOL_SOCKET, SO_SNDTIMEO_OLD | SO_SNDTIMEO_NEW) => timeval_bytes(s.opts.sndtimeo),
             (SOL_SOCKET, SO_RCVLOWAT) => i(s.opts.rcvlowat),
+            (SOL_SOCKET, SO_TIMESTAMP) => b(s.opts.timestamp == Some(false)),
+            (SOL_SOCKET, SO_TIMESTAMPNS) => b(s.opts.timestamp == Some(true)),
             (SOL_SOCKET, SO_SNDLOWAT) => i(1),
             (IPPROTO_TCP, _) if s.kind != Kind::Stream => return Err(foreign_level(s.fam)),
             (IPPROTO_TCP, TCP_NODELAY) => b(s.opts.nodelay),
@@ -1359,7 +1388,9 @@ fn known_int_option(level: i32, name: i32) -> bool {
             | (IPPROTO_TCP, TCP_CORK | TCP_QUICKACK | TCP_DEFER_ACCEPT | TCP_LINGER2 | TCP_WINDOW_CLAMP)
             | (IPPROTO_TCP, TCP_NOTSENT_LOWAT | TCP_FASTOPEN | TCP_USER_TIMEOUT)
             | (IPPROTO_IP, IP_TOS | IP_RECVERR | IP_PKTINFO | IP_MTU_DISCOVER | IP_FREEBIND)
+            | (IPPROTO_IP, IP_RECVTTL | IP_RECVTOS)
             | (IPPROTO_IPV6, IPV6_TCLASS | IPV6_RECVPKTINFO | IPV6_RECVERR)
+            | (IPPROTO_IPV6, IPV6_RECVHOPLIMIT | IPV6_RECVTCLASS)
     )
 }
 
@@ -1383,6 +1414,11 @@ const SO_SNDLOWAT: i32 = 19;
 const SO_RCVTIMEO_OLD: i32 = 20;
 const SO_SNDTIMEO_OLD: i32 = 21;
 const SO_TIMESTAMP: i32 = 29;
+const SO_TIMESTAMPNS: i32 = 35;
+const SO_TIMESTAMPING: i32 = 37;
+const SCM_RIGHTS: i32 = 1;
+const SCM_CREDENTIALS: i32 = 2;
+const SCM_TXTIME: i32 = 61;
 const SO_ACCEPTCONN: i32 = 30;
 const SO_SNDBUFFORCE: i32 = 32;
 const SO_RCVBUFFORCE: i32 = 33;
@@ -1400,6 +1436,8 @@ const IP_TTL: i32 = 2;
 const IP_PKTINFO: i32 = 8;
 const IP_MTU_DISCOVER: i32 = 10;
 const IP_RECVERR: i32 = 11;
+const IP_RECVTTL: i32 = 12;
+const IP_RECVTOS: i32 = 13;
 const IP_FREEBIND: i32 = 15;
 const IPPROTO_TCP: i32 = 6;
 const TCP_NODELAY: i32 = 1;
@@ -1422,7 +1460,14 @@ const IPV6_UNICAST_HOPS: i32 = 16;
 const IPV6_RECVERR: i32 = 25;
 const IPV6_V6ONLY: i32 = 26;
 const IPV6_RECVPKTINFO: i32 = 49;
+const IPV6_PKTINFO: i32 = 50;
+const IPV6_RECVHOPLIMIT: i32 = 51;
+const IPV6_HOPLIMIT: i32 = 52;
+const IPV6_DONTFRAG: i32 = 62;
+const IPV6_RECVTCLASS: i32 = 66;
 const IPV6_TCLASS: i32 = 67;
+const SOL_UDP: i32 = 17;
+const UDP_SEGMENT: i32 = 103;
 
 /// Pushes the socket's TCP options into its smoltcp socket.
 fn apply_tcp_opts(g: &mut Inner, id: usize) {
@@ -1464,14 +1509,32 @@ fn port_bound(g: &Inner, kind: Kind, port: u16, except: usize) -> bool {
 
 /// `bind(2)`: Linux's conflict rules, simplified to what a single host sees.
 fn bind(g: &mut Inner, id: usize, addr: SocketAddr) -> SysResult<()> {
+    bind_as(g, id, addr, true)
+}
+
+/// `bind` by the program (`explicit`: it sets `SOCK_BINDADDR_LOCK` for an address and
+/// `SOCK_BINDPORT_LOCK` for a port) or the automatic bind of a UDP socket's first send or
+/// connect (`inet_autobind`: a port for the address it has).
+fn bind_as(g: &mut Inner, id: usize, addr: SocketAddr, explicit: bool) -> SysResult<()> {
     let s = g.sock(id)?;
-    if s.held().is_some() {
+    // A UDP socket unhashed by an AF_UNSPEC connect may bind again (`inet_num` is 0).
+    let bound = match s.kind {
+        Kind::Stream => s.held().is_some(),
+        Kind::Dgram => s.local.is_some_and(|a| a.port() != 0),
+    };
+    if bound {
         return Err(Errno::EINVAL);
     }
     match (s.fam, addr) {
         (Family::V4, SocketAddr::V6(_)) => return Err(Errno::EAFNOSUPPORT),
         (Family::V6, SocketAddr::V4(_)) => return Err(Errno::EINVAL),
         _ => {}
+    }
+    // inet6_bind: an IPV6_V6ONLY socket cannot take a v4-mapped address.
+    if let SocketAddr::V6(a) = addr {
+        if s.opts.v6only && a.ip().to_ipv4_mapped().is_some() {
+            return Err(Errno::EINVAL);
+        }
     }
     if !serves(&addr) {
         return Err(Errno::EADDRNOTAVAIL);
@@ -1509,12 +1572,23 @@ fn bind(g: &mut Inner, id: usize, addr: SocketAddr) -> SysResult<()> {
     let s = g.sock_mut(id)?;
     s.local = Some(SocketAddr::new(addr.ip(), port));
     s.port_gone = false;
-    s.port_lock = addr.port() != 0;
-    s.addr_lock = !addr.ip().is_unspecified();
+    if explicit {
+        s.addr_lock |= !addr.ip().is_unspecified();
+        s.port_lock |= addr.port() != 0;
+    }
     if kind == Kind::Dgram {
-        let shard = g.stack.udp_bind(port)?;
-        g.sock_mut(id)?.shard = Some(shard);
-        g.attach(shard, id);
+        let (v6, v6only) = (s.fam == Family::V6, s.opts.v6only);
+        let shard = match s.shard {
+            Some(c) => c,
+            None => {
+                let c = g.stack.udp_open(v6);
+                g.sock_mut(id)?.shard = Some(c);
+                g.attach(c, id);
+                c
+            }
+        };
+        g.stack.udp_table_mut().bind(shard, port, local_key(addr.ip()), v6only, reuseport);
+        apply_udp_opts(g, id);
     }
     Ok(())
 }
@@ -1544,6 +1618,173 @@ fn families(a: &SocketAddr, v6only: bool) -> (bool, bool) {
     }
 }
 
+/// The lookup's `sk_rcv_saddr` for a local address: `None` for a wildcard.
+fn local_key(ip: IpAddr) -> Option<IpAddress> {
+    let ip = unmap(ip);
+    (!ip.is_unspecified()).then(|| IpAddress::from(ip))
+}
+
+/// The source address of a datagram to `dst` from a socket bound to `local`: the bound
+/// address, or the route's (the loopback address of the destination's family).
+fn source_for(local: Option<SocketAddr>, dst: IpAddress) -> IpAddress {
+    match local.and_then(|l| local_key(l.ip())) {
+        Some(a) if a.version() == dst.version() => a,
+        _ => match dst {
+            IpAddress::Ipv4(_) => IpAddress::Ipv4(Ipv4Addr::LOCALHOST),
+            IpAddress::Ipv6(_) => IpAddress::Ipv6(Ipv6Addr::LOCALHOST),
+        },
+    }
+}
+
+/// Pushes the socket's UDP options into the stack's table.
+fn apply_udp_opts(g: &mut Inner, id: usize) {
+    let Ok(s) = g.sock(id) else { return };
+    let Some(c) = s.shard.filter(|_| s.kind == Kind::Dgram) else { return };
+    let rcvbuf = usize::try_from(s.opts.rcvbuf).unwrap_or(0);
+    g.stack.udp_table_mut().set_rcvbuf(c, rcvbuf);
+}
+
+/// An option stored in `other` read as an `int` (`None` if never set).
+fn int_opt(o: &Opts, level: i32, name: i32) -> Option<i32> {
+    let v = o.other.get(&(level, name))?;
+    Some(i32::from_ne_bytes([*v.first()?, *v.get(1)?, *v.get(2)?, *v.get(3)?]))
+}
+
+fn flag_opt(o: &Opts, level: i32, name: i32) -> bool {
+    int_opt(o, level, name).is_some_and(|v| v != 0)
+}
+
+/// The TTL/hop limit and TOS/traffic class of a datagram: the socket's options
+/// (`IP_TTL`, `IP_TOS`, `IPV6_UNICAST_HOPS`, `IPV6_TCLASS`) overridden by the message's
+/// control data, checked as `ip_cmsg_send` (IPv4 destinations) or `ip6_datagram_send_ctl`
+/// (IPv6) do. Messages of other levels are ignored, as there.
+fn tx_params(o: &Opts, v4: bool, control: &[Cmsg]) -> SysResult<Tx> {
+    let mut tx = if v4 {
+        Tx {
+            hop_limit: int_opt(o, IPPROTO_IP, IP_TTL).filter(|&t| t > 0).map_or(64, |t| t as u8),
+            tos: int_opt(o, IPPROTO_IP, IP_TOS).map_or(0, |t| t as u8),
+        }
+    } else {
+        Tx {
+            hop_limit: int_opt(o, IPPROTO_IPV6, IPV6_UNICAST_HOPS)
+                .filter(|&t| t >= 0)
+                .map_or(64, |t| t as u8),
+            tos: int_opt(o, IPPROTO_IPV6, IPV6_TCLASS).filter(|&t| t >= 0).map_or(0, |t| t as u8),
+        }
+    };
+    let int = |c: &Cmsg| -> SysResult<i32> {
+        let b: [u8; 4] = c.data.as_slice().try_into().map_err(|_| Errno::EINVAL)?;
+        Ok(i32::from_ne_bytes(b))
+    };
+    for c in control {
+        match (c.level, c.ty) {
+            // __sock_cmsg_send.
+            (SOL_SOCKET, SO_MARK | SO_PRIORITY) if c.data.len() != 4 => return Err(Errno::EINVAL),
+            (SOL_SOCKET, SO_TIMESTAMPING) if c.data.len() != 4 => return Err(Errno::EINVAL),
+            (SOL_SOCKET, SCM_TXTIME) if c.data.len() != 8 => return Err(Errno::EINVAL),
+            (
+                SOL_SOCKET,
+                SO_MARK | SO_PRIORITY | SO_TIMESTAMPING | SCM_TXTIME | SCM_RIGHTS | SCM_CREDENTIALS,
+            ) => {}
+            (SOL_SOCKET, _) => return Err(Errno::EINVAL),
+            // udp_cmsg_send: segmentation offload is not modelled.
+            (SOL_UDP, UDP_SEGMENT) => return Err(Errno::EOPNOTSUPP),
+            (SOL_UDP, _) => return Err(Errno::EINVAL),
+            (IPPROTO_IP, _) if v4 => match c.ty {
+                IP_TTL => {
+                    let t = int(c)?;
+                    if !(1..=255).contains(&t) {
+                        return Err(Errno::EINVAL);
+                    }
+                    tx.hop_limit = t as u8;
+                }
+                IP_TOS => {
+                    let t = match c.data.len() {
+                        4 => int(c)?,
+                        1 => i32::from(c.data[0]),
+                        _ => return Err(Errno::EINVAL),
+                    };
+                    if !(0..=255).contains(&t) {
+                        return Err(Errno::EINVAL);
+                    }
+                    tx.tos = t as u8;
+                }
+                IP_PKTINFO if c.data.len() == 12 => {}
+                _ => return Err(Errno::EINVAL),
+            },
+            (IPPROTO_IPV6, _) if !v4 => match c.ty {
+                IPV6_HOPLIMIT | IPV6_TCLASS => {
+                    let t = int(c)?;
+                    if !(-1..=255).contains(&t) {
+                        return Err(Errno::EINVAL);
+                    }
+                    // -1 keeps the socket's own value (np->hop_limit, np->tclass).
+                    if t != -1 && c.ty == IPV6_HOPLIMIT {
+                        tx.hop_limit = t as u8;
+                    } else if t != -1 {
+                        tx.tos = t as u8;
+                    }
+                }
+                IPV6_PKTINFO if c.data.len() >= 20 => {}
+                IPV6_DONTFRAG if c.data.len() == 4 => {}
+                _ => return Err(Errno::EINVAL),
+            },
+            _ => {}
+        }
+    }
+    Ok(tx)
+}
+
+/// The control messages a datagram brings to `recvmsg`, in Linux's order: the timestamp
+/// (`sock_recv_cmsgs`), then for an IPv4 socket (or an IPv4 packet on an IPv6 one)
+/// `ip_cmsg_recv`'s `IP_PKTINFO`, `IP_TTL`, `IP_TOS`; for an IPv6 socket `IPV6_PKTINFO` and,
+/// for IPv6 packets, `IPV6_HOPLIMIT`, `IPV6_TCLASS`.
+fn recv_cmsgs(s: &SockState, d: &Datagram) -> Vec<Cmsg> {
+    let o = &s.opts;
+    let mut v = Vec::new();
+    if let Some(ns) = o.timestamp {
+        let t = d.stamp.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let frac = if ns { i64::from(t.subsec_nanos()) } else { i64::from(t.subsec_micros()) };
+        let mut data = (t.as_secs() as i64).to_ne_bytes().to_vec();
+        data.extend_from_slice(&frac.to_ne_bytes());
+        v.push(Cmsg { level: SOL_SOCKET, ty: if ns { SO_TIMESTAMPNS } else { SO_TIMESTAMP }, data });
+    }
+    let v4_packet = d.dst.version() == smoltcp::wire::IpVersion::Ipv4;
+    if s.fam == Family::V6 && flag_opt(o, IPPROTO_IPV6, IPV6_RECVPKTINFO) {
+        let addr = match d.dst {
+            IpAddress::Ipv4(a) => a.to_ipv6_mapped(),
+            IpAddress::Ipv6(a) => a,
+        };
+        let mut data = addr.octets().to_vec();
+        data.extend_from_slice(&LOOPBACK_IFINDEX.to_ne_bytes());
+        v.push(Cmsg { level: IPPROTO_IPV6, ty: IPV6_PKTINFO, data });
+    }
+    if v4_packet {
+        if flag_opt(o, IPPROTO_IP, IP_PKTINFO) {
+            let IpAddress::Ipv4(dst) = d.dst else { return v };
+            let mut data = LOOPBACK_IFINDEX.to_ne_bytes().to_vec();
+            // ipi_spec_dst (the local address a reply would come from) and ipi_addr.
+            data.extend_from_slice(&dst.octets());
+            data.extend_from_slice(&dst.octets());
+            v.push(Cmsg { level: IPPROTO_IP, ty: IP_PKTINFO, data });
+        }
+        if flag_opt(o, IPPROTO_IP, IP_RECVTTL) {
+            v.push(Cmsg::int(IPPROTO_IP, IP_TTL, i32::from(d.hop_limit)));
+        }
+        if flag_opt(o, IPPROTO_IP, IP_RECVTOS) {
+            v.push(Cmsg { level: IPPROTO_IP, ty: IP_TOS, data: vec![d.tos] });
+        }
+    } else {
+        if flag_opt(o, IPPROTO_IPV6, IPV6_RECVHOPLIMIT) {
+            v.push(Cmsg::int(IPPROTO_IPV6, IPV6_HOPLIMIT, i32::from(d.hop_limit)));
+        }
+        if flag_opt(o, IPPROTO_IPV6, IPV6_RECVTCLASS) {
+            v.push(Cmsg::int(IPPROTO_IPV6, IPV6_TCLASS, i32::from(d.tos)));
+        }
+    }
+    v
+}
+
 /// Whether two bound addresses on one port collide.
 fn overlaps(a: &SocketAddr, a_v6only: bool, b: &SocketAddr, b_v6only: bool) -> bool {
     let wild = |x: &SocketAddr| x.ip().is_unspecified();
@@ -1559,33 +1800,90 @@ fn overlaps(a: &SocketAddr, a_v6only: bool, b: &SocketAddr, b_v6only: bool) -> b
     wild(a) || wild(b) || unmap(a.ip()) == unmap(b.ip())
 }
 
+/// The socket's UDP shard, binding it first if it has no port (`inet_autobind`: a port for
+/// the address it has).
 fn udp_autobind(g: &mut Inner, id: usize) -> SysResult<ShardId> {
-    if let Some(s) = g.sock(id)?.shard {
-        return Ok(s);
+    let s = g.sock(id)?;
+    if let (Some(c), Some(_)) = (s.shard, s.local.filter(|l| l.port() != 0)) {
+        return Ok(c);
     }
-    let wild = g.sock(id)?.wildcard();
-    bind(g, id, wild)?;
+    let ip = s.local.map_or_else(|| s.wildcard().ip(), |l| l.ip());
+    bind_as(g, id, SocketAddr::new(ip, 0), false)?;
     g.sock(id)?.shard.ok_or(Errno::EINVAL)
 }
 
+/// `connect(2)` on UDP (`ip4_datagram_connect`, `__ip6_datagram_connect`); `None` is
+/// `AF_UNSPEC`.
 fn udp_connect(g: &mut Inner, id: usize, addr: Option<SocketAddr>) -> SysResult<()> {
-    let Some(addr) = addr else {
-        let s = g.sock_mut(id)?;
-        s.peer = None;
-        return Ok(());
-    };
+    let Some(addr) = addr else { return udp_disconnect(g, id) };
+    // inet_dgram_connect binds a port before the protocol looks at the address.
+    let shard = udp_autobind(g, id)?;
     let s = g.sock(id)?;
-    if s.fam == Family::V4 && addr.is_ipv6() {
-        return Err(Errno::EAFNOSUPPORT);
+    let addr = match (s.fam, addr) {
+        (Family::V4, SocketAddr::V6(_)) => return Err(Errno::EAFNOSUPPORT),
+        // An AF_INET address on an AF_INET6 socket connects as its v4-mapped form.
+        (Family::V6, SocketAddr::V4(a)) => {
+            if s.opts.v6only {
+                return Err(Errno::EINVAL);
+            }
+            SocketAddr::V6(SocketAddrV6::new(a.ip().to_ipv6_mapped(), a.port(), 0, 0))
+        }
+        (_, a) => a,
+    };
+    if s.fam == Family::V6 && s.opts.v6only && unmap(addr.ip()).is_ipv4() {
+        return Err(Errno::ENETUNREACH);
     }
-    udp_autobind(g, id)?;
+    let remote = endpoint(&addr);
+    mapped_source_check(s, remote.addr)?;
     let s = g.sock_mut(id)?;
     s.peer = Some(addr);
-    // A connected UDP socket's local address is the route's source (127.0.0.1 / ::1).
+    // A connected UDP socket's local address is the route's source (127.0.0.1 / ::1); the
+    // lookup then finds it under that address (udp_lib_rehash).
+    let mut rehash = None;
     if let Some(l) = s.local {
         if l.ip().is_unspecified() {
-            let ep = endpoint(&addr);
-            s.local = Some(to_addr(s.fam, IpEndpoint::new(ep.addr, l.port())));
+            s.local = Some(to_addr(s.fam, IpEndpoint::new(remote.addr, l.port())));
+            rehash = Some(remote.addr);
+        }
+    }
+    let t = g.stack.udp_table_mut();
+    if let Some(a) = rehash {
+        t.set_local(shard, Some(a));
+    }
+    t.set_peer(shard, Some(remote));
+    Ok(())
+}
+
+/// `ip6_dst_lookup_tail`: a v4-mapped source address cannot reach an IPv6 destination.
+fn mapped_source_check(s: &SockState, dst: IpAddress) -> SysResult<()> {
+    let mapped = s.local.is_some_and(|l| matches!(l.ip(), IpAddr::V6(a) if a.to_ipv4_mapped().is_some()));
+    if s.fam == Family::V6 && mapped && dst.version() == smoltcp::wire::IpVersion::Ipv6 {
+        return Err(Errno::EAFNOSUPPORT);
+    }
+    Ok(())
+}
+
+/// `__udp_disconnect`: no peer any more; the source address goes back to the wildcard unless
+/// `bind` chose it, and an automatically chosen port is given up (the socket is unhashed;
+/// it keeps what it had queued).
+fn udp_disconnect(g: &mut Inner, id: usize) -> SysResult<()> {
+    let s = g.sock_mut(id)?;
+    s.peer = None;
+    let shard = s.shard;
+    if let Some(l) = s.local {
+        let ip = if s.addr_lock { l.ip() } else { s.wildcard().ip() };
+        let port = if s.port_lock { l.port() } else { 0 };
+        s.local = Some(SocketAddr::new(ip, port));
+        let (addr_lock, port_lock) = (s.addr_lock, s.port_lock);
+        if let Some(c) = shard {
+            let t = g.stack.udp_table_mut();
+            t.set_peer(c, None);
+            if !addr_lock {
+                t.set_local(c, None);
+            }
+            if !port_lock {
+                t.unbind(c);
+            }
         }
     }
     Ok(())
@@ -1767,7 +2065,7 @@ pub(crate) fn events(g: &Inner, id: usize) -> u32 {
         if s.shut_rd && s.shut_wr {
             m |= ev::HUP;
         }
-        let readable = s.shard.and_then(|c| g.stack.udp(c).ok()).is_some_and(|u| u.can_recv());
+        let readable = s.shard.is_some_and(|c| g.stack.udp_table().queued(c) > 0);
         if readable {
             m |= ev::IN | ev::RDNORM;
         }
@@ -1828,17 +2126,18 @@ pub(crate) fn rx_level(g: &Inner, id: usize) -> usize {
     let Some(c) = s.shard else { return 0 };
     match s.kind {
         Kind::Stream => g.stack.tcp(c).map(|t| t.recv_queue()).unwrap_or(0),
-        Kind::Dgram => g.stack.udp(c).map(|u| u.recv_queue()).unwrap_or(0),
+        Kind::Dgram => g.stack.udp_table().queued(c),
     }
 }
 
-/// Bytes (TCP) or datagrams (UDP) waiting to go out, for wake-ups of blocked senders.
+/// Bytes waiting to go out (TCP), for wake-ups of blocked senders.
 pub(crate) fn tx_level(g: &Inner, id: usize) -> usize {
     let Ok(s) = g.sock(id) else { return 0 };
     let Some(c) = s.shard else { return 0 };
     match s.kind {
         Kind::Stream => g.stack.tcp(c).map(|t| t.send_queue()).unwrap_or(0),
-        Kind::Dgram => g.stack.udp(c).map(|u| u.send_queue()).unwrap_or(0),
+        // Datagrams leave at once (see `pending_out`).
+        Kind::Dgram => 0,
     }
 }
 
@@ -1869,5 +2168,80 @@ pub(crate) fn watch(g: &mut Inner, id: usize, w: Watcher) {
 pub(crate) fn unwatch(g: &mut Inner, id: usize, w: &Watcher) {
     if let Ok(s) = g.sock_mut(id) {
         s.watchers.retain(|x| x != w);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(fam: Family) -> SockState {
+        SockState::new(fam, Kind::Dgram, Arc::new(Wait::default()))
+    }
+
+    fn set(s: &mut SockState, level: i32, name: i32, v: i32) {
+        s.opts.other.insert((level, name), v.to_ne_bytes().to_vec());
+    }
+
+    #[test]
+    fn send_control_overrides_the_socket_options_as_linux_checks_them() {
+        let mut s = state(Family::V6);
+        assert_eq!(tx_params(&s.opts, false, &[]).unwrap(), Tx { hop_limit: 64, tos: 0 });
+        set(&mut s, IPPROTO_IPV6, IPV6_UNICAST_HOPS, 9);
+        set(&mut s, IPPROTO_IPV6, IPV6_TCLASS, 0x10);
+        let keep = [Cmsg::int(IPPROTO_IPV6, IPV6_HOPLIMIT, -1), Cmsg::int(IPPROTO_IPV6, IPV6_TCLASS, -1)];
+        assert_eq!(tx_params(&s.opts, false, &keep).unwrap(), Tx { hop_limit: 9, tos: 0x10 });
+        let over = [Cmsg::int(IPPROTO_IPV6, IPV6_HOPLIMIT, 3), Cmsg::int(IPPROTO_IPV6, IPV6_TCLASS, 0x20)];
+        assert_eq!(tx_params(&s.opts, false, &over).unwrap(), Tx { hop_limit: 3, tos: 0x20 });
+        // IPv6 messages mean nothing on the IPv4 path (a v4-mapped destination), and back.
+        assert_eq!(tx_params(&s.opts, true, &over).unwrap().hop_limit, 64);
+        assert_eq!(tx_params(&s.opts, false, &[Cmsg::int(IPPROTO_IP, IP_TTL, 0)]).unwrap().hop_limit, 9);
+        for bad in [
+            Cmsg::int(IPPROTO_IPV6, IPV6_HOPLIMIT, 256),
+            Cmsg::int(IPPROTO_IPV6, 99, 1),
+            Cmsg { level: IPPROTO_IPV6, ty: IPV6_TCLASS, data: vec![1] },
+            Cmsg::int(SOL_SOCKET, SO_TIMESTAMP, 1),
+        ] {
+            assert_eq!(tx_params(&s.opts, false, std::slice::from_ref(&bad)), Err(Errno::EINVAL), "{bad:?}");
+        }
+        let v4 = state(Family::V4).opts;
+        let tos1 = Cmsg { level: IPPROTO_IP, ty: IP_TOS, data: vec![0x28] };
+        assert_eq!(
+            tx_params(&v4, true, &[tos1, Cmsg::int(IPPROTO_IP, IP_TTL, 5)]).unwrap(),
+            Tx { hop_limit: 5, tos: 0x28 }
+        );
+        assert_eq!(tx_params(&v4, true, &[Cmsg::int(IPPROTO_IP, IP_TTL, 0)]), Err(Errno::EINVAL));
+        assert_eq!(tx_params(&v4, true, &[Cmsg::int(IPPROTO_TCP, 1, 1)]).unwrap().hop_limit, 64);
+    }
+
+    #[test]
+    fn receive_control_messages_come_in_linux_order() {
+        let d = Datagram {
+            data: b"x".to_vec(),
+            src: IpEndpoint::new(IpAddress::v4(127, 0, 0, 1), 9),
+            dst: IpAddress::v4(127, 0, 0, 1),
+            hop_limit: 7,
+            tos: 4,
+            stamp: std::time::UNIX_EPOCH + Duration::from_micros(1_500_000),
+        };
+        let mut s = state(Family::V6);
+        assert!(recv_cmsgs(&s, &d).is_empty());
+        s.opts.timestamp = Some(false);
+        set(&mut s, IPPROTO_IPV6, IPV6_RECVPKTINFO, 1);
+        set(&mut s, IPPROTO_IPV6, IPV6_RECVHOPLIMIT, 1);
+        set(&mut s, IPPROTO_IP, IP_RECVTTL, 1);
+        let got: Vec<(i32, i32)> = recv_cmsgs(&s, &d).iter().map(|c| (c.level, c.ty)).collect();
+        // An IPv4 packet on an IPv6 socket: IPV6_PKTINFO (v4-mapped), then the IPv4 ones.
+        assert_eq!(got, [(SOL_SOCKET, SO_TIMESTAMP), (IPPROTO_IPV6, IPV6_PKTINFO), (IPPROTO_IP, IP_TTL)]);
+        let ts = &recv_cmsgs(&s, &d)[0].data;
+        assert_eq!((ts[0], ts[8], ts[9]), (1, 0x20, 0xa1), "1 s and 500000 µs");
+        let pkt = &recv_cmsgs(&s, &d)[1].data;
+        assert_eq!(&pkt[10..16], &[0xff, 0xff, 127, 0, 0, 1]);
+        let d6 = Datagram { dst: IpAddress::v6(0, 0, 0, 0, 0, 0, 0, 1), ..d };
+        let got: Vec<(i32, i32)> = recv_cmsgs(&s, &d6).iter().map(|c| (c.level, c.ty)).collect();
+        assert_eq!(
+            got,
+            [(SOL_SOCKET, SO_TIMESTAMP), (IPPROTO_IPV6, IPV6_PKTINFO), (IPPROTO_IPV6, IPV6_HOPLIMIT)]
+        );
     }
 }

@@ -3,10 +3,12 @@
 //! smoltcp scans its `SocketSet` for every packet and has no listen backlog (a listening
 //! socket *becomes* the connection on SYN). Here every connection lives in its own small
 //! `SocketSet`, a *shard*, and the stack keeps its own index: 4-tuple → connection shard,
-//! local port → listener shard, local port → UDP shard. Each incoming packet is routed to one
-//! shard and handed to `Interface::poll_ingress_single` through a one-frame view of the device;
-//! a packet nobody owns goes to an always-empty shard, so smoltcp answers it as Linux would
-//! (RST for TCP). Egress runs only for shards marked dirty (the application wrote, a packet
+//! local port → listener shard. Each incoming TCP packet is routed to one shard and handed to
+//! `Interface::poll_ingress_single` through a one-frame view of the device; a packet nobody
+//! owns goes to an always-empty shard, so smoltcp answers it as Linux would (RST for TCP,
+//! ICMP port unreachable for UDP). UDP does not use smoltcp's socket: a UDP socket is a shard
+//! without smoltcp sockets whose state, lookup and wire format live in [`super::udp`]; its
+//! datagrams are delivered to its queue at ingress and written to the device when sent. Egress runs only for shards marked dirty (the application wrote, a packet
 //! arrived, a timer is due); timers sit in a min-heap.
 //!
 //! A listener shard holds one LISTEN socket. When a SYN turns it into a connection, the
@@ -20,12 +22,15 @@ use std::collections::{BinaryHeap, VecDeque};
 use arrakis_backends::NetDevice;
 use smoltcp::iface::{Config, Interface, PollResult, SocketHandle, SocketSet};
 use smoltcp::phy::{self, DeviceCapabilities};
-use smoltcp::socket::{tcp, udp};
+use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
-use smoltcp::wire::{HardwareAddress, IpCidr, IpEndpoint, IpListenEndpoint, IpProtocol, TcpPacket};
+use smoltcp::wire::{
+    HardwareAddress, IpAddress, IpCidr, IpEndpoint, IpListenEndpoint, IpProtocol, TcpPacket,
+};
 
 use super::hash::{FastMap as HashMap, FastSet as HashSet};
 use super::tuple::FlowKey;
+use super::udp::{Datagram, Frame, Out, Table, Tx};
 use crate::error::{Errno, SysResult};
 
 /// Names a shard (a connection, a listener or a UDP socket) within its stack.
@@ -79,10 +84,8 @@ enum Role {
         /// Receive buffer of the connections it makes (`None`: the stack's default).
         rx: Option<usize>,
     },
-    Udp {
-        port: u16,
-        handle: SocketHandle,
-    },
+    /// A UDP socket (its state is in the stack's [`Table`]).
+    Udp,
 }
 
 struct Shard {
@@ -111,7 +114,7 @@ pub struct Stack<D: NetDevice> {
     /// Listener shards by (port, IPv6): a dual-stack listener is under both keys, so IPv4
     /// and IPv6 listeners can share a port as Linux's `IPV6_V6ONLY` allows.
     listeners: HashMap<(u16, bool), ShardId>,
-    udp: HashMap<u16, ShardId>,
+    udp: Table,
     dirty: Vec<ShardId>,
     /// `dirty`'s other buffer, swapped in while egress walks the list.
     dirty_spare: Vec<ShardId>,
@@ -202,7 +205,7 @@ impl<D: NetDevice> Stack<D> {
             spare: 0,
             conns: HashMap::default(),
             listeners: HashMap::default(),
-            udp: HashMap::default(),
+            udp: Table::new(seed),
             dirty: Vec::new(),
             dirty_spare: Vec::new(),
             touched: Vec::new(),
@@ -503,38 +506,63 @@ impl<D: NetDevice> Stack<D> {
                     }
                 }
             }
-            Role::Udp { port, .. } => {
-                self.udp.remove(&port);
-            }
+            Role::Udp => self.udp.close(id),
             Role::Spare => return Err(Errno::EINVAL),
         }
         self.free.push(id);
         Ok(())
     }
 
-    /// Binds a UDP socket to `port`.
-    pub fn udp_bind(&mut self, port: u16) -> SysResult<ShardId> {
-        if port == 0 || self.udp.contains_key(&port) {
-            return Err(Errno::EADDRINUSE);
-        }
-        let buf = || udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 256], vec![0; 256 * 1024]);
-        let mut sock = udp::Socket::new(buf(), buf());
-        sock.bind(port).map_err(|_| Errno::EINVAL)?;
-        let mut set = SocketSet::new(vec![]);
-        let handle = set.add(sock);
-        let id = self.insert(set, Role::Udp { port, handle });
-        self.udp.insert(port, id);
-        Ok(id)
+    /// A new UDP socket (unbound; `v6` for `AF_INET6`).
+    pub fn udp_open(&mut self, v6: bool) -> ShardId {
+        let id = self.insert(SocketSet::new(vec![]), Role::Udp);
+        self.udp.open(id, v6);
+        id
     }
 
-    /// The UDP socket of a UDP shard. Using it mutably marks the shard for egress.
-    pub fn udp_mut(&mut self, id: ShardId) -> SysResult<&mut udp::Socket<'static>> {
-        self.mark_dirty(id);
-        let shard = self.shard_mut(id)?;
-        match shard.role {
-            Role::Udp { handle, .. } => Ok(shard.set.get_mut::<udp::Socket>(handle)),
-            _ => Err(Errno::ENOTSOCK),
+    /// The UDP sockets.
+    pub fn udp_table(&self) -> &Table {
+        &self.udp
+    }
+
+    /// The UDP sockets, mutably.
+    pub fn udp_table_mut(&mut self) -> &mut Table {
+        &mut self.udp
+    }
+
+    /// Takes the next datagram of UDP socket `id`. The socket counts as touched, so its
+    /// readiness and queue level are brought up to date after the call (the next arrival is
+    /// then an edge for its watchers).
+    pub fn udp_pop(&mut self, id: ShardId) -> Option<Datagram> {
+        self.touched.push(id);
+        self.udp.pop(id)
+    }
+
+    /// Sends a UDP datagram from socket `id` (bound) with source address `src`: written to
+    /// the device at once, in IPv6 fragments if it exceeds the MTU (as `ip6_fragment`). A
+    /// device that refuses a frame loses it, as a full `netif_rx` backlog does on Linux.
+    pub fn udp_send(
+        &mut self,
+        id: ShardId,
+        src: IpAddress,
+        dst: IpEndpoint,
+        tx: Tx,
+        payload: &[u8],
+        now: Instant,
+    ) -> SysResult<()> {
+        let port = self.udp.port(id);
+        if port == 0 {
+            return Err(Errno::EINVAL);
         }
+        let out = Out { src: IpEndpoint::new(src, port), dst, tx, payload };
+        let pieces = out.pieces(self.caps.max_transmission_unit);
+        let ident = if pieces.len() > 1 { self.udp.next_ident() } else { 0 };
+        for piece in pieces {
+            let Some(token) = self.dev.transmit(now) else { break };
+            phy::TxToken::consume(token, out.frame_len(piece), |buf| out.write(piece, ident, buf));
+        }
+        self.touched.push(id);
+        Ok(())
     }
 
     /// After a packet reached a listener: if its LISTEN socket became a connection, move it
@@ -632,7 +660,29 @@ impl<D: NetDevice> Stack<D> {
                 if let Some(e) = port_unreachable(frame) {
                     icmp_errors.push(e);
                 }
-                let id = route(frame, conns, listeners, udp, shards, *spare, syns_dropped)?;
+                let whole;
+                let frame = match super::udp::classify(frame) {
+                    Frame::Fragment => {
+                        whole = udp.reassemble(frame, now)?;
+                        &whole[..]
+                    }
+                    _ => frame,
+                };
+                if let Frame::Udp(p) = super::udp::classify(frame) {
+                    if let Some(id) = udp.lookup(p.src, p.dst) {
+                        let d = Datagram {
+                            data: p.payload.to_vec(),
+                            src: p.src,
+                            dst: p.dst.addr,
+                            hop_limit: p.hop_limit,
+                            tos: p.tos,
+                            stamp: std::time::SystemTime::now(),
+                        };
+                        udp.deliver(id, d);
+                        return Some(id);
+                    }
+                }
+                let id = route(frame, conns, listeners, shards, *spare, syns_dropped)?;
                 let shard = shards.get_mut(id)?.as_mut()?;
                 let mut one = OneFrame { frame: Some(frame), tx: Some(tx), caps: caps.clone() };
                 iface.poll_ingress_single(now, &mut one, &mut shard.set);
@@ -801,7 +851,7 @@ impl<D: NetDevice> Stack<D> {
         let start = self.next_udp % span;
         for i in 0..span {
             let p = EPHEMERAL.0 + ((start + i) % span) as u16;
-            if !self.udp.contains_key(&p) {
+            if !self.udp.port_taken(p) {
                 return Ok(p);
             }
         }
@@ -810,16 +860,7 @@ impl<D: NetDevice> Stack<D> {
 
     /// Whether a UDP port is bound.
     pub fn udp_port_taken(&self, port: u16) -> bool {
-        self.udp.contains_key(&port)
-    }
-
-    /// The UDP socket of a UDP shard, read-only.
-    pub fn udp(&self, id: ShardId) -> SysResult<&udp::Socket<'static>> {
-        let shard = self.shards.get(id).and_then(Option::as_ref).ok_or(Errno::EBADF)?;
-        match shard.role {
-            Role::Udp { handle, .. } => Ok(shard.set.get::<udp::Socket>(handle)),
-            _ => Err(Errno::ENOTSOCK),
-        }
+        self.udp.port_taken(port)
     }
 
     /// The interface's context (for smoltcp calls that need it).
@@ -845,7 +886,6 @@ fn route(
     frame: &[u8],
     conns: &HashMap<(IpEndpoint, IpEndpoint), ShardId>,
     listeners: &HashMap<(u16, bool), ShardId>,
-    udp: &HashMap<u16, ShardId>,
     shards: &[Option<Shard>],
     spare: ShardId,
     syns_dropped: &mut u64,
@@ -870,7 +910,6 @@ fn route(
             }
             Some(id)
         }
-        IpProtocol::Udp => Some(udp.get(&local.port).copied().unwrap_or(spare)),
         _ => Some(spare),
     }
 }
@@ -1119,15 +1158,34 @@ mod tests {
     }
 
     #[test]
-    fn udp_datagrams_reach_the_bound_socket() {
+    fn udp_datagrams_reach_the_bound_socket_and_unbound_ports_answer_icmp() {
         let mut s = stack();
         let now = Instant::from_secs(1000);
-        let a = s.udp_bind(5000).unwrap();
-        let b = s.udp_bind(5001).unwrap();
-        s.udp_mut(a).unwrap().send_slice(b"ping", IpEndpoint::new(LO, 5001)).unwrap();
+        let tx = Tx { hop_limit: 64, tos: 0 };
+        let a = s.udp_open(false);
+        s.udp_table_mut().bind(a, 5000, None, false, false);
+        let b = s.udp_open(false);
+        s.udp_table_mut().bind(b, 5001, None, false, false);
+        s.udp_send(a, LO, IpEndpoint::new(LO, 5001), tx, b"ping", now).unwrap();
         s.poll(now);
-        let (data, meta) = s.udp_mut(b).unwrap().recv().unwrap();
-        assert_eq!(data, b"ping");
-        assert_eq!(meta.endpoint.port, 5000);
+        let d = s.udp_table_mut().pop(b).unwrap();
+        assert_eq!((&d.data[..], d.src, d.dst), (&b"ping"[..], IpEndpoint::new(LO, 5000), LO));
+        s.udp_send(a, LO, IpEndpoint::new(LO, 5999), tx, b"lost", now).unwrap();
+        s.poll(now);
+        assert_eq!(s.icmp_errors, vec![(5000, IpEndpoint::new(LO, 5999))]);
+    }
+
+    #[test]
+    fn a_65527_byte_udp_datagram_crosses_ipv6_loopback() {
+        let lo6 = IpAddress::v6(0, 0, 0, 0, 0, 0, 0, 1);
+        let addrs = [IpCidr::new(LO, 8), IpCidr::new(lo6, 128)];
+        let mut s = Stack::new(Loopback::default(), &addrs, Instant::from_secs(1000), Buffers::default());
+        let now = Instant::from_secs(1000);
+        let a = s.udp_open(true);
+        s.udp_table_mut().bind(a, 5000, None, false, false);
+        let payload: Vec<u8> = (0..65_527u32).map(|i| (i * 7) as u8).collect();
+        s.udp_send(a, lo6, IpEndpoint::new(lo6, 5000), Tx { hop_limit: 64, tos: 0 }, &payload, now).unwrap();
+        s.poll(now);
+        assert_eq!(s.udp_table_mut().pop(a).map(|d| d.data), Some(payload));
     }
 }
