@@ -105,6 +105,9 @@ pub struct RunSpec {
     pub dir: PathBuf,
     /// `Some(shim)` to run with `LD_PRELOAD=shim`.
     pub preload: Option<PathBuf>,
+    /// Variables set for this run on top of the base environment (they win over the
+    /// caller's `ARRAKIS_*` ones).
+    pub env: Vec<(OsString, OsString)>,
     pub timeout: Duration,
 }
 
@@ -169,6 +172,7 @@ pub fn run(spec: &RunSpec) -> io::Result<RunResult> {
         }
         cmd.env("LD_PRELOAD", shim);
     }
+    cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
     // SAFETY: close_range is async-signal-safe; it only marks fds >= 3
     // close-on-exec, so the child starts with exactly 0, 1 and 2 open
     // whatever the test runner inherited.
@@ -242,6 +246,7 @@ mod tests {
             args: vec!["-c".into(), "echo out; echo err >&2; ls /proc/self/fd | wc -l; exit 3".into()],
             dir: dir.join("a"),
             preload: None,
+            env: Vec::new(),
             timeout: Duration::from_secs(10),
         };
         let r = run(&spec).expect("run");

@@ -1,6 +1,8 @@
 //! The differential test: every case program runs natively (twice, to prove
-//! it is deterministic) and once with `LD_PRELOAD=libarrakis.so`; the
-//! observation lines must agree case by case, every `#shim=` meta line must
+//! it is deterministic) and twice with `LD_PRELOAD=libarrakis.so` — sockets on
+//! the kernel (`ARRAKIS_BACKEND=kernel`) and on the library OS
+//! (`ARRAKIS_BACKEND=loopback`); the observation lines must agree with the
+//! native ones case by case, every `#shim=` meta line must
 //! read 0 natively and 1 under the shim (exec'd children included), and the
 //! suite must hold at least `MIN_CASES` cases.
 //!
@@ -42,7 +44,10 @@ struct Program {
 enum Mode {
     Native1,
     Native2,
+    /// Under the shim, sockets on the kernel (`ARRAKIS_BACKEND=kernel`).
     Shim,
+    /// Under the shim, TCP/UDP sockets on the library OS (`ARRAKIS_BACKEND=loopback`).
+    Loopback,
 }
 
 impl Mode {
@@ -51,6 +56,15 @@ impl Mode {
             Mode::Native1 => "native",
             Mode::Native2 => "native-rerun",
             Mode::Shim => "shim",
+            Mode::Loopback => "loopback",
+        }
+    }
+
+    fn backend(self) -> Option<&'static str> {
+        match self {
+            Mode::Shim => Some("kernel"),
+            Mode::Loopback => Some("loopback"),
+            _ => None,
         }
     }
 }
@@ -160,7 +174,7 @@ fn native_and_shim_agree() {
     let mut problems = check_fortified(&tmp.join("bin"));
 
     // Run every (program, mode) pair on a small worker pool.
-    let modes = [Mode::Native1, Mode::Native2, Mode::Shim];
+    let modes = [Mode::Native1, Mode::Native2, Mode::Shim, Mode::Loopback];
     let jobs: VecDeque<(usize, Mode)> =
         (0..programs.len()).flat_map(|i| modes.iter().map(move |&m| (i, m))).collect();
     let queue = Mutex::new(jobs);
@@ -176,7 +190,11 @@ fn native_and_shim_agree() {
                     program: p.path.clone(),
                     args: Vec::<OsString>::new(),
                     dir: tmp.join("runs").join(format!("{}-{}", p.name, mode.label())),
-                    preload: (mode == Mode::Shim).then(|| shim.clone()),
+                    preload: mode.backend().map(|_| shim.clone()),
+                    env: mode
+                        .backend()
+                        .map(|b| vec![(OsString::from("ARRAKIS_BACKEND"), OsString::from(b))])
+                        .unwrap_or_default(),
                     timeout: TIMEOUT,
                 };
                 let r = run(&spec).unwrap_or_else(|e| panic!("cannot run {}: {e}", p.name));
@@ -191,10 +209,13 @@ fn native_and_shim_agree() {
 
     let mut total_cases = 0;
     let mut differing_cases = 0;
-    println!("\n{:<12} {:>6}  {:<10} {:<10} {:>8}", "program", "cases", "native", "shim", "diffs");
+    println!(
+        "\n{:<12} {:>6}  {:<10} {:<10} {:>6}  {:<10} {:>6}",
+        "program", "cases", "native", "shim", "diffs", "loopback", "diffs"
+    );
     for (i, p) in programs.iter().enumerate() {
-        let (n1, n2, sh) = (get(i, Mode::Native1), get(i, Mode::Native2), get(i, Mode::Shim));
-        let (o1, o2, os) = (observations(n1), observations(n2), observations(sh));
+        let (n1, n2) = (get(i, Mode::Native1), get(i, Mode::Native2));
+        let (o1, o2) = (observations(n1), observations(n2));
         let cases = o1.case_names().count();
         total_cases += cases;
 
@@ -221,7 +242,7 @@ fn native_and_shim_agree() {
         }
 
         // Shim presence, in the program and in every exec'd child.
-        let (f1, fs) = (o1.shim_flags(), os.shim_flags());
+        let f1 = o1.shim_flags();
         if f1.is_empty() || f1.iter().any(|(f, _)| f != "0") {
             problems.push(format!(
                 "{}: native #shim= lines should all be 0, got:\n{}",
@@ -229,45 +250,54 @@ fn native_and_shim_agree() {
                 describe_flags(&f1)
             ));
         }
-        if fs.len() != f1.len() || fs.iter().any(|(f, _)| f != "1") {
-            problems.push(format!(
-                "{}: under the shim every #shim= line should be 1 ({} lines natively); a program \
-                 or exec'd child ran without the shim:\n{}",
-                p.name,
-                f1.len(),
-                describe_flags(&fs)
-            ));
+        let mut row = Vec::new();
+        for mode in [Mode::Shim, Mode::Loopback] {
+            let sh = get(i, mode);
+            let os = observations(sh);
+            let label = mode.label();
+            let fs = os.shim_flags();
+            if fs.len() != f1.len() || fs.iter().any(|(f, _)| f != "1") {
+                problems.push(format!(
+                    "{} ({label}): under the shim every #shim= line should be 1 ({} lines natively); \
+                     a program or exec'd child ran without the shim:\n{}",
+                    p.name,
+                    f1.len(),
+                    describe_flags(&fs)
+                ));
+            }
+            let diffs = compare(&o1, &os);
+            differing_cases += diffs.len();
+            row.push((sh.status_text(), diffs.len()));
+            if !diffs.is_empty() {
+                let mut msg = format!(
+                    "{}: {} case(s) differ between native and {label} (run: {}, {:.1}s):\n",
+                    p.name,
+                    diffs.len(),
+                    sh.status_text(),
+                    sh.elapsed.as_secs_f64()
+                );
+                for d in &diffs {
+                    msg.push_str(&d.render("native", label));
+                }
+                if !sh.stderr.trim().is_empty() {
+                    msg.push_str(&format!("{label} run stderr (tail):\n{}\n", tail(&sh.stderr, 30)));
+                }
+                problems.push(msg);
+            }
         }
-
-        let diffs = compare(&o1, &os);
-        differing_cases += diffs.len();
         println!(
-            "{:<12} {:>6}  {:<10} {:<10} {:>8}",
+            "{:<12} {:>6}  {:<10} {:<10} {:>6}  {:<10} {:>6}",
             p.name,
             cases,
             n1.status_text(),
-            sh.status_text(),
-            diffs.len()
+            row[0].0,
+            row[0].1,
+            row[1].0,
+            row[1].1
         );
-        if !diffs.is_empty() {
-            let mut msg = format!(
-                "{}: {} case(s) differ between native and shim (shim run: {}, {:.1}s):\n",
-                p.name,
-                diffs.len(),
-                sh.status_text(),
-                sh.elapsed.as_secs_f64()
-            );
-            for d in &diffs {
-                msg.push_str(&d.render("native", "shim"));
-            }
-            if !sh.stderr.trim().is_empty() {
-                msg.push_str(&format!("shim run stderr (tail):\n{}\n", tail(&sh.stderr, 30)));
-            }
-            problems.push(msg);
-        }
     }
     println!(
-        "\n{total_cases} cases in {} programs; {differing_cases} differ under the shim; {:.1}s",
+        "\n{total_cases} cases in {} programs; {differing_cases} differ under the shim (both backends); {:.1}s",
         programs.len(),
         started.elapsed().as_secs_f64()
     );

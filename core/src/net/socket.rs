@@ -532,17 +532,10 @@ impl Socket {
                 let (local, remote) = g.stack.endpoints(conn).ok_or(Errno::ECONNABORTED)?;
                 let parent = g.sock(me)?;
                 let mut st = SockState::new(fam, Kind::Stream, Arc::new(Wait::default()));
-                st.opts.reuseaddr = parent.opts.reuseaddr;
-                st.opts.keepalive = parent.opts.keepalive;
-                st.opts.nodelay = parent.opts.nodelay;
-                st.opts.linger = parent.opts.linger;
-                st.opts.rcvbuf = parent.opts.rcvbuf;
-                st.opts.sndbuf = parent.opts.sndbuf;
-                st.opts.sndbuf_locked = parent.opts.sndbuf_locked;
-                st.opts.rcvbuf_locked = parent.opts.rcvbuf_locked;
-                st.opts.rcvlowat = parent.opts.rcvlowat;
-                st.opts.linger_secs = parent.opts.linger_secs;
-                st.opts.other = parent.opts.other.clone();
+                // sk_clone_lock copies the listener's whole sock: every option, V6ONLY,
+                // buffer sizes and their locks, timeouts included.
+                st.opts = parent.opts.clone();
+                st.opts.log.clear();
                 st.ss = Ss::Connected;
                 st.local = Some(to_addr(fam, local));
                 st.peer = Some(to_addr(fam, remote));
@@ -615,6 +608,10 @@ impl Socket {
             }
             if s.fam == Family::V6 && addr.is_ipv4() {
                 return Err(Errno::EAFNOSUPPORT);
+            }
+            // tcp_v6_connect: a v4-mapped peer is unreachable for an IPV6_V6ONLY socket.
+            if s.opts.v6only && matches!(addr, SocketAddr::V6(v) if v.ip().to_ipv4_mapped().is_some()) {
+                return Err(Errno::ENETUNREACH);
             }
             if s.closed {
                 reset_for_reconnect(&mut g, id);
@@ -1493,7 +1490,12 @@ fn free_tcp_port(g: &Inner) -> SysResult<u16> {
     let span = u32::from(hi - lo) + 1;
     for i in 0..span {
         let p = lo + ((seed.wrapping_add(i)) % span) as u16;
-        if !g.stack.tcp_port_taken(p) && !port_bound(g, Kind::Stream, p, usize::MAX) {
+        // inet_csk_find_open_port: a port whose bind would conflict is skipped, TIME-WAITs
+        // included (a later explicit bind to the port must not find one).
+        if !g.stack.tcp_port_taken(p)
+            && !port_bound(g, Kind::Stream, p, usize::MAX)
+            && !g.stack.port_in_time_wait(p, false)
+        {
             return Ok(p);
         }
     }
