@@ -910,6 +910,39 @@ static void sendfiles(int fam)
     close(s);
 }
 
+/* After an AF_UNSPEC disconnect an automatically chosen port is given back, yet
+ * getsockname still shows it (inet_sport) with the address reset; a bound one stays. */
+static void disconnect_names(int fam)
+{
+    addr_t a, b, la;
+    CASE(nm("names_after_af_unspec_disconnect", fam));
+    int l = listener(fam, SOCK_STREAM, &a);
+    struct sockaddr unspec = {.sa_family = AF_UNSPEC};
+    int c = (int)MUST(socket(fam, SOCK_STREAM, 0));
+    MUST(connect(c, SA(&a), a.len));
+    local_of(c, &b);
+    int s = (int)MUST(accept(l, NULL, NULL));
+    T(connect(c, &unspec, sizeof unspec));
+    local_of(c, &la);
+    O("auto port: same port %d, wildcard address %d", port_of(&la) == port_of(&b),
+      strcmp(addr_desc(&la), addr_desc(&b)) != 0);
+    T(listen(c, 1)); /* the port was given back: listen picks a port again */
+    close(c);
+    close(s);
+    c = (int)MUST(socket(fam, SOCK_STREAM, 0));
+    loop_addr(fam, &b, 0);
+    MUST(bind(c, SA(&b), b.len));
+    local_of(c, &b);
+    MUST(connect(c, SA(&a), a.len));
+    s = (int)MUST(accept(l, NULL, NULL));
+    T(connect(c, &unspec, sizeof unspec));
+    local_of(c, &la);
+    O("bound: same address and port %d", strcmp(addr_desc(&la), addr_desc(&b)) == 0 && port_of(&la) == port_of(&b));
+    close(c);
+    close(s);
+    close(l);
+}
+
 /* 127.0.0.2 is a loopback address the library OS does not serve: sockets addressed there
  * must behave as on Linux (under the shim they are handed to the kernel). */
 static void unserved_address(void)
@@ -975,6 +1008,7 @@ int main(void)
         iovecs(fams[i]);
         trunc_peek(fams[i]);
         sendfiles(fams[i]);
+        disconnect_names(fams[i]);
     }
     unserved_address();
     return 0;
