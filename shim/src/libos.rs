@@ -69,28 +69,12 @@ const USER_END: usize = 0x0000_8000_0000_0000;
 /// # Safety
 /// `p` must point to `len` readable bytes (or be null).
 unsafe fn read_sa(p: *const sockaddr, len: socklen_t) -> SysResult<Option<SocketAddr>> {
-    if (len as i32) < 0 || len as usize > std::mem::size_of::<libc::sockaddr_storage>() {
-        return Err(Errno::EINVAL);
-    }
-    if bad(p) {
-        return Err(if len == 0 { Errno::EINVAL } else { Errno::EFAULT });
-    }
-    if (len as usize) < std::mem::size_of::<libc::sa_family_t>() {
-        return Err(Errno::EINVAL);
-    }
-    // SAFETY: at least the family is readable (checked length; caller's contract).
-    let fam = unsafe { (*p).sa_family } as c_int;
+    // SAFETY: caller's contract.
+    let fam = unsafe { sa_family(p, len)? };
     match fam {
         libc::AF_UNSPEC => Ok(None),
-        libc::AF_INET => {
-            if (len as usize) < std::mem::size_of::<libc::sockaddr_in>() {
-                return Err(Errno::EINVAL);
-            }
-            // SAFETY: `len` covers a sockaddr_in; read unaligned (the caller's buffer).
-            let a = unsafe { p.cast::<libc::sockaddr_in>().read_unaligned() };
-            let ip = Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
-            Ok(Some(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(a.sin_port)))))
-        }
+        // SAFETY: caller's contract.
+        libc::AF_INET => unsafe { read_in(p, len) },
         libc::AF_INET6 => {
             // SIN6_LEN_RFC2133: the 24-byte sockaddr_in6 without sin6_scope_id is accepted.
             if (len as usize) < SIN6_LEN_RFC2133 {
@@ -118,6 +102,39 @@ unsafe fn read_sa(p: *const sockaddr, len: socklen_t) -> SysResult<Option<Socket
     }
 }
 
+/// The family of a C socket address after the kernel's length and pointer checks
+/// (`move_addr_to_kernel`).
+///
+/// # Safety
+/// `p` must point to `len` readable bytes (or be null).
+unsafe fn sa_family(p: *const sockaddr, len: socklen_t) -> SysResult<c_int> {
+    if (len as i32) < 0 || len as usize > std::mem::size_of::<libc::sockaddr_storage>() {
+        return Err(Errno::EINVAL);
+    }
+    if bad(p) {
+        return Err(if len == 0 { Errno::EINVAL } else { Errno::EFAULT });
+    }
+    if (len as usize) < std::mem::size_of::<libc::sa_family_t>() {
+        return Err(Errno::EINVAL);
+    }
+    // SAFETY: at least the family is readable (checked length; caller's contract).
+    Ok(unsafe { (*p).sa_family } as c_int)
+}
+
+/// A `sockaddr_in` of at least its size (`EINVAL` if shorter).
+///
+/// # Safety
+/// `p` must point to `len` readable bytes.
+unsafe fn read_in(p: *const sockaddr, len: socklen_t) -> SysResult<Option<SocketAddr>> {
+    if (len as usize) < std::mem::size_of::<libc::sockaddr_in>() {
+        return Err(Errno::EINVAL);
+    }
+    // SAFETY: `len` covers a sockaddr_in; read unaligned (the caller's buffer).
+    let a = unsafe { p.cast::<libc::sockaddr_in>().read_unaligned() };
+    let ip = Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+    Ok(Some(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(a.sin_port)))))
+}
+
 /// `SIN6_LEN_RFC2133`: a sockaddr_in6 without `sin6_scope_id`.
 const SIN6_LEN_RFC2133: usize = 24;
 
@@ -140,26 +157,10 @@ fn zeroed_in6() -> libc::sockaddr_in6 {
 /// # Safety
 /// `p` must point to `len` readable bytes (or be null).
 unsafe fn read_dest(fam: Family, p: *const sockaddr, len: socklen_t) -> SysResult<Option<SocketAddr>> {
-    if (len as i32) < 0 || len as usize > std::mem::size_of::<libc::sockaddr_storage>() {
-        return Err(Errno::EINVAL);
-    }
-    if bad(p) {
-        return Err(if len == 0 { Errno::EINVAL } else { Errno::EFAULT });
-    }
-    if (len as usize) < std::mem::size_of::<libc::sa_family_t>() {
-        return Err(Errno::EINVAL);
-    }
-    // SAFETY: at least the family is readable (checked length; caller's contract).
-    let af = unsafe { (*p).sa_family } as c_int;
-    let v4 = || -> SysResult<Option<SocketAddr>> {
-        if (len as usize) < std::mem::size_of::<libc::sockaddr_in>() {
-            return Err(Errno::EINVAL);
-        }
-        // SAFETY: `len` covers a sockaddr_in; read unaligned (the caller's buffer).
-        let a = unsafe { p.cast::<libc::sockaddr_in>().read_unaligned() };
-        let ip = Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
-        Ok(Some(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(a.sin_port)))))
-    };
+    // SAFETY: caller's contract.
+    let af = unsafe { sa_family(p, len)? };
+    // SAFETY: caller's contract.
+    let v4 = || unsafe { read_in(p, len) };
     match (fam, af) {
         (Family::V4, libc::AF_INET | libc::AF_UNSPEC) => v4(),
         (Family::V4, _) => {
