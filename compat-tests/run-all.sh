@@ -4,7 +4,8 @@
 #   2. build and unit tests; the differential suite (native vs shim, compat-tests/tests)
 #   3. end-to-end with real servers (memcached, redis) under the shim
 #   4. a sweep of 28 real programs (java, node, nginx, postgres, git, ...) native vs shim
-#   5. external suites (CPython's regression tests, tornado) native vs shim
+#   5. external suites (CPython's regression tests, tornado; CPython's socket and event-loop
+#      tests with sockets on the library OS) native vs shim
 # Every step is bounded in time; the script stops at the first failing step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,7 +29,7 @@ compat-tests/e2e/servers.sh
 step "sweep of real programs, native vs shim"
 SWEEP_NO_BUILD=1 SWEEP_REQUIRE_ALL=1 compat-tests/sweep/run.sh
 
-step "external suites: CPython and tornado, native vs shim"
-compat-tests/external/run.sh
+step "external suites: CPython and tornado (kernel sockets), CPython's net tests (loopback), native vs shim"
+compat-tests/external/run.sh cpython tornado cpython-net
 
 step "all tests passed in $((SECONDS - start)) s"
