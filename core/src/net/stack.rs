@@ -127,6 +127,9 @@ pub struct Stack<D: NetDevice> {
     /// Local ports taken by connections this stack opened.
     ephemeral_in_use: HashSet<u16>,
     buffers: Buffers,
+    /// Closed TCP sockets with the default buffers, kept for the next connection: making
+    /// 2 × 256 KiB of zeroed buffers per connection was most of a short connection's cost.
+    pool: Vec<tcp::Socket<'static>>,
     /// Local ports of connections that ended in TIME-WAIT after their fd was closed, with the
     /// end of that period, oldest first; and how many such connections hold each port.
     time_wait: VecDeque<(Instant, u16, bool)>,
@@ -216,6 +219,7 @@ impl<D: NetDevice> Stack<D> {
             next_udp: (seed as u32) % 28_232,
             ephemeral_in_use: HashSet::default(),
             buffers,
+            pool: Vec::new(),
             icmp_errors: Vec::new(),
             syns_dropped: 0,
         };
@@ -256,13 +260,25 @@ impl<D: NetDevice> Stack<D> {
         self.shards.get_mut(id).and_then(Option::as_mut).ok_or(Errno::EBADF)
     }
 
-    fn new_tcp(&self) -> tcp::Socket<'static> {
+    fn new_tcp(&mut self) -> tcp::Socket<'static> {
         self.new_tcp_rx(None)
     }
 
     /// A TCP socket whose receive buffer (hence advertised window) is `rx` bytes.
-    fn new_tcp_rx(&self, rx: Option<usize>) -> tcp::Socket<'static> {
+    fn new_tcp_rx(&mut self, rx: Option<usize>) -> tcp::Socket<'static> {
         let rx = rx.map_or(self.buffers.tcp_rx, |n| n.clamp(1024, self.buffers.tcp_rx));
+        if rx == self.buffers.tcp_rx {
+            if let Some(mut s) = self.pool.pop() {
+                // listen/connect reset the connection state and empty the buffers; the
+                // settings a socket carries across connections go back to the defaults.
+                s.set_nagle_enabled(self.buffers.nagle);
+                s.set_ack_delay(self.buffers.ack_delay);
+                s.set_keep_alive(None);
+                s.set_timeout(None);
+                s.set_hop_limit(None);
+                return s;
+            }
+        }
         let mut s = tcp::Socket::new(
             tcp::SocketBuffer::new(vec![0; rx]),
             tcp::SocketBuffer::new(vec![0; self.buffers.tcp_tx]),
@@ -476,6 +492,18 @@ impl<D: NetDevice> Stack<D> {
         Ok(())
     }
 
+    /// Keeps a finished connection's socket (and its buffers) for the next one. It is out of
+    /// every socket set, so nothing it still had to send goes out.
+    fn recycle(&mut self, s: smoltcp::socket::Socket<'static>) {
+        const POOL: usize = 64;
+        let smoltcp::socket::Socket::Tcp(mut t) = s else { return };
+        let default = t.recv_capacity() == self.buffers.tcp_rx && t.send_capacity() == self.buffers.tcp_tx;
+        if default && self.pool.len() < POOL {
+            t.abort();
+            self.pool.push(t);
+        }
+    }
+
     /// Shards alive (connections, listeners, UDP sockets and the spare one).
     pub fn live_shards(&self) -> usize {
         self.shards.iter().flatten().count()
@@ -483,11 +511,12 @@ impl<D: NetDevice> Stack<D> {
 
     /// Removes a shard for good (after its socket reached CLOSED, or for a listener).
     pub fn remove(&mut self, id: ShardId) -> SysResult<()> {
-        let shard = self.shards.get_mut(id).and_then(Option::take).ok_or(Errno::EBADF)?;
+        let mut shard = self.shards.get_mut(id).and_then(Option::take).ok_or(Errno::EBADF)?;
         match shard.role {
-            Role::Conn { local, remote, .. } => {
+            Role::Conn { local, remote, handle, .. } => {
                 self.conns.remove(&(local, remote));
                 self.ephemeral_in_use.remove(&local.port);
+                self.recycle(shard.set.remove(handle));
             }
             Role::Listener { port, queue, .. } => {
                 for v6 in [false, true] {
