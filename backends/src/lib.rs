@@ -12,16 +12,20 @@
 //!   Frames only ever appear during the stack's own poll, so it has no doorbell.
 //! * [`script`] — a test device that injects frames and records what the stack sends, for
 //!   scripted TCP cases in the packetdrill style.
-//! * emulator and vfio arrive with the control-plane issue.
+//! * [`emulator`] — a virtual NIC in shared memory (rings + buffers in a memfd, eventfd
+//!   doorbells) whose other end is the software switch in another process.
+//! * vfio arrives later.
 //!
 //! Nothing here knows about sockets or fds of the program; `core` owns those.
-#![forbid(unsafe_code)]
+// `unsafe` only in the emulator's shared-memory ring (`emulator::ring`), which allows it.
+#![deny(unsafe_code)]
 
 use std::os::fd::BorrowedFd;
 
 pub use smoltcp;
 use smoltcp::phy;
 
+pub mod emulator;
 pub mod loopback;
 pub mod script;
 
