@@ -40,4 +40,12 @@ pub trait NetDevice: phy::Device + Send {
     /// Called after waking on the doorbell and before polling: consumes the notification
     /// and re-arms it.
     fn ack_doorbell(&mut self) {}
+
+    /// Called before sleeping on the doorbell, after a poll found nothing to do: asks the
+    /// other side to ring on the next arrival and checks once more. `false` means frames
+    /// arrived meanwhile — poll again instead of sleeping (the virtio way: without the
+    /// re-check a frame landing between the last poll and the request is never announced).
+    fn prepare_sleep(&mut self) -> bool {
+        true
+    }
 }

@@ -12,5 +12,10 @@
 //! The switch itself (routing, filter checks, counters, capture) is data plane but runs in
 //! its own process; it lives in the `arrakis` binary (`ctl/src/switch/`).
 
+pub mod filter;
+pub mod nic;
 #[allow(unsafe_code)]
 pub mod ring;
+
+pub use nic::{create, EmulatorNic, NicFds, SwitchPort};
+pub use ring::{Doorbell, Geometry, RingError};

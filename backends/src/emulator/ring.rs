@@ -507,6 +507,11 @@ impl Consumer {
         self.available() != 0
     }
 
+    /// Whether a valid frame is waiting (bad descriptors before it are skipped and counted).
+    pub fn has_frame(&mut self) -> bool {
+        self.next().is_some()
+    }
+
     /// The next valid descriptor as (buffer, length), skipping and counting bad ones.
     fn next(&mut self) -> Option<(u32, usize)> {
         let n = self.region.ring_size();
