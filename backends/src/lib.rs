@@ -12,16 +12,20 @@
 //!   Frames only ever appear during the stack's own poll, so it has no doorbell.
 //! * [`script`] — a test device that injects frames and records what the stack sends, for
 //!   scripted TCP cases in the packetdrill style.
-//! * emulator and vfio arrive with the control-plane issue.
+//! * [`emulator`] — a virtual NIC in shared memory (rings + buffers in a memfd, eventfd
+//!   doorbells) whose other end is the software switch in another process.
+//! * vfio arrives later.
 //!
 //! Nothing here knows about sockets or fds of the program; `core` owns those.
-#![forbid(unsafe_code)]
+// `unsafe` only in the emulator's shared-memory ring (`emulator::ring`), which allows it.
+#![deny(unsafe_code)]
 
 use std::os::fd::BorrowedFd;
 
 pub use smoltcp;
 use smoltcp::phy;
 
+pub mod emulator;
 pub mod loopback;
 pub mod script;
 
@@ -36,4 +40,12 @@ pub trait NetDevice: phy::Device + Send {
     /// Called after waking on the doorbell and before polling: consumes the notification
     /// and re-arms it.
     fn ack_doorbell(&mut self) {}
+
+    /// Called before sleeping on the doorbell, after a poll found nothing to do: asks the
+    /// other side to ring on the next arrival and checks once more. `false` means frames
+    /// arrived meanwhile — poll again instead of sleeping (the virtio way: without the
+    /// re-check a frame landing between the last poll and the request is never announced).
+    fn prepare_sleep(&mut self) -> bool {
+        true
+    }
 }

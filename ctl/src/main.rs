@@ -22,6 +22,8 @@ use arrakis_core::config::Backend;
 use clap::{Parser, Subcommand};
 use nix::errno::Errno;
 
+mod switch;
+
 #[derive(Parser)]
 #[command(name = "arrakis", version, about = "Arrakis for Linux: a library OS for unmodified programs")]
 struct Cli {

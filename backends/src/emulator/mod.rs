@@ -1,0 +1,21 @@
+//! The emulator backend: a virtual NIC in shared memory, the seed paper's "emulate the
+//! hardware in software".
+//!
+//! * [`ring`] — the memory format of one NIC (a pair of single-producer/single-consumer
+//!   descriptor rings and a buffer pool in one sealed memfd), its index protocol, virtio-style
+//!   notification suppression and eventfd doorbells. The crate's only `unsafe` code lives
+//!   there, and it trusts nothing the peer writes.
+//! * [`nic`] — [`EmulatorNic`], the container's end as a [`NetDevice`](crate::NetDevice), and
+//!   [`SwitchPort`], the switch's end; [`nic::create`] makes a fresh pair.
+//! * [`filter`] — the switch's view of a grant: which frames a container may send and receive.
+//!
+//! The switch itself (routing, filter checks, counters, capture) is data plane but runs in
+//! its own process; it lives in the `arrakis` binary (`ctl/src/switch/`).
+
+pub mod filter;
+pub mod nic;
+#[allow(unsafe_code)]
+pub mod ring;
+
+pub use nic::{create, EmulatorNic, NicFds, SwitchPort};
+pub use ring::{Doorbell, Geometry, RingError};

@@ -1,0 +1,653 @@
+//! The shared-memory format of one virtual NIC, and the only `unsafe` code of the crate.
+//!
+//! A NIC is one sealed memfd, mapped `MAP_SHARED` by the container and by the switch:
+//!
+//! ```text
+//! offset        size            what
+//! 0             64              Header: magic "ARRAKNIC", version, ring size, buffer size,
+//!                               buffer count, region length (written once by the creator)
+//! 64            128             tx RingCtl (container → switch)
+//! 192           128             rx RingCtl (switch → container)
+//! 320           8 × ring_size   tx descriptors
+//! ..            8 × ring_size   rx descriptors
+//! page-aligned  buf_size × 2 × ring_size   packet buffers: tx ring's first, then rx ring's
+//! ```
+//!
+//! A [`RingCtl`] holds two cache lines: the producer's (`head`, `producer_waiting`) and the
+//! consumer's (`tail`, `consumer_waiting`). `head` and `tail` are free-running `u32`s; slot
+//! `i` is `i & (ring_size - 1)`; `head - tail` (wrapping) frames are in the ring. A descriptor
+//! is `(buffer index, length)`. The producer writes the buffer and the descriptor, then
+//! publishes `head` with release; the consumer reads `head` with acquire, then the descriptor
+//! and the buffer, then publishes `tail` with release, which gives the slot back.
+//!
+//! **Notification suppression** (virtio's flags): a side that is about to sleep stores 1 in
+//! its `*_waiting` word, issues a `SeqCst` fence and checks the ring again; the other side,
+//! after publishing its index, issues a `SeqCst` fence and rings the doorbell only if the
+//! word is set. One of the two always sees the other's store, so no wake-up is lost, and no
+//! doorbell is written while the other side is polling (its word is 0).
+//!
+//! **Nothing from the peer is trusted.** Each side keeps its own index privately and only
+//! *publishes* it; the peer's index is checked (`head - tail <= ring_size`, else the ring is
+//! treated as empty/full and `bad_index` counted); each descriptor's buffer must lie in the
+//! ring's own half of the pool and its length within `buf_size` (else the slot is skipped and
+//! `bad_desc` counted). The geometry is read once at attach, validated, and kept privately, so
+//! a peer rewriting the header later changes nothing. The creator seals the memfd's size
+//! (`F_SEAL_SHRINK | F_SEAL_GROW`), and the attacher refuses an unsealed one: a peer that
+//! could truncate the file would turn our loads into `SIGBUS`.
+//!
+//! Trust is asymmetric: the switch is trusted by the container, not the other way round. So
+//! the switch only ever *copies* bytes in and out of shared buffers ([`Consumer::recv_copy`],
+//! [`Producer::push_copy`]), while the container lends shared buffers to its stack without a
+//! copy ([`Consumer::recv_with`], [`Producer::push_with`]) — memory only the switch could
+//! write, and it does not.
+
+use std::fmt;
+use std::io;
+use std::mem::{align_of, offset_of, size_of};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{fence, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use memmap2::{MmapOptions, MmapRaw};
+use rustix::event::{EventfdFlags, PollFd, PollFlags};
+use rustix::fs::{MemfdFlags, SealFlags};
+
+/// First eight bytes of every region.
+pub const MAGIC: [u8; 8] = *b"ARRAKNIC";
+/// Version of the format described in the module doc.
+pub const VERSION: u32 = 1;
+/// Bytes reserved for the [`Header`].
+pub const HEADER_LEN: usize = 64;
+/// Largest ring (descriptors per direction).
+pub const MAX_RING: u32 = 4096;
+/// Smallest and largest packet buffer.
+pub const MIN_BUF: u32 = 256;
+pub const MAX_BUF: u32 = 65536;
+const PAGE: usize = 4096;
+
+/// The region's header, written once by the creator before the fd is shared.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct Header {
+    magic: [u8; 8],
+    version: u32,
+    header_len: u32,
+    ring_size: u32,
+    buf_size: u32,
+    buf_count: u32,
+    reserved: u32,
+    region_len: u64,
+}
+
+/// One ring's indices and wake-up words: the producer's cache line, then the consumer's.
+#[repr(C, align(64))]
+struct RingCtl {
+    head: AtomicU32,
+    producer_waiting: AtomicU32,
+    _producer_line: [AtomicU32; 14],
+    tail: AtomicU32,
+    consumer_waiting: AtomicU32,
+    _consumer_line: [AtomicU32; 14],
+}
+
+/// One descriptor: which buffer, how many bytes.
+#[repr(C)]
+struct Desc {
+    buf: AtomicU32,
+    len: AtomicU32,
+}
+
+// The layout is shared across processes: pin it at compile time.
+const _: () = {
+    assert!(size_of::<Header>() <= HEADER_LEN);
+    assert!(offset_of!(Header, region_len) == 32);
+    assert!(size_of::<RingCtl>() == 128);
+    assert!(align_of::<RingCtl>() == 64);
+    assert!(offset_of!(RingCtl, head) == 0);
+    assert!(offset_of!(RingCtl, producer_waiting) == 4);
+    assert!(offset_of!(RingCtl, tail) == 64);
+    assert!(offset_of!(RingCtl, consumer_waiting) == 68);
+    assert!(size_of::<Desc>() == 8);
+    assert!(size_of::<AtomicU32>() == 4 && align_of::<AtomicU32>() == 4);
+};
+
+/// Which ring of the pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ring {
+    /// Container → switch; buffers `0..ring_size`.
+    Tx,
+    /// Switch → container; buffers `ring_size..2 × ring_size`.
+    Rx,
+}
+
+/// The size of a NIC: descriptors per ring and bytes per packet buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    /// Descriptors per ring, a power of two in `2..=MAX_RING`.
+    pub ring_size: u32,
+    /// Bytes per buffer (the largest frame), a multiple of 64 in `MIN_BUF..=MAX_BUF`.
+    pub buf_size: u32,
+}
+
+impl Default for Geometry {
+    fn default() -> Self {
+        Geometry { ring_size: 512, buf_size: 2048 }
+    }
+}
+
+/// Offsets of everything in a region of a given geometry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Layout {
+    geo: Geometry,
+    descs: [usize; 2],
+    bufs: usize,
+    len: usize,
+}
+
+impl Layout {
+    fn new(geo: Geometry) -> Result<Layout, RingError> {
+        let Geometry { ring_size: n, buf_size: b } = geo;
+        if !(2..=MAX_RING).contains(&n) || !n.is_power_of_two() {
+            return Err(RingError::Geometry(format!(
+                "ring size {n} is not a power of two in 2..={MAX_RING}"
+            )));
+        }
+        if !(MIN_BUF..=MAX_BUF).contains(&b) || b % 64 != 0 {
+            return Err(RingError::Geometry(format!(
+                "buffer size {b} is not a multiple of 64 in {MIN_BUF}..={MAX_BUF}"
+            )));
+        }
+        let (n, b) = (n as usize, b as usize);
+        let tx = HEADER_LEN + 2 * size_of::<RingCtl>();
+        let rx = tx + n * size_of::<Desc>();
+        let bufs = (rx + n * size_of::<Desc>()).next_multiple_of(PAGE);
+        let len = (bufs + 2 * n * b).next_multiple_of(PAGE);
+        Ok(Layout { geo, descs: [tx, rx], bufs, len })
+    }
+
+    fn ctl(ring: Ring) -> usize {
+        HEADER_LEN + size_of::<RingCtl>() * ring as usize
+    }
+}
+
+/// Why a region could not be created or attached.
+#[derive(Debug)]
+pub enum RingError {
+    /// A system call failed.
+    Io(&'static str, io::Error),
+    /// The first bytes are not [`MAGIC`]: not a NIC region at all.
+    Magic([u8; 8]),
+    /// A region of another format version.
+    Version(u32),
+    /// Sizes out of range or inconsistent with each other.
+    Geometry(String),
+    /// The header's length disagrees with the file's.
+    Length { header: u64, file: u64 },
+    /// The memfd's size is not sealed, so the peer could shrink it under us.
+    NotSealed,
+}
+
+impl fmt::Display for RingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RingError::Io(what, e) => write!(f, "{what}: {e}"),
+            RingError::Magic(m) => write!(f, "not an Arrakis NIC region (magic {m:02x?})"),
+            RingError::Version(v) => {
+                write!(f, "NIC region has format version {v}, this build reads {VERSION}")
+            }
+            RingError::Geometry(why) => write!(f, "NIC region has a bad geometry: {why}"),
+            RingError::Length { header, file } => {
+                write!(f, "NIC region header says {header} bytes but the memfd holds {file}")
+            }
+            RingError::NotSealed => write!(f, "NIC memfd is not sealed against shrinking and growing"),
+        }
+    }
+}
+
+impl std::error::Error for RingError {}
+
+impl From<RingError> for io::Error {
+    fn from(e: RingError) -> io::Error {
+        match e {
+            RingError::Io(_, e) => e,
+            other => io::Error::new(io::ErrorKind::InvalidData, other),
+        }
+    }
+}
+
+/// One mapped NIC region. Both rings' ends hold it through an `Arc`.
+pub struct Region {
+    map: MmapRaw,
+    fd: OwnedFd,
+    layout: Layout,
+}
+
+impl fmt::Debug for Region {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Region").field("geometry", &self.layout.geo).field("len", &self.layout.len).finish()
+    }
+}
+
+impl Region {
+    /// Creates a fresh region: a sealed memfd of the right size, zeroed, with its header.
+    pub fn create(geo: Geometry) -> Result<Region, RingError> {
+        let layout = Layout::new(geo)?;
+        let fd = rustix::fs::memfd_create("arrakis-nic", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+            .map_err(|e| RingError::Io("memfd_create", e.into()))?;
+        rustix::fs::ftruncate(&fd, layout.len as u64).map_err(|e| RingError::Io("ftruncate", e.into()))?;
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
+            .map_err(|e| RingError::Io("F_ADD_SEALS", e.into()))?;
+        let map = MmapOptions::new().len(layout.len).map_raw(&fd).map_err(|e| RingError::Io("mmap", e))?;
+        let header = Header {
+            magic: MAGIC,
+            version: VERSION,
+            header_len: HEADER_LEN as u32,
+            ring_size: geo.ring_size,
+            buf_size: geo.buf_size,
+            buf_count: 2 * geo.ring_size,
+            reserved: 0,
+            region_len: layout.len as u64,
+        };
+        // SAFETY: the mapping is `layout.len >= HEADER_LEN` bytes, page-aligned, and nobody
+        // else has the fd yet, so this plain write races with nothing.
+        unsafe { map.as_mut_ptr().cast::<Header>().write(header) };
+        Ok(Region { map, fd, layout })
+    }
+
+    /// Attaches to a region made by a peer, validating everything before trusting it.
+    pub fn attach(fd: OwnedFd) -> Result<Region, RingError> {
+        let seals = rustix::fs::fcntl_get_seals(&fd).map_err(|e| RingError::Io("F_GET_SEALS", e.into()))?;
+        if !seals.contains(SealFlags::SHRINK | SealFlags::GROW) {
+            return Err(RingError::NotSealed);
+        }
+        let file_len = rustix::fs::fstat(&fd).map_err(|e| RingError::Io("fstat", e.into()))?.st_size as u64;
+        if file_len < HEADER_LEN as u64 {
+            return Err(RingError::Length { header: 0, file: file_len });
+        }
+        let file_len_usize =
+            usize::try_from(file_len).map_err(|_| RingError::Length { header: 0, file: file_len })?;
+        let map =
+            MmapOptions::new().len(file_len_usize).map_raw(&fd).map_err(|e| RingError::Io("mmap", e))?;
+        // SAFETY: the mapping holds at least HEADER_LEN bytes (checked above, and the size is
+        // sealed); `Header` is plain integers, valid for any bytes; a volatile read copies
+        // whatever the peer left there without assuming it stays put.
+        let h = unsafe { map.as_ptr().cast::<Header>().read_volatile() };
+        if h.magic != MAGIC {
+            return Err(RingError::Magic(h.magic));
+        }
+        if h.version != VERSION {
+            return Err(RingError::Version(h.version));
+        }
+        if h.header_len as usize != HEADER_LEN {
+            return Err(RingError::Geometry(format!(
+                "header length {} (expected {HEADER_LEN})",
+                h.header_len
+            )));
+        }
+        let layout = Layout::new(Geometry { ring_size: h.ring_size, buf_size: h.buf_size })?;
+        if h.buf_count != 2 * h.ring_size {
+            return Err(RingError::Geometry(format!("{} buffers for rings of {}", h.buf_count, h.ring_size)));
+        }
+        if h.region_len != layout.len as u64 || file_len != h.region_len {
+            return Err(RingError::Length { header: h.region_len, file: file_len });
+        }
+        Ok(Region { map, fd, layout })
+    }
+
+    /// The memfd, to hand to the peer.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// The validated geometry.
+    pub fn geometry(&self) -> Geometry {
+        self.layout.geo
+    }
+
+    fn ring_size(&self) -> u32 {
+        self.layout.geo.ring_size
+    }
+
+    fn ctl(&self, ring: Ring) -> &RingCtl {
+        // SAFETY: `Layout::ctl` is 64 or 192, inside the mapping (which is at least one page,
+        // validated at create/attach), 64-byte aligned (the mapping is page-aligned).
+        // `RingCtl` is only atomics, valid for any bit pattern, and every access is atomic, so
+        // the peer's concurrent writes are not data races. The reference lives no longer than
+        // `self`, which keeps the mapping.
+        unsafe { &*self.map.as_ptr().add(Layout::ctl(ring)).cast::<RingCtl>() }
+    }
+
+    fn desc(&self, ring: Ring, slot: u32) -> &Desc {
+        let slot = (slot & (self.ring_size() - 1)) as usize;
+        // SAFETY: `slot < ring_size`, so the descriptor lies in the ring's array, inside the
+        // mapping by construction of `Layout`; 4-byte aligned (array offsets are multiples of
+        // 64); only atomics, accessed atomically (see `ctl`).
+        unsafe {
+            &*self
+                .map
+                .as_ptr()
+                .add(self.layout.descs[ring as usize] + slot * size_of::<Desc>())
+                .cast::<Desc>()
+        }
+    }
+
+    /// The buffers a ring's producer may name: `first..first + ring_size`.
+    fn partition(&self, ring: Ring) -> u32 {
+        self.ring_size() * ring as u32
+    }
+
+    /// Start of buffer `idx`. The caller has checked `idx < 2 × ring_size`.
+    fn buf_ptr(&self, idx: u32) -> *mut u8 {
+        debug_assert!(idx < 2 * self.ring_size());
+        let off = self.layout.bufs + idx as usize * self.layout.geo.buf_size as usize;
+        // SAFETY: `idx < buf_count`, so `off + buf_size <= layout.len`, the mapping's length.
+        unsafe { self.map.as_mut_ptr().add(off) }
+    }
+}
+
+/// Counters of what a peer did wrong, kept by the side that noticed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RingFaults {
+    /// Times the peer's published index was implausible (more than a ring apart from ours).
+    pub bad_index: u64,
+    /// Descriptors skipped because their buffer or length was out of bounds.
+    pub bad_desc: u64,
+}
+
+/// The producing end of one ring.
+#[derive(Debug)]
+pub struct Producer {
+    region: Arc<Region>,
+    ring: Ring,
+    head: u32,
+    /// What the consumer did wrong.
+    pub faults: RingFaults,
+}
+
+/// Why a frame was not queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PushError {
+    /// No free slot (or the consumer's index is implausible).
+    Full,
+    /// Longer than a packet buffer.
+    TooLong,
+}
+
+impl Producer {
+    /// The producing end of `ring`, continuing from the index published in the region.
+    pub fn new(region: Arc<Region>, ring: Ring) -> Producer {
+        let head = region.ctl(ring).head.load(Ordering::Relaxed);
+        Producer { region, ring, head, faults: RingFaults::default() }
+    }
+
+    /// Frames in the ring not yet consumed, or `None` if the consumer's `tail` is implausible.
+    fn in_flight(&self) -> Option<u32> {
+        let tail = self.region.ctl(self.ring).tail.load(Ordering::Acquire);
+        let used = self.head.wrapping_sub(tail);
+        (used <= self.region.ring_size()).then_some(used)
+    }
+
+    /// Whether a frame can be pushed now.
+    pub fn has_space(&mut self) -> bool {
+        match self.in_flight() {
+            Some(used) => used < self.region.ring_size(),
+            None => {
+                self.faults.bad_index += 1;
+                false
+            }
+        }
+    }
+
+    /// The largest frame a buffer holds.
+    pub fn max_frame(&self) -> usize {
+        self.region.layout.geo.buf_size as usize
+    }
+
+    fn next_buf(&self) -> u32 {
+        self.region.partition(self.ring) + (self.head & (self.region.ring_size() - 1))
+    }
+
+    fn publish(&mut self, buf: u32, len: usize) {
+        let d = self.region.desc(self.ring, self.head);
+        d.buf.store(buf, Ordering::Relaxed);
+        d.len.store(len as u32, Ordering::Relaxed);
+        self.head = self.head.wrapping_add(1);
+        self.region.ctl(self.ring).head.store(self.head, Ordering::Release);
+    }
+
+    /// Copies `frame` into the next slot and publishes it (the switch's way: the buffer is
+    /// memory the untrusted peer can write, so no reference to it is ever formed).
+    pub fn push_copy(&mut self, frame: &[u8]) -> Result<(), PushError> {
+        if frame.len() > self.max_frame() {
+            return Err(PushError::TooLong);
+        }
+        if !self.has_space() {
+            return Err(PushError::Full);
+        }
+        let buf = self.next_buf();
+        // SAFETY: the buffer is `buf_size >= frame.len()` bytes inside the mapping (`buf` is in
+        // our partition); a raw copy does not care what the peer does to those bytes meanwhile.
+        unsafe { std::ptr::copy_nonoverlapping(frame.as_ptr(), self.region.buf_ptr(buf), frame.len()) };
+        self.publish(buf, frame.len());
+        Ok(())
+    }
+
+    /// Lends the next slot's buffer (`len` bytes) to `f`, then publishes it (the container's
+    /// way, without a copy). `None` if the ring is full or `len` too long.
+    pub fn push_with<R>(&mut self, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> Option<R> {
+        if len > self.max_frame() || !self.has_space() {
+            return None;
+        }
+        let buf = self.next_buf();
+        // SAFETY: the buffer is `buf_size >= len` bytes inside the mapping. The slot is free
+        // (the consumer gave it back by publishing `tail`), so by the protocol nobody else
+        // touches it until we publish `head`. Only the *trusted* side's peer could break that:
+        // this is used by the container, whose peer is the switch, which writes only rx buffers.
+        let slice = unsafe { std::slice::from_raw_parts_mut(self.region.buf_ptr(buf), len) };
+        let r = f(slice);
+        self.publish(buf, len);
+        Some(r)
+    }
+
+    /// After publishing: whether the consumer asked for a doorbell.
+    pub fn kick_needed(&self) -> bool {
+        fence(Ordering::SeqCst);
+        self.region.ctl(self.ring).consumer_waiting.load(Ordering::Relaxed) != 0
+    }
+
+    /// Asks for a doorbell when space frees up, then checks again: `true` means the ring is
+    /// still full (or broken) and the caller may sleep; `false` means push again.
+    pub fn arm(&mut self) -> bool {
+        self.region.ctl(self.ring).producer_waiting.store(1, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        if self.has_space() {
+            self.disarm();
+            return false;
+        }
+        true
+    }
+
+    /// Withdraws the request made by [`arm`](Self::arm).
+    pub fn disarm(&self) {
+        self.region.ctl(self.ring).producer_waiting.store(0, Ordering::Relaxed);
+    }
+}
+
+/// The consuming end of one ring.
+#[derive(Debug)]
+pub struct Consumer {
+    region: Arc<Region>,
+    ring: Ring,
+    tail: u32,
+    /// What the producer did wrong.
+    pub faults: RingFaults,
+}
+
+impl Consumer {
+    /// The consuming end of `ring`, continuing from the index published in the region.
+    pub fn new(region: Arc<Region>, ring: Ring) -> Consumer {
+        let tail = region.ctl(ring).tail.load(Ordering::Relaxed);
+        Consumer { region, ring, tail, faults: RingFaults::default() }
+    }
+
+    /// Frames available, `0` if none or if the producer's `head` is implausible.
+    fn available(&self) -> u32 {
+        let head = self.region.ctl(self.ring).head.load(Ordering::Acquire);
+        let avail = head.wrapping_sub(self.tail);
+        if avail <= self.region.ring_size() {
+            avail
+        } else {
+            0
+        }
+    }
+
+    /// Whether a frame (valid or not) is waiting.
+    pub fn pending(&self) -> bool {
+        self.available() != 0
+    }
+
+    /// Whether a valid frame is waiting (bad descriptors before it are skipped and counted).
+    pub fn has_frame(&mut self) -> bool {
+        self.next().is_some()
+    }
+
+    /// The next valid descriptor as (buffer, length), skipping and counting bad ones.
+    fn next(&mut self) -> Option<(u32, usize)> {
+        let n = self.region.ring_size();
+        // At most one ring's worth of bad descriptors per call: bounded whatever the peer does.
+        for _ in 0..n {
+            let head = self.region.ctl(self.ring).head.load(Ordering::Acquire);
+            let avail = head.wrapping_sub(self.tail);
+            if avail == 0 {
+                return None;
+            }
+            if avail > n {
+                self.faults.bad_index += 1;
+                return None;
+            }
+            let d = self.region.desc(self.ring, self.tail);
+            let (buf, len) = (d.buf.load(Ordering::Relaxed), d.len.load(Ordering::Relaxed));
+            let first = self.region.partition(self.ring);
+            if buf.wrapping_sub(first) < n && len <= self.region.layout.geo.buf_size {
+                return Some((buf, len as usize));
+            }
+            self.faults.bad_desc += 1;
+            self.release();
+        }
+        None
+    }
+
+    fn release(&mut self) {
+        self.tail = self.tail.wrapping_add(1);
+        self.region.ctl(self.ring).tail.store(self.tail, Ordering::Release);
+    }
+
+    /// Copies the next frame into `out` (at least `buf_size` long, else the frame is cut to
+    /// it) and returns its length (the switch's way: bytes of an untrusted peer are copied
+    /// once into private memory and only then looked at).
+    pub fn recv_copy(&mut self, out: &mut [u8]) -> Option<usize> {
+        let (buf, len) = self.next()?;
+        let len = len.min(out.len());
+        // SAFETY: `buf` is in our partition and `len <= buf_size` (checked by `next`), so the
+        // source lies inside the mapping; `out` is private. A raw copy of bytes the peer may be
+        // writing at the same time yields some bytes, which we treat as untrusted anyway.
+        unsafe { std::ptr::copy_nonoverlapping(self.region.buf_ptr(buf), out.as_mut_ptr(), len) };
+        self.release();
+        Some(len)
+    }
+
+    /// Lends the next frame to `f` without a copy (the container's way), then frees its slot.
+    pub fn recv_with<R>(&mut self, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+        let (buf, len) = self.next()?;
+        // SAFETY: in bounds as in `recv_copy`. The producer does not touch a published slot
+        // until we publish `tail` (after `f` returns); only the trusted switch produces on the
+        // ring this is used on, so the bytes do not change under the shared reference.
+        let slice = unsafe { std::slice::from_raw_parts(self.region.buf_ptr(buf), len) };
+        let r = f(slice);
+        self.release();
+        Some(r)
+    }
+
+    /// After consuming: whether the producer asked for a doorbell when space frees up.
+    pub fn kick_needed(&self) -> bool {
+        fence(Ordering::SeqCst);
+        self.region.ctl(self.ring).producer_waiting.load(Ordering::Relaxed) != 0
+    }
+
+    /// Asks for a doorbell on the next frame, then checks again: `true` means the ring is
+    /// still empty (or broken) and the caller may sleep; `false` means consume again.
+    pub fn arm(&mut self) -> bool {
+        self.region.ctl(self.ring).consumer_waiting.store(1, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        if self.pending() {
+            self.disarm();
+            return false;
+        }
+        true
+    }
+
+    /// Withdraws the request made by [`arm`](Self::arm).
+    pub fn disarm(&self) {
+        self.region.ctl(self.ring).consumer_waiting.store(0, Ordering::Relaxed);
+    }
+}
+
+/// A doorbell: a non-blocking eventfd. Ringing it is one `write`; the sleeper polls it.
+#[derive(Debug)]
+pub struct Doorbell(OwnedFd);
+
+impl Doorbell {
+    /// A fresh doorbell (`EFD_CLOEXEC | EFD_NONBLOCK`).
+    pub fn new() -> io::Result<Doorbell> {
+        Ok(Doorbell(rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?))
+    }
+
+    /// A doorbell received from a peer. It must be a non-blocking eventfd; if it is not, ring
+    /// and drain fail harmlessly (they only ever write or read 8 bytes).
+    pub fn from_fd(fd: OwnedFd) -> Doorbell {
+        Doorbell(fd)
+    }
+
+    /// Rings it. A full counter (2^64 - 2 unread rings) means it is ringing already.
+    pub fn ring(&self) {
+        let _ = rustix::io::write(&self.0, &1u64.to_ne_bytes());
+    }
+
+    /// Consumes pending rings; `true` if there were any.
+    pub fn drain(&self) -> bool {
+        let mut b = [0u8; 8];
+        matches!(rustix::io::read(&self.0, &mut b), Ok(8))
+    }
+
+    /// Sleeps until rung or `timeout` passes; `true` if rung (not consumed). `EINTR` counts
+    /// as a spurious wake-up.
+    pub fn wait(&self, timeout: Duration) -> io::Result<bool> {
+        let ts = rustix::event::Timespec {
+            tv_sec: timeout.as_secs().min(i64::MAX as u64) as i64,
+            tv_nsec: i64::from(timeout.subsec_nanos()),
+        };
+        let mut fds = [PollFd::new(&self.0, PollFlags::IN)];
+        match rustix::event::poll(&mut fds, Some(&ts)) {
+            Ok(n) => Ok(n > 0),
+            Err(rustix::io::Errno::INTR) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl AsFd for Doorbell {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+impl From<Doorbell> for OwnedFd {
+    fn from(d: Doorbell) -> OwnedFd {
+        d.0
+    }
+}
+
+#[cfg(test)]
+#[path = "ring_tests.rs"]
+mod tests;
