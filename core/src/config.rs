@@ -45,6 +45,9 @@ pub enum ConfigError {
         default = crate::net::world::DEFAULT_SPIN_US
     )]
     BadSpin(String),
+    /// An on/off variable that is neither `0` nor `1`.
+    #[error("{0}={1:?} is neither 0 nor 1; using 0")]
+    BadSwitch(&'static str, String),
 }
 
 /// The library OS's settings.
@@ -60,6 +63,10 @@ pub struct Config {
     /// `ARRAKIS_SPIN_US`: how long a blocking library-OS call busy-polls before it sleeps,
     /// in microseconds; 0 sleeps at once. Default [`crate::net::world::DEFAULT_SPIN_US`].
     pub spin_us: u32,
+    /// `ARRAKIS_KERNEL_CLIENTS`: `1` gives every library-OS TCP socket a kernel half at
+    /// `bind`/`listen`, so listeners also accept clients not under the shim
+    /// (`core::net::shadow`). Default `0` with the in-process loopback backend.
+    pub kernel_clients: bool,
 }
 
 impl Default for Config {
@@ -69,6 +76,7 @@ impl Default for Config {
             log_file: None,
             backend: Backend::Kernel,
             spin_us: crate::net::world::DEFAULT_SPIN_US,
+            kernel_clients: false,
         }
     }
 }
@@ -89,6 +97,11 @@ impl Config {
                 Ok(b) => cfg.backend = b,
                 Err(e) => errors.push(e),
             }
+        }
+        match get("ARRAKIS_KERNEL_CLIENTS").as_deref().map(str::trim) {
+            None | Some("" | "0") => {}
+            Some("1") => cfg.kernel_clients = true,
+            Some(v) => errors.push(ConfigError::BadSwitch("ARRAKIS_KERNEL_CLIENTS", v.to_string())),
         }
         if let Some(v) = get("ARRAKIS_SPIN_US") {
             match v.trim().parse::<u32>() {

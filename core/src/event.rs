@@ -218,7 +218,7 @@ impl Registry {
 
 /// Moves an internal fd out of the program's way: to a high number (so the program's own
 /// lowest-free-fd numbering is unchanged), close-on-exec.
-fn hide(fd: OwnedFd) -> OwnedFd {
+pub(crate) fn hide(fd: OwnedFd) -> OwnedFd {
     let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(1024);
     let min = (soft.saturating_mul(3) / 4).clamp(3, 1 << 20) as i32;
     match rustix::io::fcntl_dupfd_cloexec(&fd, min) {

@@ -54,6 +54,7 @@ fn start() {
     }));
     crate::libos::configure(cfg.backend);
     arrakis_core::net::world::set_spin_us(cfg.spin_us);
+    arrakis_core::net::set_kernel_clients(cfg.kernel_clients);
     let carry = record_carry();
     tracing::debug!(shim = ?carry.shim_path, backend = ?cfg.backend, "arrakis shim loaded");
     let _ = CARRY.set(carry);

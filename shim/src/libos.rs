@@ -411,11 +411,22 @@ pub(crate) unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t
             return Err(Errno::EOPNOTSUPP);
         }
         let nb = flags & libc::SOCK_NONBLOCK != 0;
-        let (new, peer) = s.accept(nb)?;
+        let cloexec = flags & libc::SOCK_CLOEXEC != 0;
+        let (new, peer) = s.accept(nb, cloexec)?;
         // SAFETY: caller's buffers.
         unsafe { write_sa(peer, addr, len)? };
-        let ph = socket::placeholder(nb, flags & libc::SOCK_CLOEXEC != 0)?;
-        install(ph, new)
+        match new {
+            socket::Accepted::Lib(new) => {
+                let ph = socket::placeholder(nb, cloexec)?;
+                install(ph, new)
+            }
+            // A kernel client: the fd is a plain kernel socket, at the number the kernel chose.
+            socket::Accepted::Kernel(fd) => {
+                let fd = rustix::fd::IntoRawFd::into_raw_fd(fd);
+                drop(table().kernel_fd_created(fd));
+                Ok(fd)
+            }
+        }
     })
 }
 

@@ -5,8 +5,15 @@
 
 pub mod cmsg;
 pub mod hash;
+pub(crate) mod shadow;
 pub mod socket;
 pub mod stack;
 pub mod tuple;
 pub mod udp;
 pub mod world;
+
+/// Whether library-OS TCP sockets get a kernel half for clients not under the shim
+/// (`ARRAKIS_KERNEL_CLIENTS`, see [`shadow`]).
+pub fn set_kernel_clients(on: bool) {
+    shadow::ENABLED.store(on, std::sync::atomic::Ordering::SeqCst);
+}

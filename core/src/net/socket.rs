@@ -125,6 +125,10 @@ pub(crate) struct SockState {
     peer: Option<SocketAddr>,
     /// Listener shard while listening.
     listener: Option<ShardId>,
+    /// The listener's kernel half, for clients not under the shim ([`super::shadow`]), and
+    /// whether it may have a connection waiting.
+    shadow: Option<OwnedFd>,
+    shadow_ready: bool,
     /// Connection shard (TCP) or UDP shard.
     shard: Option<ShardId>,
     /// `sk_err`: reported once by `SO_ERROR` or the next call.
@@ -193,6 +197,8 @@ impl SockState {
             port_gone: false,
             peer: None,
             listener: None,
+            shadow: None,
+            shadow_ready: false,
             shard: None,
             err: None,
             shut_rd: false,
@@ -325,6 +331,15 @@ fn to_addr(fam: Family, ep: IpEndpoint) -> SocketAddr {
         (Family::V6, IpAddr::V4(v4)) => SocketAddr::V6(SocketAddrV6::new(v4.to_ipv6_mapped(), ep.port, 0, 0)),
         (_, ip) => SocketAddr::new(ip, ep.port),
     }
+}
+
+/// A connection `accept` returns.
+#[derive(Debug)]
+pub enum Accepted {
+    /// From a socket of the library OS: a new library-OS socket.
+    Lib(Arc<Socket>),
+    /// From a kernel client, through the listener's kernel half: a kernel socket.
+    Kernel(OwnedFd),
 }
 
 /// What a kernel socket replacing a library-OS one needs ([`Socket::kernel_handover`]).
@@ -463,6 +478,9 @@ impl Socket {
         let backlog = usize::try_from(backlog).unwrap_or(4096).min(4096);
         // The queue is full when it holds more than the backlog (sk_acceptq_is_full).
         if let Some(l) = s.listener {
+            if let Some(k) = &s.shadow {
+                let _ = super::shadow::listen(k, backlog, &inherited(&s.opts));
+            }
             g.sock_mut(id)?.backlog = backlog;
             g.stack.set_backlog(l, backlog + 1);
             return Ok(());
@@ -473,9 +491,12 @@ impl Socket {
         if s.held().is_none() {
             let port = free_tcp_port(&g)?;
             let ip = s.local.filter(|_| s.addr_lock).map_or(s.wildcard().ip(), |l| l.ip());
+            let (port, shadow) = kernel_half(&g, id, ip, port, true)?;
             let s = g.sock_mut(id)?;
             s.local = Some(SocketAddr::new(ip, port));
             s.port_gone = false;
+            drop_shadow(s);
+            s.shadow = shadow;
         }
         let me = g.sock(id)?;
         let mine = me.held().ok_or(Errno::EINVAL)?;
@@ -499,6 +520,9 @@ impl Socket {
                 shared = Some(l);
             }
         }
+        if let Some(k) = &g.sock(id)?.shadow {
+            super::shadow::listen(k, backlog, &inherited(&g.sock(id)?.opts))?;
+        }
         let shard = match shared {
             Some(l) => l,
             None => {
@@ -510,17 +534,25 @@ impl Socket {
                 l
             }
         };
+        if let Some(k) = &g.sock(id)?.shadow {
+            if let Err(e) = super::shadow::watch(k, id) {
+                tracing::warn!(error = %e, "kernel clients of this listener are seen only on the next call");
+            }
+        }
         let s = g.sock_mut(id)?;
         s.listener = Some(shard);
         s.backlog = backlog;
+        s.shadow_ready = false;
         g.attach(shard, id);
         Ok(())
     }
 
-    /// `accept4(2)`: the new socket and the peer's address.
-    pub fn accept(&self, nonblock_new: bool) -> SysResult<(Arc<Socket>, SocketAddr)> {
+    /// `accept4(2)`: a connection of the library OS (a new socket) or, through the
+    /// listener's kernel half, of a kernel client (a kernel fd, `cloexec` as asked); and the
+    /// peer's address.
+    pub fn accept(&self, nonblock_new: bool, cloexec: bool) -> SysResult<(Accepted, SocketAddr)> {
         let nb = self.nonblocking();
-        let (id, peer) = self.block(
+        let (got, peer) = self.block(
             nb,
             |o| o.rcvtimeo,
             |g, me| {
@@ -528,7 +560,18 @@ impl Socket {
                 let Some(l) = s.listener else { return Err(Errno::EINVAL) };
                 let fam = s.fam;
                 let pick = reuseport_pick(g, l, me);
-                let Some(conn) = g.stack.accept_where(l, pick)? else { return Ok(None) };
+                let Some(conn) = g.stack.accept_where(l, pick)? else {
+                    // Nothing from the library OS: a kernel client, if one may be waiting.
+                    let s = g.sock_mut(me)?;
+                    let (Some(k), true) = (&s.shadow, s.shadow_ready) else { return Ok(None) };
+                    return match super::shadow::accept(k, nonblock_new, cloexec)? {
+                        Some((fd, peer)) => Ok(Some((Err(fd), peer))),
+                        None => {
+                            s.shadow_ready = false;
+                            Ok(None)
+                        }
+                    };
+                };
                 let (local, remote) = g.stack.endpoints(conn).ok_or(Errno::ECONNABORTED)?;
                 let parent = g.sock(me)?;
                 let mut st = SockState::new(fam, Kind::Stream, Arc::new(Wait::default()));
@@ -545,20 +588,22 @@ impl Socket {
                 g.attach(conn, id);
                 apply_tcp_opts(g, id);
                 sync(g, id);
-                Ok(Some((id, peer.ok_or(Errno::ECONNABORTED)?)))
+                Ok(Some((Ok(id), peer.ok_or(Errno::ECONNABORTED)?)))
             },
         )?;
+        let id = match got {
+            Ok(id) => id,
+            Err(fd) => return Ok((Accepted::Kernel(fd), peer)),
+        };
         let wait = net().lock().sock(id)?.wait.clone();
-        Ok((
-            Arc::new(Socket {
-                id,
-                wait,
-                nonblock: AtomicBool::new(nonblock_new),
-                fam: self.fam,
-                kind: self.kind,
-            }),
-            peer,
-        ))
+        let sock = Arc::new(Socket {
+            id,
+            wait,
+            nonblock: AtomicBool::new(nonblock_new),
+            fam: self.fam,
+            kind: self.kind,
+        });
+        Ok((Accepted::Lib(sock), peer))
     }
 
     /// `connect(2)`. `None` is `AF_UNSPEC` (dissolve a UDP association).
@@ -712,6 +757,7 @@ impl Socket {
                 }
                 let s = g.sock_mut(id)?;
                 s.listener = None;
+                drop_shadow(s);
                 s.ss = Ss::Unconnected;
                 g.changed(id);
             }
@@ -1485,8 +1531,15 @@ fn apply_tcp_opts(g: &mut Inner, id: usize) {
 
 /// A free TCP port from the ephemeral range for `listen` without `bind`.
 fn free_tcp_port(g: &Inner) -> SysResult<u16> {
+    free_tcp_port_salted(g, 0)
+}
+
+/// [`free_tcp_port`] starting somewhere else for each `salt` (retries within one lock hold,
+/// where the clock does not move).
+fn free_tcp_port_salted(g: &Inner, salt: u32) -> SysResult<u16> {
     let (lo, hi) = super::stack::EPHEMERAL;
-    let seed = (g.now().total_micros() as u32).wrapping_mul(2_654_435_761);
+    let seed =
+        (g.now().total_micros() as u32).wrapping_add(salt.wrapping_mul(40_503)).wrapping_mul(2_654_435_761);
     let span = u32::from(hi - lo) + 1;
     for i in 0..span {
         let p = lo + ((seed.wrapping_add(i)) % span) as u16;
@@ -1571,9 +1624,19 @@ fn bind_as(g: &mut Inner, id: usize, addr: SocketAddr, explicit: bool) -> SysRes
             return Err(Errno::EADDRINUSE);
         }
     }
+    let mut shadow = None;
+    if kind == Kind::Stream {
+        let (p, k) = kernel_half(g, id, addr.ip(), port, addr.port() == 0)?;
+        port = p;
+        shadow = k;
+    }
     let s = g.sock_mut(id)?;
     s.local = Some(SocketAddr::new(addr.ip(), port));
     s.port_gone = false;
+    if shadow.is_some() {
+        drop_shadow(s);
+        s.shadow = shadow;
+    }
     if explicit {
         s.addr_lock |= !addr.ip().is_unspecified();
         s.port_lock |= addr.port() != 0;
@@ -1608,6 +1671,71 @@ fn time_wait_conflict(g: &Inner, port: u16, reuse: bool) -> bool {
             && !(reuse && o.opts.reuseaddr)
             && o.shard.and_then(|c| g.stack.tcp(c).ok()).is_some_and(|t| t.state() == tcp::State::TimeWait)
     })
+}
+
+/// Binds the kernel half of a TCP socket to `ip`:`port` (see [`super::shadow`]). A port
+/// another program holds in the kernel is `EADDRINUSE` — when the library OS chose the port
+/// (`auto`), another one is tried, as `inet_csk_get_port` skips ports in use; a privileged
+/// port without the right is `EACCES`, as Linux's `bind` says. Other failures leave the
+/// socket without a kernel half (logged): clients not under the shim cannot reach it.
+fn kernel_half(
+    g: &Inner,
+    id: usize,
+    ip: IpAddr,
+    mut port: u16,
+    auto: bool,
+) -> SysResult<(u16, Option<OwnedFd>)> {
+    if !super::shadow::enabled() {
+        return Ok((port, None));
+    }
+    let o = &g.sock(id)?.opts;
+    for attempt in 1..=16 {
+        let b = super::shadow::Binding {
+            addr: SocketAddr::new(ip, port),
+            reuseaddr: o.reuseaddr,
+            reuseport: o.reuseport,
+            v6only: o.v6only,
+        };
+        match super::shadow::bind(&b) {
+            Ok(fd) => return Ok((port, Some(fd))),
+            Err(Errno::EADDRINUSE) if auto => port = free_tcp_port_salted(g, attempt)?,
+            Err(e @ (Errno::EADDRINUSE | Errno::EACCES)) => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, addr = %b.addr, "no kernel half for this socket: clients not under the shim cannot reach it");
+                return Ok((port, None));
+            }
+        }
+    }
+    Err(Errno::EADDRINUSE)
+}
+
+/// What a listener's kernel half passes on to the connections it accepts.
+fn inherited(o: &Opts) -> super::shadow::Inherited {
+    super::shadow::Inherited {
+        nodelay: o.nodelay,
+        keepalive: o.keepalive,
+        rcvbuf: o.rcvbuf_locked.then(|| usize::try_from(o.rcvbuf / 2).unwrap_or(0)),
+        sndbuf: o.sndbuf_locked.then(|| usize::try_from(o.sndbuf / 2).unwrap_or(0)),
+        linger: o.linger.map(|l| u64::try_from(l).unwrap_or(0)),
+    }
+}
+
+/// The watcher saw a kernel client arrive at a listener's kernel half.
+pub(crate) fn shadow_arrived(g: &mut Inner, id: usize) {
+    let Ok(s) = g.sock_mut(id) else { return };
+    if s.shadow.is_none() {
+        return;
+    }
+    s.shadow_ready = true;
+    g.changed(id);
+}
+
+/// The listener stops listening: its kernel half goes too.
+fn drop_shadow(s: &mut SockState) {
+    if let Some(k) = s.shadow.take() {
+        super::shadow::unwatch(&k);
+    }
+    s.shadow_ready = false;
 }
 
 /// Which families a listener bound to `a` takes: (IPv4, IPv6).
@@ -1903,7 +2031,9 @@ fn tcp_disconnect(g: &mut Inner, id: usize) -> SysResult<()> {
         if last {
             let _ = g.stack.release(l);
         }
-        g.sock_mut(id)?.listener = None;
+        let s = g.sock_mut(id)?;
+        s.listener = None;
+        drop_shadow(s);
     } else if let Some(c) = s.shard {
         if !s.closed {
             if let Ok(t) = g.stack.tcp_mut(c) {
@@ -1943,6 +2073,7 @@ fn tcp_disconnect(g: &mut Inner, id: usize) -> SysResult<()> {
 fn unhash(s: &mut SockState) {
     if !s.port_lock {
         s.port_gone = s.local.is_some();
+        drop_shadow(s);
     }
     if !s.addr_lock {
         s.local = s.local.map(|l| SocketAddr::new(s.wildcard().ip(), l.port()));
@@ -1972,7 +2103,8 @@ fn reset_for_reconnect(g: &mut Inner, id: usize) {
 /// `close` of the last fd: Linux's `tcp_close` — unread data or `SO_LINGER` 0 → RST,
 /// otherwise FIN after what was queued; a listener resets what nobody accepted.
 fn close(g: &mut Inner, id: usize) {
-    let Some(s) = g.drop_sock(id) else { return };
+    let Some(mut s) = g.drop_sock(id) else { return };
+    drop_shadow(&mut s);
     for w in &s.watchers {
         g.ev.forget_sock(w, id);
     }
@@ -2076,7 +2208,8 @@ pub(crate) fn events(g: &Inner, id: usize) -> u32 {
     }
     if let Some(l) = s.listener {
         let pick = reuseport_pick(g, l, id);
-        return if g.stack.acceptable_where(l, pick) { ev::IN | ev::RDNORM } else { 0 };
+        let ready = s.shadow_ready || g.stack.acceptable_where(l, pick);
+        return if ready { ev::IN | ev::RDNORM } else { 0 };
     }
     let t = s.shard.and_then(|c| g.stack.tcp(c).ok());
     let state = if s.closed { tcp::State::Closed } else { t.map_or(tcp::State::Closed, |t| t.state()) };
