@@ -13,6 +13,7 @@
 //! * [`script`] — a test device that injects frames and records what the stack sends, for
 //!   scripted TCP cases in the packetdrill style.
 //! * emulator and vfio arrive with the control-plane issue.
+//! * [`proto`] is not a device: the control protocol the daemon and the library OS share.
 //!
 //! Nothing here knows about sockets or fds of the program; `core` owns those.
 #![forbid(unsafe_code)]
@@ -23,6 +24,7 @@ pub use smoltcp;
 use smoltcp::phy;
 
 pub mod loopback;
+pub mod proto;
 pub mod script;
 
 /// A network device the library OS can drive and sleep on.
