@@ -17,6 +17,8 @@ use std::ffi::{CString, OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
+mod daemon;
+
 use anyhow::{bail, Context, Result};
 use arrakis_core::config::Backend;
 use clap::{Parser, Subcommand};

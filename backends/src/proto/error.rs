@@ -144,6 +144,12 @@ pub enum ErrorKind {
         /// The grant.
         id: GrantId,
     },
+    /// Something inside the daemon failed (no randomness, ...).
+    #[error("the daemon failed: {reason}; see the daemon's log")]
+    Internal {
+        /// What failed.
+        reason: String,
+    },
     /// The daemon could not write its store.
     #[error("the daemon could not record the change in its store ({reason}); nothing was changed, see the daemon's log")]
     Store {
@@ -167,6 +173,7 @@ impl ErrorKind {
             ErrorKind::UnknownGrant { .. } => "unknown_grant",
             ErrorKind::NotPermitted { .. } => "not_permitted",
             ErrorKind::BadToken { .. } => "bad_token",
+            ErrorKind::Internal { .. } => "internal",
             ErrorKind::Store { .. } => "store",
         }
     }
