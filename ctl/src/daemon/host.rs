@@ -98,14 +98,6 @@ pub fn parse_stat(stat: &str) -> Option<(u64, u32)> {
     Some((start, ppid))
 }
 
-/// The command name (field 2) of `/proc/PID/stat`.
-pub fn comm(pid: u32) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let open = stat.find('(')?;
-    let close = stat.rfind(')')?;
-    stat.get(open + 1..close).map(str::to_owned)
-}
-
 /// The sockets of one `/proc/net/{tcp,tcp6,udp,udp6}` file that hold their local port.
 ///
 /// Rule: every socket holds its local port except a TCP socket in TIME-WAIT. That includes
