@@ -15,6 +15,7 @@
 //! * [`emulator`] — a virtual NIC in shared memory (rings + buffers in a memfd, eventfd
 //!   doorbells) whose other end is the software switch in another process.
 //! * vfio arrives later.
+//! * [`proto`] is not a device: the control protocol the daemon and the library OS share.
 //!
 //! Nothing here knows about sockets or fds of the program; `core` owns those.
 // `unsafe` only in the emulator's shared-memory ring (`emulator::ring`), which allows it.
@@ -27,6 +28,7 @@ use smoltcp::phy;
 
 pub mod emulator;
 pub mod loopback;
+pub mod proto;
 pub mod script;
 
 /// A network device the library OS can drive and sleep on.

@@ -1,8 +1,9 @@
 //! `arrakis`: the command-line front end of Arrakis for Linux.
 //!
-//! This issue's subcommand is the launcher, `arrakis run [--] CMD ARGS...`, which puts the
-//! shim into `LD_PRELOAD` and execs the command. Later issues add the control daemon, the
-//! software switch and the admin commands here.
+//! Subcommands: the launcher, `arrakis run [--] CMD ARGS...`, which puts the shim into
+//! `LD_PRELOAD` and execs the command; the control daemon, `arrakis daemon` ([`daemon`]); the
+//! admin commands `status`, `filters`, `stats` and `revoke` ([`admin`]). The software switch
+//! comes with the emulator backend.
 //!
 //! The launcher must hand the command the process state it was given: Rust's runtime, before
 //! `main`, sets `SIGPIPE` to ignored and opens `/dev/null` on closed fds 0-2, and `Command`
@@ -16,6 +17,9 @@
 use std::ffi::{CString, OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
+
+mod admin;
+mod daemon;
 
 use anyhow::{bail, Context, Result};
 use arrakis_core::config::Backend;
@@ -31,6 +35,23 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// Options of the commands that talk to the daemon.
+#[derive(clap::Args, Debug)]
+struct AdminOpts {
+    /// The daemon's socket [default: $ARRAKIS_SOCKET, else ctl.sock in $ARRAKIS_RUN_DIR or /run/arrakis].
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Print JSON (the daemon's response) instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+impl AdminOpts {
+    fn socket(&self) -> PathBuf {
+        self.socket.clone().unwrap_or_else(arrakis_backends::proto::default_socket)
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a program under the shim (LD_PRELOAD=libarrakis.so).
@@ -41,6 +62,37 @@ enum Cmd {
         /// Program and its arguments.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<OsString>,
+    },
+    /// Run the control daemon in the foreground.
+    Daemon {
+        /// Socket to listen on [default: $ARRAKIS_SOCKET, else ctl.sock in $ARRAKIS_RUN_DIR or /run/arrakis].
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// Directory of the grant store [default: $ARRAKIS_STATE_DIR, else the socket's directory].
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        /// Grants one container may hold.
+        #[arg(long, value_name = "N", default_value_t = daemon::rules::Limits::default().max_grants)]
+        max_grants: u32,
+        /// Ports one container's grants may cover in all.
+        #[arg(long, value_name = "N", default_value_t = daemon::rules::Limits::default().max_ports)]
+        max_ports: u32,
+        /// How long a client may take to send the rest of a frame it started, in ms.
+        #[arg(long, value_name = "MS", default_value_t = 5000, hide = true)]
+        frame_timeout_ms: u64,
+    },
+    /// Show the daemon and its containers.
+    Status(AdminOpts),
+    /// List the grants (filters).
+    Filters(AdminOpts),
+    /// Show counters.
+    Stats(AdminOpts),
+    /// Revoke a grant.
+    Revoke {
+        /// The grant's number (`arrakis filters` lists them).
+        id: u64,
+        #[command(flatten)]
+        opts: AdminOpts,
     },
 }
 
@@ -55,11 +107,40 @@ pub extern "C" fn main(_argc: std::ffi::c_int, _argv: *const *const std::ffi::c_
 #[cfg_attr(test, allow(dead_code))]
 fn entry() -> std::ffi::c_int {
     let cli = Cli::parse();
-    let err = match cli.cmd {
-        Cmd::Run { backend, command } => run(backend.as_deref(), &command),
+    let result = match cli.cmd {
+        Cmd::Run { backend, command } => {
+            let err = run(backend.as_deref(), &command);
+            eprintln!("arrakis: {err:#}");
+            return exit_code(&err);
+        }
+        Cmd::Daemon { socket, state_dir, max_grants, max_ports, frame_timeout_ms } => {
+            let socket = socket.unwrap_or_else(arrakis_backends::proto::default_socket);
+            let state_dir = state_dir
+                .or_else(|| {
+                    std::env::var_os("ARRAKIS_STATE_DIR").filter(|d| !d.is_empty()).map(PathBuf::from)
+                })
+                .unwrap_or_else(|| {
+                    socket.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+                });
+            daemon::run(&daemon::Config {
+                socket,
+                state_dir,
+                limits: daemon::rules::Limits { max_grants, max_ports },
+                frame_timeout: std::time::Duration::from_millis(frame_timeout_ms),
+            })
+        }
+        Cmd::Status(o) => admin::query(&o.socket(), admin::Query::Status, o.json),
+        Cmd::Filters(o) => admin::query(&o.socket(), admin::Query::Filters, o.json),
+        Cmd::Stats(o) => admin::query(&o.socket(), admin::Query::Stats, o.json),
+        Cmd::Revoke { id, opts } => admin::revoke(&opts.socket(), id, opts.json),
     };
-    eprintln!("arrakis: {err:#}");
-    exit_code(&err)
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("arrakis: {e:#}");
+            1
+        }
+    }
 }
 
 /// As shells report a command they could not run: 127 not found, 126 found but not runnable.
@@ -215,11 +296,11 @@ mod tests {
     #[test]
     fn the_cli_parses_run_with_hyphen_arguments() {
         let cli = Cli::try_parse_from(["arrakis", "run", "--", "ls", "-l", "/"]).unwrap();
-        let Cmd::Run { command, backend } = cli.cmd;
+        let Cmd::Run { command, backend } = cli.cmd else { panic!("not run") };
         assert_eq!(command, vec!["ls", "-l", "/"]);
         assert!(backend.is_none());
         let cli = Cli::try_parse_from(["arrakis", "run", "redis-server", "--port", "7000"]).unwrap();
-        let Cmd::Run { command, .. } = cli.cmd;
+        let Cmd::Run { command, .. } = cli.cmd else { panic!("not run") };
         assert_eq!(command, vec!["redis-server", "--port", "7000"]);
     }
 }

@@ -1,0 +1,209 @@
+//! A small blocking client: connect, say hello, send requests, read replies.
+//!
+//! The launcher and the admin CLI use it as is; the library OS will use it to register and
+//! ask for grants. It never raises `SIGPIPE` (writes use `MSG_NOSIGNAL`), and every read and
+//! write has a timeout, so a daemon that hangs cannot hang its client for ever.
+
+use std::io::{self, Read};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rustix::net::SendFlags;
+
+use super::error::ErrorReply;
+use super::frame::{self, FrameBuf};
+use super::msg::{
+    decode_reply, Filter, GrantId, Name, Outcome, ReplyFrame, Request, RequestFrame, Response, Token,
+};
+use super::{MIN_VERSION, VERSION};
+
+/// How long a client waits for the daemon to take or answer a request.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing listens at the socket.
+    #[error(
+        "no arrakis daemon at {}: start one with `arrakis daemon` or use `arrakis run`, which starts one",
+        path.display()
+    )]
+    NoDaemon {
+        /// The socket.
+        path: PathBuf,
+        /// What connect said.
+        #[source]
+        source: io::Error,
+    },
+    /// The socket exists but the caller may not connect to it.
+    #[error("cannot connect to the arrakis daemon at {}: {source}; run as the daemon's user or root", path.display())]
+    Denied {
+        /// The socket.
+        path: PathBuf,
+        /// What connect said.
+        #[source]
+        source: io::Error,
+    },
+    /// Talking to the daemon failed.
+    #[error("lost the arrakis daemon at {}: {source}", path.display())]
+    Io {
+        /// The socket.
+        path: PathBuf,
+        /// What failed.
+        #[source]
+        source: io::Error,
+    },
+    /// The daemon sent something this client cannot read.
+    #[error("the arrakis daemon at {} sent a bad reply: {reason}", path.display())]
+    Protocol {
+        /// The socket.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The daemon refused the request.
+    #[error(transparent)]
+    Refused(#[from] ErrorReply),
+}
+
+/// One connection to the daemon, past `hello`.
+#[derive(Debug)]
+pub struct Client {
+    stream: UnixStream,
+    path: PathBuf,
+    seq: u32,
+    version: u16,
+    daemon: String,
+}
+
+impl Client {
+    /// Connects to the daemon at `path` and negotiates the version.
+    pub fn connect(path: &Path) -> Result<Client, ClientError> {
+        let stream = UnixStream::connect(path).map_err(|source| {
+            let path = path.to_path_buf();
+            match source.kind() {
+                io::ErrorKind::PermissionDenied => ClientError::Denied { path, source },
+                _ => ClientError::NoDaemon { path, source },
+            }
+        })?;
+        let io_err = |source| ClientError::Io { path: path.to_path_buf(), source };
+        stream.set_read_timeout(Some(TIMEOUT)).map_err(io_err)?;
+        stream.set_write_timeout(Some(TIMEOUT)).map_err(io_err)?;
+        let mut c = Client { stream, path: path.to_path_buf(), seq: 0, version: 0, daemon: String::new() };
+        match c.call(Request::Hello { min: MIN_VERSION, max: VERSION })? {
+            Response::Hello { version, daemon } => {
+                c.version = version;
+                c.daemon = daemon;
+                Ok(c)
+            }
+            other => Err(c.unexpected(&other)),
+        }
+    }
+
+    /// The negotiated protocol version.
+    pub fn version(&self) -> u16 {
+        self.version
+    }
+
+    /// The daemon's build, as it said in `hello`.
+    pub fn daemon_version(&self) -> &str {
+        &self.daemon
+    }
+
+    /// The socket this client is connected to.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn unexpected(&self, r: &Response) -> ClientError {
+        ClientError::Protocol { path: self.path.clone(), reason: format!("unexpected response {r:?}") }
+    }
+
+    /// Sends one request and waits for its reply.
+    pub fn call(&mut self, req: Request) -> Result<Response, ClientError> {
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        let bytes = frame::encode(&RequestFrame { seq, req }).map_err(|e| self.proto_err(e))?;
+        self.send_all(&bytes)?;
+        let reply = self.read_reply()?;
+        if reply.seq != seq {
+            return Err(ClientError::Protocol {
+                path: self.path.clone(),
+                reason: format!("reply for request {} while waiting for {seq}", reply.seq),
+            });
+        }
+        match reply.result {
+            Outcome::Ok(r) => Ok(r),
+            Outcome::Err(e) => Err(ClientError::Refused(e)),
+        }
+    }
+
+    fn proto_err(&self, e: impl std::fmt::Display) -> ClientError {
+        ClientError::Protocol { path: self.path.clone(), reason: e.to_string() }
+    }
+
+    fn send_all(&mut self, mut bytes: &[u8]) -> Result<(), ClientError> {
+        while !bytes.is_empty() {
+            match rustix::net::send(&self.stream, bytes, SendFlags::NOSIGNAL) {
+                Ok(n) => bytes = &bytes[n..],
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(ClientError::Io { path: self.path.clone(), source: e.into() }),
+            }
+        }
+        Ok(())
+    }
+
+    fn read_reply(&mut self) -> Result<ReplyFrame, ClientError> {
+        let mut fb = FrameBuf::new();
+        let mut chunk = vec![0u8; 4096];
+        loop {
+            match fb.take() {
+                Ok(Some(body)) => return decode_reply(&body).map_err(|e| self.proto_err(e)),
+                Ok(None) => {}
+                Err(e) => return Err(self.proto_err(e)),
+            }
+            let want = fb.room().min(chunk.len());
+            let n = match self.stream.read(&mut chunk[..want]) {
+                Ok(0) => {
+                    let source =
+                        io::Error::new(io::ErrorKind::UnexpectedEof, "the daemon closed the connection");
+                    return Err(ClientError::Io { path: self.path.clone(), source });
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(source) => return Err(ClientError::Io { path: self.path.clone(), source }),
+            };
+            fb.extend(&chunk[..n]).map_err(|e| self.proto_err(e))?;
+        }
+    }
+
+    /// Registers the calling process as a container named `name`.
+    pub fn register(&mut self, name: &str) -> Result<Response, ClientError> {
+        self.call(Request::Register { name: Name::lossy(name) })
+    }
+
+    /// Asks for a filter; returns the grant's id and token.
+    pub fn grant(&mut self, filter: Filter) -> Result<(GrantId, Token), ClientError> {
+        match self.call(Request::Grant { filter })? {
+            Response::Granted { grant, token } => Ok((grant.id, token)),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    /// Ends a grant.
+    pub fn revoke(&mut self, id: GrantId) -> Result<(), ClientError> {
+        match self.call(Request::Revoke { id })? {
+            Response::Revoked { .. } => Ok(()),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    /// Becomes a holder of a grant whose token this process was given.
+    pub fn inherit(&mut self, id: GrantId, token: Token) -> Result<(), ClientError> {
+        match self.call(Request::Inherit { id, token })? {
+            Response::Inherited { .. } => Ok(()),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! The daemon's refusals: a typed kind (for programs) and its message (for people). Every
+//! message names the thing that is wrong and says what to do about it.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use super::msg::{GrantId, Name, Proto};
+
+/// A refusal as it travels: the kind and the message the daemon made from it. Clients print
+/// `message`; programs match on `kind`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(deny_unknown_fields)]
+#[error("{message}")]
+pub struct ErrorReply {
+    /// What went wrong, with its details.
+    pub kind: ErrorKind,
+    /// The same for a person, with the fix.
+    pub message: String,
+}
+
+impl From<ErrorKind> for ErrorReply {
+    fn from(kind: ErrorKind) -> Self {
+        ErrorReply { message: kind.to_string(), kind }
+    }
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "code", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ErrorKind {
+    /// The frame's body is not a valid request.
+    #[error("bad request: {reason}; see docs/ARCHITECTURE.md, \"Control protocol\", for the message format")]
+    BadRequest {
+        /// What the decoder said.
+        reason: String,
+    },
+    /// The first request was not `hello`.
+    #[error("the first request on a connection must be hello (protocol version negotiation)")]
+    HelloFirst,
+    /// No version in common.
+    #[error(
+        "protocol versions {client_min}-{client_max} are not spoken by this daemon, which speaks \
+         {daemon_min}-{daemon_max}; use an arrakis client and daemon from the same release"
+    )]
+    Version {
+        /// Client's oldest.
+        client_min: u16,
+        /// Client's newest.
+        client_max: u16,
+        /// Daemon's oldest.
+        daemon_min: u16,
+        /// Daemon's newest.
+        daemon_max: u16,
+    },
+    /// The request needs a registered container.
+    #[error("process {pid} is not a registered container; register first (`arrakis run` does it)")]
+    NotRegistered {
+        /// The caller.
+        pid: u32,
+    },
+    /// Another container holds an overlapping grant.
+    #[error(
+        "port {port}/{proto} is held by container {pid} ({name}) under grant {grant}; \
+         choose another port or revoke grant {grant} (`arrakis revoke {grant}`)"
+    )]
+    HeldByContainer {
+        /// Protocol.
+        proto: Proto,
+        /// First port in common.
+        port: u16,
+        /// The holder's pid.
+        pid: u32,
+        /// The holder's name.
+        name: Name,
+        /// The grant.
+        grant: GrantId,
+    },
+    /// A process outside the library OS has a kernel socket on the port.
+    #[error(
+        "port {port}/{proto} is in use by a kernel socket on {addr} ({state}); choose another \
+         port or stop the process that uses it (`ss -lntup 'sport = :{port}'` shows it)"
+    )]
+    HeldByKernel {
+        /// Protocol.
+        proto: Proto,
+        /// The port.
+        port: u16,
+        /// The kernel socket's local address.
+        addr: IpAddr,
+        /// Its state as `ss` names it.
+        state: String,
+    },
+    /// The grant would take the container past its quota.
+    #[error(
+        "container {pid} would hold {grants} grants covering {ports} ports, over its quota of \
+         {max_grants} grants and {max_ports} ports; revoke a grant it no longer needs or start \
+         the daemon with a larger --max-grants/--max-ports"
+    )]
+    Quota {
+        /// The container.
+        pid: u32,
+        /// Grants it would hold.
+        grants: u32,
+        /// Ports it would hold.
+        ports: u32,
+        /// Quota of grants.
+        max_grants: u32,
+        /// Quota of ports.
+        max_ports: u32,
+    },
+    /// A port below the unprivileged start, asked for by a non-root user.
+    #[error(
+        "port {port} is privileged (below {start}) and uid {uid} is not root; choose a port of \
+         {start} or above, or run as root"
+    )]
+    Privileged {
+        /// The port.
+        port: u16,
+        /// `net.ipv4.ip_unprivileged_port_start`.
+        start: u16,
+        /// The caller's uid.
+        uid: u32,
+    },
+    /// No such grant.
+    #[error("there is no grant {id}; `arrakis filters` lists the grants")]
+    UnknownGrant {
+        /// The id asked for.
+        id: GrantId,
+    },
+    /// The caller may not act on the grant.
+    #[error("uid {uid} may not revoke grant {id}, which belongs to uid {owner}; ask its owner or root")]
+    NotPermitted {
+        /// The grant.
+        id: GrantId,
+        /// The caller's uid.
+        uid: u32,
+        /// The holders' uid.
+        owner: u32,
+    },
+    /// The token does not match the grant.
+    #[error("the token does not match grant {id}; inherit with the token the grant's holder was given")]
+    BadToken {
+        /// The grant.
+        id: GrantId,
+    },
+    /// Something inside the daemon failed (no randomness, ...).
+    #[error("the daemon failed: {reason}; see the daemon's log")]
+    Internal {
+        /// What failed.
+        reason: String,
+    },
+    /// The daemon could not write its store.
+    #[error("the daemon could not record the change in its store ({reason}); nothing was changed, see the daemon's log")]
+    Store {
+        /// What the store said.
+        reason: String,
+    },
+}
+
+impl ErrorKind {
+    /// The kind's code, as in the wire format (`held_by_kernel`, ...), for counters.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ErrorKind::BadRequest { .. } => "bad_request",
+            ErrorKind::HelloFirst => "hello_first",
+            ErrorKind::Version { .. } => "version",
+            ErrorKind::NotRegistered { .. } => "not_registered",
+            ErrorKind::HeldByContainer { .. } => "held_by_container",
+            ErrorKind::HeldByKernel { .. } => "held_by_kernel",
+            ErrorKind::Quota { .. } => "quota",
+            ErrorKind::Privileged { .. } => "privileged",
+            ErrorKind::UnknownGrant { .. } => "unknown_grant",
+            ErrorKind::NotPermitted { .. } => "not_permitted",
+            ErrorKind::BadToken { .. } => "bad_token",
+            ErrorKind::Internal { .. } => "internal",
+            ErrorKind::Store { .. } => "store",
+        }
+    }
+}

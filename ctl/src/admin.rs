@@ -1,0 +1,219 @@
+//! The admin commands: `arrakis status`, `filters`, `stats`, `revoke`. Each is one request
+//! to the daemon through [`arrakis_backends::proto::client`], printed as a table for people
+//! or, with `--json`, as the daemon's response itself for scripts.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::path::Path;
+
+use anyhow::Result;
+use arrakis_backends::proto::client::Client;
+use arrakis_backends::proto::{GrantId, GrantInfo, Request, Response};
+
+/// Which admin command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Query {
+    /// `arrakis status`.
+    Status,
+    /// `arrakis filters`.
+    Filters,
+    /// `arrakis stats`.
+    Stats,
+}
+
+/// Runs a query and prints its answer.
+pub fn query(socket: &Path, q: Query, json: bool) -> Result<()> {
+    let mut c = Client::connect(socket)?;
+    let req = match q {
+        Query::Status => Request::Status {},
+        Query::Filters => Request::Filters {},
+        Query::Stats => Request::Stats {},
+    };
+    let resp = c.call(req)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&resp)?);
+    } else {
+        print!("{}", render(&resp));
+    }
+    Ok(())
+}
+
+/// `arrakis revoke ID`.
+pub fn revoke(socket: &Path, id: u64, json: bool) -> Result<()> {
+    let mut c = Client::connect(socket)?;
+    c.revoke(GrantId(id))?;
+    if json {
+        println!("{}", serde_json::json!({ "revoked": id }));
+    } else {
+        println!("revoked grant {id}");
+    }
+    Ok(())
+}
+
+/// Lays rows out in columns, two spaces apart.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, cell) in r.iter().enumerate() {
+            w[i] = w[i].max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    let line = |out: &mut String, cells: Vec<&str>| {
+        let n = cells.len();
+        for (i, c) in cells.into_iter().enumerate() {
+            if i + 1 == n {
+                out.push_str(c);
+            } else {
+                let _ = write!(out, "{c:<width$}  ", width = w[i]);
+            }
+        }
+        out.push('\n');
+    };
+    line(&mut out, header.to_vec());
+    for r in rows {
+        line(&mut out, r.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+fn ids(ids: &[GrantId]) -> String {
+    if ids.is_empty() {
+        return "-".into();
+    }
+    ids.iter().map(GrantId::to_string).collect::<Vec<_>>().join(",")
+}
+
+fn local(a: IpAddr) -> String {
+    if a.is_unspecified() {
+        format!("* ({a})")
+    } else {
+        a.to_string()
+    }
+}
+
+fn grant_row(g: &GrantInfo) -> Vec<String> {
+    let f = &g.filter;
+    let peers = if f.peers().is_empty() {
+        "any".into()
+    } else {
+        f.peers().iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+    };
+    let holders = g.holders.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+    vec![
+        g.id.to_string(),
+        f.direction().to_string(),
+        f.proto().to_string(),
+        local(f.local()),
+        f.ports().to_string(),
+        peers,
+        holders,
+    ]
+}
+
+/// A response as people read it.
+pub fn render(resp: &Response) -> String {
+    match resp {
+        Response::Status { daemon, containers } => {
+            let mut s = format!(
+                "daemon  pid {}, version {}, protocol {}-{}, up {} s\nsocket  {}\nstore   {}\nquota   {} grants, {} ports per container\n\n",
+                daemon.pid,
+                daemon.version,
+                daemon.protocol.0,
+                daemon.protocol.1,
+                daemon.uptime,
+                daemon.socket,
+                daemon.store,
+                daemon.max_grants,
+                daemon.max_ports
+            );
+            if containers.is_empty() {
+                s.push_str("no containers\n");
+            } else {
+                let rows: Vec<Vec<String>> = containers
+                    .iter()
+                    .map(|c| {
+                        vec![
+                            c.pid.to_string(),
+                            c.name.to_string(),
+                            c.uid.to_string(),
+                            c.parent.to_string(),
+                            ids(&c.grants),
+                        ]
+                    })
+                    .collect();
+                s.push_str(&table(&["PID", "NAME", "UID", "PARENT", "GRANTS"], &rows));
+            }
+            s
+        }
+        Response::Filters { grants } => {
+            if grants.is_empty() {
+                return "no grants\n".into();
+            }
+            let rows: Vec<Vec<String>> = grants.iter().map(grant_row).collect();
+            table(&["ID", "DIR", "PROTO", "LOCAL", "PORTS", "PEERS", "HOLDERS"], &rows)
+        }
+        Response::Stats { daemon, containers, switch } => {
+            let mut rows = vec![
+                vec!["connections".to_string(), daemon.connections.to_string()],
+                vec!["clients dropped".into(), daemon.dropped_clients.to_string()],
+                vec!["requests".into(), daemon.requests.to_string()],
+                vec!["containers registered".into(), daemon.registered.to_string()],
+                vec!["containers reclaimed".into(), daemon.reclaimed.to_string()],
+                vec!["grants made".into(), daemon.grants.to_string()],
+                vec!["grants revoked".into(), daemon.revoked.to_string()],
+                vec!["grants released".into(), daemon.released.to_string()],
+            ];
+            for (code, n) in &daemon.refusals {
+                rows.push(vec![format!("refused: {code}"), n.to_string()]);
+            }
+            let mut s = table(&["DAEMON", "COUNT"], &rows);
+            s.push('\n');
+            if !containers.is_empty() {
+                let rows: Vec<Vec<String>> = containers
+                    .iter()
+                    .map(|c| {
+                        vec![c.pid.to_string(), c.name.to_string(), c.grants.to_string(), c.ports.to_string()]
+                    })
+                    .collect();
+                s.push_str(&table(&["PID", "NAME", "GRANTS", "PORTS"], &rows));
+                s.push('\n');
+            }
+            match switch {
+                None => s.push_str("switch  not running (frames and drops by reason appear here with the emulator backend)\n"),
+                Some(sw) => {
+                    let rows: Vec<Vec<String>> = sw
+                        .containers
+                        .iter()
+                        .map(|t| {
+                            let drops: u64 = t.drops.values().sum();
+                            vec![
+                                t.pid.to_string(),
+                                t.tx_frames.to_string(),
+                                t.rx_frames.to_string(),
+                                t.tx_bytes.to_string(),
+                                t.rx_bytes.to_string(),
+                                drops.to_string(),
+                            ]
+                        })
+                        .collect();
+                    s.push_str(&table(&["PID", "TX FRAMES", "RX FRAMES", "TX BYTES", "RX BYTES", "DROPS"], &rows));
+                }
+            }
+            s
+        }
+        other => format!("{other:?}\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_columns() {
+        let t =
+            table(&["ID", "NAME"], &[vec!["1".into(), "redis-server".into()], vec!["22".into(), "x".into()]]);
+        assert_eq!(t, "ID  NAME\n1   redis-server\n22  x\n");
+    }
+}
