@@ -26,6 +26,7 @@ use std::os::fd::BorrowedFd;
 pub use smoltcp;
 use smoltcp::phy;
 
+pub mod any;
 pub mod emulator;
 pub mod loopback;
 pub mod proto;

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCs
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant as StdInstant};
 
+use arrakis_backends::any::AnyDevice;
 use arrakis_backends::loopback::Loopback;
 use rustix::thread::futex;
 use smoltcp::time::Instant;
@@ -166,7 +167,9 @@ pub fn set_spin_us(us: u32) {
 
 /// Everything the lock protects.
 pub(crate) struct Inner {
-    pub(crate) stack: Stack<Loopback>,
+    /// The stack over the backend's device (the loopback today; the emulator's NIC once the
+    /// process is attached to a switch).
+    pub(crate) stack: Stack<AnyDevice>,
     /// Sockets by id (`Socket::id`); `None` marks a free slot.
     pub(crate) socks: Vec<Option<SockState>>,
     free: Vec<usize>,
@@ -342,7 +345,7 @@ pub fn net() -> &'static Net {
             IpCidr::new(IpAddress::Ipv4(LOOPBACK_V4), 8),
             IpCidr::new(IpAddress::Ipv6(std::net::Ipv6Addr::LOCALHOST), 128),
         ];
-        let stack = Stack::new(Loopback::default(), &addrs, Instant::from_micros(0), bufs);
+        let stack = Stack::new(AnyDevice::from(Loopback::default()), &addrs, Instant::from_micros(0), bufs);
         Net {
             inner: Mutex::new(Inner {
                 stack,
