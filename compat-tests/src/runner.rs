@@ -67,6 +67,26 @@ pub fn build_c(src: &Path, out: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// The workspace root (this crate's parent directory).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// Where a test looks for `libarrakis.so` (after `ARRAKIS_SHIM`): `$CARGO_TARGET_DIR/release`,
+/// the target directory of the test's `CARGO_TARGET_TMPDIR` (`<target>/tmp`), and the
+/// workspace's `target/release`.
+pub fn shim_candidates(target_tmpdir: &Path) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
+        v.push(PathBuf::from(t).join("release/libarrakis.so"));
+    }
+    if let Some(target) = target_tmpdir.parent() {
+        v.push(target.join("release/libarrakis.so"));
+    }
+    v.push(workspace_root().join("target/release/libarrakis.so"));
+    v
+}
+
 /// The shim to test: `$ARRAKIS_SHIM`, else the first existing candidate.
 /// The error says how to build it.
 pub fn locate_shim(candidates: &[PathBuf]) -> Result<PathBuf, String> {

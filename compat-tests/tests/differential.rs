@@ -18,7 +18,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use compat_tests::observe::{compare, Observations, EXIT_STATUS};
-use compat_tests::runner::{build_c, locate_shim, run, RunResult, RunSpec};
+use compat_tests::runner::{build_c, locate_shim, run, shim_candidates, RunResult, RunSpec};
 
 const MIN_CASES: usize = 150;
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -67,23 +67,6 @@ impl Mode {
             _ => None,
         }
     }
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("compat-tests lives in the workspace").to_path_buf()
-}
-
-fn shim_candidates() -> Vec<PathBuf> {
-    let mut v = Vec::new();
-    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
-        v.push(PathBuf::from(t).join("release/libarrakis.so"));
-    }
-    // CARGO_TARGET_TMPDIR is <target>/tmp.
-    if let Some(target) = Path::new(env!("CARGO_TARGET_TMPDIR")).parent() {
-        v.push(target.join("release/libarrakis.so"));
-    }
-    v.push(workspace_root().join("target/release/libarrakis.so"));
-    v
 }
 
 /// Compile every `cases/*.c` into `bin`, two at a time.
@@ -164,7 +147,8 @@ fn observations(r: &RunResult) -> Observations {
 #[test]
 fn native_and_shim_agree() {
     let started = Instant::now();
-    let shim = locate_shim(&shim_candidates()).unwrap_or_else(|e| panic!("{e}"));
+    let shim = locate_shim(&shim_candidates(Path::new(env!("CARGO_TARGET_TMPDIR"))))
+        .unwrap_or_else(|e| panic!("{e}"));
     println!("shim under test: {}", shim.display());
 
     let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("compat");

@@ -13,23 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use compat_tests::runner::{base_env, build_c, locate_shim};
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("compat-tests lives in the workspace").to_path_buf()
-}
-
-fn shim_candidates() -> Vec<PathBuf> {
-    let mut v = Vec::new();
-    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
-        v.push(PathBuf::from(t).join("release/libarrakis.so"));
-    }
-    if let Some(target) = Path::new(env!("CARGO_TARGET_TMPDIR")).parent() {
-        v.push(target.join("release/libarrakis.so"));
-    }
-    v.push(workspace_root().join("target/release/libarrakis.so"));
-    v
-}
+use compat_tests::runner::{base_env, build_c, locate_shim, shim_candidates};
 
 /// Runs the server (under the shim if `shim` is given), plays the two kernel clients, and
 /// returns its output lines.
@@ -74,7 +58,8 @@ fn run(program: &Path, shim: Option<&Path>) -> Vec<String> {
 
 #[test]
 fn library_listener_serves_kernel_clients() {
-    let shim = locate_shim(&shim_candidates()).unwrap_or_else(|e| panic!("{e}"));
+    let shim = locate_shim(&shim_candidates(Path::new(env!("CARGO_TARGET_TMPDIR"))))
+        .unwrap_or_else(|e| panic!("{e}"));
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kclients");
     std::fs::create_dir_all(&dir).expect("create the build dir");
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("kclients/kclient_server.c");

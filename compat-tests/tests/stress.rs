@@ -25,7 +25,7 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use compat_tests::runner::{base_env, build_c, locate_shim, RunResult};
+use compat_tests::runner::{base_env, build_c, locate_shim, shim_candidates, RunResult};
 
 /// Backstop per run: the program's own deadline (300 s per phase) and watchdog fire first.
 const RUN_TIMEOUT: Duration = Duration::from_secs(600);
@@ -81,23 +81,6 @@ fn shim_backend() -> Backend {
     } else {
         Backend::Loopback
     }
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("compat-tests lives in the workspace").to_path_buf()
-}
-
-fn shim_candidates() -> Vec<PathBuf> {
-    let mut v = Vec::new();
-    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
-        v.push(PathBuf::from(t).join("release/libarrakis.so"));
-    }
-    // CARGO_TARGET_TMPDIR is <target>/tmp.
-    if let Some(target) = Path::new(env!("CARGO_TARGET_TMPDIR")).parent() {
-        v.push(target.join("release/libarrakis.so"));
-    }
-    v.push(workspace_root().join("target/release/libarrakis.so"));
-    v
 }
 
 /// Runs `program args` in a fresh `dir` with the harness's minimal environment, plus
@@ -218,7 +201,8 @@ fn summary(phase: &str, r: &RunResult) -> String {
 #[test]
 fn tcp_stress_full_size() {
     let started = Instant::now();
-    let shim = locate_shim(&shim_candidates()).unwrap_or_else(|e| panic!("{e}"));
+    let shim = locate_shim(&shim_candidates(Path::new(env!("CARGO_TARGET_TMPDIR"))))
+        .unwrap_or_else(|e| panic!("{e}"));
     let backend = shim_backend();
     println!("shim under test: {} (shim runs with ARRAKIS_BACKEND={})", shim.display(), backend.name());
     if backend == Backend::Kernel {
