@@ -20,6 +20,7 @@ use std::time::{Duration, Instant as StdInstant};
 
 use arrakis_backends::any::AnyDevice;
 use arrakis_backends::loopback::Loopback;
+use arrakis_backends::NetDevice;
 use rustix::thread::futex;
 use smoltcp::time::Instant;
 use smoltcp::wire::{IpAddress, IpCidr};
@@ -329,6 +330,25 @@ pub struct Net {
     armed: AtomicU64,
     /// Pid of the process whose progress thread runs (a forked child starts its own).
     progress_pid: AtomicU32,
+    /// With a device that has a doorbell (the emulator's NIC), the progress thread sleeps in
+    /// `ppoll` on it and on this eventfd, which a call arming an earlier deadline writes.
+    kick: OnceLock<rustix::fd::OwnedFd>,
+}
+
+/// A device for the world other than the loopback, given before the first socket
+/// ([`attach_device`]).
+static DEVICE: Mutex<Option<AnyDevice>> = Mutex::new(None);
+
+/// Makes the process's network world run over `dev` (an emulator NIC attached to a switch)
+/// instead of the in-process loopback. Must come before the world exists (the first socket);
+/// afterwards the device is handed back.
+pub fn attach_device(dev: AnyDevice) -> Result<(), AnyDevice> {
+    if NET.get().is_some() {
+        return Err(dev);
+    }
+    let mut slot = DEVICE.lock().unwrap_or_else(|e| e.into_inner());
+    *slot = Some(dev);
+    Ok(())
 }
 
 static NET: OnceLock<Net> = OnceLock::new();
@@ -345,7 +365,9 @@ pub fn net() -> &'static Net {
             IpCidr::new(IpAddress::Ipv4(LOOPBACK_V4), 8),
             IpCidr::new(IpAddress::Ipv6(std::net::Ipv6Addr::LOCALHOST), 128),
         ];
-        let stack = Stack::new(AnyDevice::from(Loopback::default()), &addrs, Instant::from_micros(0), bufs);
+        let dev = DEVICE.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let dev = dev.unwrap_or_else(|| AnyDevice::from(Loopback::default()));
+        let stack = Stack::new(dev, &addrs, Instant::from_micros(0), bufs);
         Net {
             inner: Mutex::new(Inner {
                 stack,
@@ -363,6 +385,7 @@ pub fn net() -> &'static Net {
             timer: Wait::default(),
             armed: AtomicU64::new(u64::MAX),
             progress_pid: AtomicU32::new(0),
+            kick: OnceLock::new(),
         }
     })
 }
@@ -392,6 +415,9 @@ impl Drop for Wakes<'_> {
         }
         if self.timer {
             self.net.timer.wake();
+            if let Some(k) = self.net.kick.get() {
+                let _ = rustix::io::write(k, &1u64.to_ne_bytes());
+            }
         }
         // Keep the buffer for this thread's next call.
         let words = std::mem::take(&mut self.words);
@@ -480,6 +506,13 @@ impl Net {
             Some(&nix::sys::signal::SigSet::all()),
             None,
         );
+        let bell = {
+            let g = self.lock();
+            g.stack.device().doorbell().and_then(|fd| rustix::io::fcntl_dupfd_cloexec(fd, 0).ok())
+        };
+        if let Some(bell) = bell {
+            return self.progress_doorbell(crate::event::hide(bell));
+        }
         loop {
             self.armed.store(u64::MAX, SeqCst);
             // Runs the stack; releasing the lock arms `armed` with the next deadline.
@@ -497,6 +530,63 @@ impl Net {
                 (self.epoch + Duration::from_micros(at)).clamp(soonest, cap)
             };
             let _ = self.timer.sleep(seen, Some(deadline));
+        }
+    }
+
+    /// The progress thread over a device with a doorbell: frames from the other side (the
+    /// switch) arrive while no call runs, so the thread sleeps in `ppoll` on the doorbell and
+    /// on the kick eventfd, up to the stack's next deadline, and runs the stack on either.
+    /// Before sleeping it asks the device for a doorbell and looks once more
+    /// (`prepare_sleep`), so a frame that lands in between is not left unannounced.
+    fn progress_doorbell(&self, bell: rustix::fd::OwnedFd) {
+        let kick = match rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::NONBLOCK | rustix::event::EventfdFlags::CLOEXEC,
+        ) {
+            Ok(k) => crate::event::hide(k),
+            Err(e) => {
+                tracing::error!(error = %e, "no kick eventfd: the progress thread wakes only for the device");
+                return;
+            }
+        };
+        let kick = match self.kick.get() {
+            Some(k) => k,
+            None => self.kick.get_or_init(|| kick),
+        };
+        loop {
+            self.armed.store(u64::MAX, SeqCst);
+            let idle = {
+                let mut g = self.lock();
+                g.stack.device_mut().ack_doorbell();
+                g.pump();
+                g.stack.device_mut().prepare_sleep()
+            };
+            if !idle {
+                continue;
+            }
+            // Counted as a sleeper, so a call arming an earlier deadline writes the kick;
+            // `armed` is read after, so a deadline armed before that is seen here.
+            self.timer.waiters.fetch_add(1, SeqCst);
+            let at = self.armed.load(SeqCst);
+            let left = if at == u64::MAX {
+                Duration::from_secs(1)
+            } else {
+                (self.epoch + Duration::from_micros(at))
+                    .saturating_duration_since(StdInstant::now())
+                    .clamp(Duration::from_micros(100), Duration::from_secs(1))
+            };
+            let ts = rustix::time::Timespec {
+                tv_sec: left.as_secs() as i64,
+                tv_nsec: i64::from(left.subsec_nanos()),
+            };
+            let mut fds = [
+                rustix::event::PollFd::new(&bell, rustix::event::PollFlags::IN),
+                rustix::event::PollFd::new(kick, rustix::event::PollFlags::IN),
+            ];
+            let _ = rustix::event::poll(&mut fds, Some(&ts));
+            self.timer.waiters.fetch_sub(1, SeqCst);
+            let mut b = [0u8; 8];
+            let _ = rustix::io::read(kick, &mut b);
         }
     }
 
