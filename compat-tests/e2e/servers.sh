@@ -8,6 +8,10 @@
 # usage: compat-tests/e2e/servers.sh
 #   ARRAKIS_SKIP_BUILD=1  use the existing target/release build instead of `cargo build --release`
 #   KEEP_WORK=1           keep the scratch directory (server logs, dump.rdb) for inspection
+#   ARRAKIS_BACKEND=loopback ARRAKIS_KERNEL_CLIENTS=1
+#                         the servers' sockets on the library OS; the clients (not under the
+#                         shim) reach them through the listeners' kernel halves. The script
+#                         then also checks that each server's listener is the library OS's.
 set -euo pipefail
 # shellcheck source=../../examples/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../../examples/lib.sh"
@@ -21,6 +25,23 @@ else
   build_arrakis
 fi
 START=$SECONDS
+
+# check_library_sockets PID NAME PORT: under ARRAKIS_BACKEND=loopback with
+# ARRAKIS_KERNEL_CLIENTS=1, the kernel socket listening on PORT must be the hidden kernel half
+# of a library-OS listener (an fd the library OS placed at or above 3/4 of the process's fd
+# limit), not a socket of the program's own numbering.
+check_library_sockets() {
+  local pid=$1 name=$2 port=$3 inode fd soft
+  [ "${ARRAKIS_BACKEND:-kernel}" = loopback ] && [ "${ARRAKIS_KERNEL_CLIENTS:-0}" = 1 ] || return 0
+  inode=$(ss -Hltne "sport = :$port" | grep -o 'ino:[0-9]*' | head -1 | cut -d: -f2)
+  [ -n "$inode" ] || die "$name: no kernel socket listens on port $port"
+  fd=$(find "/proc/$pid/fd" -lname "socket:\\[$inode\\]" -printf '%f\n' 2>/dev/null | head -1)
+  [ -n "$fd" ] || die "$name: the kernel listener on port $port is not one of pid $pid's fds"
+  soft=$(awk '/Max open files/ {print $4}' "/proc/$pid/limits")
+  [ "$fd" -ge $((soft * 3 / 4)) ] ||
+    die "$name: the kernel listener on port $port is fd $fd, the program's own (not a library-OS listener's kernel half)"
+  say "$name (pid $pid): its listener on port $port is the library OS's (kernel half at hidden fd $fd)"
+}
 
 # --- memcached --------------------------------------------------------------------------
 
@@ -68,6 +89,7 @@ test_memcached() {
   pid=$(mc_stat "$port" pid)
   [ "$pid" = "$launched" ] || SERVER_PIDS+=("$pid")
   check_shim_mapped "$pid" memcached
+  check_library_sockets "$pid" memcached "$port"
   [ "$(mc_stat "$port" threads)" = 4 ] || die "memcached does not report 4 worker threads"
 
   # Load: memcslap sets, then gets (it loads COUNT keys first), then multi-gets.
@@ -134,6 +156,7 @@ test_redis() {
   dir=$WORK/redis
   say "redis-server under arrakis run on 127.0.0.1:$port, data in $dir"
   start_redis shim "$port" "$dir" "$WORK/redis.log"
+  check_library_sockets "$REDIS_PID" redis-server "$port"
 
   # Load: redis-benchmark at 50 and 1 connections. The INCR counter says how many of the
   # requests the server really applied.
@@ -193,6 +216,7 @@ test_redis() {
 
   say "restarting redis-server under arrakis run from the snapshot"
   start_redis shim "$port" "$dir" "$WORK/redis2.log"
+  check_library_sockets "$REDIS_PID" redis-server "$port"
   [ "$(redis_info "$port" rdb_last_load_keys_loaded)" = 103 ] ||
     die "restarted redis loaded $(redis_info "$port" rdb_last_load_keys_loaded) keys, expected 103"
   [ "$(rcli "$port" DBSIZE)" = 103 ] || die "restarted redis has DBSIZE $(rcli "$port" DBSIZE), expected 103"
