@@ -4,19 +4,23 @@
 //! ask for grants. It never raises `SIGPIPE` (writes use `MSG_NOSIGNAL`), and every read and
 //! write has a timeout, so a daemon that hangs cannot hang its client for ever.
 
-use std::io::{self, Read};
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::IpAddr;
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rustix::net::SendFlags;
+use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendFlags};
 
 use super::error::ErrorReply;
 use super::frame::{self, FrameBuf};
 use super::msg::{
-    decode_reply, Filter, GrantId, Name, Outcome, ReplyFrame, Request, RequestFrame, Response, Token,
+    decode_reply, Filter, GrantId, Name, NicInfo, Outcome, Proto, ReplyFrame, Request, RequestFrame,
+    Response, Token,
 };
-use super::{MIN_VERSION, VERSION};
+use super::{MAX_FDS, MIN_VERSION, VERSION};
 
 /// How long a client waits for the daemon to take or answer a request.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
@@ -120,13 +124,19 @@ impl Client {
         ClientError::Protocol { path: self.path.clone(), reason: format!("unexpected response {r:?}") }
     }
 
-    /// Sends one request and waits for its reply.
+    /// Sends one request and waits for its reply. Fds that came with the reply are closed.
     pub fn call(&mut self, req: Request) -> Result<Response, ClientError> {
+        self.call_with_fds(req).map(|(r, _fds)| r)
+    }
+
+    /// Sends one request and waits for its reply, with the fds that came with it
+    /// (`SCM_RIGHTS`, at most [`MAX_FDS`]; received close-on-exec).
+    pub fn call_with_fds(&mut self, req: Request) -> Result<(Response, Vec<OwnedFd>), ClientError> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
         let bytes = frame::encode(&RequestFrame { seq, req }).map_err(|e| self.proto_err(e))?;
         self.send_all(&bytes)?;
-        let reply = self.read_reply()?;
+        let (reply, fds) = self.read_reply()?;
         if reply.seq != seq {
             return Err(ClientError::Protocol {
                 path: self.path.clone(),
@@ -134,7 +144,7 @@ impl Client {
             });
         }
         match reply.result {
-            Outcome::Ok(r) => Ok(r),
+            Outcome::Ok(r) => Ok((r, fds)),
             Outcome::Err(e) => Err(ClientError::Refused(e)),
         }
     }
@@ -154,17 +164,34 @@ impl Client {
         Ok(())
     }
 
-    fn read_reply(&mut self) -> Result<ReplyFrame, ClientError> {
+    fn read_reply(&mut self) -> Result<(ReplyFrame, Vec<OwnedFd>), ClientError> {
         let mut fb = FrameBuf::new();
         let mut chunk = vec![0u8; 4096];
+        let mut fds = Vec::new();
         loop {
             match fb.take() {
-                Ok(Some(body)) => return decode_reply(&body).map_err(|e| self.proto_err(e)),
+                Ok(Some(body)) => return Ok((decode_reply(&body).map_err(|e| self.proto_err(e))?, fds)),
                 Ok(None) => {}
                 Err(e) => return Err(self.proto_err(e)),
             }
             let want = fb.room().min(chunk.len());
-            let n = match self.stream.read(&mut chunk[..want]) {
+            let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+            let mut anc = RecvAncillaryBuffer::new(&mut space);
+            let got = rustix::net::recvmsg(
+                &self.stream,
+                &mut [io::IoSliceMut::new(&mut chunk[..want])],
+                &mut anc,
+                RecvFlags::CMSG_CLOEXEC,
+            );
+            for m in anc.drain() {
+                if let RecvAncillaryMessage::ScmRights(r) = m {
+                    fds.extend(r);
+                }
+            }
+            if fds.len() > MAX_FDS {
+                return Err(self.proto_err(format!("{} fds with one reply; at most {MAX_FDS}", fds.len())));
+            }
+            let n = match got.map(|r| r.bytes).map_err(io::Error::from) {
                 Ok(0) => {
                     let source =
                         io::Error::new(io::ErrorKind::UnexpectedEof, "the daemon closed the connection");
@@ -195,6 +222,29 @@ impl Client {
     pub fn revoke(&mut self, id: GrantId) -> Result<(), ClientError> {
         match self.call(Request::Revoke { id })? {
             Response::Revoked { .. } => Ok(()),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    /// The calling container's virtual NIC ([`Request::Nic`]): what the daemon says of it and
+    /// its fds (region, doorbell to the container, doorbell to the switch).
+    pub fn nic(&mut self) -> Result<(NicInfo, [OwnedFd; 3]), ClientError> {
+        match self.call_with_fds(Request::Nic {})? {
+            (Response::Nic { nic }, fds) => {
+                let n = fds.len();
+                let fds: [OwnedFd; 3] = fds
+                    .try_into()
+                    .map_err(|_| self.proto_err(format!("the nic reply carried {n} fds; it must carry 3")))?;
+                Ok((nic, fds))
+            }
+            (other, _) => Err(self.unexpected(&other)),
+        }
+    }
+
+    /// Whether some container receives `proto` traffic at `addr`:`port` ([`Request::Lookup`]).
+    pub fn lookup(&mut self, proto: Proto, addr: IpAddr, port: u16) -> Result<bool, ClientError> {
+        match self.call(Request::Lookup { proto, addr, port })? {
+            Response::Lookup { served } => Ok(served),
             other => Err(self.unexpected(&other)),
         }
     }

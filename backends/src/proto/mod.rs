@@ -26,9 +26,12 @@ pub use frame::{FrameBuf, FrameError, MAX_FRAME};
 pub use msg::*;
 
 /// The protocol version this build speaks best.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// The oldest protocol version this build still speaks.
 pub const MIN_VERSION: u16 = 1;
+
+/// How many fds a reply may carry (`SCM_RIGHTS`); [`Request::Nic`]'s carries three.
+pub const MAX_FDS: usize = 4;
 
 /// The socket's file name inside the run directory.
 pub const SOCKET_NAME: &str = "ctl.sock";

@@ -93,6 +93,23 @@ pub enum Request {
     Stats {},
     /// The calling container leaves; grants it alone held are released.
     Unregister {},
+    /// Version 2. The calling container's virtual NIC on the emulator's switch. The reply
+    /// ([`Response::Nic`]) carries three fds as `SCM_RIGHTS` on its frame, in this order: the
+    /// NIC's region (a sealed memfd), the doorbell the switch rings (the container sleeps on
+    /// it), the doorbell the container rings. Each call gives a fresh NIC and detaches the
+    /// container's previous one (a process that `exec`s asks again); the ephemeral port
+    /// blocks stay the container's for its life.
+    Nic {},
+    /// Version 2. Whether some container's grant receives `proto` traffic on `addr`:`port`
+    /// (so a connection there goes through the switch; otherwise to the kernel).
+    Lookup {
+        /// Protocol.
+        proto: Proto,
+        /// Destination address as the program gave it.
+        addr: IpAddr,
+        /// Destination port.
+        port: u16,
+    },
 }
 
 /// What the daemon answers to each request.
@@ -155,6 +172,29 @@ pub enum Response {
         /// Grants that ended with it.
         released: Vec<GrantId>,
     },
+    /// The caller's NIC is attached to the switch; its three fds ride on this frame.
+    Nic {
+        /// What the container needs besides the fds.
+        nic: NicInfo,
+    },
+    /// Answer to [`Request::Lookup`].
+    Lookup {
+        /// True if a container's grant receives there.
+        served: bool,
+    },
+}
+
+/// A container's NIC, as the daemon describes it (the geometry is in the region's header).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NicInfo {
+    /// The container's ephemeral TCP ports: `connect` and `bind` to port 0 take local ports
+    /// from here (granted to the container for both directions, on every local address).
+    pub tcp_ports: PortRange,
+    /// The container's ephemeral UDP ports.
+    pub udp_ports: PortRange,
+    /// The grants that cover the two blocks.
+    pub grants: Vec<GrantId>,
 }
 
 /// A grant's public number: it names the grant in listings and in `arrakis revoke`. It

@@ -8,17 +8,19 @@
 //! 3. no overlap ([`Filter::overlaps`]) with a grant the caller does not hold;
 //! 4. the caller's grants and the ports they cover stay within the quota;
 //! 5. no kernel socket holds a port of the range on an overlapping address
-//!    ([`super::host::parse_proc_net`] says which sockets hold one).
+//!    ([`super::host::parse_proc_net`] says which sockets hold one), except on a port the
+//!    caller already holds a grant for (its own library sockets' kernel halves).
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use arrakis_backends::proto::{
-    addrs_overlap, ContainerInfo, ContainerStats, DaemonCounters, ErrorKind, Filter, GrantId, GrantInfo,
-    Name, Request, Response, Token,
+    addrs_overlap, ContainerInfo, ContainerStats, DaemonCounters, Direction, ErrorKind, Filter, GrantId,
+    GrantInfo, Name, Proto, Request, Response, Token,
 };
 use serde::{Deserialize, Serialize};
 
-use super::host::Host;
+use super::host::{Host, KernelSocket};
 
 /// Who is asking, from `SO_PEERCRED`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -280,8 +282,11 @@ impl Registry {
 
     fn dispatch(&mut self, caller: Caller, req: Request, host: &mut dyn Host) -> Result<Response, ErrorKind> {
         match req {
-            Request::Hello { .. } | Request::Status {} => {
-                Err(ErrorKind::BadRequest { reason: "hello and status are answered by the server".into() })
+            Request::Hello { .. } | Request::Status {} | Request::Nic {} => Err(ErrorKind::BadRequest {
+                reason: "hello, status and nic are answered by the server".into(),
+            }),
+            Request::Lookup { proto, addr, port } => {
+                Ok(Response::Lookup { served: self.serves(proto, addr, port) })
             }
             Request::Register { name } => self.register(caller, name, host),
             Request::Grant { filter } => self.grant(caller, filter, host),
@@ -309,6 +314,18 @@ impl Registry {
                 Ok(Response::Unregistered { released })
             }
         }
+    }
+
+    /// True if some grant receives `proto` traffic on `addr`:`port` (a wildcard destination
+    /// means this host, as on Linux: any grant on the port).
+    pub fn serves(&self, proto: Proto, addr: IpAddr, port: u16) -> bool {
+        self.grants.values().any(|g| {
+            let f = &g.filter;
+            f.proto() == proto
+                && f.direction() != Direction::Out
+                && f.ports().contains(port)
+                && (addr.is_unspecified() || addrs_overlap(f.local(), addr))
+        })
     }
 
     fn register(&mut self, caller: Caller, name: Name, host: &dyn Host) -> Result<Response, ErrorKind> {
@@ -357,10 +374,22 @@ impl Registry {
             });
         }
         self.check_quota(caller.pid, &filter)?;
+        // A kernel socket on a port the caller already holds a grant for is taken to be its
+        // own (the kernel half of a library-OS socket bound there, `core::net::shadow`): a
+        // program that binds one port twice (IPv4 and IPv6 listeners) must not be refused by
+        // its first socket.
+        let own = |k: &KernelSocket| {
+            self.grants.values().any(|g| {
+                g.holders.contains(&caller.pid)
+                    && g.filter.proto() == k.proto
+                    && g.filter.ports().contains(k.port)
+                    && addrs_overlap(g.filter.local(), k.addr)
+            })
+        };
         if let Some(k) = host
             .kernel_sockets(filter.proto())
             .into_iter()
-            .find(|k| filter.ports().contains(k.port) && addrs_overlap(k.addr, filter.local()))
+            .find(|k| filter.ports().contains(k.port) && addrs_overlap(k.addr, filter.local()) && !own(k))
         {
             return Err(ErrorKind::HeldByKernel {
                 proto: k.proto,
@@ -565,6 +594,53 @@ pub mod tests {
         ));
         grant(&mut r, &mut h, Caller { pid: 100, uid: 0 }, tcp("::", 80, 80)).unwrap();
         assert_eq!(r.counters.refusals.get("held_by_kernel"), Some(&1));
+    }
+
+    #[test]
+    fn a_containers_own_kernel_half_does_not_block_its_second_listener() {
+        let (mut r, mut h) = setup();
+        grant(&mut r, &mut h, A, tcp("0.0.0.0", 11211, 11211)).unwrap();
+        // Its IPv4 listener's kernel half now holds the port...
+        h.kernel.push(KernelSocket {
+            proto: Proto::Tcp,
+            addr: "0.0.0.0".parse().unwrap(),
+            port: 11211,
+            state: "LISTEN",
+        });
+        // ...and its IPv6 listener on the same port is still granted; another container not.
+        grant(&mut r, &mut h, A, tcp("::", 11211, 11211)).unwrap();
+        let e = grant(&mut r, &mut h, B, tcp("::1", 11211, 11211)).unwrap_err();
+        assert!(matches!(e, ErrorKind::HeldByContainer { port: 11211, .. }), "{e:?}");
+    }
+
+    #[test]
+    fn lookup_says_whether_a_grant_receives_there() {
+        let (mut r, mut h) = setup();
+        grant(&mut r, &mut h, A, tcp("0.0.0.0", 6379, 6379)).unwrap();
+        let out = Filter::new(
+            Direction::Out,
+            Proto::Udp,
+            "0.0.0.0".parse().unwrap(),
+            PortRange::one(5353).unwrap(),
+            vec![],
+        )
+        .unwrap();
+        grant(&mut r, &mut h, B, out).unwrap();
+        let ask = |r: &mut Registry, h: &mut FakeHost, proto, addr: &str, port| match r
+            .handle(B, Request::Lookup { proto, addr: addr.parse().unwrap(), port }, h)
+            .unwrap()
+        {
+            Response::Lookup { served } => served,
+            other => panic!("{other:?}"),
+        };
+        assert!(ask(&mut r, &mut h, Proto::Tcp, "127.0.0.1", 6379));
+        assert!(ask(&mut r, &mut h, Proto::Tcp, "0.0.0.0", 6379));
+        assert!(ask(&mut r, &mut h, Proto::Tcp, "::ffff:127.0.0.1", 6379));
+        assert!(!ask(&mut r, &mut h, Proto::Tcp, "::1", 6379));
+        assert!(!ask(&mut r, &mut h, Proto::Udp, "127.0.0.1", 6379));
+        assert!(!ask(&mut r, &mut h, Proto::Tcp, "127.0.0.1", 6380));
+        // A send-only grant receives nothing.
+        assert!(!ask(&mut r, &mut h, Proto::Udp, "127.0.0.1", 5353));
     }
 
     #[test]

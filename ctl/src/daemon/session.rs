@@ -296,9 +296,15 @@ mod tests {
     /// Would the rules allow `f` for `caller` given the grants before the request?
     fn allowed(before: &[GrantRec], caller: Caller, f: &Filter) -> bool {
         let overlap = before.iter().any(|g| !g.holders.contains(&caller.pid) && g.filter.overlaps(f));
-        let kernel = f.proto() == Proto::Tcp
-            && f.ports().contains(KERNEL_PORT)
-            && arrakis_backends::proto::addrs_overlap(f.local(), "127.0.0.1".parse().unwrap());
+        let lo = "127.0.0.1".parse().unwrap();
+        let on_kernel_port = |f: &Filter| {
+            f.proto() == Proto::Tcp
+                && f.ports().contains(KERNEL_PORT)
+                && arrakis_backends::proto::addrs_overlap(f.local(), lo)
+        };
+        // The kernel socket counts as the caller's own if it already held a grant over it.
+        let own = before.iter().any(|g| g.holders.contains(&caller.pid) && on_kernel_port(&g.filter));
+        let kernel = on_kernel_port(f) && !own;
         let privileged = f.ports().lo() < 1024 && caller.uid != 0;
         !overlap && !kernel && !privileged
     }
