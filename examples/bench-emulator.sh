@@ -1,0 +1,264 @@
+#!/usr/bin/env bash
+# Kernel path versus the emulator path (issue 4, acceptance 5), in one run, ratios printed.
+# Both ends of every test are separate processes: on the kernel path they run natively over
+# kernel loopback sockets; on the emulator path both run under `arrakis run --backend
+# emulator` (the library OS's TCP/UDP, frames through the software switch in shared memory).
+#   redis    redis-server; redis-benchmark -t set,get at 1 and 50 connections (rps, p50)
+#   memcached  memcached -t 4; memcslap --test=set/get at 1 and 50 concurrency (keys/s)
+#   udp      examples/bench/udpecho.c: 64-byte datagram round trips (p50, mean)
+# Runs alternate between the paths (kernel emulator, emulator kernel, ...) so the noise of a
+# shared machine falls on both; the table gives medians over the rounds. CPU per request is
+# the CPU time (user + system, /proc and getrusage) of the client, the server and, on the
+# emulator path, the arrakis daemon and switch processes, divided by the requests made.
+# Progress goes to stderr; stdout gets a Markdown summary for docs/BENCHMARKS.md.
+#
+# usage: examples/bench-emulator.sh [--no-build]
+#   ROUNDS=3            runs per path (1..20)
+#   REDIS_N=20000       requests per redis-benchmark test (at 1 connection: REDIS_N / 4)
+#   MC_N=50000          keys per memcslap run (at concurrency 50: MC_N / 50 per thread)
+#   UDP_N=20000         timed datagram round trips (after 2000 untimed)
+#   BENCH_MAX_SECONDS=1800   stop with an error if the runs take longer
+#   PATHS="kernel emulator"  the paths to run (one alone gives no ratios: a check of the script)
+set -euo pipefail
+# shellcheck source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+NO_BUILD=${ARRAKIS_SKIP_BUILD:-}
+for arg in "$@"; do
+  case $arg in
+    --no-build) NO_BUILD=1 ;;
+    -h | --help)
+      sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
+      exit 0
+      ;;
+    *) die "unknown argument: $arg (usage: examples/bench-emulator.sh [--no-build])" ;;
+  esac
+done
+ROUNDS=${ROUNDS:-3}
+REDIS_N=${REDIS_N:-20000}
+MC_N=${MC_N:-50000}
+UDP_N=${UDP_N:-20000}
+BENCH_MAX_SECONDS=${BENCH_MAX_SECONDS:-1800}
+for v in ROUNDS REDIS_N MC_N UDP_N BENCH_MAX_SECONDS; do
+  [[ ${!v} =~ ^[0-9]+$ ]] && [ "${!v}" -ge 1 ] || die "$v=${!v} is not a positive number"
+done
+[ "$ROUNDS" -le 20 ] || die "ROUNDS=$ROUNDS: use 1..20"
+[ "$REDIS_N" -ge 400 ] && [ "$MC_N" -ge 500 ] || die "REDIS_N must be >= 400 and MC_N >= 500"
+
+ensure_packages cc:gcc memcached:memcached memcslap:libmemcached-tools redis-server:redis-server \
+  redis-cli:redis-tools redis-benchmark:redis-tools python3:python3
+if [ -n "$NO_BUILD" ]; then
+  [ -x "$ARRAKIS" ] && [ -f "$SHIM" ] || die "--no-build given but $ARRAKIS or $SHIM is missing"
+else
+  build_arrakis
+fi
+UDPECHO=$WORK/udpecho
+cc -O2 -Wall -Wextra -o "$UDPECHO" "$ROOT/examples/bench/udpecho.c" || die "cannot compile udpecho.c"
+
+export ARRAKIS_RUN_DIR=$WORK/run
+unset ARRAKIS_SOCKET ARRAKIS_STATE_DIR ARRAKIS_BACKEND ARRAKIS_KERNEL_CLIENTS
+bench_cleanup() {
+  pkill -KILL -f -- "$ARRAKIS_RUN_DIR" 2>/dev/null || true
+  pkill -KILL -f -- "$ARRAKIS (daemon|switch)" 2>/dev/null || true
+  cleanup
+}
+trap bench_cleanup EXIT
+TCK=$(getconf CLK_TCK)
+START=$SECONDS
+
+# cpu_of PID...: CPU seconds (user + system, all threads) the processes used so far.
+cpu_of() {
+  local pid t=0 v
+  for pid in "$@"; do
+    v=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{ print $12 + $13 }') || v=0
+    t=$((t + ${v:-0}))
+  done
+  awk -v t="$t" -v h="$TCK" 'BEGIN { printf "%.4f\n", t / h }'
+}
+# plane_pids: the arrakis daemon and switch processes (the emulator path's control and data
+# plane outside the two ends); none on the kernel path.
+plane_pids() { pgrep -x arrakis || true; }
+
+# client PATH OUT CMD...: runs CMD (under the shim on the emulator path) with stdout to OUT;
+# prints the CPU seconds it used (getrusage of the waited-for child).
+client() {
+  local path=$1 out=$2
+  shift 2
+  local pre=()
+  [ "$path" = emulator ] && pre=("$ARRAKIS" run --backend emulator --)
+  timeout -k 5 300 python3 -c '
+import resource, subprocess, sys
+with open(sys.argv[1], "wb") as out:
+    rc = subprocess.run(sys.argv[2:], stdout=out).returncode
+r = resource.getrusage(resource.RUSAGE_CHILDREN)
+print("%.4f" % (r.ru_utime + r.ru_stime))
+sys.exit(rc)' "$out" "${pre[@]}" "$@"
+}
+
+# record NAME VALUE: appends VALUE to this round's series NAME.
+record() { echo "$2" >>"$WORK/m.$1"; }
+
+launch() {
+  local path=$1 log=$2
+  shift 2
+  if [ "$path" = emulator ]; then
+    start_bg "$log" "$ARRAKIS" run --backend emulator -- "$@"
+  else
+    start_bg "$log" "$@"
+  fi
+}
+
+# server_pid PATH LAUNCHED: the launched process is the server (arrakis run execs it).
+check_path() {
+  local path=$1 pid=$2 what=$3
+  if [ "$path" = emulator ]; then check_shim_mapped "$pid" "$what" >/dev/null 2>&1 || die "$what is not under the shim"
+  else check_shim_absent "$pid" "$what"; fi
+}
+
+run_redis() {
+  local path=$1 port pid c0 p0 c1 p1 cpu out n conns t
+  port=$(free_port)
+  launch "$path" "$WORK/redis.$path.log" redis-server --port "$port" --bind 127.0.0.1 --save '' \
+    --appendonly no --daemonize no --logfile '' --dir "$WORK"
+  pid=$BG_PID
+  wait_tcp "$port" "$pid" 20 || { tail "$WORK/redis.$path.log" >&2; die "redis ($path) did not start"; }
+  check_path "$path" "$pid" redis-server
+  for conns in 1 50; do
+    n=$REDIS_N
+    [ "$conns" = 1 ] && n=$((REDIS_N / 4))
+    c0=$(cpu_of "$pid")
+    p0=$(cpu_of $(plane_pids))
+    cpu=$(client "$path" "$WORK/rb.out" redis-benchmark -h 127.0.0.1 -p "$port" --csv -t set,get \
+      -n "$n" -c "$conns") || die "redis-benchmark ($path, $conns conns) failed"
+    c1=$(cpu_of "$pid")
+    p1=$(cpu_of $(plane_pids))
+    out=$(cat "$WORK/rb.out")
+    for t in SET GET; do
+      record "redis_${t}_c${conns}_rps.$path" "$(csv_field "$out" "$t" rps)"
+      record "redis_${t}_c${conns}_p50.$path" "$(csv_field "$out" "$t" p50)"
+    done
+    record "redis_c${conns}_cpu_us.$path" "$(awk -v a="$cpu" -v b="$c0" -v c="$c1" -v d="$p0" -v e="$p1" \
+      -v n=$((2 * n)) 'BEGIN { printf "%.2f", (a + c - b + e - d) * 1e6 / n }')"
+  done
+  stop_pid "$pid" 10 || true
+}
+
+run_memcached() {
+  local path=$1 port pid user=() c0 c1 p0 p1 cpu conc n t secs keys
+  port=$(free_port)
+  [ "$(id -u)" -eq 0 ] && user=(-u root)
+  launch "$path" "$WORK/mc.$path.log" memcached -l 127.0.0.1 -p "$port" -U 0 -t 4 -m 64 -c 1024 "${user[@]}"
+  pid=$BG_PID
+  wait_tcp "$port" "$pid" 20 || { tail "$WORK/mc.$path.log" >&2; die "memcached ($path) did not start"; }
+  check_path "$path" "$pid" memcached
+  for conc in 1 50; do
+    n=$MC_N
+    [ "$conc" = 50 ] && n=$((MC_N / 50))
+    for t in set get; do
+      c0=$(cpu_of "$pid")
+      p0=$(cpu_of $(plane_pids))
+      cpu=$(client "$path" "$WORK/slap.out" memcslap --servers="127.0.0.1:$port" --test="$t" \
+        --concurrency="$conc" --execute-number="$n" --tcp-nodelay) || die "memcslap ($path) failed"
+      c1=$(cpu_of "$pid")
+      p1=$(cpu_of $(plane_pids))
+      grep -Eqi 'error|fail' "$WORK/slap.out" && { cat "$WORK/slap.out" >&2; die "memcslap ($path) reported errors"; }
+      # "Time to get 24762 keys by 1 threads: 4.142 seconds." (a get run asks for a random
+      # subset of the keys it set first).
+      read -r keys secs < <(awk -v t="$t" '$1 == "Time" && $3 == t && $6 == "by" { print $4, $(NF - 1) }' "$WORK/slap.out") ||
+        { cat "$WORK/slap.out" >&2; die "memcslap ($path): no \"Time to $t ... by\" line"; }
+      # The CPU covers the whole run: a get run first sets its n keys per thread.
+      local reqs=$keys
+      [ "$t" = get ] && reqs=$((keys + conc * n))
+      record "mc_${t}_c${conc}_kps.$path" "$(awk -v k="$keys" -v s="$secs" 'BEGIN { printf "%.0f", k / s }')"
+      record "mc_${t}_c${conc}_cpu_us.$path" "$(awk -v a="$cpu" -v b="$c0" -v c="$c1" -v d="$p0" -v e="$p1" \
+        -v n="$reqs" 'BEGIN { printf "%.2f", (a + c - b + e - d) * 1e6 / n }')"
+    done
+  done
+  stop_pid "$pid" 10 || true
+}
+
+run_udp() {
+  local path=$1 port pid c0 c1 p0 p1 cpu lib
+  port=$(free_port)
+  launch "$path" "$WORK/udp.$path.log" "$UDPECHO" server "$port" 600
+  pid=$BG_PID
+  poll 20 grep -q ready "$WORK/udp.$path.log" || { cat "$WORK/udp.$path.log" >&2; die "udpecho server ($path) did not start"; }
+  c0=$(cpu_of "$pid")
+  p0=$(cpu_of $(plane_pids))
+  cpu=$(client "$path" "$WORK/udp.out" "$UDPECHO" client "$port" -n "$UDP_N" -q) ||
+    { cat "$WORK/udp.out" >&2; die "udpecho client ($path) failed"; }
+  c1=$(cpu_of "$pid")
+  p1=$(cpu_of $(plane_pids))
+  lib=$(awk -F= '$1 == "#lib" { print $2 }' "$WORK/udp.out")
+  if [ "$path" = emulator ]; then [ "$lib" = 1 ] || die "udpecho client under the emulator used a kernel socket"
+  else [ "$lib" = 0 ] || die "udpecho client on the kernel path used a library socket"; fi
+  record "udp_p50.$path" "$(awk '$1 == "rtt_us_p50" { print $2 }' "$WORK/udp.out")"
+  record "udp_mean.$path" "$(awk '$1 == "rtt_us_mean" { print $2 }' "$WORK/udp.out")"
+  record "udp_cpu_us.$path" "$(awk -v a="$cpu" -v b="$c0" -v c="$c1" -v d="$p0" -v e="$p1" \
+    -v n="$((UDP_N + 2000))" 'BEGIN { printf "%.2f", (a + c - b + e - d) * 1e6 / n }')"
+  wait_exit "$pid" 10 || true
+}
+
+run_path() {
+  [ $((SECONDS - START)) -lt "$BENCH_MAX_SECONDS" ] || die "the runs took longer than BENCH_MAX_SECONDS=$BENCH_MAX_SECONDS s"
+  say "round $2/$ROUNDS: $1 path"
+  run_redis "$1"
+  run_memcached "$1"
+  run_udp "$1"
+}
+
+PATHS=${PATHS:-kernel emulator}
+read -r -a ORDER <<<"$PATHS"
+for p in "${ORDER[@]}"; do
+  case $p in kernel | emulator) ;; *) die "PATHS: unknown path $p (kernel, emulator)" ;; esac
+done
+for round in $(seq 1 "$ROUNDS"); do
+  if [ $((round % 2)) -eq 1 ]; then
+    for p in "${ORDER[@]}"; do run_path "$p" "$round"; done
+  else
+    for ((i = ${#ORDER[@]} - 1; i >= 0; i--)); do run_path "${ORDER[i]}" "$round"; done
+  fi
+done
+for p in kernel emulator; do
+  [[ " ${ORDER[*]} " == *" $p "* ]] && continue
+  for f in "$WORK"/m.*.kernel "$WORK"/m.*.emulator; do
+    [ -e "$f" ] && touch "${f%.*}.$p"
+  done
+done
+
+# --- report -----------------------------------------------------------------------------
+
+med() { median <"$WORK/m.$1" || echo 0; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == 0) print "n/a"; else printf "%.3f", b / a }'; }
+row() { # row LABEL SERIES BETTER
+  local k e
+  k=$(med "$2.kernel")
+  e=$(med "$2.emulator")
+  echo "| $1 | $k | $e | $(ratio "$k" "$e") | $3 |"
+}
+CPU=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+cat <<EOF
+Machine: $(nproc) CPUs (nproc), ${CPU:-unknown CPU}, Linux $(uname -r), $(date -u '+%Y-%m-%d %H:%M UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg)
+Build: $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo "an unknown tree"); $ROUNDS rounds per path, alternating; medians.
+
+| metric | kernel | emulator | emulator / kernel | better |
+|---|---:|---:|---:|---|
+$(row "redis SET, 1 conn (req/s)" redis_SET_c1_rps higher)
+$(row "redis SET, 1 conn, p50 (ms)" redis_SET_c1_p50 lower)
+$(row "redis GET, 1 conn (req/s)" redis_GET_c1_rps higher)
+$(row "redis GET, 1 conn, p50 (ms)" redis_GET_c1_p50 lower)
+$(row "redis CPU per request, 1 conn (µs)" redis_c1_cpu_us lower)
+$(row "redis SET, 50 conns (req/s)" redis_SET_c50_rps higher)
+$(row "redis GET, 50 conns (req/s)" redis_GET_c50_rps higher)
+$(row "redis CPU per request, 50 conns (µs)" redis_c50_cpu_us lower)
+$(row "memcached set, 1 conn (keys/s)" mc_set_c1_kps higher)
+$(row "memcached get, 1 conn (keys/s)" mc_get_c1_kps higher)
+$(row "memcached CPU per get request, 1 conn (µs)" mc_get_c1_cpu_us lower)
+$(row "memcached set, 50 conns (keys/s)" mc_set_c50_kps higher)
+$(row "memcached get, 50 conns (keys/s)" mc_get_c50_kps higher)
+$(row "memcached CPU per get request, 50 conns (µs)" mc_get_c50_cpu_us lower)
+$(row "UDP echo round trip p50 (µs)" udp_p50 lower)
+$(row "UDP echo round trip mean (µs)" udp_mean lower)
+$(row "UDP CPU per round trip (µs)" udp_cpu_us lower)
+EOF
+say "done in $((SECONDS - START)) s"
