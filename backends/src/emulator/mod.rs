@@ -8,6 +8,8 @@
 //! * [`nic`] — [`EmulatorNic`], the container's end as a [`NetDevice`](crate::NetDevice), and
 //!   [`SwitchPort`], the switch's end; [`nic::create`] makes a fresh pair.
 //! * [`filter`] — the switch's view of a grant: which frames a container may send and receive.
+//! * [`tap`] — the uplink: a tun interface in IP mode through which the switch reaches the
+//!   kernel's network (and, routed by it, other hosts).
 //!
 //! The switch itself (routing, filter checks, counters, capture) is data plane but runs in
 //! its own process; it lives in the `arrakis` binary (`ctl/src/switch/`).
@@ -16,6 +18,8 @@ pub mod filter;
 pub mod nic;
 #[allow(unsafe_code)]
 pub mod ring;
+#[allow(unsafe_code)]
+pub mod tap;
 
 pub use nic::{create, EmulatorNic, NicFds, SwitchPort};
 pub use ring::{Doorbell, Geometry, RingError};
