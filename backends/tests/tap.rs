@@ -33,7 +33,7 @@ fn ip(ns: &str, args: &[&str]) {
 
 fn udp_packet(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
     let udp = UdpRepr { src_port: src.port(), dst_port: dst.port() };
-    let (s, d) = (Ipv4Address::from(*src.ip()), Ipv4Address::from(*dst.ip()));
+    let (s, d): (Ipv4Address, Ipv4Address) = (*src.ip(), *dst.ip());
     let ip = Ipv4Repr {
         src_addr: s,
         dst_addr: d,
