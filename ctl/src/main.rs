@@ -94,6 +94,23 @@ enum Cmd {
         #[arg(long, value_name = "PATH")]
         socket: PathBuf,
     },
+    /// Capture a container's frames on the switch into a pcap file (tcpdump/tshark read it).
+    Capture {
+        /// The container: its pid, or its name.
+        container: String,
+        /// The file to write (created or truncated).
+        #[arg(short = 'w', long = "write", value_name = "FILE")]
+        file: PathBuf,
+        /// Stop after this many frames.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+        /// Stop after this many seconds.
+        #[arg(long, value_name = "S")]
+        seconds: Option<u64>,
+        /// The daemon's socket [default: $ARRAKIS_SOCKET, else ctl.sock in $ARRAKIS_RUN_DIR or /run/arrakis].
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+    },
     /// Revoke a grant.
     Revoke {
         /// The grant's number (`arrakis filters` lists them).
@@ -137,6 +154,10 @@ fn entry() -> std::ffi::c_int {
             })
         }
         Cmd::Switch { socket } => switch::service::main(&socket),
+        Cmd::Capture { container, file, count, seconds, socket } => {
+            let socket = socket.unwrap_or_else(arrakis_backends::proto::default_socket);
+            admin::capture(&socket, &container, &file, count, seconds)
+        }
         Cmd::Status(o) => admin::query(&o.socket(), admin::Query::Status, o.json),
         Cmd::Filters(o) => admin::query(&o.socket(), admin::Query::Filters, o.json),
         Cmd::Stats(o) => admin::query(&o.socket(), admin::Query::Stats, o.json),
