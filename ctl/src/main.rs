@@ -1,9 +1,11 @@
 //! `arrakis`: the command-line front end of Arrakis for Linux.
 //!
-//! Subcommands: the launcher, `arrakis run [--] CMD ARGS...`, which puts the shim into
-//! `LD_PRELOAD` and execs the command; the control daemon, `arrakis daemon` ([`daemon`]); the
-//! admin commands `status`, `filters`, `stats` and `revoke` ([`admin`]). The software switch
-//! comes with the emulator backend.
+//! Subcommands: the launcher, `arrakis run [--backend NAME] [--] CMD ARGS...`, which puts
+//! the shim into `LD_PRELOAD` and execs the command (with `--backend emulator` it first
+//! starts a daemon if none answers, [`launcher`]); the control daemon, `arrakis daemon`
+//! ([`daemon`]); the admin commands `status`, `filters`, `stats`, `revoke` and `capture`
+//! ([`admin`]); and, hidden, `arrakis switch`, the software switch process the daemon starts
+//! and supervises ([`switch`]).
 //!
 //! The launcher must hand the command the process state it was given: Rust's runtime, before
 //! `main`, sets `SIGPIPE` to ignored and opens `/dev/null` on closed fds 0-2, and `Command`
@@ -20,6 +22,10 @@ use std::path::{Path, PathBuf};
 
 mod admin;
 mod daemon;
+mod launcher;
+
+/// The backend whose NIC is on the daemon's switch.
+const EMULATOR: &str = "emulator";
 
 use anyhow::{bail, Context, Result};
 use arrakis_core::config::Backend;
@@ -56,7 +62,8 @@ impl AdminOpts {
 enum Cmd {
     /// Run a program under the shim (LD_PRELOAD=libarrakis.so).
     Run {
-        /// Device the library OS drives (this build: kernel, every fd on the kernel path).
+        /// Device the library OS drives: kernel (every fd on the kernel path), loopback, or
+        /// emulator (a virtual NIC on the daemon's switch; starts a daemon if none answers).
         #[arg(long, value_name = "NAME")]
         backend: Option<String>,
         /// Program and its arguments.
@@ -80,6 +87,9 @@ enum Cmd {
         /// How long a client may take to send the rest of a frame it started, in ms.
         #[arg(long, value_name = "MS", default_value_t = 5000, hide = true)]
         frame_timeout_ms: u64,
+        /// Leave the caller's session first (the launcher starts daemons this way).
+        #[arg(long, hide = true)]
+        setsid: bool,
     },
     /// Show the daemon and its containers.
     Status(AdminOpts),
@@ -137,7 +147,11 @@ fn entry() -> std::ffi::c_int {
             eprintln!("arrakis: {err:#}");
             return exit_code(&err);
         }
-        Cmd::Daemon { socket, state_dir, max_grants, max_ports, frame_timeout_ms } => {
+        Cmd::Daemon { socket, state_dir, max_grants, max_ports, frame_timeout_ms, setsid } => {
+            if setsid {
+                // Ctrl-C in the launcher's terminal, or its hang-up, must not reach the daemon.
+                let _ = rustix::process::setsid();
+            }
             let socket = socket.unwrap_or_else(arrakis_backends::proto::default_socket);
             let state_dir = state_dir
                 .or_else(|| {
@@ -267,8 +281,14 @@ fn try_run(backend: Option<&str>, command: &[OsString]) -> Result<std::convert::
     let shim = find_shim()?;
     let mut env = initial_environment();
     if let Some(b) = backend {
-        Backend::parse(b)?;
-        set_var(&mut env, b"ARRAKIS_BACKEND", b.as_bytes());
+        // The library OS learns `emulator` with its NIC driver; the launcher knows it already.
+        if b.trim() != EMULATOR {
+            Backend::parse(b)?;
+        }
+        set_var(&mut env, b"ARRAKIS_BACKEND", b.trim().as_bytes());
+        if b.trim() == EMULATOR {
+            launcher::ensure_daemon(&arrakis_backends::proto::default_socket())?;
+        }
     }
     let preload = preload_value(&shim, get_var(&env, b"LD_PRELOAD").map(OsStr::from_bytes));
     set_var(&mut env, b"LD_PRELOAD", preload.as_bytes());
@@ -320,6 +340,15 @@ mod tests {
         assert_eq!(exit_code(&anyhow::Error::new(Errno::ENOENT).context("x")), 127);
         assert_eq!(exit_code(&anyhow::Error::new(Errno::EACCES)), 126);
         assert_eq!(exit_code(&anyhow::anyhow!("no shim")), 127);
+    }
+
+    #[test]
+    fn the_emulator_backend_is_accepted_and_others_checked() {
+        let cli = Cli::try_parse_from(["arrakis", "run", "--backend", "emulator", "--", "true"]).unwrap();
+        let Cmd::Run { backend, .. } = cli.cmd else { panic!("not run") };
+        assert_eq!(backend.as_deref(), Some(EMULATOR));
+        let err = run(Some("warp-drive"), &[OsString::from("true")]);
+        assert!(format!("{err:#}").contains("warp-drive"), "{err:#}");
     }
 
     #[test]

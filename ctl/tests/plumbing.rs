@@ -229,3 +229,50 @@ fn capture_writes_a_containers_frames_as_pcap_until_its_count_or_ctrl_c() {
     let (ok, _, err) = cli(&dir, &["capture", "nobody", "-w", "/dev/null"]);
     assert!(!ok && err.contains("no container nobody"), "{err}");
 }
+
+/// Kills a process by pid on drop (a daemon the launcher started).
+struct KillPid(Option<u32>);
+
+impl Drop for KillPid {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
+}
+
+#[test]
+fn run_with_the_emulator_backend_starts_a_daemon_when_none_answers() {
+    let dir = Dir::new("launcher");
+    let run = |dir: &std::path::Path| {
+        std::process::Command::new(ARRAKIS)
+            .args(["run", "--backend", "emulator", "--", "sh", "-c", "echo backend=$ARRAKIS_BACKEND"])
+            .env("ARRAKIS_RUN_DIR", dir)
+            .env_remove("ARRAKIS_SOCKET")
+            .output()
+            .unwrap()
+    };
+    // The shim must exist for `run`; without it the launcher says so and this test has
+    // nothing else to check.
+    let shim = std::path::Path::new(ARRAKIS).with_file_name("libarrakis.so");
+    if !shim.is_file() && std::env::var_os("ARRAKIS_SHIM").is_none() {
+        eprintln!("no libarrakis.so next to {ARRAKIS}: skipped");
+        return;
+    }
+    let out = run(&dir.run());
+    let mut daemon = KillPid(None);
+    let status = json(&dir, &["status"]);
+    daemon.0 = status["daemon"]["pid"].as_u64().map(|p| p as u32);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("backend=emulator"));
+    assert!(daemon.0.is_some(), "{status}");
+    // A second run finds it and starts no other.
+    let out = run(&dir.run());
+    assert!(out.status.success());
+    assert_eq!(json(&dir, &["status"])["daemon"]["pid"].as_u64().map(|p| p as u32), daemon.0);
+    // A run directory that cannot be made is a clear error.
+    let out = run(std::path::Path::new("/proc/arrakis-no-such-dir"));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot create the run directory") && err.contains("ARRAKIS_RUN_DIR"), "{err}");
+}
