@@ -406,6 +406,8 @@ mod tests {
             1 => Just(Request::Stats {}),
             1 => Just(Request::Unregister {}),
             2 => Just(Request::Nic {}),
+            1 => prop::sample::select(vec!["c", "100", "999", "x"]).prop_map(|c| Request::Capture { container: Name::lossy(c), count: Some(1) }),
+            1 => prop::sample::select(vec!["c", "200"]).prop_map(|c| Request::CaptureStop { container: Name::lossy(c) }),
             1 => (any::<bool>(), prop::sample::select(vec!["127.0.0.1", "::1", "0.0.0.0", "10.0.0.1"]), prop::sample::select(vec![1020u16, 1025, 61000, 61127, 65535]))
                 .prop_map(|(udp, a, port)| Request::Lookup {
                     proto: if udp { Proto::Udp } else { Proto::Tcp },
@@ -530,7 +532,7 @@ mod tests {
         use proptest::strategy::ValueTree;
         let mut runner = proptest::test_runner::TestRunner::deterministic();
         let strat = prop::collection::vec(step(), 60..61);
-        let mut made = 0;
+        let (mut made, mut nics) = (0, 0);
         for _ in 0..50 {
             let steps = strat.new_tree(&mut runner).unwrap().current();
             let mut d = daemon();
@@ -540,16 +542,16 @@ mod tests {
                 let bytes = encode(&RequestFrame { seq: i as u32, req }).unwrap();
                 let fx = feed(&mut sessions[who], &mut d, CALLERS[who], &bytes);
                 let n = fx.reply.len();
-                if n > HEADER
-                    && matches!(
-                        decode_reply(&fx.reply[HEADER..]).unwrap().result,
-                        Outcome::Ok(Response::Granted { .. })
-                    )
-                {
-                    made += 1;
+                if n > HEADER {
+                    match decode_reply(&fx.reply[HEADER..]).unwrap().result {
+                        Outcome::Ok(Response::Granted { .. }) => made += 1,
+                        Outcome::Ok(Response::Nic { .. }) => nics += fx.fds.len(),
+                        _ => {}
+                    }
                 }
             }
         }
         assert!(made > 20, "only {made} grants made");
+        assert!(nics > 5, "only {nics} NICs made");
     }
 }
