@@ -264,14 +264,17 @@ pub fn render(resp: &Response) -> String {
                         .containers
                         .iter()
                         .map(|t| {
-                            let drops: u64 = t.drops.values().sum();
+                            let total: u64 = t.drops.values().sum();
+                            let why: Vec<String> = t.drops.iter().map(|(k, n)| format!("{k} {n}")).collect();
+                            let drops =
+                                if why.is_empty() { "0".to_owned() } else { format!("{total} ({})", why.join(", ")) };
                             vec![
                                 t.pid.to_string(),
                                 t.tx_frames.to_string(),
                                 t.rx_frames.to_string(),
                                 t.tx_bytes.to_string(),
                                 t.rx_bytes.to_string(),
-                                drops.to_string(),
+                                drops,
                             ]
                         })
                         .collect();

@@ -95,7 +95,7 @@ enum Cmd {
     Status(AdminOpts),
     /// List the grants (filters).
     Filters(AdminOpts),
-    /// Show counters.
+    /// Show counters: the daemon's, and the switch's per container (frames, bytes, drops by reason).
     Stats(AdminOpts),
     /// The software switch (started and supervised by the daemon).
     #[command(hide = true)]
