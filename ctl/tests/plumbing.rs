@@ -44,6 +44,15 @@ fn two_containers_exchange_a_frame_and_an_ungranted_source_is_dropped_and_counte
     assert_eq!(t["drops"]["src-not-granted"], 1, "{t}");
     assert_eq!(t["tx_frames"], 3, "{t}");
     assert_eq!(traffic(&dir, b.pid())["rx_frames"], 2);
+
+    // A second nic (a process that execs asks again) replaces the first: same blocks, a
+    // fresh port, and the old one is gone from the switch.
+    let again = a.ask("nic");
+    let info: serde_json::Value = serde_json::from_str(again.strip_prefix("nic ").unwrap()).unwrap();
+    assert_eq!(info, a.ready);
+    assert_eq!(a.ask("send 40001 40002 renewed"), "sent");
+    assert_eq!(b.ask("recv"), "got 40001 40002 renewed");
+    assert_eq!(traffic(&dir, a.pid())["tx_frames"], 1, "the counters are the new port's");
 }
 
 /// Grants as (id, filter text, holders), for comparing listings.
