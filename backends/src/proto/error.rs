@@ -156,6 +156,41 @@ pub enum ErrorKind {
         /// What the store said.
         reason: String,
     },
+    /// Version 2: no block of ephemeral ports is free for a container's NIC.
+    #[error(
+        "no block of {block} ephemeral {proto} ports is free in {first}-{last} (grants or kernel \
+         sockets hold every one); revoke grants in that range or stop the kernel sockets there"
+    )]
+    NoEphemeral {
+        /// Protocol.
+        proto: Proto,
+        /// Ports per block.
+        block: u16,
+        /// First port of the ephemeral range.
+        first: u16,
+        /// Last port of the ephemeral range.
+        last: u16,
+    },
+    /// Version 3: no container answers to the name or pid given.
+    #[error("no container {container}: {reason}; `arrakis status` lists the containers")]
+    NoContainer {
+        /// What was given.
+        container: String,
+        /// Why it names none (or several).
+        reason: String,
+    },
+    /// Version 3: the caller may not capture another user's container.
+    #[error(
+        "uid {uid} may not capture container {pid}, which belongs to uid {owner}; run as its user or root"
+    )]
+    CaptureNotPermitted {
+        /// The container.
+        pid: u32,
+        /// The caller's uid.
+        uid: u32,
+        /// The container's uid.
+        owner: u32,
+    },
 }
 
 impl ErrorKind {
@@ -175,6 +210,9 @@ impl ErrorKind {
             ErrorKind::BadToken { .. } => "bad_token",
             ErrorKind::Internal { .. } => "internal",
             ErrorKind::Store { .. } => "store",
+            ErrorKind::NoEphemeral { .. } => "no_ephemeral",
+            ErrorKind::NoContainer { .. } => "no_container",
+            ErrorKind::CaptureNotPermitted { .. } => "capture_not_permitted",
         }
     }
 }
