@@ -263,13 +263,18 @@ pub fn render(resp: &Response) -> String {
                     let rows: Vec<Vec<String>> = sw
                         .containers
                         .iter()
+                        .chain(sw.uplink.as_ref())
                         .map(|t| {
                             let total: u64 = t.drops.values().sum();
                             let why: Vec<String> = t.drops.iter().map(|(k, n)| format!("{k} {n}")).collect();
                             let drops =
                                 if why.is_empty() { "0".to_owned() } else { format!("{total} ({})", why.join(", ")) };
                             vec![
-                                t.pid.to_string(),
+                                if std::ptr::eq(t, sw.uplink.as_ref().map_or(std::ptr::null(), |u| u)) {
+                                    "uplink".to_owned()
+                                } else {
+                                    t.pid.to_string()
+                                },
                                 t.tx_frames.to_string(),
                                 t.rx_frames.to_string(),
                                 t.tx_bytes.to_string(),

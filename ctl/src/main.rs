@@ -90,6 +90,14 @@ enum Cmd {
         /// Leave the caller's session first (the launcher starts daemons this way).
         #[arg(long, hide = true)]
         setsid: bool,
+        /// Connect the switch to the kernel's network through this tun interface (create it
+        /// first: `ip tuntap add dev NAME mode tun`, give it an address, bring it up).
+        #[arg(long, value_name = "NAME", requires = "uplink_addr")]
+        uplink: Option<String>,
+        /// The address (with prefix) every container has on the uplink's network, e.g.
+        /// 10.77.0.2/24 when the interface is 10.77.0.1/24.
+        #[arg(long, value_name = "ADDR/PREFIX", requires = "uplink", value_parser = parse_ifaddr)]
+        uplink_addr: Option<arrakis_backends::proto::IfAddr>,
     },
     /// Show the daemon and its containers.
     Status(AdminOpts),
@@ -103,6 +111,9 @@ enum Cmd {
         /// The switch's control socket (switch.sock in the daemon's run directory).
         #[arg(long, value_name = "PATH")]
         socket: PathBuf,
+        /// The tun interface to use as the uplink.
+        #[arg(long, value_name = "NAME")]
+        uplink: Option<String>,
     },
     /// Capture a container's frames on the switch into a pcap file (tcpdump/tshark read it).
     Capture {
@@ -147,7 +158,16 @@ fn entry() -> std::ffi::c_int {
             eprintln!("arrakis: {err:#}");
             return exit_code(&err);
         }
-        Cmd::Daemon { socket, state_dir, max_grants, max_ports, frame_timeout_ms, setsid } => {
+        Cmd::Daemon {
+            socket,
+            state_dir,
+            max_grants,
+            max_ports,
+            frame_timeout_ms,
+            setsid,
+            uplink,
+            uplink_addr,
+        } => {
             if setsid {
                 // Ctrl-C in the launcher's terminal, or its hang-up, must not reach the daemon.
                 let _ = rustix::process::setsid();
@@ -165,9 +185,10 @@ fn entry() -> std::ffi::c_int {
                 state_dir,
                 limits: daemon::rules::Limits { max_grants, max_ports },
                 frame_timeout: std::time::Duration::from_millis(frame_timeout_ms),
+                uplink: uplink.zip(uplink_addr),
             })
         }
-        Cmd::Switch { socket } => switch::service::main(&socket),
+        Cmd::Switch { socket, uplink } => switch::service::main(&socket, uplink.as_deref()),
         Cmd::Capture { container, file, count, seconds, socket } => {
             let socket = socket.unwrap_or_else(arrakis_backends::proto::default_socket);
             admin::capture(&socket, &container, &file, count, seconds)
@@ -184,6 +205,10 @@ fn entry() -> std::ffi::c_int {
             1
         }
     }
+}
+
+fn parse_ifaddr(s: &str) -> Result<arrakis_backends::proto::IfAddr, String> {
+    arrakis_backends::proto::IfAddr::parse(s)
 }
 
 /// As shells report a command they could not run: 127 not found, 126 found but not runnable.

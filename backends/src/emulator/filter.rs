@@ -9,7 +9,8 @@
 //!   `Egress`: it may *send* frames from `local`:`ports`; `Both` for a connection's two ends
 //!   (a TCP server or client needs both on its port).
 //! * `proto` — TCP or UDP; everything else is not switched.
-//! * `local` — one of the container's addresses, or `None` for any of them.
+//! * `local` — one of the container's addresses, the IPv4 wildcard `0.0.0.0` for any of its
+//!   IPv4 addresses (loopback and, with an uplink, its uplink address), or `None` for any.
 //! * `ports` — an inclusive range of local ports.
 //! * `peers` — remote addresses allowed; empty means any.
 
@@ -53,6 +54,7 @@ impl Filter {
         self.proto == proto
             && self.ports.contains(&local.port())
             && match self.local {
+                Some(IpAddr::V4(a)) if a.is_unspecified() => local.is_ipv4() && addrs.contains(&local.ip()),
                 Some(a) => a == local.ip(),
                 None => addrs.contains(&local.ip()),
             }
@@ -173,6 +175,25 @@ mod tests {
         assert!(g.may_send(&flow(Proto::Udp, "10.0.0.1:5009", "10.0.0.2:53")));
         assert!(!g.may_send(&flow(Proto::Udp, "10.0.0.1:5009", "10.0.0.3:53")), "peer");
         assert!(!g.may_receive(&flow(Proto::Udp, "10.0.0.2:53", "10.0.0.1:5009")), "egress only");
+    }
+
+    #[test]
+    fn the_ipv4_wildcard_is_any_ipv4_address_of_the_container() {
+        let g = Grants {
+            addrs: vec![ip("127.0.0.1"), ip("::1"), ip("10.77.0.2")],
+            filters: vec![Filter {
+                direction: Direction::Both,
+                proto: Proto::Tcp,
+                local: Some(ip("0.0.0.0")),
+                ports: 80..=80,
+                peers: vec![],
+            }],
+        };
+        assert!(g.may_receive(&flow(Proto::Tcp, "127.0.0.1:999", "127.0.0.1:80")));
+        assert!(g.may_receive(&flow(Proto::Tcp, "10.77.0.1:999", "10.77.0.2:80")));
+        assert!(!g.may_receive(&flow(Proto::Tcp, "[::1]:999", "[::1]:80")), "not IPv6");
+        assert!(!g.may_receive(&flow(Proto::Tcp, "10.77.0.1:999", "10.77.0.3:80")), "not its address");
+        assert!(!g.may_send(&flow(Proto::Tcp, "10.9.9.9:80", "10.77.0.1:999")), "spoofed source");
     }
 
     #[test]

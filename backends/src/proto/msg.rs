@@ -223,6 +223,101 @@ pub struct NicInfo {
     pub udp_ports: PortRange,
     /// The grants that cover the two blocks.
     pub grants: Vec<GrantId>,
+    /// Addresses the container has on the switch besides loopback (127.0.0.1, ::1): the
+    /// uplink's, shared by every container and told apart by the grants' ports as loopback
+    /// is. Hosts on their networks are reached through the switch's uplink.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addrs: Vec<IfAddr>,
+}
+
+/// An address with its network's prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "IfAddrWire", into = "IfAddrWire")]
+pub struct IfAddr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IfAddrWire {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl From<IfAddr> for IfAddrWire {
+    fn from(a: IfAddr) -> Self {
+        IfAddrWire { addr: a.addr, prefix: a.prefix }
+    }
+}
+
+impl TryFrom<IfAddrWire> for IfAddr {
+    type Error = String;
+    fn try_from(w: IfAddrWire) -> Result<Self, String> {
+        IfAddr::new(w.addr, w.prefix)
+    }
+}
+
+impl IfAddr {
+    /// A unicast, non-loopback address and a prefix length its family allows.
+    pub fn new(addr: IpAddr, prefix: u8) -> Result<IfAddr, String> {
+        let (max, bad) = match addr {
+            IpAddr::V4(a) => {
+                (32, a.is_unspecified() || a.is_loopback() || a.is_multicast() || a.is_broadcast())
+            }
+            IpAddr::V6(a) => (
+                128,
+                a.is_unspecified() || a.is_loopback() || a.is_multicast() || a.to_ipv4_mapped().is_some(),
+            ),
+        };
+        if bad {
+            return Err(format!("{addr} is not a unicast, non-loopback address for the uplink"));
+        }
+        if prefix == 0 || prefix > max {
+            return Err(format!("prefix /{prefix} is not 1 to {max} for {addr}"));
+        }
+        Ok(IfAddr { addr, prefix })
+    }
+
+    /// Parses `ADDR/PREFIX`.
+    pub fn parse(s: &str) -> Result<IfAddr, String> {
+        let (a, p) =
+            s.split_once('/').ok_or_else(|| format!("{s:?} is not ADDRESS/PREFIX (e.g. 10.77.0.2/24)"))?;
+        let addr = a.parse().map_err(|_| format!("{a:?} is not an IP address"))?;
+        let prefix = p.parse().map_err(|_| format!("{p:?} is not a prefix length"))?;
+        IfAddr::new(addr, prefix)
+    }
+
+    /// The address.
+    pub fn addr(&self) -> IpAddr {
+        self.addr
+    }
+
+    /// The prefix length.
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    /// True if `ip` is on this address's network.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(a) & mask == u32::from(b) & mask
+            }
+            (IpAddr::V6(a), IpAddr::V6(b)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                u128::from(a) & mask == u128::from(b) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for IfAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
 }
 
 /// A grant's public number: it names the grant in listings and in `arrakis revoke`. It
@@ -701,6 +796,10 @@ pub struct ContainerStats {
 pub struct SwitchStats {
     /// Per container, by pid.
     pub containers: Vec<ContainerTraffic>,
+    /// The uplink, if the switch has one ("tx": frames sent out to the kernel's network,
+    /// "rx": frames that came in from it; its `pid` is 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uplink: Option<ContainerTraffic>,
 }
 
 /// Frames through the switch for one container.
@@ -784,6 +883,32 @@ mod tests {
             peers.join(",")
         );
         assert!(decode_request(s.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn uplink_addresses_are_validated() {
+        let a = IfAddr::parse("10.77.0.2/24").unwrap();
+        assert_eq!((a.addr(), a.prefix()), ("10.77.0.2".parse().unwrap(), 24));
+        assert!(a.contains("10.77.0.200".parse().unwrap()));
+        assert!(!a.contains("10.77.1.1".parse().unwrap()));
+        assert!(!a.contains("::1".parse().unwrap()));
+        assert!(IfAddr::parse("fd00::2/64").unwrap().contains("fd00::9".parse().unwrap()));
+        assert!(IfAddr::parse("10.0.0.1/32").unwrap().contains("10.0.0.1".parse().unwrap()));
+        for bad in [
+            "10.77.0.2",
+            "10.77.0.2/33",
+            "10.77.0.2/0",
+            "127.0.0.1/8",
+            "0.0.0.0/0",
+            "::ffff:1.2.3.4/96",
+            "x/8",
+        ] {
+            assert!(IfAddr::parse(bad).is_err(), "{bad}");
+        }
+        let json = r#"{"tcp_ports":{"lo":61000,"hi":61127},"udp_ports":{"lo":61000,"hi":61127},"grants":[1,2],"addrs":[{"addr":"10.77.0.2","prefix":24}]}"#;
+        let nic: NicInfo = serde_json::from_str(json).unwrap();
+        assert_eq!(nic.addrs, vec![a]);
+        assert!(serde_json::from_str::<NicInfo>(&json.replace("24}", "40}")).is_err());
     }
 
     #[test]

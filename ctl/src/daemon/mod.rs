@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use arrakis_backends::proto::IfAddr;
 
 use self::host::RealHost;
 use self::rules::{Limits, Registry};
@@ -42,6 +43,8 @@ pub struct Config {
     pub limits: Limits,
     /// How long a client may take to finish a frame it started.
     pub frame_timeout: Duration,
+    /// The switch's uplink: a tun interface, and the address containers have on it.
+    pub uplink: Option<(String, IfAddr)>,
 }
 
 /// Creates `dir` (and its parents) with `mode` if it is missing; an existing directory is
@@ -96,7 +99,12 @@ pub fn run(cfg: &Config) -> Result<()> {
     let alive = registry.reclaim_stale(&host);
     let stale = registry.counters.reclaimed;
     let exe = std::env::current_exe().context("cannot find the arrakis binary's own path")?;
-    let plane = plane::SwitchLink::open(plane::switch_socket(&cfg.socket), exe);
+    let plane = plane::SwitchLink::open(
+        plane::switch_socket(&cfg.socket),
+        exe,
+        cfg.uplink.as_ref().map(|(name, _)| name.clone()),
+    );
+    registry.set_uplink(cfg.uplink.as_ref().map(|&(_, a)| a));
     let mut daemon = Daemon {
         registry,
         host: Box::new(host),

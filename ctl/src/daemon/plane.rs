@@ -45,13 +45,14 @@ fn canonical(a: IpAddr) -> IpAddr {
 /// The switch's form of a protocol filter, or why the switch cannot enforce it exactly (the
 /// grant is then refused: a filter is never silently widened).
 ///
-/// Local `::` is any of the container's addresses, `0.0.0.0` its IPv4 one. Peers: an address
+/// Local `::` is any of the container's addresses, `0.0.0.0` any of its IPv4 ones. Peers: an address
 /// without ports is enforced; `::` alone means any peer; a peer with ports, or `0.0.0.0`
 /// (any IPv4 peer only), cannot be expressed.
 pub fn switch_filter(f: &Filter) -> Result<emu::Filter, String> {
     let local = match f.local() {
         IpAddr::V6(a) if a.is_unspecified() => None,
-        IpAddr::V4(a) if a.is_unspecified() => Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        // Any of the container's IPv4 addresses (loopback, and its uplink address if any).
+        a @ IpAddr::V4(v4) if v4.is_unspecified() => Some(a),
         a => Some(canonical(a)),
     };
     let mut peers = Vec::with_capacity(f.peers().len());
@@ -96,8 +97,10 @@ pub fn switch_filter(f: &Filter) -> Result<emu::Filter, String> {
 /// grant the switch cannot express (made before the rule existed) is left out: narrower,
 /// never wider.
 pub fn switch_grants(reg: &Registry, pid: u32) -> Grants {
+    let mut addrs = CONTAINER_ADDRS.to_vec();
+    addrs.extend(reg.uplink().map(|a| a.addr()));
     Grants {
-        addrs: CONTAINER_ADDRS.to_vec(),
+        addrs,
         filters: reg
             .grants()
             .filter(|g| g.holders.contains(&pid))
@@ -154,6 +157,8 @@ struct SwitchProc {
 pub struct SwitchLink {
     socket: PathBuf,
     exe: PathBuf,
+    /// The tun interface a switch this daemon starts opens as its uplink.
+    uplink: Option<String>,
     conn: Option<UnixStream>,
     proc_: Option<SwitchProc>,
     generation: u64,
@@ -184,10 +189,11 @@ impl SwitchLink {
     /// needed. If a switch answers already (this daemon restarted), its ports are taken
     /// back: the caller reconciles them with the store ([`Plane::attached`] lists them with
     /// empty grants; containers that are gone are detached by the next sync).
-    pub fn open(socket: PathBuf, exe: PathBuf) -> SwitchLink {
+    pub fn open(socket: PathBuf, exe: PathBuf, uplink: Option<String>) -> SwitchLink {
         let mut l = SwitchLink {
             socket,
             exe,
+            uplink,
             conn: None,
             proc_: None,
             generation: 0,
@@ -290,10 +296,12 @@ impl SwitchLink {
             .open(&log_file)
             .map(Stdio::from)
             .unwrap_or_else(|_| Stdio::null());
-        let child = Command::new(&self.exe)
-            .arg("switch")
-            .arg("--socket")
-            .arg(&self.socket)
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg("switch").arg("--socket").arg(&self.socket);
+        if let Some(name) = &self.uplink {
+            cmd.arg("--uplink").arg(name);
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -462,22 +470,21 @@ impl Plane for SwitchLink {
         if self.nics.is_empty() && self.conn.is_none() {
             return None;
         }
-        let ports = match self.call(&Cmd::Stats {}, &[]) {
-            Ok((Reply::Stats { ports }, _)) => ports,
+        let (ports, uplink) = match self.call(&Cmd::Stats {}, &[]) {
+            Ok((Reply::Stats { ports, uplink }, _)) => (ports, uplink),
             _ => return None,
         };
+        let traffic = |p: channel::PortCounters| ContainerTraffic {
+            pid: p.pid,
+            tx_frames: p.tx_frames,
+            rx_frames: p.rx_frames,
+            tx_bytes: p.tx_bytes,
+            rx_bytes: p.rx_bytes,
+            drops: p.drops,
+        };
         Some(SwitchStats {
-            containers: ports
-                .into_iter()
-                .map(|p| ContainerTraffic {
-                    pid: p.pid,
-                    tx_frames: p.tx_frames,
-                    rx_frames: p.rx_frames,
-                    tx_bytes: p.tx_bytes,
-                    rx_bytes: p.rx_bytes,
-                    drops: p.drops,
-                })
-                .collect(),
+            containers: ports.into_iter().map(traffic).collect(),
+            uplink: uplink.map(traffic),
         })
     }
 
@@ -590,7 +597,7 @@ mod tests {
     fn filters_convert_exactly_or_not_at_all() {
         let s = switch_filter(&f("::", vec![])).unwrap();
         assert_eq!((s.local, s.ports, s.peers.len()), (None, 5..=9, 0));
-        assert_eq!(switch_filter(&f("0.0.0.0", vec![])).unwrap().local, Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(switch_filter(&f("0.0.0.0", vec![])).unwrap().local, Some("0.0.0.0".parse().unwrap()));
         assert_eq!(
             switch_filter(&f("::ffff:127.0.0.1", vec![])).unwrap().local,
             Some("127.0.0.1".parse().unwrap())

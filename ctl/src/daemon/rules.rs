@@ -25,7 +25,7 @@ use std::net::IpAddr;
 
 use arrakis_backends::proto::{
     addrs_overlap, ContainerInfo, ContainerStats, DaemonCounters, Direction, ErrorKind, Filter, GrantId,
-    GrantInfo, Name, NicInfo, PortRange, Proto, Request, Response, Token,
+    GrantInfo, IfAddr, Name, NicInfo, PortRange, Proto, Request, Response, Token,
 };
 use serde::{Deserialize, Serialize};
 
@@ -138,6 +138,8 @@ pub struct Registry {
     /// Counters since start.
     pub counters: DaemonCounters,
     changes: Vec<Change>,
+    /// The containers' address on the switch's uplink, if it has one.
+    uplink: Option<IfAddr>,
 }
 
 /// Constant-time comparison of two tokens.
@@ -156,6 +158,7 @@ impl Registry {
             limits,
             counters: DaemonCounters::default(),
             changes: Vec::new(),
+            uplink: None,
         }
     }
 
@@ -400,13 +403,30 @@ impl Registry {
         Ok(Response::Registered { container: info })
     }
 
+    /// Gives every container `addr` on the switch's uplink (told to each with its NIC).
+    pub fn set_uplink(&mut self, addr: Option<IfAddr>) {
+        self.uplink = addr;
+    }
+
+    /// The containers' uplink address, if any.
+    pub fn uplink(&self) -> Option<IfAddr> {
+        self.uplink
+    }
+
     /// The caller's NIC, as far as the rules go: its ephemeral blocks (made on the first
     /// call). The server makes and attaches the NIC itself.
     fn nic(&mut self, caller: Caller, host: &mut dyn Host) -> Result<Response, ErrorKind> {
         self.registered(caller, host)?;
         let (tcp_id, tcp_ports) = self.ephemeral_block(caller, Proto::Tcp, host)?;
         let (udp_id, udp_ports) = self.ephemeral_block(caller, Proto::Udp, host)?;
-        Ok(Response::Nic { nic: NicInfo { tcp_ports, udp_ports, grants: vec![tcp_id, udp_id] } })
+        Ok(Response::Nic {
+            nic: NicInfo {
+                tcp_ports,
+                udp_ports,
+                grants: vec![tcp_id, udp_id],
+                addrs: self.uplink.into_iter().collect(),
+            },
+        })
     }
 
     /// The caller's ephemeral block of `proto`, made if it has none: the first block of the

@@ -256,6 +256,9 @@ pub enum Reply {
     Stats {
         /// By port.
         ports: Vec<PortCounters>,
+        /// The uplink's (port 0, pid 0), if the switch has one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        uplink: Option<PortCounters>,
     },
     /// The switch and its ports.
     Ports {

@@ -35,6 +35,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use arrakis_backends::emulator::filter::{Flow, Grants, ParseError};
 use arrakis_backends::emulator::ring::PushError;
+use arrakis_backends::emulator::tap::Tap;
 use arrakis_backends::emulator::SwitchPort;
 use rustix::event::epoll;
 
@@ -42,6 +43,9 @@ use pcap::PcapWriter;
 
 /// Frames taken from one port per pass, so one busy container cannot starve the others.
 pub const BUDGET: usize = 64;
+/// Largest packet read from the uplink (its interface's MTU must not exceed the NICs' buffer
+/// size, 2048 by default, for packets to reach the containers whole).
+const UPLINK_MTU: usize = 65_536;
 /// Default time the switch keeps polling after the last frame before it sleeps.
 pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
 /// Longest sleep in [`Switch::run`] before the stop flag is looked at again.
@@ -145,9 +149,27 @@ impl Port {
 /// First token of fds watched besides the doorbells ([`Switch::watch`]); port ids are below.
 pub const FOREIGN: u64 = 1 << 32;
 
+/// Epoll token of the uplink's tun fd (between the port ids and [`FOREIGN`]).
+const UPLINK: u64 = FOREIGN - 1;
+
+/// The uplink ([`Switch::set_uplink`]): a tun interface to the kernel's network, and its
+/// counters ("tx": frames the switch sent out to the kernel, "rx": frames that came in).
+struct Uplink {
+    tap: Tap,
+    stats: PortStats,
+}
+
+/// Where a frame goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dest {
+    Port(PortId),
+    Uplink,
+}
+
 /// The switch: ports and the epoll set of their doorbells.
 pub struct Switch {
     ports: Vec<Option<Port>>,
+    uplink: Option<Uplink>,
     epoll: OwnedFd,
     scratch: Vec<u8>,
     /// How long [`run`](Self::run) keeps polling after the last frame.
@@ -160,11 +182,33 @@ impl Switch {
     pub fn new() -> io::Result<Switch> {
         Ok(Switch {
             ports: Vec::new(),
+            uplink: None,
             epoll: epoll::create(epoll::CreateFlags::CLOEXEC)?,
             scratch: Vec::new(),
             spin: DEFAULT_SPIN,
             sleeps: 0,
         })
+    }
+
+    /// Connects the switch to the kernel's network through `tap` (see `emulator::tap`): a
+    /// frame no container receives, addressed to none of the sender's own addresses and not
+    /// to a loopback address, goes out there; a frame that comes in goes to the container
+    /// whose grants receive it (on its uplink address), else it is dropped as `no-route`.
+    pub fn set_uplink(&mut self, tap: Tap) -> io::Result<()> {
+        if let Some(old) = self.uplink.take() {
+            let _ = epoll::delete(&self.epoll, old.tap.as_fd());
+        }
+        epoll::add(&self.epoll, tap.as_fd(), epoll::EventData::new_u64(UPLINK), epoll::EventFlags::IN)?;
+        if self.scratch.len() < UPLINK_MTU {
+            self.scratch.resize(UPLINK_MTU, 0);
+        }
+        self.uplink = Some(Uplink { tap, stats: PortStats::default() });
+        Ok(())
+    }
+
+    /// The uplink's counters and name, if there is one.
+    pub fn uplink_stats(&self) -> Option<(&str, PortStats)> {
+        self.uplink.as_ref().map(|u| (u.tap.name(), u.stats))
     }
 
     /// Attaches a container's NIC with its grants.
@@ -333,6 +377,7 @@ impl Switch {
                 }
             }
         }
+        moved += self.poll_uplink(&mut scratch);
         for p in self.ports.iter_mut().flatten() {
             if std::mem::take(&mut p.rx_dirty) && p.nic.rx.kick_needed() {
                 p.nic.peer.ring();
@@ -342,6 +387,57 @@ impl Switch {
         moved
     }
 
+    /// Takes up to [`BUDGET`] packets from the uplink and delivers each to the container whose
+    /// grants receive it.
+    fn poll_uplink(&mut self, scratch: &mut [u8]) -> usize {
+        let Some(mut up) = self.uplink.take() else { return 0 };
+        let mut taken = 0;
+        while taken < BUDGET {
+            let len = match up.tap.recv(scratch) {
+                Ok(Some(n)) => n,
+                Ok(None) => break,
+                Err(e) => {
+                    eprintln!("arrakis switch: uplink {}: {e}; it is closed", up.tap.name());
+                    let _ = epoll::delete(&self.epoll, up.tap.as_fd());
+                    return taken;
+                }
+            };
+            taken += 1;
+            let frame = &scratch[..len];
+            up.stats.rx_frames += 1;
+            up.stats.rx_bytes += len as u64;
+            let dst = match Flow::parse(frame) {
+                Ok(flow) => {
+                    self.ports.iter().position(|p| p.as_ref().is_some_and(|p| p.grants.may_receive(&flow)))
+                }
+                // IPv6 neighbour discovery, ICMP and the like from the kernel: not switched.
+                Err(ParseError::Malformed) => {
+                    up.stats.drops.count(DropReason::Malformed);
+                    continue;
+                }
+                Err(ParseError::Unsupported) => {
+                    up.stats.drops.count(DropReason::Unsupported);
+                    continue;
+                }
+            };
+            let Some(d) = dst.and_then(|i| self.ports[i].as_mut()) else {
+                up.stats.drops.count(DropReason::NoRoute);
+                continue;
+            };
+            match d.nic.rx.push_copy(frame) {
+                Ok(()) => {
+                    d.stats.rx_frames += 1;
+                    d.stats.rx_bytes += len as u64;
+                    d.rx_dirty = true;
+                    d.capture(frame);
+                }
+                Err(PushError::Full | PushError::TooLong) => d.stats.drops.count(DropReason::QueueFull),
+            }
+        }
+        self.uplink = Some(up);
+        taken
+    }
+
     fn forward(&mut self, src: PortId, frame: &[u8]) {
         let verdict = self.route(src, frame);
         let Some(s) = self.ports[src].as_mut() else { return };
@@ -349,7 +445,19 @@ impl Switch {
         s.stats.tx_frames += 1;
         s.stats.tx_bytes += frame.len() as u64;
         let dst = match verdict {
-            Ok(dst) => dst,
+            Ok(Dest::Port(dst)) => dst,
+            Ok(Dest::Uplink) => {
+                let Some(up) = self.uplink.as_mut() else { return };
+                match up.tap.send(frame) {
+                    Ok(true) => {
+                        up.stats.tx_frames += 1;
+                        up.stats.tx_bytes += frame.len() as u64;
+                    }
+                    // The interface is down or its queue full: dropped as a NIC would.
+                    Ok(false) | Err(_) => up.stats.drops.count(DropReason::QueueFull),
+                }
+                return;
+            }
             Err(why) => return s.stats.drops.count(why),
         };
         let Some(d) = self.ports[dst].as_mut() else { return };
@@ -365,7 +473,7 @@ impl Switch {
     }
 
     /// The port a frame from `src` goes to, or why it goes nowhere.
-    fn route(&self, src: PortId, frame: &[u8]) -> Result<PortId, DropReason> {
+    fn route(&self, src: PortId, frame: &[u8]) -> Result<Dest, DropReason> {
         let flow = Flow::parse(frame).map_err(|e| match e {
             ParseError::Malformed => DropReason::Malformed,
             ParseError::Unsupported => DropReason::Unsupported,
@@ -376,10 +484,22 @@ impl Switch {
         }
         // A linear scan: fine for tens of containers; an index by (proto, port) comes with
         // the daemon's bulk grants.
-        self.ports
-            .iter()
-            .position(|p| p.as_ref().is_some_and(|p| p.grants.may_receive(&flow)))
-            .ok_or(DropReason::NoRoute)
+        if let Some(i) =
+            self.ports.iter().position(|p| p.as_ref().is_some_and(|p| p.grants.may_receive(&flow)))
+        {
+            return Ok(Dest::Port(i));
+        }
+        // Out through the uplink: never a loopback destination or one of the sender's own
+        // addresses (the kernel would route it straight back).
+        let dst = flow.dst.ip();
+        if self.uplink.is_some()
+            && !dst.is_loopback()
+            && !dst.is_unspecified()
+            && !sender.grants.addrs.contains(&dst)
+        {
+            return Ok(Dest::Uplink);
+        }
+        Err(DropReason::NoRoute)
     }
 
     /// Runs until `stop` is set: polls while busy, spins [`spin`](Self::spin) after the last

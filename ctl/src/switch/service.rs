@@ -31,7 +31,7 @@ use arrakis_backends::proto::Name;
 use rustix::event::{poll, PollFd, PollFlags};
 
 use super::channel::{self, ChannelError, Cmd, PortCounters, PortEntry, Received, Receiver, Reply};
-use super::{DropReason, PortId, Switch, FOREIGN, SLEEP_CAP};
+use super::{DropReason, PortId, PortStats, Switch, FOREIGN, SLEEP_CAP};
 
 /// How long a switch with no daemon and no live container waits before it exits.
 pub const ALONE_EXIT: Duration = Duration::from_secs(5);
@@ -64,6 +64,24 @@ pub struct Service {
     uid: u32,
     /// False until the daemon says [`Cmd::Forward`]: frames wait in the tx rings.
     forwarding: bool,
+}
+
+/// A port's drops as `arrakis stats` names them, the reasons that happened only.
+fn drops_by_reason(s: &PortStats) -> BTreeMap<String, u64> {
+    let d = s.drops;
+    [
+        (DropReason::SrcNotGranted.as_str(), d.src_not_granted),
+        (DropReason::NoRoute.as_str(), d.no_route),
+        (DropReason::Malformed.as_str(), d.malformed),
+        (DropReason::Unsupported.as_str(), d.unsupported),
+        (DropReason::QueueFull.as_str(), d.queue_full),
+        ("bad-desc", s.bad_desc),
+        ("bad-index", s.bad_index),
+    ]
+    .into_iter()
+    .filter(|(_, n)| *n > 0)
+    .map(|(k, n)| (k.to_owned(), n))
+    .collect()
 }
 
 fn dup(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
@@ -301,20 +319,6 @@ impl Service {
                     .iter()
                     .filter_map(|(&port, a)| {
                         let s = self.sw.stats(a.id)?;
-                        let d = s.drops;
-                        let drops = [
-                            (DropReason::SrcNotGranted.as_str(), d.src_not_granted),
-                            (DropReason::NoRoute.as_str(), d.no_route),
-                            (DropReason::Malformed.as_str(), d.malformed),
-                            (DropReason::Unsupported.as_str(), d.unsupported),
-                            (DropReason::QueueFull.as_str(), d.queue_full),
-                            ("bad-desc", s.bad_desc),
-                            ("bad-index", s.bad_index),
-                        ]
-                        .into_iter()
-                        .filter(|(_, n)| *n > 0)
-                        .map(|(k, n)| (k.to_owned(), n))
-                        .collect();
                         Some(PortCounters {
                             port,
                             pid: a.pid,
@@ -322,11 +326,21 @@ impl Service {
                             tx_bytes: s.tx_bytes,
                             rx_frames: s.rx_frames,
                             rx_bytes: s.rx_bytes,
-                            drops,
+                            drops: drops_by_reason(&s),
                             capturing: self.sw.capturing(a.id),
                         })
                     })
                     .collect(),
+                uplink: self.sw.uplink_stats().map(|(_, s)| PortCounters {
+                    port: 0,
+                    pid: 0,
+                    tx_frames: s.tx_frames,
+                    tx_bytes: s.tx_bytes,
+                    rx_frames: s.rx_frames,
+                    rx_bytes: s.rx_bytes,
+                    drops: drops_by_reason(&s),
+                    capturing: None,
+                }),
             },
             Cmd::Capture { port, limit } => {
                 let Some(id) = id_of(self, port) else { return err(format!("no port {port}")) };
@@ -391,9 +405,19 @@ pub fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
 /// `arrakis switch --socket PATH`: leaves the daemon's session (a Ctrl-C or hang-up aimed at
 /// the daemon must not reach the data plane), binds, writes `switch.pid` beside the socket
 /// and serves until alone for [`ALONE_EXIT`].
-pub fn main(socket: &Path) -> anyhow::Result<()> {
+pub fn main(socket: &Path, uplink: Option<&str>) -> anyhow::Result<()> {
     use anyhow::Context;
     let _ = rustix::process::setsid();
+    // The uplink first: a switch that cannot open it must not take the socket.
+    let tap = match uplink {
+        Some(name) => Some(arrakis_backends::emulator::tap::Tap::open(name).with_context(|| {
+            format!(
+                "the uplink {name}: create it first (ip tuntap add dev {name} mode tun; \
+                 ip addr add ADDR/PREFIX dev {name}; ip link set {name} up)"
+            )
+        })?),
+        None => None,
+    };
     let listener = bind(socket)?;
     if let Some(dir) = socket.parent() {
         let pid_file = dir.join(channel::PID_NAME);
@@ -402,6 +426,10 @@ pub fn main(socket: &Path) -> anyhow::Result<()> {
     }
     log(format_args!("listening on {} (pid {})", socket.display(), std::process::id()));
     let mut s = Service::new(listener)?;
+    if let Some(tap) = tap {
+        log(format_args!("uplink {}", tap.name()));
+        s.sw.set_uplink(tap)?;
+    }
     let stop = AtomicBool::new(false);
     s.run(&stop, Some(ALONE_EXIT)).context("the switch's loop failed")
 }
