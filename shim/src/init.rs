@@ -52,9 +52,8 @@ fn start() {
     std::panic::set_hook(Box::new(|info| {
         tracing::error!("panic in the library OS: {info}");
     }));
-    crate::libos::configure(cfg.backend);
     arrakis_core::net::world::set_spin_us(cfg.spin_us);
-    arrakis_core::net::set_kernel_clients(cfg.kernel_clients);
+    crate::libos::configure(&cfg);
     let carry = record_carry();
     tracing::debug!(shim = ?carry.shim_path, backend = ?cfg.backend, "arrakis shim loaded");
     let _ = CARRY.set(carry);

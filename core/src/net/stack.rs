@@ -39,6 +39,38 @@ pub type ShardId = usize;
 /// First and last ephemeral port, as Linux's default `ip_local_port_range`.
 pub const EPHEMERAL: (u16, u16) = (32768, 60999);
 
+/// The local ports a stack picks from for `connect` and `bind` to port 0, per protocol:
+/// Linux's range by default; over the emulator's NIC, the blocks the daemon gave the
+/// container (`NicInfo::tcp_ports`/`udp_ports`), the only ports the switch lets it send from
+/// without a grant of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ephemeral {
+    /// First and last TCP port.
+    pub tcp: (u16, u16),
+    /// First and last UDP port.
+    pub udp: (u16, u16),
+}
+
+impl Default for Ephemeral {
+    fn default() -> Self {
+        Ephemeral { tcp: EPHEMERAL, udp: EPHEMERAL }
+    }
+}
+
+impl Ephemeral {
+    /// Ranges from two inclusive blocks; `None` if a block is empty, reversed or includes 0.
+    pub fn new(tcp: (u16, u16), udp: (u16, u16)) -> Option<Ephemeral> {
+        let ok = |(lo, hi): (u16, u16)| lo != 0 && lo <= hi;
+        (ok(tcp) && ok(udp)).then_some(Ephemeral { tcp, udp })
+    }
+
+    /// Whether `port` is one of the TCP (`tcp`) or UDP block's ports.
+    pub fn contains(&self, tcp: bool, port: u16) -> bool {
+        let (lo, hi) = if tcp { self.tcp } else { self.udp };
+        (lo..=hi).contains(&port)
+    }
+}
+
 /// How long a closed connection's port stays in TIME-WAIT (Linux: 60 s).
 const TIME_WAIT: smoltcp::time::Duration = smoltcp::time::Duration::from_secs(60);
 
@@ -121,6 +153,8 @@ pub struct Stack<D: NetDevice> {
     /// Shards whose state may have changed since [`Stack::take_touched`] last ran.
     touched: Vec<ShardId>,
     timers: BinaryHeap<Reverse<(Instant, ShardId)>>,
+    /// Where local ports for `connect` and `bind` to port 0 come from.
+    ephemeral: Ephemeral,
     next_port: u16,
     /// Rotates UDP ephemeral ports (a freed port is not handed out again at once).
     next_udp: u32,
@@ -215,6 +249,7 @@ impl<D: NetDevice> Stack<D> {
             time_wait: VecDeque::new(),
             tw_ports: HashMap::default(),
             timers: BinaryHeap::new(),
+            ephemeral: Ephemeral::default(),
             next_port: EPHEMERAL.0,
             next_udp: (seed as u32) % 28_232,
             ephemeral_in_use: HashSet::default(),
@@ -235,6 +270,18 @@ impl<D: NetDevice> Stack<D> {
     /// The device, mutably (tests inject frames through it).
     pub fn device_mut(&mut self) -> &mut D {
         &mut self.dev
+    }
+
+    /// The ephemeral port ranges.
+    pub fn ephemeral(&self) -> Ephemeral {
+        self.ephemeral
+    }
+
+    /// Sets the ephemeral port ranges (before the first socket: ports already handed out
+    /// stay where they are).
+    pub fn set_ephemeral(&mut self, e: Ephemeral) {
+        self.ephemeral = e;
+        self.next_port = e.tcp.0;
     }
 
     /// Settings for sockets created from now on.
@@ -394,10 +441,11 @@ impl<D: NetDevice> Stack<D> {
     }
 
     fn ephemeral_port(&mut self) -> SysResult<u16> {
-        let span = u32::from(EPHEMERAL.1 - EPHEMERAL.0) + 1;
+        let (lo, hi) = self.ephemeral.tcp;
+        let span = u32::from(hi - lo) + 1;
         for _ in 0..span {
-            let p = self.next_port;
-            self.next_port = if p >= EPHEMERAL.1 { EPHEMERAL.0 } else { p + 1 };
+            let p = self.next_port.clamp(lo, hi);
+            self.next_port = if p >= hi { lo } else { p + 1 };
             if !self.listening(p) && self.ephemeral_in_use.insert(p) {
                 return Ok(p);
             }
@@ -854,7 +902,7 @@ impl<D: NetDevice> Stack<D> {
     }
 
     /// Whether a listener (of either family) holds `port`.
-    fn listening(&self, port: u16) -> bool {
+    pub fn listening(&self, port: u16) -> bool {
         self.listeners.contains_key(&(port, false)) || self.listeners.contains_key(&(port, true))
     }
 
@@ -875,11 +923,12 @@ impl<D: NetDevice> Stack<D> {
 
     /// A free UDP port from the ephemeral range.
     pub fn udp_ephemeral(&mut self) -> SysResult<u16> {
-        let span = u32::from(EPHEMERAL.1 - EPHEMERAL.0) + 1;
+        let (lo, hi) = self.ephemeral.udp;
+        let span = u32::from(hi - lo) + 1;
         self.next_udp = self.next_udp.wrapping_add(7919);
         let start = self.next_udp % span;
         for i in 0..span {
-            let p = EPHEMERAL.0 + ((start + i) % span) as u16;
+            let p = lo + ((start + i) % span) as u16;
             if !self.udp.port_taken(p) {
                 return Ok(p);
             }
