@@ -578,7 +578,7 @@ unsafe fn handed_to_kernel(fd: c_int, addr: *const sockaddr, len: socklen_t, pee
     let r = lib::guarded("handover", || {
         let Some(h) = s.kernel_handover()? else { return Ok(0) };
         hand_over(fd, &s, &h)?;
-        tracing::info!(fd, peer = %to, "socket handed to the kernel: the library OS does not serve that address");
+        tracing::info!(fd, peer = %to, "socket handed to the kernel: nothing under the library OS serves that address");
         Ok(1)
     });
     r == 1

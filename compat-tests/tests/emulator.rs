@@ -1,0 +1,248 @@
+//! The library OS over the emulator backend (`ARRAKIS_BACKEND=emulator`), end to end:
+//! programs under the shim register with a daemon, get a virtual NIC and talk to each other
+//! through the switch; ports outside their blocks are granted at `bind`; destinations no
+//! container serves go to the kernel.
+//!
+//! `emulator/emu_peer.c` plays every role: a TCP+UDP echo server under the shim; a client
+//! under the shim (4 connections at once, 1 MiB each way checked byte by byte, 16 UDP
+//! datagrams); a kernel client of the same server (this test process, not under the shim:
+//! it reaches the listener's kernel half); a client under the shim of a server not under it
+//! (this test process: the socket is handed to the kernel); a `bind` to the server's ports
+//! from another container (`EADDRINUSE`, for UDP too, where no kernel socket holds the
+//! port); and a `fork` (the child's inherited library socket is `ENETDOWN`, its new socket
+//! is the kernel's, the parent's connection goes on).
+//!
+//! Two daemons: [`fake_daemon`](compat_tests::fake_daemon) (the library OS by itself) and
+//! the real `arrakis daemon` with its switch (from target/release, next to the shim).
+//!
+//! Needs the shim built first (`cargo build --release`, or `ARRAKIS_SHIM=...`) and gcc.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use compat_tests::fake_daemon::FakeDaemon;
+use compat_tests::runner::{base_env, build_c, locate_shim, shim_candidates};
+
+/// How long any program of the test may run.
+const RUN_TIMEOUT: Duration = Duration::from_secs(90);
+
+struct Setup {
+    shim: PathBuf,
+    peer: PathBuf,
+    dir: PathBuf,
+}
+
+fn setup(name: &str) -> Setup {
+    let shim = locate_shim(&shim_candidates(Path::new(env!("CARGO_TARGET_TMPDIR"))))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create the test dir");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("emulator/emu_peer.c");
+    let peer = dir.join("emu_peer");
+    build_c(&src, &peer).unwrap_or_else(|e| panic!("{e}"));
+    Setup { shim, peer, dir }
+}
+
+impl Setup {
+    /// `emu_peer args` under the shim with the emulator backend, talking to `socket`.
+    fn under_shim(&self, socket: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.peer);
+        cmd.args(args)
+            .env_clear()
+            .envs(base_env())
+            .env("LD_PRELOAD", &self.shim)
+            .env("ARRAKIS_BACKEND", "emulator")
+            .env("ARRAKIS_SOCKET", socket)
+            .env("ARRAKIS_LOG", "info")
+            .env("ARRAKIS_LOG_FILE", self.dir.join("shim.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("shim.log")).unwrap_or_default()
+    }
+}
+
+/// Runs `cmd` to its end (killed after [`RUN_TIMEOUT`]); its output lines.
+fn run(mut cmd: Command) -> Vec<String> {
+    let mut child = cmd.spawn().expect("start the program");
+    let out = child.stdout.take().expect("piped stdout");
+    let err = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = BufReader::new(out).read_to_string(&mut s);
+        let mut e = String::new();
+        let _ = BufReader::new(err).read_to_string(&mut e);
+        let _ = tx.send((s, e));
+    });
+    let end = Instant::now() + RUN_TIMEOUT;
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break Some(st);
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (out, err) = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_default();
+    let lines: Vec<String> = out.lines().map(str::to_string).collect();
+    assert!(status.is_some_and(|s| s.success()), "{cmd:?} failed ({status:?}): {lines:?}\nstderr: {err}");
+    lines
+}
+
+/// A server under the shim, running until dropped.
+struct Server {
+    child: Child,
+    lines: Vec<String>,
+}
+
+impl Server {
+    fn start(mut cmd: Command) -> Server {
+        let mut child = cmd.spawn().expect("start the server");
+        let out = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines() {
+                let Ok(l) = l else { return };
+                if tx.send(l).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut lines = Vec::new();
+        let end = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < end {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(l) if l == "ready" => return Server { child, lines },
+                Ok(l) => lines.push(l),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        let _ = child.kill();
+        panic!("the server did not get ready: {lines:?}");
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP port of 127.0.0.1 free in the kernel, below the kernel's ephemeral range and the
+/// daemons' blocks (so no container owns it by accident).
+fn free_port(salt: u16) -> u16 {
+    let base = 20_000 + (std::process::id() as u16 % 2_000) * 4 + salt;
+    (0..200)
+        .map(|i| base + i * 8)
+        .find(|&p| {
+            TcpListener::bind(("127.0.0.1", p)).is_ok() && std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok()
+        })
+        .expect("a free port")
+}
+
+/// A server not under the shim: answers each connection with "kernel:" + what it read.
+fn kernel_server() -> (u16, std::thread::JoinHandle<()>) {
+    let port = free_port(3);
+    let l = TcpListener::bind(("127.0.0.1", port)).expect("kernel server");
+    let h = std::thread::spawn(move || {
+        if let Ok((mut c, _)) = l.accept() {
+            let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
+            let mut b = [0u8; 64];
+            let n = c.read(&mut b).unwrap_or(0);
+            let _ = c.write_all(&[b"kernel:".as_slice(), &b[..n]].concat());
+        }
+    });
+    (port, h)
+}
+
+/// Everything the two daemons must both get right. Returns the server's pid.
+fn scenario(s: &Setup, socket: &Path) -> u32 {
+    let (tport, uport) = (free_port(0), free_port(1));
+    let (t, u) = (tport.to_string(), uport.to_string());
+    let server = Server::start(s.under_shim(socket, &["server", &t, &u]));
+    assert_eq!(server.lines, ["#lib=1"], "the server's sockets are the library OS's\n{}", s.log());
+
+    // A client under the shim: several connections, MiB of data, UDP — all through the switch.
+    let out = run(s.under_shim(socket, &["client", &t, &u, "4", "1048576"]));
+    assert_eq!(out, ["#lib=1", "tcp ok 4 1048576", "udp lib=1", "udp ok 16"], "{}", s.log());
+
+    // A kernel client of the same server reaches its listener's kernel half.
+    let mut c = TcpStream::connect(("127.0.0.1", tport)).expect("kernel client connects");
+    c.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    c.write_all(b"from the kernel").expect("send");
+    let mut b = [0u8; 15];
+    c.read_exact(&mut b).expect("the echo");
+    assert_eq!(&b, b"from the kernel");
+    drop(c);
+
+    // A server not under the shim, from under the shim: the socket goes to the kernel.
+    let (kport, kserver) = kernel_server();
+    let out = run(s.under_shim(socket, &["connect", &kport.to_string()]));
+    assert_eq!(out, ["#lib=0", "answer kernel:hello"], "{}", s.log());
+    kserver.join().expect("kernel server");
+
+    // The server's ports belong to its container: another container's bind is refused.
+    let out = run(s.under_shim(socket, &["bind", "udp", &u]));
+    assert_eq!(out, ["bind EADDRINUSE"], "UDP: only the grant holds the port\n{}", s.log());
+    let out = run(s.under_shim(socket, &["bind", "tcp", &t]));
+    assert_eq!(out, ["bind EADDRINUSE"]);
+    // A port nobody holds is granted.
+    let free = free_port(2).to_string();
+    let out = run(s.under_shim(socket, &["bind", "udp", &free]));
+    assert_eq!(out, ["bind ok"]);
+
+    // fork: the child never drives the parent's NIC.
+    let out = run(s.under_shim(socket, &["fork", &t]));
+    assert_eq!(out, ["child inherited: ENETDOWN", "child new: ok lib=0", "parent: ok lib=1"], "{}", s.log());
+    server.pid()
+}
+
+#[test]
+fn emulator_backend_over_a_fake_daemon() {
+    let s = setup("emulator-fake");
+    let daemon = FakeDaemon::start(&s.dir).expect("fake daemon");
+    let pid = scenario(&s, &daemon.socket);
+    assert!(daemon.delivered_to(pid) > 1000, "the server's frames went through the switch");
+    let names = daemon.names();
+    assert!(names.iter().any(|n| n == "emu_peer"), "registered under the program's name: {names:?}");
+    // Grants at bind: the server's two ports and the free one (and the refused ones asked).
+    let grants = daemon
+        .requests()
+        .iter()
+        .filter(|(_, r)| matches!(r, arrakis_backends::proto::Request::Grant { .. }))
+        .count();
+    assert!(grants >= 5, "grants asked: {grants}");
+}
+
+#[test]
+fn no_daemon_means_the_kernel_path_and_one_warning() {
+    let s = setup("emulator-nodaemon");
+    let socket = s.dir.join("nobody.sock");
+    let mut cmd = s.under_shim(&socket, &["bind", "tcp", "0"]);
+    cmd.env("ARRAKIS_LOG", "warn");
+    let out = run(cmd);
+    assert_eq!(out, ["bind ok"]);
+    let log = s.log();
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("arrakis daemon")).collect();
+    assert_eq!(warnings.len(), 1, "one line naming the fix: {log}");
+    assert!(warnings[0].contains("kernel path"), "{log}");
+}
