@@ -56,6 +56,12 @@ fn refuse(kind: ErrorKind) -> Outcome {
     Outcome::Err(ErrorReply::from(kind))
 }
 
+/// While set, the fake daemon is "down": it drops every connection at its next request
+/// without answering, as a daemon that died or restarts.
+static DOWN: AtomicBool = AtomicBool::new(false);
+/// Requests dropped while down.
+static DROPPED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// One client connection of the fake daemon.
 fn serve(mut s: UnixStream, log: Log, nic: Arc<Mutex<Option<emulator::NicFds>>>, next: Arc<Mutex<u64>>) {
     loop {
@@ -68,6 +74,10 @@ fn serve(mut s: UnixStream, log: Log, nic: Arc<Mutex<Option<emulator::NicFds>>>,
             return;
         }
         let f = decode_request(&body).expect("a valid request");
+        if DOWN.load(Ordering::SeqCst) {
+            DROPPED.fetch_add(1, Ordering::SeqCst);
+            return;
+        }
         log.lock().unwrap().push(f.req.clone());
         let ok = |r| Outcome::Ok(r);
         match f.req {
@@ -220,7 +230,7 @@ fn the_library_os_attaches_asks_for_grants_and_looks_destinations_up() {
     {
         let (log, nic, next) = (log.clone(), Arc::new(Mutex::new(Some(fds))), Arc::new(Mutex::new(100)));
         std::thread::spawn(move || {
-            for s in listener.incoming().take(16) {
+            for s in listener.incoming().take(1000) {
                 let Ok(s) = s else { return };
                 let (log, nic, next) = (log.clone(), nic.clone(), next.clone());
                 std::thread::spawn(move || serve(s, log, nic, next));
@@ -338,6 +348,29 @@ fn the_library_os_attaches_asks_for_grants_and_looks_destinations_up() {
     // A socket with a life here stays whatever the destination.
     assert!(c.serves_peer(&a("127.0.0.1:9998")));
     assert!(u.serves_peer(&a("127.0.0.1:9998")), "a UDP socket with its port here");
+
+    // The daemon restarts: a grant waits for it (retrying), and gets its answer.
+    DOWN.store(true, Ordering::SeqCst);
+    let back = std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_millis(300));
+        DOWN.store(false, Ordering::SeqCst);
+    });
+    let g = Socket::new(Family::V4, Kind::Dgram, false);
+    g.bind(a("127.0.0.1:6004")).expect("granted once the daemon is back");
+    back.join().expect("restarter");
+    assert_eq!(control::grant_users(&GrantKey::new(false, a("127.0.0.1:6004"))), 1);
+    // Down for good: after retrying for GRANT_PATIENCE, the socket goes to the kernel; a
+    // lookup does not wait (the destination is the kernel's).
+    DOWN.store(true, Ordering::SeqCst);
+    let k = Socket::new(Family::V4, Kind::Stream, false);
+    assert!(!k.serves_peer(&a(&format!("127.0.0.1:{SERVED_PORT}"))), "no daemon: the kernel");
+    let before = DROPPED.load(Ordering::SeqCst);
+    let r = k.bind_granted(a("127.0.0.1:6005")).expect("an answer");
+    assert!(matches!(r, BindTo::Kernel(_)), "{r:?}");
+    assert!(DROPPED.load(Ordering::SeqCst) > before + 10, "it kept trying");
+    // Closing a granted socket while the daemon is down does not wait for it.
+    drop(g);
+    DOWN.store(false, Ordering::SeqCst);
 
     stop.store(true, Ordering::Relaxed);
     reflector.join().expect("reflector");
