@@ -132,6 +132,7 @@ impl Server {
             }
         }
         let _ = child.kill();
+        let _ = child.wait();
         panic!("the server did not get ready: {lines:?}");
     }
 

@@ -450,7 +450,8 @@ impl<D: NetDevice> Stack<D> {
                 return Ok(p);
             }
         }
-        Err(Errno::EADDRINUSE)
+        // Linux's connect with every local port taken (`inet_hash_connect`).
+        Err(Errno::EADDRNOTAVAIL)
     }
 
     /// The first connection in a listener's queue, established or not.
@@ -1160,6 +1161,30 @@ mod tests {
         assert!((EPHEMERAL.0..=EPHEMERAL.1).contains(&port));
         s.remove(c).unwrap();
         assert!(!s.ephemeral_in_use.contains(&port));
+    }
+
+    #[test]
+    fn ephemeral_ports_come_from_the_stacks_ranges() {
+        let mut s = stack();
+        assert_eq!(s.ephemeral(), Ephemeral::default());
+        assert_eq!(Ephemeral::new((0, 10), (1, 2)), None, "port 0 is no port");
+        assert_eq!(Ephemeral::new((20, 10), (1, 2)), None, "reversed");
+        let e = Ephemeral::new((61_000, 61_003), (62_000, 62_001)).unwrap();
+        assert!(e.contains(true, 61_003) && !e.contains(true, 62_000) && e.contains(false, 62_000));
+        s.set_ephemeral(e);
+        s.listen(8003, 8).unwrap();
+        let mut ports = Vec::new();
+        for _ in 0..4 {
+            let c = s.connect(IpEndpoint::new(LO, 8003)).unwrap();
+            ports.push(s.tcp(c).unwrap().local_endpoint().unwrap().port);
+        }
+        ports.sort_unstable();
+        assert_eq!(ports, [61_000, 61_001, 61_002, 61_003], "each port of the block once");
+        assert_eq!(s.connect(IpEndpoint::new(LO, 8003)).unwrap_err(), Errno::EADDRNOTAVAIL, "block used up");
+        for _ in 0..8 {
+            let p = s.udp_ephemeral().unwrap();
+            assert!((62_000..=62_001).contains(&p), "udp port {p}");
+        }
     }
 
     #[test]
