@@ -87,6 +87,13 @@ enum Cmd {
     Filters(AdminOpts),
     /// Show counters.
     Stats(AdminOpts),
+    /// The software switch (started and supervised by the daemon).
+    #[command(hide = true)]
+    Switch {
+        /// The switch's control socket (switch.sock in the daemon's run directory).
+        #[arg(long, value_name = "PATH")]
+        socket: PathBuf,
+    },
     /// Revoke a grant.
     Revoke {
         /// The grant's number (`arrakis filters` lists them).
@@ -129,6 +136,7 @@ fn entry() -> std::ffi::c_int {
                 frame_timeout: std::time::Duration::from_millis(frame_timeout_ms),
             })
         }
+        Cmd::Switch { socket } => switch::service::main(&socket),
         Cmd::Status(o) => admin::query(&o.socket(), admin::Query::Status, o.json),
         Cmd::Filters(o) => admin::query(&o.socket(), admin::Query::Filters, o.json),
         Cmd::Stats(o) => admin::query(&o.socket(), admin::Query::Stats, o.json),

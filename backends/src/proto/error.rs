@@ -156,6 +156,21 @@ pub enum ErrorKind {
         /// What the store said.
         reason: String,
     },
+    /// Version 2: no block of ephemeral ports is free for a container's NIC.
+    #[error(
+        "no block of {block} ephemeral {proto} ports is free in {first}-{last} (grants or kernel \
+         sockets hold every one); revoke grants in that range or stop the kernel sockets there"
+    )]
+    NoEphemeral {
+        /// Protocol.
+        proto: Proto,
+        /// Ports per block.
+        block: u16,
+        /// First port of the ephemeral range.
+        first: u16,
+        /// Last port of the ephemeral range.
+        last: u16,
+    },
 }
 
 impl ErrorKind {
@@ -175,6 +190,7 @@ impl ErrorKind {
             ErrorKind::BadToken { .. } => "bad_token",
             ErrorKind::Internal { .. } => "internal",
             ErrorKind::Store { .. } => "store",
+            ErrorKind::NoEphemeral { .. } => "no_ephemeral",
         }
     }
 }

@@ -6,9 +6,13 @@
 //! * [`session`] — one client's protocol state, and the answer to one frame;
 //! * [`server`] — the event loop: the socket, the clients, the containers' pidfds.
 //!
+//! * [`plane`] — the containers' NICs and the switch process that forwards their frames.
+//!
 //! The daemon is control plane only: nothing here is on a data path, and a daemon that is
-//! down only delays new grants. The software switch (data plane) is not here.
+//! down only delays new grants. The software switch (data plane) runs in its own process
+//! (`crate::switch::service`), which the daemon starts, supervises and adopts.
 pub mod host;
+pub mod plane;
 pub mod rules;
 pub mod server;
 pub mod session;
@@ -91,14 +95,20 @@ pub fn run(cfg: &Config) -> Result<()> {
     let mut registry = Registry::new(cfg.limits, loaded.containers, loaded.grants, loaded.next_id);
     let alive = registry.reclaim_stale(&host);
     let stale = registry.counters.reclaimed;
+    let exe = std::env::current_exe().context("cannot find the arrakis binary's own path")?;
+    let plane = plane::SwitchLink::open(plane::switch_socket(&cfg.socket), exe);
     let mut daemon = Daemon {
         registry,
         host: Box::new(host),
         store: Some(store),
         socket: cfg.socket.clone(),
         started: Instant::now(),
+        plane: Box::new(plane),
     };
     daemon.persist().map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Ports a running switch kept for containers that died meanwhile go; the others get
+    // their grants from the store.
+    daemon.sync_plane();
     let listener = bind(&cfg.socket)?;
     eprintln!(
         "arrakis daemon: listening on {} (store {}; {} container(s) and {} grant(s) restored, {stale} stale reclaimed)",

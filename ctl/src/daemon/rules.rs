@@ -10,13 +10,22 @@
 //! 5. no kernel socket holds a port of the range on an overlapping address
 //!    ([`super::host::parse_proc_net`] says which sockets hold one), except on a port the
 //!    caller already holds a grant for (its own library sockets' kernel halves).
+//!
+//! Before these, a filter the emulator's switch cannot enforce exactly (peer ports, the
+//! any-IPv4 peer `0.0.0.0`) is refused ([`super::plane::switch_filter`]): never widened.
+//!
+//! A container that asks for its NIC also gets, once for its life, one block of
+//! [`EPHEMERAL_BLOCK`] TCP ports and one of UDP ports in [`EPHEMERAL_FIRST`]..=
+//! [`EPHEMERAL_LAST`] (above Linux's default `ip_local_port_range`), each a grant
+//! (`both`, local `::`) that no other grant and no kernel socket overlaps. They are listed
+//! like any grant, released with the container, and not counted against its quota.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use arrakis_backends::proto::{
     addrs_overlap, ContainerInfo, ContainerStats, DaemonCounters, Direction, ErrorKind, Filter, GrantId,
-    GrantInfo, Name, Proto, Request, Response, Token,
+    GrantInfo, Name, NicInfo, PortRange, Proto, Request, Response, Token,
 };
 use serde::{Deserialize, Serialize};
 
@@ -47,6 +56,13 @@ impl Default for Limits {
         Limits { max_grants: 64, max_ports: 4096 }
     }
 }
+
+/// First port of the ephemeral blocks.
+pub const EPHEMERAL_FIRST: u16 = 61000;
+/// Last port of the ephemeral blocks.
+pub const EPHEMERAL_LAST: u16 = 65535;
+/// Ports per ephemeral block.
+pub const EPHEMERAL_BLOCK: u16 = 128;
 
 /// A container as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +97,9 @@ pub struct GrantRec {
     pub uid: u32,
     /// Creation time (Unix seconds).
     pub created: u64,
+    /// One of a container's ephemeral port blocks (made by `nic`, outside the quota).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ephemeral: bool,
 }
 
 impl GrantRec {
@@ -226,10 +245,11 @@ impl Registry {
         Ok(&self.containers[&caller.pid])
     }
 
+    /// Grants and ports counted against `pid`'s quota (its ephemeral blocks are not).
     fn held_by(&self, pid: u32) -> (u32, u32) {
         self.grants
             .values()
-            .filter(|g| g.holders.contains(&pid))
+            .filter(|g| g.holders.contains(&pid) && !g.ephemeral)
             .fold((0, 0), |(n, p), g| (n + 1, p + g.filter.ports().len()))
     }
 
@@ -282,9 +302,10 @@ impl Registry {
 
     fn dispatch(&mut self, caller: Caller, req: Request, host: &mut dyn Host) -> Result<Response, ErrorKind> {
         match req {
-            Request::Hello { .. } | Request::Status {} | Request::Nic {} => Err(ErrorKind::BadRequest {
-                reason: "hello, status and nic are answered by the server".into(),
-            }),
+            Request::Hello { .. } | Request::Status {} => {
+                Err(ErrorKind::BadRequest { reason: "hello and status are answered by the server".into() })
+            }
+            Request::Nic {} => self.nic(caller, host),
             Request::Lookup { proto, addr, port } => {
                 Ok(Response::Lookup { served: self.serves(proto, addr, port) })
             }
@@ -353,8 +374,78 @@ impl Registry {
         Ok(Response::Registered { container: info })
     }
 
+    /// The caller's NIC, as far as the rules go: its ephemeral blocks (made on the first
+    /// call). The server makes and attaches the NIC itself.
+    fn nic(&mut self, caller: Caller, host: &mut dyn Host) -> Result<Response, ErrorKind> {
+        self.registered(caller, host)?;
+        let (tcp_id, tcp_ports) = self.ephemeral_block(caller, Proto::Tcp, host)?;
+        let (udp_id, udp_ports) = self.ephemeral_block(caller, Proto::Udp, host)?;
+        Ok(Response::Nic { nic: NicInfo { tcp_ports, udp_ports, grants: vec![tcp_id, udp_id] } })
+    }
+
+    /// The caller's ephemeral block of `proto`, made if it has none: the first block of the
+    /// range that no grant and no kernel socket overlaps.
+    fn ephemeral_block(
+        &mut self,
+        caller: Caller,
+        proto: Proto,
+        host: &mut dyn Host,
+    ) -> Result<(GrantId, PortRange), ErrorKind> {
+        if let Some(g) = self
+            .grants
+            .values()
+            .find(|g| g.ephemeral && g.filter.proto() == proto && g.holders.contains(&caller.pid))
+        {
+            return Ok((g.id, g.filter.ports()));
+        }
+        let kernel = host.kernel_sockets(proto);
+        let blocks = (EPHEMERAL_LAST - EPHEMERAL_FIRST + 1) / EPHEMERAL_BLOCK;
+        let any = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+        let free = (0..blocks).find_map(|k| {
+            let lo = EPHEMERAL_FIRST + k * EPHEMERAL_BLOCK;
+            let ports = PortRange::new(lo, lo + (EPHEMERAL_BLOCK - 1))?;
+            let f = Filter::new(Direction::Both, proto, any, ports, vec![]).ok()?;
+            let taken = self.grants.values().any(|g| g.filter.overlaps(&f))
+                || kernel.iter().any(|s| ports.contains(s.port));
+            (!taken).then_some(f)
+        });
+        let Some(filter) = free else {
+            return Err(ErrorKind::NoEphemeral {
+                proto,
+                block: EPHEMERAL_BLOCK,
+                first: EPHEMERAL_FIRST,
+                last: EPHEMERAL_LAST,
+            });
+        };
+        let Some(token) = host.token() else {
+            return Err(ErrorKind::Internal {
+                reason: "the kernel gave no random bytes for the grant's token".into(),
+            });
+        };
+        let id = GrantId(self.next_id);
+        self.next_id += 1;
+        let ports = filter.ports();
+        let g = GrantRec {
+            id,
+            filter,
+            token,
+            holders: vec![caller.pid],
+            uid: caller.uid,
+            created: host.now(),
+            ephemeral: true,
+        };
+        self.changes.push(Change::NextId(self.next_id));
+        self.changes.push(Change::PutGrant(g.clone()));
+        self.grants.insert(id, g);
+        self.counters.grants += 1;
+        Ok((id, ports))
+    }
+
     fn grant(&mut self, caller: Caller, filter: Filter, host: &mut dyn Host) -> Result<Response, ErrorKind> {
         self.registered(caller, host)?;
+        if let Err(reason) = super::plane::switch_filter(&filter) {
+            return Err(ErrorKind::BadRequest { reason });
+        }
         let start = host.unprivileged_port_start();
         if filter.ports().lo() < start && caller.uid != 0 {
             return Err(ErrorKind::Privileged { port: filter.ports().lo(), start, uid: caller.uid });
@@ -405,8 +496,15 @@ impl Registry {
         };
         let id = GrantId(self.next_id);
         self.next_id += 1;
-        let g =
-            GrantRec { id, filter, token, holders: vec![caller.pid], uid: caller.uid, created: host.now() };
+        let g = GrantRec {
+            id,
+            filter,
+            token,
+            holders: vec![caller.pid],
+            uid: caller.uid,
+            created: host.now(),
+            ephemeral: false,
+        };
         self.changes.push(Change::NextId(self.next_id));
         self.changes.push(Change::PutGrant(g.clone()));
         let info = g.info();

@@ -8,14 +8,15 @@
 //! ([`FrameBuf`](arrakis_backends::proto::FrameBuf)) and its unsent replies by
 //! [`MAX_PENDING_OUT`]; the number of clients by [`MAX_CLIENTS`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read};
-use std::os::fd::{AsFd, OwnedFd};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
 
 use rustix::event::epoll;
-use rustix::net::SendFlags;
+use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 
 use super::rules::Caller;
 use super::session::{Daemon, Session};
@@ -24,10 +25,13 @@ use super::session::{Daemon, Session};
 pub const MAX_CLIENTS: usize = 1024;
 /// Most reply bytes waiting for a client that does not read; past this it is dropped.
 pub const MAX_PENDING_OUT: usize = 256 * 1024;
+/// Most replies with fds waiting for a client that does not read (each holds a NIC).
+pub const MAX_PENDING_FDS: usize = 4;
 
 const LISTENER: u64 = 0;
 const CLIENT: u64 = 1 << 32;
 const PIDFD: u64 = 2 << 32;
+const SWITCH: u64 = 3 << 32;
 const KIND: u64 = 0xffff_ffff << 32;
 
 struct Conn {
@@ -35,6 +39,8 @@ struct Conn {
     caller: Caller,
     session: Session,
     out: Vec<u8>,
+    /// Fds to send with the byte at each offset of `out`.
+    out_fds: VecDeque<(usize, Vec<OwnedFd>)>,
     partial_since: Option<Instant>,
     writing: bool,
 }
@@ -49,6 +55,8 @@ pub struct Server {
     watches: HashMap<u32, (OwnedFd, u64)>,
     frame_timeout: Duration,
     daemon: Daemon,
+    /// The generation of the switch pidfd in the epoll set.
+    switch_watched: Option<u64>,
 }
 
 impl Server {
@@ -65,7 +73,9 @@ impl Server {
             watches: HashMap::new(),
             frame_timeout,
             daemon,
+            switch_watched: None,
         };
+        s.watch_switch();
         for pid in s.daemon.registry.pids() {
             s.watch(pid);
         }
@@ -97,10 +107,28 @@ impl Server {
                     LISTENER => self.accept(),
                     CLIENT => self.client_ready(key, ev.flags),
                     PIDFD => self.process_exited(key),
+                    SWITCH => {
+                        self.switch_watched = None;
+                        self.daemon.plane.switch_died();
+                        self.daemon.sync_plane();
+                    }
                     _ => {}
                 }
             }
+            self.watch_switch();
             self.expire_partial_frames();
+        }
+    }
+
+    /// Keeps the switch process's pidfd (it changes when the switch is restarted) in the set.
+    fn watch_switch(&mut self) {
+        let Some((generation, fd)) = self.daemon.plane.switch_pidfd() else { return };
+        if self.switch_watched == Some(generation) {
+            return;
+        }
+        // A previous pidfd left the set when it was closed.
+        if epoll::add(&self.epoll, fd, epoll::EventData::new_u64(SWITCH), epoll::EventFlags::IN).is_ok() {
+            self.switch_watched = Some(generation);
         }
     }
 
@@ -155,6 +183,7 @@ impl Server {
                 caller,
                 session: Session::default(),
                 out: Vec::new(),
+                out_fds: VecDeque::new(),
                 partial_since: None,
                 writing: false,
             };
@@ -225,7 +254,14 @@ impl Server {
             (true, Some(t)) => Some(t),
             (true, None) => Some(Instant::now()),
         };
+        let base = c.out.len();
+        c.out_fds.extend(fx.fds.into_iter().map(|(off, fds)| (base + off, fds)));
         c.out.extend_from_slice(&fx.reply);
+        if c.out_fds.len() > MAX_PENDING_FDS {
+            // It asks for NICs and does not read them.
+            self.drop_conn(key);
+            return false;
+        }
         if let Some(pid) = fx.registered {
             self.watch(pid);
         }
@@ -245,9 +281,28 @@ impl Server {
     fn flush(&mut self, key: u32) -> bool {
         let Some(c) = self.conns.get_mut(&key) else { return false };
         while !c.out.is_empty() {
-            match rustix::net::send(&c.stream, &c.out, SendFlags::NOSIGNAL | SendFlags::DONTWAIT) {
+            // Bytes up to the next reply that carries fds go alone; that reply's first byte
+            // goes with its fds.
+            let (end, fds) = match c.out_fds.front() {
+                Some((0, fds)) => (c.out_fds.get(1).map_or(c.out.len(), |n| n.0), Some(fds)),
+                Some((off, _)) => (*off, None),
+                None => (c.out.len(), None),
+            };
+            let flags = SendFlags::NOSIGNAL | SendFlags::DONTWAIT;
+            let with_fds = fds.is_some();
+            let sent = match fds {
+                Some(fds) => send_with_fds(&c.stream, &c.out[..end], fds, flags),
+                None => rustix::net::send(&c.stream, &c.out[..end], flags),
+            };
+            match sent {
                 Ok(n) => {
                     c.out.drain(..n);
+                    if with_fds && n > 0 {
+                        c.out_fds.pop_front();
+                    }
+                    for e in c.out_fds.iter_mut() {
+                        e.0 -= n;
+                    }
                 }
                 Err(rustix::io::Errno::AGAIN) => break,
                 Err(rustix::io::Errno::INTR) => {}
@@ -342,6 +397,24 @@ impl Server {
             if let Err(e) = self.daemon.persist() {
                 eprintln!("arrakis daemon: {e}");
             }
+            self.daemon.sync_plane();
         }
     }
+}
+
+/// Sends `bytes` with `fds` as `SCM_RIGHTS` on the first byte.
+fn send_with_fds(
+    stream: &UnixStream,
+    bytes: &[u8],
+    fds: &[OwnedFd],
+    flags: SendFlags,
+) -> rustix::io::Result<usize> {
+    let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+    let mut space =
+        [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(arrakis_backends::proto::MAX_FDS))];
+    let mut anc = SendAncillaryBuffer::new(&mut space);
+    if !anc.push(SendAncillaryMessage::ScmRights(&borrowed)) {
+        return Err(rustix::io::Errno::INVAL);
+    }
+    rustix::net::sendmsg(stream, &[io::IoSlice::new(bytes)], &mut anc, flags)
 }

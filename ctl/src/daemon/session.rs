@@ -3,6 +3,7 @@
 //! a frame; [`Session`] holds one connection's framing and negotiated version. Both are
 //! driven by the server's event loop and, in tests, directly with arbitrary bytes.
 
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -13,6 +14,7 @@ use arrakis_backends::proto::{
 };
 
 use super::host::Host;
+use super::plane::{switch_grants, Plane};
 use super::rules::{Caller, Registry};
 use super::store::Store;
 
@@ -28,13 +30,18 @@ pub struct Daemon {
     pub socket: PathBuf,
     /// When the daemon started.
     pub started: Instant,
+    /// The containers' NICs and the switch.
+    pub plane: Box<dyn Plane>,
 }
 
 /// What the server must do after a frame.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct Effects {
     /// Reply bytes to send.
     pub reply: Vec<u8>,
+    /// Fds to send with the reply that starts at each offset of `reply` (`SCM_RIGHTS` on its
+    /// first byte).
+    pub fds: Vec<(usize, Vec<OwnedFd>)>,
     /// The stream lost its framing: close after sending the reply.
     pub close: bool,
     /// A container registered (its pid, to watch for its death).
@@ -61,6 +68,23 @@ impl Daemon {
         Ok(())
     }
 
+    /// Brings the switch in line with the registry: detaches the ports of containers that
+    /// are gone and sets the grants of the others where they changed. Called after every
+    /// request, reclaim and start, so every grant change reaches the switch before its
+    /// answer is sent.
+    pub fn sync_plane(&mut self) {
+        for (pid, old) in self.plane.attached() {
+            if self.registry.container(pid).is_none() {
+                self.plane.detach(pid);
+                continue;
+            }
+            let now = switch_grants(&self.registry, pid);
+            if now != old {
+                self.plane.set_grants(pid, now);
+            }
+        }
+    }
+
     fn info(&self) -> DaemonInfo {
         let l = self.registry.limits();
         DaemonInfo {
@@ -82,6 +106,7 @@ impl Daemon {
         version: &mut Option<u16>,
         req: Request,
         fx: &mut Effects,
+        fds: &mut Vec<OwnedFd>,
     ) -> Outcome {
         // The registry counts the requests it handles; these are counted here.
         if matches!(req, Request::Hello { .. } | Request::Status {}) || version.is_none() {
@@ -109,6 +134,12 @@ impl Daemon {
             (Request::Status {}, Some(_)) => {
                 Ok(Response::Status { daemon: self.info(), containers: self.registry.containers() })
             }
+            (Request::Nic {} | Request::Lookup { .. }, Some(1)) => {
+                let e = ErrorKind::BadRequest { reason: "nic and lookup need protocol version 2".into() };
+                *self.registry.counters.refusals.entry(e.code().into()).or_default() += 1;
+                self.registry.counters.requests += 1;
+                Err(e)
+            }
             (req, Some(_)) => {
                 let is_register = matches!(req, Request::Register { .. });
                 let removes =
@@ -123,7 +154,7 @@ impl Daemon {
                             fx.registered = Some(caller.pid);
                         }
                         fx.removed |= removes;
-                        Ok(resp)
+                        self.finish(caller, resp, fds)
                     }
                     (Ok(()), Err(e)) => {
                         fx.removed |= removes;
@@ -132,9 +163,40 @@ impl Daemon {
                 }
             }
         };
+        self.sync_plane();
         match result {
             Ok(r) => Outcome::Ok(r),
             Err(e) => Outcome::Err(ErrorReply::from(e)),
+        }
+    }
+
+    /// What the registry cannot do alone: the NIC itself, the switch's counters.
+    fn finish(
+        &mut self,
+        caller: Caller,
+        resp: Response,
+        fds: &mut Vec<OwnedFd>,
+    ) -> Result<Response, ErrorKind> {
+        match resp {
+            Response::Nic { nic } => {
+                let name = self.registry.container(caller.pid).map(|c| c.name.clone());
+                let Some(name) = name else { return Err(ErrorKind::NotRegistered { pid: caller.pid }) };
+                let grants = switch_grants(&self.registry, caller.pid);
+                match self.plane.attach(caller.pid, &name, grants) {
+                    Ok(f) => {
+                        fds.extend([f.region, f.to_container, f.to_switch]);
+                        Ok(Response::Nic { nic })
+                    }
+                    Err(reason) => {
+                        eprintln!("arrakis daemon: container {}: {reason}", caller.pid);
+                        Err(ErrorKind::Internal { reason })
+                    }
+                }
+            }
+            Response::Stats { daemon, containers, switch: _ } => {
+                Ok(Response::Stats { daemon, containers, switch: self.plane.stats() })
+            }
+            r => Ok(r),
         }
     }
 }
@@ -165,14 +227,18 @@ impl Session {
             match self.buf.take() {
                 Ok(None) => return fx,
                 Ok(Some(body)) => {
+                    let mut fds = Vec::new();
                     let (seq, outcome) = match decode_request(&body) {
-                        Ok(f) => (f.seq, d.answer(caller, &mut self.version, f.req, &mut fx)),
+                        Ok(f) => (f.seq, d.answer(caller, &mut self.version, f.req, &mut fx, &mut fds)),
                         Err(e) => {
                             d.registry.counters.requests += 1;
                             *d.registry.counters.refusals.entry("bad_request".into()).or_default() += 1;
                             (0, Outcome::Err(ErrorKind::BadRequest { reason: e.to_string() }.into()))
                         }
                     };
+                    if !fds.is_empty() {
+                        fx.fds.push((fx.reply.len(), fds));
+                    }
                     fx.reply.extend(reply_bytes(seq, outcome));
                 }
                 Err(e) => {
@@ -197,6 +263,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::super::host::KernelSocket;
+    use super::super::plane::fake::FakePlane;
     use super::super::rules::tests::FakeHost;
     use super::super::rules::{GrantRec, Limits};
     use super::*;
@@ -226,6 +293,7 @@ mod tests {
             store: None,
             socket: "/nonexistent".into(),
             started: Instant::now(),
+            plane: Box::new(FakePlane::default()),
         }
     }
 
@@ -260,6 +328,13 @@ mod tests {
             1 => Just(Request::Status {}),
             1 => Just(Request::Stats {}),
             1 => Just(Request::Unregister {}),
+            2 => Just(Request::Nic {}),
+            1 => (any::<bool>(), prop::sample::select(vec!["127.0.0.1", "::1", "0.0.0.0", "10.0.0.1"]), prop::sample::select(vec![1020u16, 1025, 61000, 61127, 65535]))
+                .prop_map(|(udp, a, port)| Request::Lookup {
+                    proto: if udp { Proto::Udp } else { Proto::Tcp },
+                    addr: a.parse().unwrap(),
+                    port,
+                }),
         ]
     }
 
@@ -284,6 +359,8 @@ mod tests {
             s.buf.extend(&rest[..n]).unwrap();
             rest = &rest[n..];
             let more = s.process(d, caller);
+            let base = fx.reply.len();
+            fx.fds.extend(more.fds.into_iter().map(|(o, f)| (base + o, f)));
             fx.reply.extend(more.reply);
             if more.close {
                 *s = Session::default();
@@ -324,20 +401,44 @@ mod tests {
                 };
                 let before: Vec<GrantRec> = d.registry.grants().cloned().collect();
                 let fx = feed(&mut sessions[who], &mut d, caller, &bytes);
-                // Every reply decodes; every grant made was allowed.
+                // Every reply decodes; every grant made was allowed; fds come with nic replies
+                // only, three each.
                 let mut r = &fx.reply[..];
+                let mut with_fds: Vec<usize> = Vec::new();
                 while r.len() >= HEADER {
+                    let off = fx.reply.len() - r.len();
                     let n = u32::from_le_bytes(r[..HEADER].try_into().unwrap()) as usize;
                     let reply = decode_reply(&r[HEADER..HEADER + n]).unwrap();
                     if let Outcome::Ok(Response::Granted { grant, .. }) = &reply.result {
                         prop_assert!(allowed(&before, caller, &grant.filter), "forbidden grant {grant:?} to {caller:?}");
                     }
+                    if let Outcome::Ok(Response::Nic { nic }) = &reply.result {
+                        with_fds.push(off);
+                        prop_assert_eq!(nic.tcp_ports.len(), 128);
+                        prop_assert!(nic.tcp_ports.lo() >= 61000 && nic.udp_ports.lo() >= 61000);
+                    }
                     r = &r[HEADER + n..];
                 }
                 prop_assert!(r.is_empty());
+                prop_assert_eq!(fx.fds.iter().map(|f| f.0).collect::<Vec<_>>(), with_fds);
+                prop_assert!(fx.fds.iter().all(|f| f.1.len() == 3));
+                // The switch holds ports of registered containers only, each with exactly
+                // the grants its container holds; ephemeral blocks never overlap another's.
+                for (pid, grants) in d.plane.attached() {
+                    prop_assert!(d.registry.container(pid).is_some(), "port of a gone container {pid}");
+                    prop_assert_eq!(grants, switch_grants(&d.registry, pid));
+                }
+                let eph: Vec<&GrantRec> = d.registry.grants().filter(|g| g.ephemeral).collect();
+                for g in d.registry.grants() {
+                    for e in &eph {
+                        prop_assert!(g.id == e.id || !g.filter.overlaps(&e.filter) || g.holders == e.holders,
+                            "grant {g:?} overlaps the ephemeral block {e:?}");
+                    }
+                }
                 // Quotas hold at every step.
                 for pid in d.registry.pids() {
-                    let held: Vec<&GrantRec> = d.registry.grants().filter(|g| g.holders.contains(&pid)).collect();
+                    let held: Vec<&GrantRec> =
+                        d.registry.grants().filter(|g| g.holders.contains(&pid) && !g.ephemeral).collect();
                     prop_assert!(held.len() <= 4);
                     prop_assert!(held.iter().map(|g| g.filter.ports().len()).sum::<u32>() <= 8);
                 }

@@ -230,6 +230,7 @@ mod tests {
             holders: vec![7],
             uid: 1,
             created: 5,
+            ephemeral: true,
         };
         {
             let (s, l) = Store::open(&path).unwrap();

@@ -2,8 +2,9 @@
 //!
 //! Owns the switch ends of the attached NICs ([`SwitchPort`]), each with the container's
 //! [`Grants`], counters and an optional pcap capture. It must not touch the control protocol:
-//! the daemon (re)configures ports through [`Switch::attach`], [`Switch::set_grants`] and
-//! [`Switch::detach`] (wired up when the daemon and switch are merged).
+//! the daemon (re)configures ports through the switch's own channel ([`channel`], served by
+//! [`service`]), which calls [`Switch::attach`], [`Switch::set_grants`] and
+//! [`Switch::detach`].
 //!
 //! One pass ([`Switch::poll`]) takes up to [`BUDGET`] frames from each port's tx ring, copies
 //! each once into private memory (the container may be rewriting its buffer), and forwards it:
@@ -23,10 +24,9 @@
 //! port's tx ring, checks once more and sleeps in `epoll_wait` on all the ports' doorbells
 //! (with a timeout, to notice the stop flag): an idle switch costs no CPU.
 
-// The daemon attaches ports once merged; until then only the tests drive the switch.
-#![cfg_attr(not(test), allow(dead_code))]
-
+pub mod channel;
 pub mod pcap;
+pub mod service;
 
 use std::io::{self, Write};
 use std::os::fd::{AsFd, OwnedFd};
@@ -45,7 +45,7 @@ pub const BUDGET: usize = 64;
 /// Default time the switch keeps polling after the last frame before it sleeps.
 pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
 /// Longest sleep in [`Switch::run`] before the stop flag is looked at again.
-const SLEEP_CAP: Duration = Duration::from_millis(100);
+pub const SLEEP_CAP: Duration = Duration::from_millis(100);
 
 /// Why a frame was dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,21 +113,37 @@ struct Port {
     nic: SwitchPort,
     grants: Grants,
     stats: PortStats,
-    capture: Option<PcapWriter<Box<dyn Write + Send>>>,
+    capture: Option<Capture>,
     /// Frames were pushed to its rx ring this pass: check whether it wants a doorbell.
     rx_dirty: bool,
 }
 
+/// A running capture: where it writes, how many frames it wrote and at most may write.
+struct Capture {
+    out: PcapWriter<Box<dyn Write + Send>>,
+    frames: u64,
+    limit: Option<u64>,
+}
+
 impl Port {
     fn capture(&mut self, frame: &[u8]) {
-        if let Some(w) = &mut self.capture {
-            if w.write(SystemTime::now(), frame).is_err() {
+        if let Some(c) = &mut self.capture {
+            if c.out.write(SystemTime::now(), frame).is_err() {
                 // A capture that cannot be written (disk full, reader gone) stops; traffic goes on.
+                self.capture = None;
+                return;
+            }
+            c.frames += 1;
+            if c.limit.is_some_and(|l| c.frames >= l) {
+                let _ = c.out.flush();
                 self.capture = None;
             }
         }
     }
 }
+
+/// First token of fds watched besides the doorbells ([`Switch::watch`]); port ids are below.
+pub const FOREIGN: u64 = 1 << 32;
 
 /// The switch: ports and the epoll set of their doorbells.
 pub struct Switch {
@@ -210,23 +226,92 @@ impl Switch {
         Some(&self.ports.get(id)?.as_ref()?.name)
     }
 
-    /// Starts capturing a port's frames (both directions, dropped ones included as sent).
-    pub fn capture(&mut self, id: PortId, out: Box<dyn Write + Send>) -> io::Result<()> {
+    /// Starts capturing a port's frames (both directions, dropped ones included as sent),
+    /// at most `limit` of them (then the capture stops by itself). Replaces a running one.
+    pub fn capture(&mut self, id: PortId, out: Box<dyn Write + Send>, limit: Option<u64>) -> io::Result<()> {
         let p = self
             .ports
             .get_mut(id)
             .and_then(Option::as_mut)
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such port"))?;
-        p.capture = Some(PcapWriter::new(out)?);
+        p.capture = Some(Capture { out: PcapWriter::new(out)?, frames: 0, limit });
         Ok(())
     }
 
-    /// Stops a capture, flushing it.
-    pub fn stop_capture(&mut self, id: PortId) -> io::Result<()> {
+    /// Frames the port's running capture wrote, if one runs.
+    pub fn capturing(&self, id: PortId) -> Option<u64> {
+        self.ports.get(id)?.as_ref()?.capture.as_ref().map(|c| c.frames)
+    }
+
+    /// Stops a capture, flushing it; returns the frames it wrote (`None`: none was running).
+    pub fn stop_capture(&mut self, id: PortId) -> io::Result<Option<u64>> {
         match self.ports.get_mut(id).and_then(Option::as_mut).and_then(|p| p.capture.take()) {
-            Some(mut w) => w.flush(),
-            None => Ok(()),
+            Some(mut c) => c.out.flush().map(|()| Some(c.frames)),
+            None => Ok(None),
         }
+    }
+
+    /// Adds a foreign fd (the control channel, its listener) to the switch's epoll set under
+    /// `token` (at least [`FOREIGN`]); [`sleep`](Self::sleep) reports it when readable.
+    pub fn watch(&mut self, fd: impl AsFd, token: u64) -> io::Result<()> {
+        debug_assert!(token >= FOREIGN);
+        Ok(epoll::add(&self.epoll, fd, epoll::EventData::new_u64(token), epoll::EventFlags::IN)?)
+    }
+
+    /// Removes a foreign fd added by [`watch`](Self::watch).
+    pub fn unwatch(&mut self, fd: impl AsFd) {
+        let _ = epoll::delete(&self.epoll, fd);
+    }
+
+    /// Waits at most `timeout` (zero: only looks) for doorbells and foreign fds; drains the
+    /// doorbells and appends the tokens of foreign fds that are readable to `fired`.
+    fn wait(&mut self, timeout: Duration, fired: &mut Vec<u64>) -> io::Result<()> {
+        let mut events = Vec::with_capacity(64);
+        let ts = rustix::event::Timespec {
+            tv_sec: timeout.as_secs() as i64,
+            tv_nsec: i64::from(timeout.subsec_nanos()),
+        };
+        match epoll::wait(&self.epoll, rustix::buffer::spare_capacity(&mut events), Some(&ts)) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+        for ev in &events {
+            let token = ev.data.u64();
+            if token >= FOREIGN {
+                fired.push(token);
+            } else if let Some(p) = self.ports.get(token as usize).and_then(Option::as_ref) {
+                p.nic.bell.drain();
+            }
+        }
+        Ok(())
+    }
+
+    /// Foreign fds that are readable now, without sleeping (for a busy loop to look at its
+    /// control channel now and then).
+    pub fn check(&mut self, fired: &mut Vec<u64>) -> io::Result<()> {
+        self.wait(Duration::ZERO, fired)
+    }
+
+    /// The idle path: arms every port's tx ring, looks once more, and if all are still empty
+    /// sleeps up to `cap` on the doorbells and foreign fds; then disarms. Foreign fds that
+    /// woke it are appended to `fired`.
+    pub fn sleep(&mut self, cap: Duration, fired: &mut Vec<u64>) -> io::Result<()> {
+        // Arm every port, then look once more: a frame published before a port was armed
+        // would otherwise never ring.
+        let mut idle = true;
+        for p in self.ports.iter_mut().flatten() {
+            idle &= p.nic.tx.arm();
+        }
+        let r = if idle {
+            self.sleeps += 1;
+            self.wait(cap, fired)
+        } else {
+            Ok(())
+        };
+        for p in self.ports.iter_mut().flatten() {
+            p.nic.tx.disarm();
+        }
+        r
     }
 
     /// One pass over all ports; returns the frames taken.
@@ -299,9 +384,12 @@ impl Switch {
 
     /// Runs until `stop` is set: polls while busy, spins [`spin`](Self::spin) after the last
     /// frame, then sleeps on the doorbells.
+    // The switch process runs `service::Service::run`, which adds the control channel; this
+    // plain loop is the tests'.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn run(&mut self, stop: &AtomicBool) -> io::Result<()> {
         let mut last_work = Instant::now();
-        let mut events = Vec::with_capacity(64);
+        let mut fired = Vec::new();
         while !stop.load(Ordering::Relaxed) {
             if self.poll() > 0 {
                 last_work = Instant::now();
@@ -311,30 +399,8 @@ impl Switch {
                 std::hint::spin_loop();
                 continue;
             }
-            // Arm every port, then look once more: a frame published before a port was armed
-            // would otherwise never ring.
-            let mut idle = true;
-            for p in self.ports.iter_mut().flatten() {
-                idle &= p.nic.tx.arm();
-            }
-            if idle {
-                self.sleeps += 1;
-                let ts = rustix::event::Timespec { tv_sec: 0, tv_nsec: SLEEP_CAP.as_nanos() as i64 };
-                events.clear();
-                match epoll::wait(&self.epoll, rustix::buffer::spare_capacity(&mut events), Some(&ts)) {
-                    Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                    Err(e) => return Err(e.into()),
-                }
-                for ev in &events {
-                    let id = ev.data.u64() as usize;
-                    if let Some(p) = self.ports.get(id).and_then(Option::as_ref) {
-                        p.nic.bell.drain();
-                    }
-                }
-            }
-            for p in self.ports.iter_mut().flatten() {
-                p.nic.tx.disarm();
-            }
+            fired.clear();
+            self.sleep(SLEEP_CAP, &mut fired)?;
             last_work = Instant::now();
         }
         Ok(())

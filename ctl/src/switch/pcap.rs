@@ -50,6 +50,7 @@ impl<W: Write> PcapWriter<W> {
     }
 
     /// The underlying writer.
+    #[cfg(test)]
     pub fn into_inner(self) -> W {
         self.out
     }

@@ -189,7 +189,7 @@ fn ungranted_unrouted_and_malformed_frames_are_dropped_and_counted() {
     let (mut sw, mut ha, mut hb, ia, ib) =
         setup(vec![Filter::port(Proto::Udp, 5000)], vec![Filter::port(Proto::Udp, 5353)]);
     let cap = Shared::default();
-    sw.capture(ia, Box::new(cap.clone())).unwrap();
+    sw.capture(ia, Box::new(cap.clone()), None).unwrap();
     let ub = hb.udp(5353);
 
     // Granted: delivered.
@@ -231,7 +231,7 @@ fn ungranted_unrouted_and_malformed_frames_are_dropped_and_counted() {
     assert_eq!(sw.stats(ib).unwrap().rx_frames, 1);
 
     // The capture holds every frame A sent, in pcap records.
-    sw.stop_capture(ia).unwrap();
+    assert_eq!(sw.stop_capture(ia).unwrap(), Some(6));
     let bytes = cap.0.lock().unwrap().clone();
     assert_eq!(&bytes[20..24], &101u32.to_le_bytes());
     let (mut off, mut records) = (24, 0);

@@ -1,0 +1,391 @@
+//! The switch process, `arrakis switch --socket RUN_DIR/switch.sock`: the data plane apart
+//! from the daemon, so the daemon can die and restart without a frame lost.
+//!
+//! One thread, one epoll set: the NICs' doorbells (the [`Switch`]'s), the listening socket
+//! and the one control connection ([`channel`](super::channel)). It forwards frames whether or
+//! not a daemon is connected; a daemon that connects (a restarted one) replaces the previous
+//! connection, lists the ports and takes their fds back ([`Cmd::List`], [`Cmd::Fds`]). While
+//! frames flow it looks at the control connection every millisecond; idle it sleeps on
+//! everything at once. A control message that does not decode or validate closes the
+//! connection with a log line; nothing a peer sends can make it panic.
+//!
+//! It keeps a dup of each NIC's three fds (to hand back) and a pidfd of each port's
+//! container. With no daemon connected and no port's container alive it exits after
+//! [`ALONE_EXIT`]: a switch outlives its daemon only while it has traffic to carry.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrakis_backends::emulator::ring::{Consumer, Doorbell, Producer, Region, Ring};
+use arrakis_backends::emulator::SwitchPort;
+use arrakis_backends::proto::Name;
+use rustix::event::{poll, PollFd, PollFlags};
+
+use super::channel::{self, ChannelError, Cmd, PortCounters, PortEntry, Received, Receiver, Reply};
+use super::{DropReason, PortId, Switch, FOREIGN, SLEEP_CAP};
+
+/// How long a switch with no daemon and no live container waits before it exits.
+pub const ALONE_EXIT: Duration = Duration::from_secs(5);
+/// How often a busy switch looks at its control connection.
+const LOOK_EVERY: Duration = Duration::from_millis(1);
+/// Most control messages answered per wake-up (the rest on the next turn).
+const BATCH: usize = 64;
+/// Send timeout of replies (the daemon reads each reply at once).
+const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+
+const LISTEN: u64 = FOREIGN;
+const CONN: u64 = FOREIGN + 1;
+
+struct Attached {
+    id: PortId,
+    pid: u32,
+    name: Name,
+    /// Region, doorbell to the container, doorbell to the switch.
+    fds: [OwnedFd; 3],
+    /// The container, to notice when none is left.
+    pidfd: Option<OwnedFd>,
+}
+
+/// The switch and its control side.
+pub struct Service {
+    sw: Switch,
+    listener: UnixListener,
+    conn: Option<(UnixStream, Receiver)>,
+    ports: BTreeMap<u64, Attached>,
+    uid: u32,
+}
+
+fn dup(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    Ok(rustix::io::fcntl_dupfd_cloexec(fd, 0)?)
+}
+
+/// The switch's end of a NIC from its three fds (validating the region). The indices live in
+/// the shared region, so a port rebuilt on a region another switch served resumes where that
+/// one stopped.
+pub fn port_from_fds(region: OwnedFd, to_container: OwnedFd, to_switch: OwnedFd) -> io::Result<SwitchPort> {
+    let region = Arc::new(Region::attach(region)?);
+    Ok(SwitchPort {
+        tx: Consumer::new(region.clone(), Ring::Tx),
+        rx: Producer::new(region, Ring::Rx),
+        bell: Doorbell::from_fd(to_switch),
+        peer: Doorbell::from_fd(to_container),
+    })
+}
+
+fn log(msg: std::fmt::Arguments<'_>) {
+    eprintln!("arrakis switch: {msg}");
+}
+
+impl Service {
+    /// A switch serving `listener` (non-blocking, watched).
+    pub fn new(listener: UnixListener) -> io::Result<Service> {
+        listener.set_nonblocking(true)?;
+        let mut sw = Switch::new()?;
+        sw.watch(&listener, LISTEN)?;
+        Ok(Service {
+            sw,
+            listener,
+            conn: None,
+            ports: BTreeMap::new(),
+            uid: rustix::process::getuid().as_raw(),
+        })
+    }
+
+    /// Runs until `stop` is set, or, with `alone_exit`, until it has been without daemon and
+    /// without a live container that long.
+    pub fn run(&mut self, stop: &AtomicBool, alone_exit: Option<Duration>) -> io::Result<()> {
+        let mut last_work = Instant::now();
+        let mut last_look = Instant::now();
+        let mut alone_since: Option<Instant> = None;
+        let mut last_alone_check = Instant::now();
+        let mut fired = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            fired.clear();
+            if self.sw.poll() > 0 {
+                last_work = Instant::now();
+                if last_look.elapsed() >= LOOK_EVERY {
+                    self.sw.check(&mut fired)?;
+                    last_look = Instant::now();
+                }
+            } else if last_work.elapsed() < self.sw.spin {
+                std::hint::spin_loop();
+                if last_look.elapsed() >= LOOK_EVERY {
+                    self.sw.check(&mut fired)?;
+                    last_look = Instant::now();
+                }
+            } else {
+                self.sw.sleep(SLEEP_CAP, &mut fired)?;
+                last_work = Instant::now();
+                last_look = last_work;
+            }
+            for &t in &fired {
+                match t {
+                    LISTEN => self.accept(),
+                    CONN => self.serve_conn(),
+                    _ => {}
+                }
+            }
+            if let Some(limit) = alone_exit {
+                if last_alone_check.elapsed() >= SLEEP_CAP {
+                    last_alone_check = Instant::now();
+                    if self.conn.is_none() && !self.any_container_alive() {
+                        let since = *alone_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() >= limit {
+                            log(format_args!("no daemon and no live container for {limit:?}; exiting"));
+                            return Ok(());
+                        }
+                    } else {
+                        alone_since = None;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn any_container_alive(&self) -> bool {
+        self.ports.values().any(|a| match &a.pidfd {
+            // A pidfd is readable once its process exited.
+            Some(fd) => {
+                let mut p = [PollFd::new(fd, PollFlags::IN)];
+                matches!(poll(&mut p, Some(&rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 })), Ok(0))
+            }
+            None => rustix::process::test_kill_process(
+                rustix::process::Pid::from_raw(a.pid as i32).unwrap_or(rustix::process::Pid::INIT),
+            )
+            .is_ok(),
+        })
+    }
+
+    fn accept(&mut self) {
+        // Bounded: a listener backlog is finite, and each turn takes one connection or stops.
+        for _ in 0..64 {
+            let stream = match self.listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            };
+            let uid = rustix::net::sockopt::socket_peercred(&stream).map(|c| c.uid.as_raw());
+            if !matches!(uid, Ok(u) if u == self.uid || u == 0) {
+                log(format_args!("refused a control connection from uid {uid:?}"));
+                continue;
+            }
+            if stream.set_write_timeout(Some(REPLY_TIMEOUT)).is_err() {
+                continue;
+            }
+            if let Some((old, _)) = self.conn.take() {
+                self.sw.unwatch(&old);
+                log(format_args!("a new daemon connected; the previous connection is closed"));
+            }
+            if self.sw.watch(&stream, CONN).is_ok() {
+                self.conn = Some((stream, Receiver::new()));
+            }
+        }
+    }
+
+    fn drop_conn(&mut self, why: Option<String>) {
+        if let Some((s, _)) = self.conn.take() {
+            self.sw.unwatch(&s);
+        }
+        if let Some(why) = why {
+            log(format_args!("closing the control connection: {why}"));
+        }
+    }
+
+    /// Answers what the daemon sent, at most [`BATCH`] messages per call.
+    fn serve_conn(&mut self) {
+        for _ in 0..BATCH {
+            let Some((stream, rx)) = self.conn.as_mut() else { return };
+            let (body, fds) = match rx.read(stream, true) {
+                Ok(Received::Frame(b, f)) => (b, f),
+                Ok(Received::More) => return,
+                Err(ChannelError::Closed) => return self.drop_conn(None),
+                Err(e) => return self.drop_conn(Some(e.to_string())),
+            };
+            let cmd = match channel::decode_cmd(&body, fds.len()) {
+                Ok(c) => c,
+                Err(e) => return self.drop_conn(Some(format!("bad message: {e}"))),
+            };
+            let fds_of = match cmd {
+                Cmd::Fds { port } => Some(port),
+                _ => None,
+            };
+            let reply = self.handle(cmd, fds);
+            let Some((stream, _)) = self.conn.as_ref() else { return };
+            let sent = match (&reply, fds_of.and_then(|p| self.ports.get(&p))) {
+                (Reply::Fds {}, Some(a)) => {
+                    channel::send(stream, &reply, &[a.fds[0].as_fd(), a.fds[1].as_fd(), a.fds[2].as_fd()])
+                }
+                (Reply::Fds {}, None) => {
+                    channel::send(stream, &Reply::Err { reason: "no such port".into() }, &[])
+                }
+                (r, _) => channel::send(stream, r, &[]),
+            };
+            if let Err(e) = sent {
+                return self.drop_conn(Some(format!("cannot reply: {e}")));
+            }
+        }
+    }
+
+    fn handle(&mut self, cmd: Cmd, fds: Vec<OwnedFd>) -> Reply {
+        let err = |reason: String| Reply::Err { reason };
+        let id_of = |s: &Service, port: u64| s.ports.get(&port).map(|a| a.id);
+        match cmd {
+            Cmd::Attach { port, pid, name, grants } => {
+                if self.ports.contains_key(&port) {
+                    return err(format!("port {port} is attached already"));
+                }
+                if self.ports.len() >= channel::MAX_PORTS {
+                    return err(format!("the switch holds {} ports already", channel::MAX_PORTS));
+                }
+                let Ok(grants) = grants.to_grants() else { return err("bad grants".into()) };
+                let Ok([region, to_container, to_switch]) = <[OwnedFd; 3]>::try_from(fds) else {
+                    return err("an attach carries three fds".into());
+                };
+                let kept = match (dup(region.as_fd()), dup(to_container.as_fd()), dup(to_switch.as_fd())) {
+                    (Ok(a), Ok(b), Ok(c)) => [a, b, c],
+                    _ => return err("cannot keep the NIC's fds (out of fds?)".into()),
+                };
+                let nic = match port_from_fds(region, to_container, to_switch) {
+                    Ok(n) => n,
+                    Err(e) => return err(format!("bad NIC: {e}")),
+                };
+                let id = match self.sw.attach(name.as_str(), nic, grants) {
+                    Ok(id) => id,
+                    Err(e) => return err(format!("cannot attach: {e}")),
+                };
+                log(format_args!(
+                    "attached port {port} of container {pid} ({})",
+                    self.sw.name(id).unwrap_or("?")
+                ));
+                let pidfd = rustix::process::Pid::from_raw(pid as i32)
+                    .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok());
+                self.ports.insert(port, Attached { id, pid, name, fds: kept, pidfd });
+                Reply::Ok {}
+            }
+            Cmd::SetGrants { port, grants } => match (id_of(self, port), grants.to_grants()) {
+                (Some(id), Ok(g)) => {
+                    self.sw.set_grants(id, g);
+                    Reply::Ok {}
+                }
+                (None, _) => err(format!("no port {port}")),
+                (_, Err(e)) => err(e),
+            },
+            Cmd::Detach { port } => match self.ports.remove(&port) {
+                Some(a) => {
+                    let _ = self.sw.stop_capture(a.id);
+                    self.sw.detach(a.id);
+                    Reply::Ok {}
+                }
+                None => err(format!("no port {port}")),
+            },
+            Cmd::Stats {} => Reply::Stats {
+                ports: self
+                    .ports
+                    .iter()
+                    .filter_map(|(&port, a)| {
+                        let s = self.sw.stats(a.id)?;
+                        let d = s.drops;
+                        let drops = [
+                            (DropReason::SrcNotGranted.as_str(), d.src_not_granted),
+                            (DropReason::NoRoute.as_str(), d.no_route),
+                            (DropReason::Malformed.as_str(), d.malformed),
+                            (DropReason::Unsupported.as_str(), d.unsupported),
+                            (DropReason::QueueFull.as_str(), d.queue_full),
+                            ("bad-desc", s.bad_desc),
+                            ("bad-index", s.bad_index),
+                        ]
+                        .into_iter()
+                        .filter(|(_, n)| *n > 0)
+                        .map(|(k, n)| (k.to_owned(), n))
+                        .collect();
+                        Some(PortCounters {
+                            port,
+                            pid: a.pid,
+                            tx_frames: s.tx_frames,
+                            tx_bytes: s.tx_bytes,
+                            rx_frames: s.rx_frames,
+                            rx_bytes: s.rx_bytes,
+                            drops,
+                            capturing: self.sw.capturing(a.id),
+                        })
+                    })
+                    .collect(),
+            },
+            Cmd::Capture { port, limit } => {
+                let Some(id) = id_of(self, port) else { return err(format!("no port {port}")) };
+                let Some(fd) = fds.into_iter().next() else { return err("a capture carries one fd".into()) };
+                match self.sw.capture(id, Box::new(std::fs::File::from(fd)), limit) {
+                    Ok(()) => Reply::Ok {},
+                    Err(e) => err(format!("cannot write the capture: {e}")),
+                }
+            }
+            Cmd::StopCapture { port } => match id_of(self, port) {
+                Some(id) => match self.sw.stop_capture(id) {
+                    Ok(frames) => Reply::Stopped { frames },
+                    Err(e) => err(format!("cannot flush the capture: {e}")),
+                },
+                None => err(format!("no port {port}")),
+            },
+            Cmd::List {} => Reply::Ports {
+                pid: std::process::id(),
+                ports: self
+                    .ports
+                    .iter()
+                    .map(|(&port, a)| PortEntry { port, pid: a.pid, name: a.name.clone() })
+                    .collect(),
+            },
+            Cmd::Fds { port } => {
+                if !self.ports.contains_key(&port) {
+                    return err(format!("no port {port}"));
+                }
+                Reply::Fds {}
+            }
+        }
+    }
+}
+
+/// Binds the switch's socket (0600: only the daemon's user talks to the switch), replacing a
+/// stale one; refuses if a switch answers there.
+pub fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
+    use anyhow::{bail, Context};
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    if std::fs::symlink_metadata(socket).is_ok() {
+        if UnixStream::connect(socket).is_ok() {
+            bail!("a switch already answers at {}", socket.display());
+        }
+        std::fs::remove_file(socket)
+            .with_context(|| format!("cannot remove the stale {}", socket.display()))?;
+    }
+    let l = UnixListener::bind(socket).with_context(|| format!("cannot listen at {}", socket.display()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot set the mode of {}", socket.display()))?;
+    Ok(l)
+}
+
+/// `arrakis switch --socket PATH`: leaves the daemon's session (a Ctrl-C or hang-up aimed at
+/// the daemon must not reach the data plane), binds, writes `switch.pid` beside the socket
+/// and serves until alone for [`ALONE_EXIT`].
+pub fn main(socket: &Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let _ = rustix::process::setsid();
+    let listener = bind(socket)?;
+    if let Some(dir) = socket.parent() {
+        let pid_file = dir.join(channel::PID_NAME);
+        std::fs::write(&pid_file, format!("{}\n", std::process::id()))
+            .with_context(|| format!("cannot write {}", pid_file.display()))?;
+    }
+    log(format_args!("listening on {} (pid {})", socket.display(), std::process::id()));
+    let mut s = Service::new(listener)?;
+    let stop = AtomicBool::new(false);
+    s.run(&stop, Some(ALONE_EXIT)).context("the switch's loop failed")
+}
