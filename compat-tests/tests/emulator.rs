@@ -148,12 +148,14 @@ impl Drop for Server {
     }
 }
 
-/// A TCP port of 127.0.0.1 free in the kernel, below the kernel's ephemeral range and the
-/// daemons' blocks (so no container owns it by accident).
-fn free_port(salt: u16) -> u16 {
-    let base = 20_000 + (std::process::id() as u16 % 2_000) * 4 + salt;
+/// A port of 127.0.0.1 free in the kernel for TCP and UDP, below the kernel's ephemeral
+/// range and the daemons' blocks (so no container owns it by accident). Never the same
+/// twice in this test process (its tests run in parallel).
+fn free_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 1_000) as u16 * 8;
     (0..200)
-        .map(|i| base + i * 8)
+        .map(|_| base + NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
         .find(|&p| {
             TcpListener::bind(("127.0.0.1", p)).is_ok() && std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok()
         })
@@ -162,7 +164,7 @@ fn free_port(salt: u16) -> u16 {
 
 /// A server not under the shim: answers each connection with "kernel:" + what it read.
 fn kernel_server() -> (u16, std::thread::JoinHandle<()>) {
-    let port = free_port(3);
+    let port = free_port();
     let l = TcpListener::bind(("127.0.0.1", port)).expect("kernel server");
     let h = std::thread::spawn(move || {
         if let Ok((mut c, _)) = l.accept() {
@@ -175,9 +177,10 @@ fn kernel_server() -> (u16, std::thread::JoinHandle<()>) {
     (port, h)
 }
 
-/// Everything the two daemons must both get right. Returns the server's pid.
-fn scenario(s: &Setup, socket: &Path) -> u32 {
-    let (tport, uport) = (free_port(0), free_port(1));
+/// Everything the two daemons must both get right. Returns the server, still running (its
+/// counters live as long as it does).
+fn scenario(s: &Setup, socket: &Path) -> Server {
+    let (tport, uport) = (free_port(), free_port());
     let (t, u) = (tport.to_string(), uport.to_string());
     let server = Server::start(s.under_shim(socket, &["server", &t, &u]));
     assert_eq!(server.lines, ["#lib=1"], "the server's sockets are the library OS's\n{}", s.log());
@@ -207,21 +210,22 @@ fn scenario(s: &Setup, socket: &Path) -> u32 {
     let out = run(s.under_shim(socket, &["bind", "tcp", &t]));
     assert_eq!(out, ["bind EADDRINUSE"]);
     // A port nobody holds is granted.
-    let free = free_port(2).to_string();
+    let free = free_port().to_string();
     let out = run(s.under_shim(socket, &["bind", "udp", &free]));
     assert_eq!(out, ["bind ok"]);
 
     // fork: the child never drives the parent's NIC.
     let out = run(s.under_shim(socket, &["fork", &t]));
     assert_eq!(out, ["child inherited: ENETDOWN", "child new: ok lib=0", "parent: ok lib=1"], "{}", s.log());
-    server.pid()
+    server
 }
 
 #[test]
 fn emulator_backend_over_a_fake_daemon() {
     let s = setup("emulator-fake");
     let daemon = FakeDaemon::start(&s.dir).expect("fake daemon");
-    let pid = scenario(&s, &daemon.socket);
+    let server = scenario(&s, &daemon.socket);
+    let pid = server.pid();
     assert!(daemon.delivered_to(pid) > 1000, "the server's frames went through the switch");
     let names = daemon.names();
     assert!(names.iter().any(|n| n == "emu_peer"), "registered under the program's name: {names:?}");
@@ -232,6 +236,92 @@ fn emulator_backend_over_a_fake_daemon() {
         .filter(|(_, r)| matches!(r, arrakis_backends::proto::Request::Grant { .. }))
         .count();
     assert!(grants >= 5, "grants asked: {grants}");
+}
+
+/// `arrakis daemon` (next to the shim) in the test's directory; it starts its switch on the
+/// first NIC. Stopped (daemon and switch) on drop.
+struct RealDaemon {
+    bin: PathBuf,
+    socket: PathBuf,
+    dir: PathBuf,
+    child: Child,
+}
+
+impl RealDaemon {
+    fn start(s: &Setup) -> RealDaemon {
+        let bin = s.shim.parent().expect("the shim's directory").join("arrakis");
+        assert!(bin.is_file(), "{} not built: run `cargo build --release`", bin.display());
+        let socket = s.dir.join("ctl.sock");
+        let child = Command::new(&bin)
+            .args(["daemon", "--socket"])
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(&s.dir)
+            .env_clear()
+            .envs(base_env())
+            .env("ARRAKIS_RUN_DIR", &s.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(s.dir.join("daemon.log")).expect("daemon log"))
+            .spawn()
+            .expect("start arrakis daemon");
+        let d = RealDaemon { bin, socket, dir: s.dir.clone(), child };
+        for _ in 0..200 {
+            if std::os::unix::net::UnixStream::connect(&d.socket).is_ok() {
+                return d;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("arrakis daemon did not answer at {}", d.socket.display());
+    }
+
+    /// The daemon's counters (`arrakis stats --json`).
+    fn stats(&self) -> arrakis_backends::proto::Response {
+        let o = Command::new(&self.bin)
+            .args(["stats", "--json", "--socket"])
+            .arg(&self.socket)
+            .output()
+            .expect("arrakis stats");
+        assert!(o.status.success(), "arrakis stats: {}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).expect("stats as the daemon's response")
+    }
+}
+
+impl Drop for RealDaemon {
+    fn drop(&mut self) {
+        let switch = std::fs::read_to_string(self.dir.join("switch.pid")).ok();
+        // SAFETY: signals to the processes this test started (the daemon, its switch).
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let end = Instant::now() + Duration::from_secs(10);
+        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(pid) = switch.and_then(|p| p.trim().parse::<i32>().ok()).filter(|&p| p > 1) {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+    }
+}
+
+#[test]
+fn emulator_backend_over_the_daemon_and_its_switch() {
+    let s = setup("emulator-daemon");
+    let daemon = RealDaemon::start(&s);
+    let server = scenario(&s, &daemon.socket);
+    let pid = server.pid();
+    let arrakis_backends::proto::Response::Stats { switch, .. } = daemon.stats() else {
+        panic!("not a stats answer")
+    };
+    let traffic = switch.expect("the switch reports").containers;
+    let server =
+        traffic.iter().find(|c| c.pid == pid).unwrap_or_else(|| panic!("server {pid} in {traffic:?}"));
+    // 4 MiB came in and went back out, in frames of at most 2 KiB.
+    assert!(server.rx_frames > 2000 && server.tx_frames > 2000, "{server:?}");
+    assert!(server.rx_bytes > 4 << 20 && server.tx_bytes > 4 << 20, "{server:?}");
+    let log = std::fs::read_to_string(s.dir.join("daemon.log")).unwrap_or_default();
+    assert!(log.contains("started the switch"), "{log}");
 }
 
 #[test]
