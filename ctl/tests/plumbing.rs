@@ -45,3 +45,104 @@ fn two_containers_exchange_a_frame_and_an_ungranted_source_is_dropped_and_counte
     assert_eq!(t["tx_frames"], 3, "{t}");
     assert_eq!(traffic(&dir, b.pid())["rx_frames"], 2);
 }
+
+/// Grants as (id, filter text, holders), for comparing listings.
+fn grants(dir: &Dir) -> Vec<String> {
+    let v = json(dir, &["filters"]);
+    v["grants"].as_array().unwrap().iter().map(|g| g.to_string()).collect()
+}
+
+#[test]
+fn kill_9_of_the_daemon_loses_no_frame_and_the_next_daemon_adopts_the_switch() {
+    let dir = Dir::new("daemon-kill");
+    let daemon = start_daemon(&dir);
+    let mut a = Container::start(&dir, "child", "a", &[40001]);
+    let mut b = Container::start(&dir, "child", "b", &[40002]);
+    let switch = dir.switch_pid().expect("a switch runs");
+    let before = grants(&dir);
+    const N: u64 = 100_000;
+    b.send_line(&format!("echo {N}"));
+    assert_eq!(b.answer(), "echoing");
+    a.send_line(&format!("burst 40001 40002 {N}"));
+    drop(daemon); // kill -9, while the frames flow
+    let daemon = start_daemon(&dir);
+    assert_eq!(a.answer(), format!("burst {N} {N}"), "frames were lost");
+    assert_eq!(b.answer(), format!("echoed {N}"));
+    // The same grants, the same switch, its ports taken back with their counters.
+    assert_eq!(grants(&dir), before);
+    assert_eq!(dir.switch_pid(), Some(switch));
+    let t = traffic(&dir, a.pid());
+    assert!(t["tx_frames"].as_u64().unwrap() >= N, "{t}");
+    assert_eq!(t["drops"], serde_json::json!({}), "{t}");
+    // And the adopted ports still follow the grants: a revocation stops A's next frame.
+    let id = a.ask("grant 40005");
+    let id = id.strip_prefix("granted ").unwrap_or_else(|| panic!("{id}")).to_owned();
+    let (ok, _, err) = cli(&dir, &["revoke", &id]);
+    assert!(ok, "{err}");
+    assert_eq!(a.ask("send 40005 40002 revoked"), "sent");
+    assert_eq!(a.ask("send 40001 40002 after"), "sent");
+    assert_eq!(b.ask("recv"), "got 40001 40002 after");
+    assert_eq!(traffic(&dir, a.pid())["drops"]["src-not-granted"], 1);
+    drop(daemon);
+}
+
+#[test]
+fn a_revoked_grant_stops_traffic_at_once() {
+    let dir = Dir::new("revoke");
+    let _daemon = start_daemon(&dir);
+    let mut a = Container::start(&dir, "child", "a", &[]);
+    let mut b = Container::start(&dir, "child", "b", &[40012]);
+    let id = a.ask("grant 40011");
+    let id = id.strip_prefix("granted ").unwrap_or_else(|| panic!("{id}")).to_owned();
+    assert_eq!(a.ask("send 40011 40012 before"), "sent");
+    assert_eq!(b.ask("recv"), "got 40011 40012 before");
+    let (ok, _, err) = cli(&dir, &["revoke", &id]);
+    assert!(ok, "{err}");
+    // The very next frame from the revoked port is dropped; one from A's ephemeral block,
+    // sent after it, arrives (so the dropped one was looked at before it).
+    let eph = a.ready["udp_ports"]["lo"].as_u64().unwrap();
+    assert_eq!(a.ask("send 40011 40012 late"), "sent");
+    assert_eq!(a.ask(&format!("send {eph} 40012 ephemeral")), "sent");
+    assert_eq!(b.ask("recv"), format!("got {eph} 40012 ephemeral"));
+    let t = traffic(&dir, a.pid());
+    assert_eq!(t["drops"]["src-not-granted"], 1, "{t}");
+}
+
+#[test]
+fn kill_9_of_the_switch_restarts_it_and_traffic_resumes() {
+    let dir = Dir::new("switch-kill");
+    let _daemon = start_daemon(&dir);
+    let mut a = Container::start(&dir, "child", "a", &[40021]);
+    let mut b = Container::start(&dir, "child", "b", &[40022]);
+    assert_eq!(a.ask("send 40021 40022 one"), "sent");
+    assert_eq!(b.ask("recv"), "got 40021 40022 one");
+    let old = dir.switch_pid().expect("a switch runs");
+    dir.kill_switch();
+    wait_for("a new switch", || dir.switch_pid().is_some_and(|p| p != old));
+    // The same NICs, re-attached: frames sent after the restart go through, both ways.
+    assert_eq!(a.ask("send 40021 40022 two"), "sent");
+    assert_eq!(b.ask("recv"), "got 40021 40022 two");
+    b.send_line("echo 1000");
+    assert_eq!(b.answer(), "echoing");
+    assert_eq!(a.ask("burst 40021 40022 1000"), "burst 1000 1000");
+    assert_eq!(b.answer(), "echoed 1000");
+}
+
+#[test]
+fn kill_9_of_a_container_frees_its_ports_for_the_next() {
+    let dir = Dir::new("container-kill");
+    let _daemon = start_daemon(&dir);
+    let a = Container::start(&dir, "child", "a", &[40031]);
+    let a_pid = a.pid();
+    let blocks = (a.ready["tcp_ports"].clone(), a.ready["udp_ports"].clone());
+    drop(a);
+    wait_for("reclamation", || {
+        let v = json(&dir, &["filters"]);
+        v["grants"].as_array().unwrap().iter().all(|g| g["holders"][0].as_u64() != Some(u64::from(a_pid)))
+    });
+    // Its port and its ephemeral blocks go to the next container; its switch port is gone.
+    let c = Container::start(&dir, "child", "c", &[40031]);
+    assert_eq!((c.ready["tcp_ports"].clone(), c.ready["udp_ports"].clone()), blocks);
+    assert!(traffic(&dir, a_pid).is_null());
+    assert!(!traffic(&dir, c.pid()).is_null());
+}

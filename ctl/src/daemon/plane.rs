@@ -248,6 +248,7 @@ impl SwitchLink {
                 let _ = self.call_once(&Cmd::Detach { port: old.port }, &[]);
             }
         }
+        self.call_once(&Cmd::Forward {}, &[])?;
         log(format_args!(
             "took {} port(s) back from the running switch (pid {})",
             self.nics.len(),
@@ -371,6 +372,8 @@ impl SwitchLink {
             let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
             self.call_once(&cmd, &borrowed)?;
         }
+        // Every NIC is there: frames held since the start may go.
+        self.call_once(&Cmd::Forward {}, &[])?;
         Ok(())
     }
 

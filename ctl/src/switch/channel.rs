@@ -179,6 +179,10 @@ pub enum Cmd {
         /// The port.
         port: u64,
     },
+    /// Start forwarding. A switch starts holding every frame in its tx ring until the daemon
+    /// has attached all the NICs (after a restart, a frame forwarded before its receiver is
+    /// re-attached would be dropped as `no-route`).
+    Forward {},
 }
 
 impl Cmd {

@@ -265,7 +265,7 @@ impl Switch {
 
     /// Waits at most `timeout` (zero: only looks) for doorbells and foreign fds; drains the
     /// doorbells and appends the tokens of foreign fds that are readable to `fired`.
-    fn wait(&mut self, timeout: Duration, fired: &mut Vec<u64>) -> io::Result<()> {
+    pub fn wait(&mut self, timeout: Duration, fired: &mut Vec<u64>) -> io::Result<()> {
         let mut events = Vec::with_capacity(64);
         let ts = rustix::event::Timespec {
             tv_sec: timeout.as_secs() as i64,

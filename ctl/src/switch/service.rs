@@ -4,7 +4,9 @@
 //! One thread, one epoll set: the NICs' doorbells (the [`Switch`]'s), the listening socket
 //! and the one control connection ([`channel`](super::channel)). It forwards frames whether or
 //! not a daemon is connected; a daemon that connects (a restarted one) replaces the previous
-//! connection, lists the ports and takes their fds back ([`Cmd::List`], [`Cmd::Fds`]). While
+//! connection, lists the ports and takes their fds back ([`Cmd::List`], [`Cmd::Fds`]). A
+//! fresh switch holds every frame until the daemon has attached all the NICs and says
+//! [`Cmd::Forward`]. While
 //! frames flow it looks at the control connection every millisecond; idle it sleeps on
 //! everything at once. A control message that does not decode or validate closes the
 //! connection with a log line; nothing a peer sends can make it panic.
@@ -60,6 +62,8 @@ pub struct Service {
     conn: Option<(UnixStream, Receiver)>,
     ports: BTreeMap<u64, Attached>,
     uid: u32,
+    /// False until the daemon says [`Cmd::Forward`]: frames wait in the tx rings.
+    forwarding: bool,
 }
 
 fn dup(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
@@ -95,6 +99,7 @@ impl Service {
             conn: None,
             ports: BTreeMap::new(),
             uid: rustix::process::getuid().as_raw(),
+            forwarding: false,
         })
     }
 
@@ -108,7 +113,11 @@ impl Service {
         let mut fired = Vec::new();
         while !stop.load(Ordering::Relaxed) {
             fired.clear();
-            if self.sw.poll() > 0 {
+            if !self.forwarding {
+                // Holding: only the control side is served (doorbells are drained, frames
+                // stay in the rings).
+                self.sw.wait(SLEEP_CAP, &mut fired)?;
+            } else if self.sw.poll() > 0 {
                 last_work = Instant::now();
                 if last_look.elapsed() >= LOOK_EVERY {
                     self.sw.check(&mut fired)?;
@@ -347,6 +356,13 @@ impl Service {
                     return err(format!("no port {port}"));
                 }
                 Reply::Fds {}
+            }
+            Cmd::Forward {} => {
+                if !self.forwarding {
+                    log(format_args!("forwarding ({} port(s))", self.ports.len()));
+                }
+                self.forwarding = true;
+                Reply::Ok {}
             }
         }
     }

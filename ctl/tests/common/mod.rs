@@ -11,7 +11,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use arrakis_backends::emulator::{EmulatorNic, NicFds};
-use arrakis_backends::proto::client::Client;
+use arrakis_backends::proto::client::{Client, ClientError};
 use arrakis_backends::proto::{Direction, Filter, PortRange, Proto};
 use arrakis_backends::smoltcp::phy::{Device, RxToken as _, TxToken as _};
 use arrakis_backends::smoltcp::time::Instant as SmolInstant;
@@ -56,6 +56,12 @@ impl Drop for Dir {
     fn drop(&mut self) {
         // The switch outlives the daemon by design: the test's directory takes it along.
         self.kill_switch();
+        if std::thread::panicking() {
+            for log in ["daemon.log", "switch.log"] {
+                let text = std::fs::read_to_string(self.run().join(log)).unwrap_or_default();
+                eprintln!("--- {log}:\n{text}");
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
@@ -161,6 +167,8 @@ pub fn parse_udp4(f: &[u8]) -> Option<(u16, u16, Vec<u8>)> {
 /// A container child, driven line by line.
 pub struct Container {
     pub guard: Guard,
+    /// Its first line: `ready {NicInfo as JSON}`.
+    pub ready: serde_json::Value,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
 }
@@ -182,9 +190,10 @@ impl Container {
             .unwrap();
         let stdin = ch.stdin.take().unwrap();
         let stdout = BufReader::new(ch.stdout.take().unwrap());
-        let mut c = Container { guard: Guard(ch), stdin, stdout };
+        let mut c = Container { guard: Guard(ch), ready: serde_json::Value::Null, stdin, stdout };
         let ready = c.answer();
-        assert!(ready.starts_with("ready"), "{ready}");
+        let info = ready.strip_prefix("ready ").unwrap_or_else(|| panic!("{ready}"));
+        c.ready = serde_json::from_str(info).unwrap();
         c
     }
 
@@ -234,6 +243,11 @@ pub fn child_main() {
     }
     let (info, fds) = client.nic().unwrap();
     let mut nic = make_nic(fds);
+    // A daemon restarted under the child: connect again (registering again is a no-op).
+    let again = |client: &mut Client| {
+        *client = Client::connect(Path::new(&socket)).unwrap();
+        client.register(&name).unwrap();
+    };
     say(&format!("ready {}", serde_json::to_string(&info).unwrap()));
     let stdin = std::io::stdin();
     for line in stdin.lock().lines() {
@@ -277,11 +291,23 @@ pub fn child_main() {
                 say(&format!("burst {sent} {echoed}"));
             }
             ["nic"] => {
-                let (info, fds) = client.nic().unwrap();
+                let (info, fds) = client
+                    .nic()
+                    .or_else(|_| {
+                        again(&mut client);
+                        client.nic()
+                    })
+                    .unwrap();
                 nic = make_nic(fds);
                 say(&format!("nic {}", serde_json::to_string(&info).unwrap()));
             }
-            ["grant", port] => match client.grant(udp_filter(port.parse().unwrap())) {
+            ["grant", port] => match client.grant(udp_filter(port.parse().unwrap())).or_else(|e| {
+                if !matches!(e, ClientError::Io { .. }) {
+                    return Err(e);
+                }
+                again(&mut client);
+                client.grant(udp_filter(port.parse().unwrap()))
+            }) {
                 Ok((id, _)) => say(&format!("granted {id}")),
                 Err(e) => say(&format!("refused {e}")),
             },
