@@ -14,6 +14,10 @@
  *                          "hello", prints the answer and "#lib=N" after the connect.
  *   bind PROTO PORT        binds a tcp or udp socket to 127.0.0.1:PORT; prints "bind ok" or
  *                          "bind EADDRINUSE" (or the errno's name).
+ *   rebind PROTO P1 P2     binds a PROTO socket to 127.0.0.1:P1 and prints "first ok" (or the
+ *                          errno), waits for a line on standard input, then binds another to
+ *                          P2 and prints "second ok" (or the errno): the daemon can be
+ *                          restarted in between.
  *   fork TCP               connects to 127.0.0.1:TCP (the echo server) and forks. The child
  *                          peeks at the inherited connection (prints "child inherited: " and
  *                          the errno's name: EAGAIN natively), then opens a new connection and checks its echo
@@ -301,6 +305,30 @@ static int bind_one(const char *proto, int port)
     return 0;
 }
 
+static void bind_print(const char *what, const char *proto, int port)
+{
+    int fd = socket(AF_INET, strcmp(proto, "udp") == 0 ? SOCK_DGRAM : SOCK_STREAM, 0);
+    if (fd < 0)
+        die("socket");
+    struct sockaddr_in a = lo(port);
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) == 0)
+        printf("%s ok lib=%d\n", what, is_lib(fd));
+    else
+        printf("%s %s\n", what, strerrorname_np(errno));
+    fflush(stdout);
+}
+
+static int rebind(const char *proto, int p1, int p2)
+{
+    alarm(60);
+    bind_print("first", proto, p1);
+    char line[16];
+    if (!fgets(line, sizeof line, stdin))
+        die("stdin");
+    bind_print("second", proto, p2);
+    return 0;
+}
+
 static int echo_once(int fd, const char *msg)
 {
     size_t n = strlen(msg);
@@ -361,8 +389,10 @@ int main(int argc, char **argv)
         return connect_kernel(atoi(argv[2]));
     if (argc >= 4 && strcmp(argv[1], "bind") == 0)
         return bind_one(argv[2], atoi(argv[3]));
+    if (argc >= 5 && strcmp(argv[1], "rebind") == 0)
+        return rebind(argv[2], atoi(argv[3]), atoi(argv[4]));
     if (argc >= 3 && strcmp(argv[1], "fork") == 0)
         return fork_test(atoi(argv[2]));
-    fprintf(stderr, "usage: emu_peer server TCP UDP | client TCP UDP N BYTES | connect PORT | bind tcp|udp PORT | fork TCP\n");
+    fprintf(stderr, "usage: emu_peer server TCP UDP | client TCP UDP N BYTES | connect PORT | bind tcp|udp PORT | rebind PROTO P1 P2 | fork TCP\n");
     return 2;
 }

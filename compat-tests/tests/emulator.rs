@@ -252,27 +252,41 @@ impl RealDaemon {
         let bin = s.shim.parent().expect("the shim's directory").join("arrakis");
         assert!(bin.is_file(), "{} not built: run `cargo build --release`", bin.display());
         let socket = s.dir.join("ctl.sock");
-        let child = Command::new(&bin)
+        let child = Self::spawn(&bin, &socket, &s.dir);
+        RealDaemon { bin, socket, dir: s.dir.clone(), child }
+    }
+
+    /// Starts the daemon and waits (bounded) until it answers.
+    fn spawn(bin: &Path, socket: &Path, dir: &Path) -> Child {
+        let log = std::fs::File::options().create(true).append(true).open(dir.join("daemon.log"));
+        let child = Command::new(bin)
             .args(["daemon", "--socket"])
-            .arg(&socket)
+            .arg(socket)
             .arg("--state-dir")
-            .arg(&s.dir)
+            .arg(dir)
             .env_clear()
             .envs(base_env())
-            .env("ARRAKIS_RUN_DIR", &s.dir)
+            .env("ARRAKIS_RUN_DIR", dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(s.dir.join("daemon.log")).expect("daemon log"))
+            .stderr(log.expect("daemon log"))
             .spawn()
             .expect("start arrakis daemon");
-        let d = RealDaemon { bin, socket, dir: s.dir.clone(), child };
         for _ in 0..200 {
-            if std::os::unix::net::UnixStream::connect(&d.socket).is_ok() {
-                return d;
+            if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+                return child;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("arrakis daemon did not answer at {}", d.socket.display());
+        panic!("arrakis daemon did not answer at {}", socket.display());
+    }
+
+    /// `kill -9` of the daemon (its switch goes on), then a new one on the same socket and
+    /// store.
+    fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(&self.bin, &self.socket, &self.dir);
     }
 
     /// The daemon's counters (`arrakis stats --json`).
@@ -322,6 +336,36 @@ fn emulator_backend_over_the_daemon_and_its_switch() {
     assert!(server.rx_bytes > 4 << 20 && server.tx_bytes > 4 << 20, "{server:?}");
     let log = std::fs::read_to_string(s.dir.join("daemon.log")).unwrap_or_default();
     assert!(log.contains("started the switch"), "{log}");
+}
+
+#[test]
+fn a_process_under_the_shim_outlives_a_daemon_restart() {
+    let s = setup("emulator-restart");
+    let mut daemon = RealDaemon::start(&s);
+    let (tport, uport) = (free_port(), free_port());
+    let (t, u) = (tport.to_string(), uport.to_string());
+    let server = Server::start(s.under_shim(&daemon.socket, &["server", &t, &u]));
+    assert_eq!(server.lines, ["#lib=1"], "{}", s.log());
+    let (p1, p2) = (free_port().to_string(), free_port().to_string());
+    let mut cmd = s.under_shim(&daemon.socket, &["rebind", "udp", &p1, &p2]);
+    cmd.stdin(Stdio::piped());
+    let mut rebind = cmd.spawn().expect("start rebind");
+    let mut lines = BufReader::new(rebind.stdout.take().expect("stdout")).lines();
+    let first = lines.next().and_then(Result::ok);
+    assert_eq!(first.as_deref(), Some("first ok lib=1"), "{}", s.log());
+
+    daemon.restart();
+    // The same process asks for its next grant over a new connection to the new daemon.
+    let mut stdin = rebind.stdin.take().expect("stdin");
+    stdin.write_all(b"go\n").expect("go");
+    drop(stdin);
+    let second = lines.next().and_then(Result::ok);
+    assert_eq!(second.as_deref(), Some("second ok lib=1"), "{}", s.log());
+    assert!(rebind.wait().expect("rebind").success());
+    // The server's NIC still carries traffic (the new daemon adopted the running switch).
+    let out = run(s.under_shim(&daemon.socket, &["client", &t, &u, "2", "65536"]));
+    assert_eq!(out, ["#lib=1", "tcp ok 2 65536", "udp lib=1", "udp ok 16"], "{}", s.log());
+    drop(server);
 }
 
 #[test]
