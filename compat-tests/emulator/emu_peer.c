@@ -5,7 +5,10 @@
  *   server TCP UDP         TCP echo on 127.0.0.1:TCP (a thread per connection) and UDP echo
  *                          on 127.0.0.1:UDP; prints "#lib=N" (1 if the listener is a
  *                          library-OS socket: its fd is an eventfd placeholder), then
- *                          "ready"; runs until killed (alarm: 120 s).
+ *                          "ready", then "eof" (or "error ERRNO") each time a connection
+ *                          ends; runs until killed (alarm: 120 s).
+ *   hold TCP               connects to 127.0.0.1:TCP, checks one echo and exits without
+ *                          closing the socket: the exit must end the connection (FIN).
  *   client TCP UDP N BYTES N connections at once to 127.0.0.1:TCP, each sends BYTES of a
  *                          pattern and checks the echo byte by byte; then 16 UDP datagrams
  *                          to 127.0.0.1:UDP and back. Prints "#lib=N" for the first
@@ -94,6 +97,10 @@ static void *echo_conn(void *arg)
         ssize_t n = read(c, buf, sizeof buf);
         if (n < 0 && errno == EINTR)
             continue;
+        if (n == 0)
+            printf("eof\n");
+        if (n < 0)
+            printf("error %s\n", strerrorname_np(errno));
         if (n <= 0)
             break;
         if (write_all(c, buf, (size_t)n) < 0)
@@ -389,10 +396,19 @@ int main(int argc, char **argv)
         return connect_kernel(atoi(argv[2]));
     if (argc >= 4 && strcmp(argv[1], "bind") == 0)
         return bind_one(argv[2], atoi(argv[3]));
+    if (argc >= 3 && strcmp(argv[1], "hold") == 0) {
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in a = lo(atoi(argv[2]));
+        if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) < 0)
+            die("connect");
+        timeouts(fd, 10);
+        printf("hold %s\n", echo_once(fd, "held") == 0 ? "ok" : "FAILED");
+        return 0;
+    }
     if (argc >= 5 && strcmp(argv[1], "rebind") == 0)
         return rebind(argv[2], atoi(argv[3]), atoi(argv[4]));
     if (argc >= 3 && strcmp(argv[1], "fork") == 0)
         return fork_test(atoi(argv[2]));
-    fprintf(stderr, "usage: emu_peer server TCP UDP | client TCP UDP N BYTES | connect PORT | bind tcp|udp PORT | rebind PROTO P1 P2 | fork TCP\n");
+    fprintf(stderr, "usage: emu_peer server TCP UDP | client TCP UDP N BYTES | connect PORT | bind tcp|udp PORT | hold TCP | rebind PROTO P1 P2 | fork TCP\n");
     return 2;
 }

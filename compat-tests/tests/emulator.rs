@@ -105,7 +105,10 @@ fn run(mut cmd: Command) -> Vec<String> {
 /// A server under the shim, running until dropped.
 struct Server {
     child: Child,
+    /// What it printed up to "ready".
     lines: Vec<String>,
+    /// What it prints after.
+    rx: mpsc::Receiver<String>,
 }
 
 impl Server {
@@ -125,7 +128,7 @@ impl Server {
         let end = Instant::now() + Duration::from_secs(30);
         while Instant::now() < end {
             match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(l) if l == "ready" => return Server { child, lines },
+                Ok(l) if l == "ready" => return Server { child, lines, rx },
                 Ok(l) => lines.push(l),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -138,6 +141,11 @@ impl Server {
 
     fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The next line the server prints (bounded wait).
+    fn next_line(&self) -> Option<String> {
+        self.rx.recv_timeout(Duration::from_secs(20)).ok()
     }
 }
 
@@ -188,6 +196,16 @@ fn scenario(s: &Setup, socket: &Path) -> Server {
     // A client under the shim: several connections, MiB of data, UDP — all through the switch.
     let out = run(s.under_shim(socket, &["client", &t, &u, "4", "1048576"]));
     assert_eq!(out, ["#lib=1", "tcp ok 4 1048576", "udp lib=1", "udp ok 16"], "{}", s.log());
+
+    // The client's four connections ended with its close()s.
+    for _ in 0..4 {
+        assert_eq!(server.next_line().as_deref(), Some("eof"), "{}", s.log());
+    }
+    // A client that exits without closing its connection: the exit sends its FIN, as the
+    // kernel does for a dying process (else the server would hold the connection for ever).
+    let out = run(s.under_shim(socket, &["hold", &t]));
+    assert_eq!(out, ["hold ok"]);
+    assert_eq!(server.next_line().as_deref(), Some("eof"), "{}", s.log());
 
     // A kernel client of the same server reaches its listener's kernel half.
     let mut c = TcpStream::connect(("127.0.0.1", tport)).expect("kernel client connects");

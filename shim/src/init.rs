@@ -34,6 +34,18 @@ pub(crate) fn carry() -> Option<&'static Carry> {
 #[link_section = ".init_array"]
 static CONSTRUCTOR: extern "C" fn() = constructor;
 
+#[used]
+#[link_section = ".fini_array"]
+static DESTRUCTOR: extern "C" fn() = destructor;
+
+/// At `exit` (ld.so runs `.fini_array` after the program's `atexit` handlers): the emulator
+/// backend's connections end as the kernel would end a dying process's (see
+/// `net::world::exit_close`).
+extern "C" fn destructor() {
+    let _errno = errno::Saved::new();
+    let _ = catch_unwind(crate::libos::at_exit);
+}
+
 extern "C" fn constructor() {
     let _errno = errno::Saved::new();
     if catch_unwind(start).is_err() {

@@ -64,6 +64,18 @@ pub(crate) fn forked_child() {
     let _ = MODE.compare_exchange(EMULATOR, KERNEL, Ordering::AcqRel, Ordering::Acquire);
 }
 
+/// The process exits: under the emulator backend its connections send their FINs (or
+/// RSTs) to the peers in other processes, waiting at most [`EXIT_BUDGET`] for the
+/// exchanges to finish. Not in a forked child (its world is detached).
+pub(crate) fn at_exit() {
+    if MODE.load(Ordering::Acquire) == EMULATOR {
+        arrakis_core::net::world::exit_close(EXIT_BUDGET);
+    }
+}
+
+/// How long `exit` waits for the peers to answer the FINs.
+const EXIT_BUDGET: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Whether new sockets of the library OS's families go to the library OS.
 pub(crate) fn serving() -> bool {
     MODE.load(Ordering::Acquire) != KERNEL

@@ -284,6 +284,16 @@ impl<D: NetDevice> Stack<D> {
         self.next_port = e.tcp.0;
     }
 
+    /// As [`Stack::set_ephemeral`], the first TCP port taken from somewhere in the range
+    /// chosen by `seed`: a process that gets a block another process just gave back must not
+    /// start with the 4-tuples whose peers may still hold that process's connections.
+    pub fn set_ephemeral_seeded(&mut self, e: Ephemeral, seed: u64) {
+        self.set_ephemeral(e);
+        let (lo, hi) = e.tcp;
+        let span = u64::from(hi - lo) + 1;
+        self.next_port = lo + (seed % span) as u16;
+    }
+
     /// Settings for sockets created from now on.
     pub fn defaults_mut(&mut self) -> &mut Buffers {
         &mut self.buffers
@@ -512,6 +522,49 @@ impl<D: NetDevice> Stack<D> {
         match shard.role {
             Role::Conn { handle, .. } => Ok(shard.set.get_mut::<tcp::Socket>(handle)),
             _ => Err(Errno::ENOTCONN),
+        }
+    }
+
+    /// Connection shards.
+    fn conn_ids(&self) -> Vec<ShardId> {
+        let conn = |s: &Option<Shard>| s.as_ref().is_some_and(|s| matches!(s.role, Role::Conn { .. }));
+        (0..self.shards.len()).filter(|&i| conn(&self.shards[i])).collect()
+    }
+
+    /// The process exits: every connection ends as the kernel's `close` of its last fd would
+    /// — a FIN after what was queued, a RST if data was left unread. Returns how many.
+    pub fn exit_close(&mut self) -> usize {
+        let ids = self.conn_ids();
+        for &id in &ids {
+            let Ok(t) = self.tcp_mut(id) else { continue };
+            if t.recv_queue() > 0 {
+                t.abort();
+            } else {
+                t.close();
+            }
+        }
+        ids.len()
+    }
+
+    /// Connections still waiting for their peer (the exchange of FINs not over): TIME-WAIT
+    /// and CLOSED ones are done.
+    pub fn exit_pending(&self) -> usize {
+        self.conn_ids()
+            .into_iter()
+            .filter(|&id| {
+                self.tcp(id).is_ok_and(|t| !matches!(t.state(), tcp::State::Closed | tcp::State::TimeWait))
+            })
+            .count()
+    }
+
+    /// Resets the connections [`Stack::exit_pending`] counts: the process is about to go and
+    /// nobody will answer for them, so the peers must not keep their state.
+    pub fn exit_abort(&mut self) {
+        for id in self.conn_ids() {
+            let Ok(t) = self.tcp_mut(id) else { continue };
+            if !matches!(t.state(), tcp::State::Closed | tcp::State::TimeWait) {
+                t.abort();
+            }
         }
     }
 

@@ -394,7 +394,8 @@ pub fn net() -> &'static Net {
         let (dev, ephemeral) =
             dev.unwrap_or_else(|| (AnyDevice::from(Loopback::default()), Ephemeral::default()));
         let mut stack = Stack::new(dev, &addrs, Instant::from_micros(0), bufs);
-        stack.set_ephemeral(ephemeral);
+        let seed = u64::from(std::process::id()) ^ epoch.elapsed().as_nanos() as u64 ^ 0x9e37_79b9_7f4a_7c15;
+        stack.set_ephemeral_seeded(ephemeral, seed.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 17);
         Net {
             inner: Mutex::new(Inner {
                 stack,
@@ -646,6 +647,34 @@ impl ForkGuard {
             n.armed.store(u64::MAX, SeqCst);
         }
     }
+}
+
+/// The process exits (`exit`, return from `main`): its connections end as the kernel would
+/// end them on its behalf — FIN, or RST where data was left unread — and the stack runs for
+/// at most `budget` so the FIN exchanges finish; what is still open then is reset. Without
+/// this, a peer in another process (the emulator backend) would hold the connection open
+/// forever, and a later process given the same port block would find its 4-tuples taken.
+/// `_exit` and fatal signals skip it. Nothing to do in a detached child or without a world.
+pub fn exit_close(budget: Duration) {
+    let Some(n) = NET.get() else { return };
+    {
+        let mut g = n.lock();
+        if g.detached || g.stack.exit_close() == 0 {
+            return;
+        }
+    }
+    let end = StdInstant::now() + budget;
+    // Bounded: at most budget / 1 ms rounds (the progress thread and these locks run the stack).
+    for _ in 0..budget.as_millis().max(1) {
+        if n.lock().stack.exit_pending() == 0 || StdInstant::now() >= end {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut g = n.lock();
+    g.stack.exit_abort();
+    // Sends the resets before the process goes.
+    g.pump();
 }
 
 /// Whether this process's world was detached from its parent's NIC by `fork`.
