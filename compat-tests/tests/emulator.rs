@@ -277,7 +277,7 @@ impl RealDaemon {
     /// Starts the daemon and waits (bounded) until it answers.
     fn spawn(bin: &Path, socket: &Path, dir: &Path) -> Child {
         let log = std::fs::File::options().create(true).append(true).open(dir.join("daemon.log"));
-        let child = Command::new(bin)
+        let mut child = Command::new(bin)
             .args(["daemon", "--socket"])
             .arg(socket)
             .arg("--state-dir")
@@ -290,13 +290,19 @@ impl RealDaemon {
             .stderr(log.expect("daemon log"))
             .spawn()
             .expect("start arrakis daemon");
-        for _ in 0..200 {
-            if std::os::unix::net::UnixStream::connect(socket).is_ok() {
-                return child;
+        let up = (0..200).any(|_| {
+            let ok = std::os::unix::net::UnixStream::connect(socket).is_ok();
+            if !ok {
+                std::thread::sleep(Duration::from_millis(50));
             }
-            std::thread::sleep(Duration::from_millis(50));
+            ok
+        });
+        if !up {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("arrakis daemon did not answer at {}", socket.display());
         }
-        panic!("arrakis daemon did not answer at {}", socket.display());
+        child
     }
 
     /// `kill -9` of the daemon (its switch goes on), then a new one on the same socket and
