@@ -50,6 +50,84 @@ pub fn revoke(socket: &Path, id: u64, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// Complete pcap records in `bytes` (a file being written: the last may be partial).
+pub fn pcap_records(bytes: &[u8]) -> u64 {
+    let mut off = 24;
+    let mut n = 0;
+    while let Some(h) = bytes.get(off..off + 16) {
+        let incl = u32::from_le_bytes([h[8], h[9], h[10], h[11]]) as usize;
+        if bytes.len() < off + 16 + incl {
+            break;
+        }
+        off += 16 + incl;
+        n += 1;
+    }
+    n
+}
+
+/// `arrakis capture CONTAINER -w FILE [--count N] [--seconds S]`: the daemon's switch writes
+/// the container's frames into FILE (opened here, passed as an fd) until N frames, S seconds
+/// or Ctrl-C, whichever comes first.
+pub fn capture(
+    socket: &Path,
+    container: &str,
+    file: &Path,
+    count: Option<u64>,
+    seconds: Option<u64>,
+) -> Result<()> {
+    use anyhow::Context;
+    use nix::sys::signal::{SigSet, Signal};
+    use nix::sys::signalfd::SignalFd;
+    use std::os::fd::AsFd;
+    use std::time::{Duration, Instant};
+
+    // Ctrl-C and kill end the capture cleanly: taken as events, not as a default death.
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGINT);
+    mask.add(Signal::SIGTERM);
+    mask.add(Signal::SIGHUP);
+    mask.thread_block().context("cannot block SIGINT")?;
+    let sigfd = SignalFd::new(&mask).context("cannot make a signalfd")?;
+
+    let out = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(file)
+        .with_context(|| format!("cannot open {} for writing", file.display()))?;
+    let mut c = Client::connect(socket)?;
+    let pid = c.capture(container, count, out.as_fd())?;
+    drop(out);
+    eprintln!("arrakis: capturing container {pid} into {} (Ctrl-C stops)", file.display());
+    let deadline = seconds.map(|s| Instant::now() + Duration::from_secs(s));
+    let why = loop {
+        let mut fds = [rustix::event::PollFd::new(&sigfd, rustix::event::PollFlags::IN)];
+        let slice = rustix::event::Timespec { tv_sec: 0, tv_nsec: 100_000_000 };
+        match rustix::event::poll(&mut fds, Some(&slice)) {
+            Ok(n) if n > 0 => break "interrupted",
+            _ => {}
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break "time is up";
+        }
+        if let Some(n) = count {
+            let bytes = std::fs::read(file).unwrap_or_default();
+            if pcap_records(&bytes) >= n {
+                break "count reached";
+            }
+        }
+    };
+    // A new connection: the daemon may have restarted meanwhile.
+    let stopped = Client::connect(socket).and_then(|mut c| c.capture_stop(container));
+    let bytes = std::fs::read(file).unwrap_or_default();
+    let frames = pcap_records(&bytes);
+    if let Err(e) = stopped {
+        eprintln!("arrakis: could not stop the capture: {e}");
+    }
+    println!("captured {frames} frame(s) of container {pid} into {} ({why})", file.display());
+    Ok(())
+}
+
 /// Lays rows out in columns, two spaces apart.
 fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
@@ -186,14 +264,17 @@ pub fn render(resp: &Response) -> String {
                         .containers
                         .iter()
                         .map(|t| {
-                            let drops: u64 = t.drops.values().sum();
+                            let total: u64 = t.drops.values().sum();
+                            let why: Vec<String> = t.drops.iter().map(|(k, n)| format!("{k} {n}")).collect();
+                            let drops =
+                                if why.is_empty() { "0".to_owned() } else { format!("{total} ({})", why.join(", ")) };
                             vec![
                                 t.pid.to_string(),
                                 t.tx_frames.to_string(),
                                 t.rx_frames.to_string(),
                                 t.tx_bytes.to_string(),
                                 t.rx_bytes.to_string(),
-                                drops.to_string(),
+                                drops,
                             ]
                         })
                         .collect();

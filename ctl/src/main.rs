@@ -1,9 +1,11 @@
 //! `arrakis`: the command-line front end of Arrakis for Linux.
 //!
-//! Subcommands: the launcher, `arrakis run [--] CMD ARGS...`, which puts the shim into
-//! `LD_PRELOAD` and execs the command; the control daemon, `arrakis daemon` ([`daemon`]); the
-//! admin commands `status`, `filters`, `stats` and `revoke` ([`admin`]). The software switch
-//! comes with the emulator backend.
+//! Subcommands: the launcher, `arrakis run [--backend NAME] [--] CMD ARGS...`, which puts
+//! the shim into `LD_PRELOAD` and execs the command (with `--backend emulator` it first
+//! starts a daemon if none answers, [`launcher`]); the control daemon, `arrakis daemon`
+//! ([`daemon`]); the admin commands `status`, `filters`, `stats`, `revoke` and `capture`
+//! ([`admin`]); and, hidden, `arrakis switch`, the software switch process the daemon starts
+//! and supervises ([`switch`]).
 //!
 //! The launcher must hand the command the process state it was given: Rust's runtime, before
 //! `main`, sets `SIGPIPE` to ignored and opens `/dev/null` on closed fds 0-2, and `Command`
@@ -20,6 +22,10 @@ use std::path::{Path, PathBuf};
 
 mod admin;
 mod daemon;
+mod launcher;
+
+/// The backend whose NIC is on the daemon's switch.
+const EMULATOR: &str = "emulator";
 
 use anyhow::{bail, Context, Result};
 use arrakis_core::config::Backend;
@@ -56,7 +62,8 @@ impl AdminOpts {
 enum Cmd {
     /// Run a program under the shim (LD_PRELOAD=libarrakis.so).
     Run {
-        /// Device the library OS drives (this build: kernel, every fd on the kernel path).
+        /// Device the library OS drives: kernel (every fd on the kernel path), loopback, or
+        /// emulator (a virtual NIC on the daemon's switch; starts a daemon if none answers).
         #[arg(long, value_name = "NAME")]
         backend: Option<String>,
         /// Program and its arguments.
@@ -80,12 +87,15 @@ enum Cmd {
         /// How long a client may take to send the rest of a frame it started, in ms.
         #[arg(long, value_name = "MS", default_value_t = 5000, hide = true)]
         frame_timeout_ms: u64,
+        /// Leave the caller's session first (the launcher starts daemons this way).
+        #[arg(long, hide = true)]
+        setsid: bool,
     },
     /// Show the daemon and its containers.
     Status(AdminOpts),
     /// List the grants (filters).
     Filters(AdminOpts),
-    /// Show counters.
+    /// Show counters: the daemon's, and the switch's per container (frames, bytes, drops by reason).
     Stats(AdminOpts),
     /// The software switch (started and supervised by the daemon).
     #[command(hide = true)]
@@ -93,6 +103,23 @@ enum Cmd {
         /// The switch's control socket (switch.sock in the daemon's run directory).
         #[arg(long, value_name = "PATH")]
         socket: PathBuf,
+    },
+    /// Capture a container's frames on the switch into a pcap file (tcpdump/tshark read it).
+    Capture {
+        /// The container: its pid, or its name.
+        container: String,
+        /// The file to write (created or truncated).
+        #[arg(short = 'w', long = "write", value_name = "FILE")]
+        file: PathBuf,
+        /// Stop after this many frames.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+        /// Stop after this many seconds.
+        #[arg(long, value_name = "S")]
+        seconds: Option<u64>,
+        /// The daemon's socket [default: $ARRAKIS_SOCKET, else ctl.sock in $ARRAKIS_RUN_DIR or /run/arrakis].
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
     },
     /// Revoke a grant.
     Revoke {
@@ -120,7 +147,11 @@ fn entry() -> std::ffi::c_int {
             eprintln!("arrakis: {err:#}");
             return exit_code(&err);
         }
-        Cmd::Daemon { socket, state_dir, max_grants, max_ports, frame_timeout_ms } => {
+        Cmd::Daemon { socket, state_dir, max_grants, max_ports, frame_timeout_ms, setsid } => {
+            if setsid {
+                // Ctrl-C in the launcher's terminal, or its hang-up, must not reach the daemon.
+                let _ = rustix::process::setsid();
+            }
             let socket = socket.unwrap_or_else(arrakis_backends::proto::default_socket);
             let state_dir = state_dir
                 .or_else(|| {
@@ -137,6 +168,10 @@ fn entry() -> std::ffi::c_int {
             })
         }
         Cmd::Switch { socket } => switch::service::main(&socket),
+        Cmd::Capture { container, file, count, seconds, socket } => {
+            let socket = socket.unwrap_or_else(arrakis_backends::proto::default_socket);
+            admin::capture(&socket, &container, &file, count, seconds)
+        }
         Cmd::Status(o) => admin::query(&o.socket(), admin::Query::Status, o.json),
         Cmd::Filters(o) => admin::query(&o.socket(), admin::Query::Filters, o.json),
         Cmd::Stats(o) => admin::query(&o.socket(), admin::Query::Stats, o.json),
@@ -246,8 +281,14 @@ fn try_run(backend: Option<&str>, command: &[OsString]) -> Result<std::convert::
     let shim = find_shim()?;
     let mut env = initial_environment();
     if let Some(b) = backend {
-        Backend::parse(b)?;
-        set_var(&mut env, b"ARRAKIS_BACKEND", b.as_bytes());
+        // The library OS learns `emulator` with its NIC driver; the launcher knows it already.
+        if b.trim() != EMULATOR {
+            Backend::parse(b)?;
+        }
+        set_var(&mut env, b"ARRAKIS_BACKEND", b.trim().as_bytes());
+        if b.trim() == EMULATOR {
+            launcher::ensure_daemon(&arrakis_backends::proto::default_socket())?;
+        }
     }
     let preload = preload_value(&shim, get_var(&env, b"LD_PRELOAD").map(OsStr::from_bytes));
     set_var(&mut env, b"LD_PRELOAD", preload.as_bytes());
@@ -299,6 +340,15 @@ mod tests {
         assert_eq!(exit_code(&anyhow::Error::new(Errno::ENOENT).context("x")), 127);
         assert_eq!(exit_code(&anyhow::Error::new(Errno::EACCES)), 126);
         assert_eq!(exit_code(&anyhow::anyhow!("no shim")), 127);
+    }
+
+    #[test]
+    fn the_emulator_backend_is_accepted_and_others_checked() {
+        let cli = Cli::try_parse_from(["arrakis", "run", "--backend", "emulator", "--", "true"]).unwrap();
+        let Cmd::Run { backend, .. } = cli.cmd else { panic!("not run") };
+        assert_eq!(backend.as_deref(), Some(EMULATOR));
+        let err = run(Some("warp-drive"), &[OsString::from("true")]);
+        assert!(format!("{err:#}").contains("warp-drive"), "{err:#}");
     }
 
     #[test]

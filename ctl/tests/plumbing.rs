@@ -44,6 +44,15 @@ fn two_containers_exchange_a_frame_and_an_ungranted_source_is_dropped_and_counte
     assert_eq!(t["drops"]["src-not-granted"], 1, "{t}");
     assert_eq!(t["tx_frames"], 3, "{t}");
     assert_eq!(traffic(&dir, b.pid())["rx_frames"], 2);
+
+    // A second nic (a process that execs asks again) replaces the first: same blocks, a
+    // fresh port, and the old one is gone from the switch.
+    let again = a.ask("nic");
+    let info: serde_json::Value = serde_json::from_str(again.strip_prefix("nic ").unwrap()).unwrap();
+    assert_eq!(info, a.ready);
+    assert_eq!(a.ask("send 40001 40002 renewed"), "sent");
+    assert_eq!(b.ask("recv"), "got 40001 40002 renewed");
+    assert_eq!(traffic(&dir, a.pid())["tx_frames"], 1, "the counters are the new port's");
 }
 
 /// Grants as (id, filter text, holders), for comparing listings.
@@ -145,4 +154,134 @@ fn kill_9_of_a_container_frees_its_ports_for_the_next() {
     assert_eq!((c.ready["tcp_ports"].clone(), c.ready["udp_ports"].clone()), blocks);
     assert!(traffic(&dir, a_pid).is_null());
     assert!(!traffic(&dir, c.pid()).is_null());
+}
+
+/// Waits for a CLI child to exit: (success, stdout and stderr).
+fn finish(g: &mut Guard) -> (bool, String) {
+    let st = g.0.wait().unwrap();
+    let mut out = String::new();
+    std::io::Read::read_to_string(g.0.stdout.as_mut().unwrap(), &mut out).unwrap();
+    std::io::Read::read_to_string(g.0.stderr.as_mut().unwrap(), &mut out).unwrap();
+    (st.success(), out)
+}
+
+/// pcap records of a file: (incl_len, the frame).
+fn pcap(bytes: &[u8]) -> Vec<Vec<u8>> {
+    assert_eq!(&bytes[..4], &0xa1b2_c3d4u32.to_le_bytes(), "pcap magic");
+    assert_eq!(&bytes[20..24], &101u32.to_le_bytes(), "LINKTYPE_RAW");
+    let (mut off, mut out) = (24, Vec::new());
+    while off < bytes.len() {
+        let incl = u32::from_le_bytes(bytes[off + 8..off + 12].try_into().unwrap()) as usize;
+        out.push(bytes[off + 16..off + 16 + incl].to_vec());
+        off += 16 + incl;
+    }
+    assert_eq!(off, bytes.len(), "a partial record");
+    out
+}
+
+#[test]
+fn capture_writes_a_containers_frames_as_pcap_until_its_count_or_ctrl_c() {
+    let dir = Dir::new("capture");
+    let _daemon = start_daemon(&dir);
+    let mut a = Container::start(&dir, "child", "cap-a", &[40041]);
+    let mut b = Container::start(&dir, "child", "cap-b", &[40042]);
+    let file = dir.0.join("a.pcap");
+    let capture = |args: &[&str]| {
+        std::process::Command::new(ARRAKIS)
+            .arg("capture")
+            .args(args)
+            .arg("-w")
+            .arg(&file)
+            .env("ARRAKIS_RUN_DIR", dir.run())
+            .env_remove("ARRAKIS_SOCKET")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // By name, three frames: two A sends (one dropped at the switch) and one A receives.
+    let mut cap = Guard(capture(&["cap-a", "--count", "3"]));
+    wait_for("the capture to start", || std::fs::metadata(&file).is_ok_and(|m| m.len() >= 24));
+    assert_eq!(a.ask("send 40041 40042 one"), "sent");
+    assert_eq!(b.ask("recv"), "got 40041 40042 one");
+    assert_eq!(a.ask("send 40049 40042 dropped"), "sent");
+    assert_eq!(b.ask("send 40042 40041 three"), "sent");
+    assert_eq!(a.ask("recv"), "got 40042 40041 three");
+    assert_eq!(a.ask("send 40041 40042 beyond"), "sent");
+    assert_eq!(b.ask("recv"), "got 40041 40042 beyond");
+    let (ok, stdout) = finish(&mut cap);
+    assert!(ok, "{stdout}");
+    assert!(stdout.contains("captured 3 frame(s)") && stdout.contains("count reached"), "{stdout}");
+    let frames = pcap(&std::fs::read(&file).unwrap());
+    let payloads: Vec<Vec<u8>> = frames.iter().map(|f| parse_udp4(f).unwrap().2).collect();
+    assert_eq!(payloads, [&b"one"[..], b"dropped", b"three"]);
+    if let Ok(out) = std::process::Command::new("tshark").arg("-r").arg(&file).output() {
+        assert!(out.status.success(), "tshark: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
+    }
+
+    // By pid, until Ctrl-C.
+    let mut cap = Guard(capture(&[&a.pid().to_string()]));
+    wait_for("the capture to start", || std::fs::metadata(&file).is_ok_and(|m| m.len() == 24));
+    assert_eq!(a.ask("send 40041 40042 four"), "sent");
+    assert_eq!(b.ask("recv"), "got 40041 40042 four");
+    wait_for("the frame in the file", || std::fs::read(&file).is_ok_and(|b| b.len() > 24));
+    let _ = std::process::Command::new("kill").args(["-INT", &cap.pid().to_string()]).status();
+    let (ok, so) = finish(&mut cap);
+    assert!(ok, "{so}");
+    assert!(so.contains("captured 1 frame(s)") && so.contains("interrupted"), "{so}");
+    // Stopped: later frames are not written.
+    assert_eq!(a.ask("send 40041 40042 five"), "sent");
+    assert_eq!(b.ask("recv"), "got 40041 40042 five");
+    assert_eq!(pcap(&std::fs::read(&file).unwrap()).len(), 1);
+    // Nobody else's container, and no such container.
+    let (ok, _, err) = cli(&dir, &["capture", "nobody", "-w", "/dev/null"]);
+    assert!(!ok && err.contains("no container nobody"), "{err}");
+}
+
+/// Kills a process by pid on drop (a daemon the launcher started).
+struct KillPid(Option<u32>);
+
+impl Drop for KillPid {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
+}
+
+#[test]
+fn run_with_the_emulator_backend_starts_a_daemon_when_none_answers() {
+    let dir = Dir::new("launcher");
+    let run = |dir: &std::path::Path| {
+        std::process::Command::new(ARRAKIS)
+            .args(["run", "--backend", "emulator", "--", "sh", "-c", "echo backend=$ARRAKIS_BACKEND"])
+            .env("ARRAKIS_RUN_DIR", dir)
+            .env_remove("ARRAKIS_SOCKET")
+            .output()
+            .unwrap()
+    };
+    // The shim must exist for `run`; without it the launcher says so and this test has
+    // nothing else to check.
+    let shim = std::path::Path::new(ARRAKIS).with_file_name("libarrakis.so");
+    if !shim.is_file() && std::env::var_os("ARRAKIS_SHIM").is_none() {
+        eprintln!("no libarrakis.so next to {ARRAKIS}: skipped");
+        return;
+    }
+    let out = run(&dir.run());
+    let mut daemon = KillPid(None);
+    let status = json(&dir, &["status"]);
+    daemon.0 = status["daemon"]["pid"].as_u64().map(|p| p as u32);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("backend=emulator"));
+    assert!(daemon.0.is_some(), "{status}");
+    // A second run finds it and starts no other.
+    let out = run(&dir.run());
+    assert!(out.status.success());
+    assert_eq!(json(&dir, &["status"])["daemon"]["pid"].as_u64().map(|p| p as u32), daemon.0);
+    // A run directory that cannot be made is a clear error.
+    let out = run(std::path::Path::new("/proc/arrakis-no-such-dir"));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot create the run directory") && err.contains("ARRAKIS_RUN_DIR"), "{err}");
 }

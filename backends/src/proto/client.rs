@@ -7,12 +7,15 @@
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::IpAddr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendFlags};
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage,
+    SendFlags,
+};
 
 use super::error::ErrorReply;
 use super::frame::{self, FrameBuf};
@@ -132,10 +135,41 @@ impl Client {
     /// Sends one request and waits for its reply, with the fds that came with it
     /// (`SCM_RIGHTS`, at most [`MAX_FDS`]; received close-on-exec).
     pub fn call_with_fds(&mut self, req: Request) -> Result<(Response, Vec<OwnedFd>), ClientError> {
+        self.call_sending_fds(req, &[])
+    }
+
+    /// Sends one request with `fds` as `SCM_RIGHTS` on its first byte (at most one, for
+    /// [`Request::Capture`]) and waits for its reply, with the fds that came with it.
+    pub fn call_sending_fds(
+        &mut self,
+        req: Request,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(Response, Vec<OwnedFd>), ClientError> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
         let bytes = frame::encode(&RequestFrame { seq, req }).map_err(|e| self.proto_err(e))?;
-        self.send_all(&bytes)?;
+        let mut rest = &bytes[..];
+        if !fds.is_empty() {
+            let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+            let mut anc = SendAncillaryBuffer::new(&mut space);
+            if !anc.push(SendAncillaryMessage::ScmRights(fds)) {
+                return Err(self.proto_err(format!("{} fds with one request; at most {MAX_FDS}", fds.len())));
+            }
+            let n = loop {
+                match rustix::net::sendmsg(
+                    &self.stream,
+                    &[io::IoSlice::new(rest)],
+                    &mut anc,
+                    SendFlags::NOSIGNAL,
+                ) {
+                    Ok(n) => break n,
+                    Err(rustix::io::Errno::INTR) => {}
+                    Err(e) => return Err(ClientError::Io { path: self.path.clone(), source: e.into() }),
+                }
+            };
+            rest = &rest[n..];
+        }
+        self.send_all(rest)?;
         let (reply, fds) = self.read_reply()?;
         if reply.seq != seq {
             return Err(ClientError::Protocol {
@@ -245,6 +279,29 @@ impl Client {
     pub fn lookup(&mut self, proto: Proto, addr: IpAddr, port: u16) -> Result<bool, ClientError> {
         match self.call(Request::Lookup { proto, addr, port })? {
             Response::Lookup { served } => Ok(served),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    /// Starts capturing `container`'s frames (a pid or a name) as pcap into `out`, at most
+    /// `count` of them; returns the container's pid ([`Request::Capture`]).
+    pub fn capture(
+        &mut self,
+        container: &str,
+        count: Option<u64>,
+        out: BorrowedFd<'_>,
+    ) -> Result<u32, ClientError> {
+        let req = Request::Capture { container: Name::lossy(container), count };
+        match self.call_sending_fds(req, &[out])? {
+            (Response::Capturing { pid }, _) => Ok(pid),
+            (other, _) => Err(self.unexpected(&other)),
+        }
+    }
+
+    /// Stops `container`'s capture; the frames it wrote, if it was still running.
+    pub fn capture_stop(&mut self, container: &str) -> Result<Option<u64>, ClientError> {
+        match self.call(Request::CaptureStop { container: Name::lossy(container) })? {
+            Response::CaptureStopped { frames, .. } => Ok(frames),
             other => Err(self.unexpected(&other)),
         }
     }

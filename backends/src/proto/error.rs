@@ -171,6 +171,26 @@ pub enum ErrorKind {
         /// Last port of the ephemeral range.
         last: u16,
     },
+    /// Version 3: no container answers to the name or pid given.
+    #[error("no container {container}: {reason}; `arrakis status` lists the containers")]
+    NoContainer {
+        /// What was given.
+        container: String,
+        /// Why it names none (or several).
+        reason: String,
+    },
+    /// Version 3: the caller may not capture another user's container.
+    #[error(
+        "uid {uid} may not capture container {pid}, which belongs to uid {owner}; run as its user or root"
+    )]
+    CaptureNotPermitted {
+        /// The container.
+        pid: u32,
+        /// The caller's uid.
+        uid: u32,
+        /// The container's uid.
+        owner: u32,
+    },
 }
 
 impl ErrorKind {
@@ -191,6 +211,8 @@ impl ErrorKind {
             ErrorKind::Internal { .. } => "internal",
             ErrorKind::Store { .. } => "store",
             ErrorKind::NoEphemeral { .. } => "no_ephemeral",
+            ErrorKind::NoContainer { .. } => "no_container",
+            ErrorKind::CaptureNotPermitted { .. } => "capture_not_permitted",
         }
     }
 }

@@ -25,12 +25,14 @@ pub use error::{ErrorKind, ErrorReply};
 pub use frame::{FrameBuf, FrameError, MAX_FRAME};
 pub use msg::*;
 
-/// The protocol version this build speaks best.
-pub const VERSION: u16 = 2;
+/// The protocol version this build speaks best (2: `nic`, `lookup`; 3: `capture`,
+/// `capture_stop`).
+pub const VERSION: u16 = 3;
 /// The oldest protocol version this build still speaks.
 pub const MIN_VERSION: u16 = 1;
 
-/// How many fds a reply may carry (`SCM_RIGHTS`); [`Request::Nic`]'s carries three.
+/// How many fds a reply may carry (`SCM_RIGHTS`); [`Request::Nic`]'s carries three. A
+/// request carries at most one ([`Request::Capture`]'s).
 pub const MAX_FDS: usize = 4;
 
 /// The socket's file name inside the run directory.

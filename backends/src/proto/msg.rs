@@ -110,6 +110,22 @@ pub enum Request {
         /// Destination port.
         port: u16,
     },
+    /// Version 3. Captures a container's frames on the switch (those it sends, dropped ones
+    /// included, and those delivered to it) as pcap (`LINKTYPE_RAW`) into the one fd that
+    /// rides on this request's frame (`SCM_RIGHTS`, opened for writing by the caller).
+    /// Allowed to the container's uid and root.
+    Capture {
+        /// The container: its pid, or its name if that names one container.
+        container: Name,
+        /// Stop by itself after this many frames.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        count: Option<u64>,
+    },
+    /// Version 3. Stops a container's capture.
+    CaptureStop {
+        /// The container, as in [`Request::Capture`].
+        container: Name,
+    },
 }
 
 /// What the daemon answers to each request.
@@ -181,6 +197,18 @@ pub enum Response {
     Lookup {
         /// True if a container's grant receives there.
         served: bool,
+    },
+    /// The capture runs.
+    Capturing {
+        /// The container captured.
+        pid: u32,
+    },
+    /// The capture stopped.
+    CaptureStopped {
+        /// The container.
+        pid: u32,
+        /// Frames written (`None`: no capture was running, e.g. it stopped at its count).
+        frames: Option<u64>,
     },
 }
 

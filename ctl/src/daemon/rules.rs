@@ -279,6 +279,29 @@ impl Registry {
         }
     }
 
+    /// The container a user names: its pid (all digits), or its name if one container has
+    /// it.
+    pub fn resolve(&self, given: &str) -> Result<&ContainerRec, ErrorKind> {
+        let none = |reason: String| ErrorKind::NoContainer { container: given.to_owned(), reason };
+        if let Ok(pid) = given.parse::<u32>() {
+            return self.containers.get(&pid).ok_or_else(|| none("no container has that pid".into()));
+        }
+        let named: Vec<&ContainerRec> =
+            self.containers.values().filter(|c| c.name.as_str() == given).collect();
+        match named.as_slice() {
+            [c] => Ok(c),
+            [] => Err(none("no container has that name".into())),
+            many => {
+                let pids: Vec<String> = many.iter().map(|c| c.pid.to_string()).collect();
+                Err(none(format!(
+                    "{} containers have that name (pids {}); give a pid",
+                    many.len(),
+                    pids.join(", ")
+                )))
+            }
+        }
+    }
+
     /// Every container, for `status`.
     pub fn containers(&self) -> Vec<ContainerInfo> {
         self.containers.values().map(|c| self.container_info(c)).collect()
@@ -302,9 +325,12 @@ impl Registry {
 
     fn dispatch(&mut self, caller: Caller, req: Request, host: &mut dyn Host) -> Result<Response, ErrorKind> {
         match req {
-            Request::Hello { .. } | Request::Status {} => {
-                Err(ErrorKind::BadRequest { reason: "hello and status are answered by the server".into() })
-            }
+            Request::Hello { .. }
+            | Request::Status {}
+            | Request::Capture { .. }
+            | Request::CaptureStop { .. } => Err(ErrorKind::BadRequest {
+                reason: "hello, status and capture are answered by the server".into(),
+            }),
             Request::Nic {} => self.nic(caller, host),
             Request::Lookup { proto, addr, port } => {
                 Ok(Response::Lookup { served: self.serves(proto, addr, port) })

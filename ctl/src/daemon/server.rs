@@ -9,14 +9,17 @@
 //! [`MAX_PENDING_OUT`]; the number of clients by [`MAX_CLIENTS`].
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, Read};
+use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
 
 use rustix::event::epoll;
-use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
 
 use super::rules::Caller;
 use super::session::{Daemon, Session};
@@ -25,6 +28,8 @@ use super::session::{Daemon, Session};
 pub const MAX_CLIENTS: usize = 1024;
 /// Most reply bytes waiting for a client that does not read; past this it is dropped.
 pub const MAX_PENDING_OUT: usize = 256 * 1024;
+/// Most fds a client may send with one frame (a capture's file).
+pub const MAX_IN_FDS: usize = 1;
 /// Most replies with fds waiting for a client that does not read (each holds a NIC).
 pub const MAX_PENDING_FDS: usize = 4;
 
@@ -220,19 +225,38 @@ impl Server {
                 // A bad header: `process` below answers it and closes.
                 break;
             }
-            match c.stream.read(&mut chunk[..want]) {
-                Ok(0) => {
+            let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_IN_FDS))];
+            let mut anc = RecvAncillaryBuffer::new(&mut space);
+            let got = rustix::net::recvmsg(
+                &c.stream,
+                &mut [io::IoSliceMut::new(&mut chunk[..want])],
+                &mut anc,
+                RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
+            );
+            for m in anc.drain() {
+                if let RecvAncillaryMessage::ScmRights(r) = m {
+                    c.session.in_fds.extend(r);
+                }
+            }
+            let truncated = got.as_ref().is_ok_and(|r| r.flags.contains(ReturnFlags::CTRUNC));
+            if truncated || c.session.in_fds.len() > MAX_IN_FDS {
+                // More fds than any request carries.
+                self.drop_conn(key);
+                return;
+            }
+            match got {
+                Ok(r) if r.bytes == 0 => {
                     self.drop_conn(key);
                     return;
                 }
-                Ok(n) => {
-                    if c.session.buf.extend(&chunk[..n]).is_err() {
+                Ok(r) => {
+                    if c.session.buf.extend(&chunk[..r.bytes]).is_err() {
                         self.drop_conn(key);
                         return;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(rustix::io::Errno::AGAIN) => break,
+                Err(rustix::io::Errno::INTR) => continue,
                 Err(_) => {
                     self.drop_conn(key);
                     return;

@@ -107,6 +107,7 @@ impl Daemon {
         req: Request,
         fx: &mut Effects,
         fds: &mut Vec<OwnedFd>,
+        in_fds: &mut Vec<OwnedFd>,
     ) -> Outcome {
         // The registry counts the requests it handles; these are counted here.
         if matches!(req, Request::Hello { .. } | Request::Status {}) || version.is_none() {
@@ -133,6 +134,22 @@ impl Daemon {
             }
             (Request::Status {}, Some(_)) => {
                 Ok(Response::Status { daemon: self.info(), containers: self.registry.containers() })
+            }
+            (Request::Capture { .. } | Request::CaptureStop { .. }, Some(v)) if v < 3 => {
+                let e = ErrorKind::BadRequest { reason: "capture needs protocol version 3".into() };
+                *self.registry.counters.refusals.entry(e.code().into()).or_default() += 1;
+                self.registry.counters.requests += 1;
+                Err(e)
+            }
+            (Request::Capture { container, count }, Some(_)) => {
+                let r = self.capture(caller, container.as_str(), count, in_fds);
+                self.count(&r);
+                r
+            }
+            (Request::CaptureStop { container }, Some(_)) => {
+                let r = self.capture_stop(caller, container.as_str());
+                self.count(&r);
+                r
             }
             (Request::Nic {} | Request::Lookup { .. }, Some(1)) => {
                 let e = ErrorKind::BadRequest { reason: "nic and lookup need protocol version 2".into() };
@@ -168,6 +185,54 @@ impl Daemon {
             Ok(r) => Outcome::Ok(r),
             Err(e) => Outcome::Err(ErrorReply::from(e)),
         }
+    }
+
+    fn count(&mut self, r: &Result<Response, ErrorKind>) {
+        self.registry.counters.requests += 1;
+        if let Err(e) = r {
+            *self.registry.counters.refusals.entry(e.code().into()).or_default() += 1;
+        }
+    }
+
+    /// The container `given` names, if the caller may capture it (its uid, or root).
+    fn capturable(&self, caller: Caller, given: &str) -> Result<u32, ErrorKind> {
+        let c = self.registry.resolve(given)?;
+        if caller.uid != 0 && caller.uid != c.uid {
+            return Err(ErrorKind::CaptureNotPermitted { pid: c.pid, uid: caller.uid, owner: c.uid });
+        }
+        Ok(c.pid)
+    }
+
+    fn capture(
+        &mut self,
+        caller: Caller,
+        given: &str,
+        count: Option<u64>,
+        in_fds: &mut Vec<OwnedFd>,
+    ) -> Result<Response, ErrorKind> {
+        let pid = self.capturable(caller, given)?;
+        if in_fds.is_empty() {
+            return Err(ErrorKind::BadRequest {
+                reason: "a capture request carries the file to write as an fd (SCM_RIGHTS)".into(),
+            });
+        }
+        let out = in_fds.remove(0);
+        self.plane.capture(pid, out, count).map_err(|reason| ErrorKind::NoContainer {
+            container: given.to_owned(),
+            reason: format!(
+                "its NIC cannot be captured ({reason}); only a container on the emulator has one"
+            ),
+        })?;
+        Ok(Response::Capturing { pid })
+    }
+
+    fn capture_stop(&mut self, caller: Caller, given: &str) -> Result<Response, ErrorKind> {
+        let pid = self.capturable(caller, given)?;
+        let frames = self.plane.stop_capture(pid).map_err(|reason| ErrorKind::NoContainer {
+            container: given.to_owned(),
+            reason: format!("its NIC cannot be captured ({reason})"),
+        })?;
+        Ok(Response::CaptureStopped { pid, frames })
     }
 
     /// What the registry cannot do alone: the NIC itself, the switch's counters.
@@ -206,6 +271,8 @@ impl Daemon {
 pub struct Session {
     /// Bytes of the frame being received.
     pub buf: FrameBuf,
+    /// Fds that came with the frame being received (a request uses them or they are closed).
+    pub in_fds: Vec<OwnedFd>,
     version: Option<u16>,
 }
 
@@ -225,11 +292,21 @@ impl Session {
         let mut fx = Effects::default();
         loop {
             match self.buf.take() {
-                Ok(None) => return fx,
+                Ok(None) => {
+                    if !self.buf.is_partial() {
+                        // Fds belong to the frame they came with; a frame that did not use
+                        // them is done.
+                        self.in_fds.clear();
+                    }
+                    return fx;
+                }
                 Ok(Some(body)) => {
                     let mut fds = Vec::new();
                     let (seq, outcome) = match decode_request(&body) {
-                        Ok(f) => (f.seq, d.answer(caller, &mut self.version, f.req, &mut fx, &mut fds)),
+                        Ok(f) => (
+                            f.seq,
+                            d.answer(caller, &mut self.version, f.req, &mut fx, &mut fds, &mut self.in_fds),
+                        ),
                         Err(e) => {
                             d.registry.counters.requests += 1;
                             *d.registry.counters.refusals.entry("bad_request".into()).or_default() += 1;
@@ -329,6 +406,8 @@ mod tests {
             1 => Just(Request::Stats {}),
             1 => Just(Request::Unregister {}),
             2 => Just(Request::Nic {}),
+            1 => prop::sample::select(vec!["c", "100", "999", "x"]).prop_map(|c| Request::Capture { container: Name::lossy(c), count: Some(1) }),
+            1 => prop::sample::select(vec!["c", "200"]).prop_map(|c| Request::CaptureStop { container: Name::lossy(c) }),
             1 => (any::<bool>(), prop::sample::select(vec!["127.0.0.1", "::1", "0.0.0.0", "10.0.0.1"]), prop::sample::select(vec![1020u16, 1025, 61000, 61127, 65535]))
                 .prop_map(|(udp, a, port)| Request::Lookup {
                     proto: if udp { Proto::Udp } else { Proto::Tcp },
@@ -453,7 +532,7 @@ mod tests {
         use proptest::strategy::ValueTree;
         let mut runner = proptest::test_runner::TestRunner::deterministic();
         let strat = prop::collection::vec(step(), 60..61);
-        let mut made = 0;
+        let (mut made, mut nics) = (0, 0);
         for _ in 0..50 {
             let steps = strat.new_tree(&mut runner).unwrap().current();
             let mut d = daemon();
@@ -463,16 +542,16 @@ mod tests {
                 let bytes = encode(&RequestFrame { seq: i as u32, req }).unwrap();
                 let fx = feed(&mut sessions[who], &mut d, CALLERS[who], &bytes);
                 let n = fx.reply.len();
-                if n > HEADER
-                    && matches!(
-                        decode_reply(&fx.reply[HEADER..]).unwrap().result,
-                        Outcome::Ok(Response::Granted { .. })
-                    )
-                {
-                    made += 1;
+                if n > HEADER {
+                    match decode_reply(&fx.reply[HEADER..]).unwrap().result {
+                        Outcome::Ok(Response::Granted { .. }) => made += 1,
+                        Outcome::Ok(Response::Nic { .. }) => nics += fx.fds.len(),
+                        _ => {}
+                    }
                 }
             }
         }
         assert!(made > 20, "only {made} grants made");
+        assert!(nics > 5, "only {nics} NICs made");
     }
 }

@@ -357,9 +357,24 @@ impl Receiver {
     /// With `nowait` (or on a non-blocking socket) nothing to read gives [`Received::More`];
     /// otherwise it waits up to the socket's receive timeout, then fails.
     pub fn read(&mut self, stream: &UnixStream, nowait: bool) -> Result<Received, ChannelError> {
-        if let Some(body) = self.buf.take().map_err(|e| ChannelError::Bad(e.to_string()))? {
-            return Ok(Received::Frame(body, std::mem::take(&mut self.fds)));
+        // A frame takes at most two reads (its header, then its body, each never past the
+        // frame's end); a third turn only finds out that nothing more is there.
+        for _ in 0..3 {
+            if let Some(body) = self.buf.take().map_err(|e| ChannelError::Bad(e.to_string()))? {
+                return Ok(Received::Frame(body, std::mem::take(&mut self.fds)));
+            }
+            if !self.read_once(stream, nowait)? {
+                return Ok(Received::More);
+            }
         }
+        match self.buf.take().map_err(|e| ChannelError::Bad(e.to_string()))? {
+            Some(body) => Ok(Received::Frame(body, std::mem::take(&mut self.fds))),
+            None => Ok(Received::More),
+        }
+    }
+
+    /// One `recvmsg`; false if nothing was there (non-blocking) or it was interrupted.
+    fn read_once(&mut self, stream: &UnixStream, nowait: bool) -> Result<bool, ChannelError> {
         let mut chunk = [0u8; 16 * 1024];
         let want = self.buf.room().min(chunk.len());
         let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
@@ -370,33 +385,27 @@ impl Receiver {
             &mut anc,
             if nowait { RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT } else { RecvFlags::CMSG_CLOEXEC },
         );
-        let mut truncated = false;
         for m in anc.drain() {
             if let RecvAncillaryMessage::ScmRights(r) = m {
                 self.fds.extend(r);
             }
         }
-        if let Ok(r) = &got {
-            truncated = r.flags.contains(rustix::net::ReturnFlags::CTRUNC);
-        }
+        let truncated = got.as_ref().is_ok_and(|r| r.flags.contains(rustix::net::ReturnFlags::CTRUNC));
         if truncated || self.fds.len() > MAX_FDS {
             return Err(ChannelError::Bad(format!("more than {MAX_FDS} fds with one message")));
         }
         let n = match got {
             Ok(r) if r.bytes == 0 => return Err(ChannelError::Closed),
             Ok(r) => r.bytes,
-            Err(rustix::io::Errno::AGAIN) if nowait => return Ok(Received::More),
+            Err(rustix::io::Errno::AGAIN) if nowait => return Ok(false),
             Err(rustix::io::Errno::AGAIN) => {
                 return Err(ChannelError::Io(io::Error::new(io::ErrorKind::TimedOut, "no answer in time")))
             }
-            Err(rustix::io::Errno::INTR) => return Ok(Received::More),
+            Err(rustix::io::Errno::INTR) => return Ok(false),
             Err(e) => return Err(ChannelError::Io(e.into())),
         };
         self.buf.extend(&chunk[..n]).map_err(|e| ChannelError::Bad(e.to_string()))?;
-        match self.buf.take().map_err(|e| ChannelError::Bad(e.to_string()))? {
-            Some(body) => Ok(Received::Frame(body, std::mem::take(&mut self.fds))),
-            None => Ok(Received::More),
-        }
+        Ok(true)
     }
 }
 

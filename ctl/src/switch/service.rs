@@ -405,3 +405,143 @@ pub fn main(socket: &Path) -> anyhow::Result<()> {
     let stop = AtomicBool::new(false);
     s.run(&stop, Some(ALONE_EXIT)).context("the switch's loop failed")
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+
+    use arrakis_backends::emulator::{create, Geometry};
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::switch::channel::GrantsMsg;
+
+    /// What the test writes into the channel: a command (an attach with a real NIC's fds)
+    /// or raw bytes.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Cmd(Cmd),
+        AttachWithFds(u64),
+        Raw(Vec<u8>),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        let cmd = prop_oneof![
+            (0u64..6).prop_map(|port| Cmd::Detach { port }),
+            Just(Cmd::Stats {}),
+            Just(Cmd::List {}),
+            Just(Cmd::Forward {}),
+            (0u64..6).prop_map(|port| Cmd::Fds { port }),
+            (0u64..6).prop_map(|port| Cmd::StopCapture { port }),
+            (0u64..6, 0u16..3, 0u16..3).prop_map(|(port, lo, hi)| Cmd::SetGrants {
+                port,
+                grants: GrantsMsg {
+                    addrs: vec![],
+                    filters: vec![channel::FilterMsg {
+                        dir: arrakis_backends::proto::Direction::Both,
+                        proto: arrakis_backends::proto::Proto::Udp,
+                        local: None,
+                        lo,
+                        hi,
+                        peers: vec![],
+                    }],
+                },
+            }),
+            // An attach without its fds: invalid.
+            (0u64..6).prop_map(|port| Cmd::Attach {
+                port,
+                pid: 1,
+                name: Name::lossy("x"),
+                grants: GrantsMsg::default()
+            }),
+        ];
+        prop_oneof![
+            4 => cmd.prop_map(Step::Cmd),
+            2 => (0u64..6).prop_map(Step::AttachWithFds),
+            1 => prop::collection::vec(any::<u8>(), 0..200).prop_map(Step::Raw),
+        ]
+    }
+
+    fn service(tag: &str) -> (Service, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("arrakis-switch-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let l = bind(&dir.join("s.sock")).unwrap();
+        (Service::new(l).unwrap(), dir)
+    }
+
+    use std::path::PathBuf;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// Whatever the daemon's end writes, the switch neither panics nor hangs, and every
+        /// port it holds was asked for by a valid attach (with its three fds).
+        #[test]
+        fn the_channel_survives_any_byte_stream(steps in prop::collection::vec(step(), 1..16)) {
+            let (mut s, dir) = service("fuzz");
+            let (ours, theirs) = UnixStream::pair().unwrap();
+            theirs.set_nonblocking(true).unwrap();
+            ours.set_nonblocking(true).unwrap();
+            s.conn = Some((theirs, Receiver::new()));
+            let mut valid_attaches = Vec::new();
+            let mut nics = Vec::new();
+            for st in &steps {
+                let sent = match st {
+                    Step::Cmd(c) => channel::send(&ours, c, &[]).is_ok(),
+                    Step::AttachWithFds(port) => {
+                        let (fds, _end) = create(Geometry { ring_size: 2, buf_size: 256 }).unwrap();
+                        let c = Cmd::Attach { port: *port, pid: 1, name: Name::lossy("n"), grants: GrantsMsg::default() };
+                        let ok = channel::send(&ours, &c, &[fds.region.as_fd(), fds.to_container.as_fd(), fds.to_switch.as_fd()]).is_ok();
+                        nics.push(fds);
+                        if ok {
+                            valid_attaches.push(*port);
+                        }
+                        ok
+                    }
+                    Step::Raw(b) => rustix::net::send(&ours, b, rustix::net::SendFlags::NOSIGNAL).is_ok(),
+                };
+                // Serve after each write (bounded: each call answers at most BATCH messages
+                // and returns when nothing complete is left).
+                for _ in 0..4 {
+                    s.serve_conn();
+                }
+                // Drain the replies so the pair never fills.
+                let mut sink = [0u8; 65536];
+                for _ in 0..64 {
+                    match rustix::net::recv(&ours, &mut sink, rustix::net::RecvFlags::DONTWAIT) {
+                        Ok((n, _)) if n > 0 => {}
+                        _ => break,
+                    }
+                }
+                if !sent || s.conn.is_none() {
+                    break;
+                }
+            }
+            for port in s.ports.keys() {
+                prop_assert!(valid_attaches.contains(port), "port {port} attached without a valid attach");
+            }
+            prop_assert!(s.ports.len() <= valid_attaches.len());
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+
+    #[test]
+    fn a_clean_stream_attaches_and_a_bad_message_closes_the_channel() {
+        let (mut s, dir) = service("clean");
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        theirs.set_nonblocking(true).unwrap();
+        s.conn = Some((theirs, Receiver::new()));
+        let (fds, _end) = create(Geometry { ring_size: 2, buf_size: 256 }).unwrap();
+        let c = Cmd::Attach { port: 7, pid: 1, name: Name::lossy("n"), grants: GrantsMsg::default() };
+        channel::send(&ours, &c, &[fds.region.as_fd(), fds.to_container.as_fd(), fds.to_switch.as_fd()])
+            .unwrap();
+        s.serve_conn();
+        assert_eq!(s.ports.keys().copied().collect::<Vec<_>>(), vec![7]);
+        rustix::net::send(&ours, &[3, 0, 0, 0, b'{', b'}', b'x'], rustix::net::SendFlags::NOSIGNAL).unwrap();
+        s.serve_conn();
+        assert!(s.conn.is_none(), "a bad message closes the channel");
+        assert_eq!(s.ports.len(), 1, "and changes nothing");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

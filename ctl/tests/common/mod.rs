@@ -370,7 +370,7 @@ fn recv(nic: &mut EmulatorNic, patience: Duration) -> Option<(u16, u16, Vec<u8>)
     let mut got = None;
     wait_nic(nic, Instant::now() + patience, |n| match n.receive(SmolInstant::now()) {
         Some((rx, _)) => {
-            got = rx.consume(|b| parse_udp4(b));
+            got = rx.consume(parse_udp4);
             true
         }
         None => false,
