@@ -8,8 +8,11 @@
 //! * [`observe`] parses output into cases and renders per-case diffs.
 //! * [`runner`] builds the C programs, locates the shim and runs a program in
 //!   a fresh directory with a timeout.
+//! * [`fake_daemon`] stands in for `arrakis daemon` and its switch when testing the library
+//!   OS's emulator backend by itself.
 //!
 //! See `README.md` for how cases are written.
 
+pub mod fake_daemon;
 pub mod observe;
 pub mod runner;

@@ -12,17 +12,23 @@ pub enum Backend {
     /// an in-process loopback device: the process talks to its own addresses (127.0.0.1,
     /// ::1) with no kernel on the data path. Other addresses and families stay on the kernel.
     Loopback,
+    /// TCP and UDP sockets live on the library OS's stack over a virtual NIC of the
+    /// `arrakis` daemon's software switch: processes under the shim reach each other (as
+    /// 127.0.0.1 and ::1) through shared-memory rings; ports outside the process's blocks
+    /// are granted by the daemon; destinations no container serves stay on the kernel.
+    Emulator,
 }
 
 impl Backend {
     /// The names `ARRAKIS_BACKEND` accepts.
-    pub const NAMES: &'static [&'static str] = &["kernel", "loopback"];
+    pub const NAMES: &'static [&'static str] = &["kernel", "loopback", "emulator"];
 
     /// Parses a backend name as given in `ARRAKIS_BACKEND` or `arrakis run --backend`.
     pub fn parse(s: &str) -> Result<Backend, ConfigError> {
         match s.trim() {
             "" | "kernel" => Ok(Backend::Kernel),
             "loopback" => Ok(Backend::Loopback),
+            "emulator" => Ok(Backend::Emulator),
             other => Err(ConfigError::UnknownBackend(other.to_string())),
         }
     }
@@ -65,8 +71,9 @@ pub struct Config {
     pub spin_us: u32,
     /// `ARRAKIS_KERNEL_CLIENTS`: `1` gives every library-OS TCP socket a kernel half at
     /// `bind`/`listen`, so listeners also accept clients not under the shim
-    /// (`core::net::shadow`). Default `0` with the in-process loopback backend.
-    pub kernel_clients: bool,
+    /// (`core::net::shadow`); `0` does not. Unset: the backend's default
+    /// ([`Config::kernel_clients`]).
+    pub kernel_clients_set: Option<bool>,
 }
 
 impl Default for Config {
@@ -76,12 +83,19 @@ impl Default for Config {
             log_file: None,
             backend: Backend::Kernel,
             spin_us: crate::net::world::DEFAULT_SPIN_US,
-            kernel_clients: false,
+            kernel_clients_set: None,
         }
     }
 }
 
 impl Config {
+    /// Whether library-OS TCP sockets get kernel halves: as `ARRAKIS_KERNEL_CLIENTS` says,
+    /// else on with the emulator backend (its servers must also serve programs not under the
+    /// shim) and off with the in-process loopback.
+    pub fn kernel_clients(&self) -> bool {
+        self.kernel_clients_set.unwrap_or(self.backend == Backend::Emulator)
+    }
+
     /// Reads the configuration through `get` (normally `std::env::var`). Returns the
     /// configuration with defaults in place of bad values, and the errors found, so that a
     /// program under the shim still runs — on the kernel path — with a clear log line.
@@ -99,8 +113,9 @@ impl Config {
             }
         }
         match get("ARRAKIS_KERNEL_CLIENTS").as_deref().map(str::trim) {
-            None | Some("" | "0") => {}
-            Some("1") => cfg.kernel_clients = true,
+            None | Some("") => {}
+            Some("0") => cfg.kernel_clients_set = Some(false),
+            Some("1") => cfg.kernel_clients_set = Some(true),
             Some(v) => errors.push(ConfigError::BadSwitch("ARRAKIS_KERNEL_CLIENTS", v.to_string())),
         }
         if let Some(v) = get("ARRAKIS_SPIN_US") {
@@ -141,6 +156,23 @@ mod tests {
         assert_eq!(cfg.log_filter, "arrakis=debug");
         assert_eq!(cfg.log_file, Some(PathBuf::from("/tmp/x.log")));
         assert_eq!(cfg.backend, Backend::Kernel);
+    }
+
+    #[test]
+    fn emulator_backend_turns_kernel_clients_on_unless_told_otherwise() {
+        let (cfg, errs) = Config::from_env(env(&[("ARRAKIS_BACKEND", "emulator")]));
+        assert!(errs.is_empty());
+        assert_eq!(cfg.backend, Backend::Emulator);
+        assert!(cfg.kernel_clients());
+        let (cfg, _) =
+            Config::from_env(env(&[("ARRAKIS_BACKEND", "emulator"), ("ARRAKIS_KERNEL_CLIENTS", "0")]));
+        assert!(!cfg.kernel_clients());
+        let (cfg, _) = Config::from_env(env(&[("ARRAKIS_BACKEND", "loopback")]));
+        assert!(!cfg.kernel_clients());
+        let (cfg, _) =
+            Config::from_env(env(&[("ARRAKIS_BACKEND", "loopback"), ("ARRAKIS_KERNEL_CLIENTS", "1")]));
+        assert!(cfg.kernel_clients());
+        assert!(Backend::NAMES.contains(&"emulator"));
     }
 
     #[test]

@@ -72,6 +72,7 @@ errnos! {
     EOPNOTSUPP = 95, "operation not supported";
     EADDRINUSE = 98, "address already in use";
     ENOBUFS = 105, "no buffer space available";
+    ENETDOWN = 100, "network is down";
     ENETUNREACH = 101, "network is unreachable";
     ENOTCONN = 107, "transport endpoint is not connected";
     ECONNREFUSED = 111, "connection refused";

@@ -34,6 +34,18 @@ pub(crate) fn carry() -> Option<&'static Carry> {
 #[link_section = ".init_array"]
 static CONSTRUCTOR: extern "C" fn() = constructor;
 
+#[used]
+#[link_section = ".fini_array"]
+static DESTRUCTOR: extern "C" fn() = destructor;
+
+/// At `exit` (ld.so runs `.fini_array` after the program's `atexit` handlers): the emulator
+/// backend's connections end as the kernel would end a dying process's (see
+/// `net::world::exit_close`).
+extern "C" fn destructor() {
+    let _errno = errno::Saved::new();
+    let _ = catch_unwind(crate::libos::at_exit);
+}
+
 extern "C" fn constructor() {
     let _errno = errno::Saved::new();
     if catch_unwind(start).is_err() {
@@ -52,9 +64,8 @@ fn start() {
     std::panic::set_hook(Box::new(|info| {
         tracing::error!("panic in the library OS: {info}");
     }));
-    crate::libos::configure(cfg.backend);
     arrakis_core::net::world::set_spin_us(cfg.spin_us);
-    arrakis_core::net::set_kernel_clients(cfg.kernel_clients);
+    crate::libos::configure(&cfg);
     let carry = record_carry();
     tracing::debug!(shim = ?carry.shim_path, backend = ?cfg.backend, "arrakis shim loaded");
     let _ = CARRY.set(carry);

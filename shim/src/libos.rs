@@ -3,10 +3,10 @@
 //! signature of the export that dispatches to it (see `fd_passthrough!`).
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
-use arrakis_core::config::Backend;
+use arrakis_core::config::{Backend, Config};
 use arrakis_core::event::{self as cev, Epoll, Op, PollObj, Poller, Target};
 use arrakis_core::fd::table;
 use arrakis_core::net::socket::{self, msg, Family, Kind, Socket};
@@ -18,16 +18,67 @@ use crate::lib;
 
 type Stat = c_void;
 
-static LOOPBACK: AtomicBool = AtomicBool::new(false);
+/// Which backend serves new sockets: [`KERNEL`] (none), [`LOOPBACK`] or [`EMULATOR`].
+static MODE: AtomicU8 = AtomicU8::new(KERNEL);
+const KERNEL: u8 = 0;
+const LOOPBACK: u8 = 1;
+const EMULATOR: u8 = 2;
 
-/// Called once by the constructor with the configured backend.
-pub(crate) fn configure(b: Backend) {
-    LOOPBACK.store(b == Backend::Loopback, Ordering::Release);
+/// Called once by the constructor, before any socket: the emulator backend attaches the
+/// process to the daemon's switch here (or, with no daemon, logs one line and leaves every
+/// socket on the kernel); then sets whether library-OS TCP sockets get kernel halves.
+pub(crate) fn configure(cfg: &Config) {
+    let mode = match cfg.backend {
+        Backend::Kernel => KERNEL,
+        Backend::Loopback => LOOPBACK,
+        Backend::Emulator => attach(),
+    };
+    MODE.store(mode, Ordering::Release);
+    arrakis_core::net::set_kernel_clients(cfg.kernel_clients());
 }
+
+/// Registers with the daemon and takes this process's NIC (`core::net::control::start`).
+fn attach() -> u8 {
+    use arrakis_core::net::control;
+    let name = std::fs::read_to_string("/proc/self/comm").map(|s| s.trim().to_string()).unwrap_or_default();
+    let name = if name.is_empty() { "program".to_string() } else { name };
+    match control::start(&name, &control::default_socket()) {
+        Ok(nic) => {
+            tracing::debug!(
+                tcp = %format!("{}-{}", nic.tcp_ports.lo(), nic.tcp_ports.hi()),
+                udp = %format!("{}-{}", nic.udp_ports.lo(), nic.udp_ports.hi()),
+                "attached to the arrakis switch"
+            );
+            EMULATOR
+        }
+        Err(e) => {
+            tracing::warn!("{e}");
+            KERNEL
+        }
+    }
+}
+
+/// In a child after `fork`: the emulator's NIC is the parent's, so new sockets go to the
+/// kernel (the inherited world is detached, `net::world::ForkGuard::child`).
+pub(crate) fn forked_child() {
+    let _ = MODE.compare_exchange(EMULATOR, KERNEL, Ordering::AcqRel, Ordering::Acquire);
+}
+
+/// The process exits: under the emulator backend its connections send their FINs (or
+/// RSTs) to the peers in other processes, waiting at most [`EXIT_BUDGET`] for the
+/// exchanges to finish. Not in a forked child (its world is detached).
+pub(crate) fn at_exit() {
+    if MODE.load(Ordering::Acquire) == EMULATOR {
+        arrakis_core::net::world::exit_close(EXIT_BUDGET);
+    }
+}
+
+/// How long `exit` waits for the peers to answer the FINs.
+const EXIT_BUDGET: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Whether new sockets of the library OS's families go to the library OS.
 pub(crate) fn serving() -> bool {
-    LOOPBACK.load(Ordering::Acquire)
+    MODE.load(Ordering::Acquire) != KERNEL
 }
 
 /// The socket at `fd`, if it is one of ours.
@@ -435,11 +486,13 @@ pub(crate) unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t
 /// # Safety
 /// The C contract of `bind(2)`.
 pub(crate) unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    /// `bind` moved the socket to the kernel: the real `bind` answers.
+    const TO_KERNEL: c_int = 1;
     // SAFETY: caller's contract.
-    if unsafe { handed_to_kernel(fd, addr, len) } {
+    if unsafe { handed_to_kernel(fd, addr, len, false) } {
         return real!(bind(fd, addr, len) else sys(libc::SYS_bind, fd, addr, len));
     }
-    with_sock(fd, "bind", |s| {
+    let r = with_sock(fd, "bind", |s| {
         // inet6_bind: the length first, then the family.
         if s.family() == Family::V6 && (len as usize) < SIN6_LEN_RFC2133 && !bad(addr) {
             return Err(Errno::EINVAL);
@@ -455,8 +508,21 @@ pub(crate) unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c
             None if s.family() == Family::V4 => SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
             None => return Err(Errno::EAFNOSUPPORT),
         };
-        s.bind(a).map(|()| 0)
-    })
+        match s.bind_granted(a)? {
+            socket::BindTo::Library => Ok(0),
+            socket::BindTo::Kernel(why) => {
+                // The daemon cannot give the port: the kernel takes the socket and the bind.
+                let h = s.kernel_handover()?.ok_or(Errno::EADDRNOTAVAIL)?;
+                hand_over(fd, s, &h)?;
+                tracing::warn!(fd, addr = %a, "socket handed to the kernel: no grant for its port ({why})");
+                Ok(TO_KERNEL)
+            }
+        }
+    });
+    if r == TO_KERNEL {
+        return real!(bind(fd, addr, len) else sys(libc::SYS_bind, fd, addr, len));
+    }
+    r
 }
 
 /// # Safety
@@ -469,7 +535,7 @@ pub(crate) unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
 /// The C contract of `connect(2)`.
 pub(crate) unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
     // SAFETY: caller's contract.
-    if unsafe { handed_to_kernel(fd, addr, len) } {
+    if unsafe { handed_to_kernel(fd, addr, len, true) } {
         return real!(connect(fd, addr, len) else sys(libc::SYS_connect, fd, addr, len));
     }
     with_sock(fd, "connect", |s| {
@@ -497,27 +563,34 @@ pub(crate) unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -
 }
 
 /// A socket of ours addressed to a peer the library OS does not serve (a name server, a
-/// host elsewhere): if it has no life here yet, a kernel socket takes its place — same
-/// family, type, flags, options and bound address, `dup3` onto the same fd number — and the
-/// call goes to the kernel. Returns whether that happened. A socket that cannot move
-/// (listening, connected, in an epoll) stays and the call fails as before.
+/// host elsewhere; under the emulator backend also a port of this host that no container
+/// serves, e.g. a server not under the shim): if it has no life here yet, a kernel socket
+/// takes its place — same family, type, flags, options and bound address, `dup3` onto the
+/// same fd number — and the call goes to the kernel. Returns whether that happened. A
+/// socket that cannot move (listening, connected, in an epoll) stays and the call fails as
+/// before. `peer`: `addr` is a destination (`connect`, `sendto`), not a local address.
 ///
 /// # Safety
 /// `addr`/`len` as the caller passed them.
-unsafe fn handed_to_kernel(fd: c_int, addr: *const sockaddr, len: socklen_t) -> bool {
+unsafe fn handed_to_kernel(fd: c_int, addr: *const sockaddr, len: socklen_t, peer: bool) -> bool {
     let Some(s) = sock(fd) else { return false };
     if addr.is_null() {
         return false;
     }
     // SAFETY: caller's contract.
     let Ok(Some(to)) = (unsafe { read_sa(addr, len) }) else { return false };
-    if socket::serves(&to) {
+    let here = if peer {
+        lib::guarded("connect", || Ok(i32::from(s.serves_peer(&to)))) == 1
+    } else {
+        socket::serves(&to)
+    };
+    if here {
         return false;
     }
     let r = lib::guarded("handover", || {
         let Some(h) = s.kernel_handover()? else { return Ok(0) };
         hand_over(fd, &s, &h)?;
-        tracing::info!(fd, peer = %to, "socket handed to the kernel: the library OS does not serve that address");
+        tracing::info!(fd, peer = %to, "socket handed to the kernel: nothing under the library OS serves that address");
         Ok(1)
     });
     r == 1
@@ -656,7 +729,7 @@ pub(crate) unsafe fn sendto(
     alen: socklen_t,
 ) -> ssize_t {
     // SAFETY: caller's contract.
-    if unsafe { handed_to_kernel(fd, addr, alen) } {
+    if unsafe { handed_to_kernel(fd, addr, alen, true) } {
         return real!(sendto(fd, buf, n, flags, addr, alen) else sys(libc::SYS_sendto, fd, buf, n, flags, addr, alen));
     }
     with_sock(fd, "sendto", |s| {
@@ -692,7 +765,7 @@ pub(crate) unsafe fn send(fd: c_int, buf: *const c_void, n: size_t, flags: c_int
 /// The C contract of `sendmsg(2)`.
 pub(crate) unsafe fn sendmsg(fd: c_int, m: *const msghdr, flags: c_int) -> ssize_t {
     // SAFETY: caller's contract (the header is read only if it looks valid).
-    if !bad(m) && unsafe { handed_to_kernel(fd, (*m).msg_name.cast(), (*m).msg_namelen) } {
+    if !bad(m) && unsafe { handed_to_kernel(fd, (*m).msg_name.cast(), (*m).msg_namelen, true) } {
         return real!(sendmsg(fd, m, flags) else sys(libc::SYS_sendmsg, fd, m, flags));
     }
     with_sock(fd, "sendmsg", |s| {

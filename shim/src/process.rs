@@ -140,6 +140,9 @@ pub unsafe extern "C" fn fork() -> pid_t {
     // The network world's lock is held across the fork so the child's copy is consistent.
     let guard = arrakis_core::net::world::started().then(|| arrakis_core::net::world::net().fork_prepare());
     let r = real!(fork() else sys(libc::SYS_fork));
+    if r == 0 {
+        crate::libos::forked_child();
+    }
     if let Some(g) = guard {
         if r == 0 {
             g.child();

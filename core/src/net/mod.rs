@@ -4,6 +4,7 @@
 //! progress thread ([`world`]).
 
 pub mod cmsg;
+pub mod control;
 pub mod hash;
 pub(crate) mod shadow;
 pub mod socket;

@@ -19,6 +19,7 @@ use smoltcp::socket::tcp;
 use smoltcp::wire::{IpAddress, IpEndpoint};
 
 use super::cmsg::Cmsg;
+use super::control::{self, GrantKey};
 use super::stack::ShardId;
 use super::udp::{Datagram, Tx, LOOPBACK_IFINDEX};
 use super::world::{net, Inner, Wait};
@@ -153,6 +154,9 @@ pub(crate) struct SockState {
     pub(crate) last_tx: usize,
     opts: Opts,
     pub(crate) watchers: Vec<Watcher>,
+    /// The daemon's grant this socket's port is under (emulator backend: a port outside the
+    /// process's blocks, [`control::acquire`]); given back when the socket closes.
+    grant: Option<GrantKey>,
 }
 
 /// Linux's defaults (`tcp_rmem[1]`, `tcp_wmem[1]`, `rmem_default`).
@@ -231,6 +235,7 @@ impl SockState {
                 log: Vec::new(),
             },
             watchers: Vec::new(),
+            grant: None,
         }
     }
 
@@ -275,8 +280,14 @@ impl FdObject for Socket {
 
 impl Drop for Socket {
     fn drop(&mut self) {
-        let mut g = net().lock();
-        close(&mut g, self.id);
+        let grant = {
+            let mut g = net().lock();
+            close(&mut g, self.id)
+        };
+        // After the world lock: the revocation is queued, never waited for.
+        if let Some(k) = grant {
+            control::release(&k);
+        }
     }
 }
 
@@ -331,6 +342,16 @@ fn to_addr(fam: Family, ep: IpEndpoint) -> SocketAddr {
         (Family::V6, IpAddr::V4(v4)) => SocketAddr::V6(SocketAddrV6::new(v4.to_ipv6_mapped(), ep.port, 0, 0)),
         (_, ip) => SocketAddr::new(ip, ep.port),
     }
+}
+
+/// Where `bind` put a socket ([`Socket::bind_granted`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BindTo {
+    /// Bound on the library OS.
+    Library,
+    /// The daemon could not give the port (quota, daemon down or failing): the socket must
+    /// go to the kernel ([`Socket::kernel_handover`]) and the kernel bind it. The reason.
+    Kernel(String),
 }
 
 /// A connection `accept` returns.
@@ -460,10 +481,73 @@ impl Socket {
         }
     }
 
-    /// `bind(2)`.
+    /// `bind(2)` on the library OS (a port the daemon will not give is `EADDRNOTAVAIL`; the
+    /// shim uses [`Socket::bind_granted`] and moves such a socket to the kernel instead).
     pub fn bind(&self, addr: SocketAddr) -> SysResult<()> {
-        let mut g = net().lock();
-        bind(&mut g, self.id, addr)
+        match self.bind_granted(addr)? {
+            BindTo::Library => Ok(()),
+            BindTo::Kernel(_) => Err(Errno::EADDRNOTAVAIL),
+        }
+    }
+
+    /// `bind(2)`. Under the emulator backend an explicit port outside the process's blocks
+    /// needs the daemon's grant first (before the kernel half binds): shared with the
+    /// process's other sockets on the same (protocol, address, port), refused as Linux would
+    /// (`EADDRINUSE`, `EACCES`), or [`BindTo::Kernel`] when the daemon cannot give it.
+    /// May wait for the daemon (never under the world lock).
+    pub fn bind_granted(&self, addr: SocketAddr) -> SysResult<BindTo> {
+        let tcp = self.kind == Kind::Stream;
+        if addr.port() != 0 && control::active() {
+            // Errors Linux gives before looking at the port come first, without a grant.
+            bind_check(&net().lock(), self.id, addr)?;
+        }
+        let key = match control::acquire(tcp, addr) {
+            control::Grant::NotNeeded => None,
+            control::Grant::Held(k) => Some(k),
+            control::Grant::Refused(e) => return Err(e),
+            control::Grant::Kernel(why) => return Ok(BindTo::Kernel(why)),
+        };
+        let r = {
+            let mut g = net().lock();
+            let r = bind(&mut g, self.id, addr);
+            if r.is_ok() {
+                g.sock_mut(self.id)?.grant = key;
+            }
+            r
+        };
+        if let (Err(_), Some(k)) = (&r, key) {
+            control::release(&k);
+        }
+        r.map(|()| BindTo::Library)
+    }
+
+    /// Whether a call that sends to `to` (`connect`, `sendto`, `sendmsg`) stays on the
+    /// library OS; otherwise the shim moves the socket to the kernel if it can
+    /// ([`Socket::kernel_handover`]). Loopback backend: the library OS's own addresses.
+    /// Emulator backend: those too, and only if this process's world receives at the port
+    /// or the daemon says a container's grant does (`lookup`, asked at each call: a server
+    /// may have moved since); a socket that cannot move any more, or a UDP socket that
+    /// already has its port here, stays. Never call with the world lock.
+    pub fn serves_peer(&self, to: &SocketAddr) -> bool {
+        if !serves(to) {
+            return false;
+        }
+        if !control::active() {
+            return true;
+        }
+        let tcp = self.kind == Kind::Stream;
+        {
+            let g = net().lock();
+            let Ok(s) = g.sock(self.id) else { return true };
+            if !movable(s) || (!tcp && s.held().is_some_and(|a| a.port() != 0)) {
+                return true;
+            }
+            let port = to.port();
+            if (tcp && g.stack.listening(port)) || (!tcp && g.stack.udp_port_taken(port)) {
+                return true;
+            }
+        }
+        control::lookup(tcp, *to).unwrap_or(false)
     }
 
     /// `listen(2)`.
@@ -575,6 +659,9 @@ impl Socket {
                 let (local, remote) = g.stack.endpoints(conn).ok_or(Errno::ECONNABORTED)?;
                 let parent = g.sock(me)?;
                 let mut st = SockState::new(fam, Kind::Stream, Arc::new(Wait::default()));
+                // The connection keeps the listener's port (and its grant) when the
+                // listener closes, as on Linux.
+                st.grant = parent.grant.filter(control::share);
                 // sk_clone_lock copies the listener's whole sock: every option, V6ONLY,
                 // buffer sizes and their locks, timeouts included.
                 st.opts = parent.opts.clone();
@@ -1268,16 +1355,14 @@ impl Socket {
     /// `setsockopt` calls to replay and the address `bind` gave it. `None` when the socket
     /// already has a life here (listening, connected, or watched by an epoll or a poll,
     /// whose registrations could not follow it).
+    /// The socket's kernel half goes now, so that the kernel socket can bind its port.
     pub fn kernel_handover(&self) -> SysResult<Option<Handover>> {
-        let g = net().lock();
-        let s = g.sock(self.id)?;
-        let busy = s.listener.is_some()
-            || s.peer.is_some()
-            || !s.watchers.is_empty()
-            || (s.kind == Kind::Stream && s.shard.is_some());
-        if busy {
+        let mut g = net().lock();
+        let s = g.sock_mut(self.id)?;
+        if !movable(s) {
             return Ok(None);
         }
+        drop_shadow(s);
         let bound = if s.port_lock || s.addr_lock { s.held() } else { None };
         Ok(Some(Handover { options: s.opts.log.clone(), bound }))
     }
@@ -1537,7 +1622,7 @@ fn free_tcp_port(g: &Inner) -> SysResult<u16> {
 /// [`free_tcp_port`] starting somewhere else for each `salt` (retries within one lock hold,
 /// where the clock does not move).
 fn free_tcp_port_salted(g: &Inner, salt: u32) -> SysResult<u16> {
-    let (lo, hi) = super::stack::EPHEMERAL;
+    let (lo, hi) = g.stack.ephemeral().tcp;
     let seed =
         (g.now().total_micros() as u32).wrapping_add(salt.wrapping_mul(40_503)).wrapping_mul(2_654_435_761);
     let span = u32::from(hi - lo) + 1;
@@ -1562,15 +1647,17 @@ fn port_bound(g: &Inner, kind: Kind, port: u16, except: usize) -> bool {
     })
 }
 
-/// `bind(2)`: Linux's conflict rules, simplified to what a single host sees.
-fn bind(g: &mut Inner, id: usize, addr: SocketAddr) -> SysResult<()> {
-    bind_as(g, id, addr, true)
+/// Whether a socket has no life here yet and can still become a kernel socket: not
+/// listening, not connected (or connecting), not watched by an epoll or a poll.
+fn movable(s: &SockState) -> bool {
+    !(s.listener.is_some()
+        || s.peer.is_some()
+        || !s.watchers.is_empty()
+        || (s.kind == Kind::Stream && s.shard.is_some()))
 }
 
-/// `bind` by the program (`explicit`: it sets `SOCK_BINDADDR_LOCK` for an address and
-/// `SOCK_BINDPORT_LOCK` for a port) or the automatic bind of a UDP socket's first send or
-/// connect (`inet_autobind`: a port for the address it has).
-fn bind_as(g: &mut Inner, id: usize, addr: SocketAddr, explicit: bool) -> SysResult<()> {
+/// `bind`'s checks that come before the port (already bound, family, address).
+fn bind_check(g: &Inner, id: usize, addr: SocketAddr) -> SysResult<()> {
     let s = g.sock(id)?;
     // A UDP socket unhashed by an AF_UNSPEC connect may bind again (`inet_num` is 0).
     let bound = match s.kind {
@@ -1594,6 +1681,20 @@ fn bind_as(g: &mut Inner, id: usize, addr: SocketAddr, explicit: bool) -> SysRes
     if !serves(&addr) {
         return Err(Errno::EADDRNOTAVAIL);
     }
+    Ok(())
+}
+
+/// `bind(2)`: Linux's conflict rules, simplified to what a single host sees.
+fn bind(g: &mut Inner, id: usize, addr: SocketAddr) -> SysResult<()> {
+    bind_as(g, id, addr, true)
+}
+
+/// `bind` by the program (`explicit`: it sets `SOCK_BINDADDR_LOCK` for an address and
+/// `SOCK_BINDPORT_LOCK` for a port) or the automatic bind of a UDP socket's first send or
+/// connect (`inet_autobind`: a port for the address it has).
+fn bind_as(g: &mut Inner, id: usize, addr: SocketAddr, explicit: bool) -> SysResult<()> {
+    bind_check(g, id, addr)?;
+    let s = g.sock(id)?;
     let kind = s.kind;
     let (reuseaddr, reuseport) = (s.opts.reuseaddr, s.opts.reuseport);
     let mut port = addr.port();
@@ -2102,8 +2203,9 @@ fn reset_for_reconnect(g: &mut Inner, id: usize) {
 
 /// `close` of the last fd: Linux's `tcp_close` — unread data or `SO_LINGER` 0 → RST,
 /// otherwise FIN after what was queued; a listener resets what nobody accepted.
-fn close(g: &mut Inner, id: usize) {
-    let Some(mut s) = g.drop_sock(id) else { return };
+/// Returns the grant the socket held, to give back once the world lock is released.
+fn close(g: &mut Inner, id: usize) -> Option<GrantKey> {
+    let mut s = g.drop_sock(id)?;
     drop_shadow(&mut s);
     for w in &s.watchers {
         g.ev.forget_sock(w, id);
@@ -2129,6 +2231,7 @@ fn close(g: &mut Inner, id: usize) {
         }
         let _ = g.stack.release(c);
     }
+    s.grant
 }
 
 /// Mirrors smoltcp's TCP state into Linux's flags (`sk_err`, `sk_shutdown`, `SOCK_DONE`).

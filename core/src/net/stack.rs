@@ -39,6 +39,38 @@ pub type ShardId = usize;
 /// First and last ephemeral port, as Linux's default `ip_local_port_range`.
 pub const EPHEMERAL: (u16, u16) = (32768, 60999);
 
+/// The local ports a stack picks from for `connect` and `bind` to port 0, per protocol:
+/// Linux's range by default; over the emulator's NIC, the blocks the daemon gave the
+/// container (`NicInfo::tcp_ports`/`udp_ports`), the only ports the switch lets it send from
+/// without a grant of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ephemeral {
+    /// First and last TCP port.
+    pub tcp: (u16, u16),
+    /// First and last UDP port.
+    pub udp: (u16, u16),
+}
+
+impl Default for Ephemeral {
+    fn default() -> Self {
+        Ephemeral { tcp: EPHEMERAL, udp: EPHEMERAL }
+    }
+}
+
+impl Ephemeral {
+    /// Ranges from two inclusive blocks; `None` if a block is empty, reversed or includes 0.
+    pub fn new(tcp: (u16, u16), udp: (u16, u16)) -> Option<Ephemeral> {
+        let ok = |(lo, hi): (u16, u16)| lo != 0 && lo <= hi;
+        (ok(tcp) && ok(udp)).then_some(Ephemeral { tcp, udp })
+    }
+
+    /// Whether `port` is one of the TCP (`tcp`) or UDP block's ports.
+    pub fn contains(&self, tcp: bool, port: u16) -> bool {
+        let (lo, hi) = if tcp { self.tcp } else { self.udp };
+        (lo..=hi).contains(&port)
+    }
+}
+
 /// How long a closed connection's port stays in TIME-WAIT (Linux: 60 s).
 const TIME_WAIT: smoltcp::time::Duration = smoltcp::time::Duration::from_secs(60);
 
@@ -121,6 +153,8 @@ pub struct Stack<D: NetDevice> {
     /// Shards whose state may have changed since [`Stack::take_touched`] last ran.
     touched: Vec<ShardId>,
     timers: BinaryHeap<Reverse<(Instant, ShardId)>>,
+    /// Where local ports for `connect` and `bind` to port 0 come from.
+    ephemeral: Ephemeral,
     next_port: u16,
     /// Rotates UDP ephemeral ports (a freed port is not handed out again at once).
     next_udp: u32,
@@ -215,6 +249,7 @@ impl<D: NetDevice> Stack<D> {
             time_wait: VecDeque::new(),
             tw_ports: HashMap::default(),
             timers: BinaryHeap::new(),
+            ephemeral: Ephemeral::default(),
             next_port: EPHEMERAL.0,
             next_udp: (seed as u32) % 28_232,
             ephemeral_in_use: HashSet::default(),
@@ -235,6 +270,28 @@ impl<D: NetDevice> Stack<D> {
     /// The device, mutably (tests inject frames through it).
     pub fn device_mut(&mut self) -> &mut D {
         &mut self.dev
+    }
+
+    /// The ephemeral port ranges.
+    pub fn ephemeral(&self) -> Ephemeral {
+        self.ephemeral
+    }
+
+    /// Sets the ephemeral port ranges (before the first socket: ports already handed out
+    /// stay where they are).
+    pub fn set_ephemeral(&mut self, e: Ephemeral) {
+        self.ephemeral = e;
+        self.next_port = e.tcp.0;
+    }
+
+    /// As [`Stack::set_ephemeral`], the first TCP port taken from somewhere in the range
+    /// chosen by `seed`: a process that gets a block another process just gave back must not
+    /// start with the 4-tuples whose peers may still hold that process's connections.
+    pub fn set_ephemeral_seeded(&mut self, e: Ephemeral, seed: u64) {
+        self.set_ephemeral(e);
+        let (lo, hi) = e.tcp;
+        let span = u64::from(hi - lo) + 1;
+        self.next_port = lo + (seed % span) as u16;
     }
 
     /// Settings for sockets created from now on.
@@ -394,15 +451,17 @@ impl<D: NetDevice> Stack<D> {
     }
 
     fn ephemeral_port(&mut self) -> SysResult<u16> {
-        let span = u32::from(EPHEMERAL.1 - EPHEMERAL.0) + 1;
+        let (lo, hi) = self.ephemeral.tcp;
+        let span = u32::from(hi - lo) + 1;
         for _ in 0..span {
-            let p = self.next_port;
-            self.next_port = if p >= EPHEMERAL.1 { EPHEMERAL.0 } else { p + 1 };
+            let p = self.next_port.clamp(lo, hi);
+            self.next_port = if p >= hi { lo } else { p + 1 };
             if !self.listening(p) && self.ephemeral_in_use.insert(p) {
                 return Ok(p);
             }
         }
-        Err(Errno::EADDRINUSE)
+        // Linux's connect with every local port taken (`inet_hash_connect`).
+        Err(Errno::EADDRNOTAVAIL)
     }
 
     /// The first connection in a listener's queue, established or not.
@@ -463,6 +522,49 @@ impl<D: NetDevice> Stack<D> {
         match shard.role {
             Role::Conn { handle, .. } => Ok(shard.set.get_mut::<tcp::Socket>(handle)),
             _ => Err(Errno::ENOTCONN),
+        }
+    }
+
+    /// Connection shards.
+    fn conn_ids(&self) -> Vec<ShardId> {
+        let conn = |s: &Option<Shard>| s.as_ref().is_some_and(|s| matches!(s.role, Role::Conn { .. }));
+        (0..self.shards.len()).filter(|&i| conn(&self.shards[i])).collect()
+    }
+
+    /// The process exits: every connection ends as the kernel's `close` of its last fd would
+    /// — a FIN after what was queued, a RST if data was left unread. Returns how many.
+    pub fn exit_close(&mut self) -> usize {
+        let ids = self.conn_ids();
+        for &id in &ids {
+            let Ok(t) = self.tcp_mut(id) else { continue };
+            if t.recv_queue() > 0 {
+                t.abort();
+            } else {
+                t.close();
+            }
+        }
+        ids.len()
+    }
+
+    /// Connections still waiting for their peer (the exchange of FINs not over): TIME-WAIT
+    /// and CLOSED ones are done.
+    pub fn exit_pending(&self) -> usize {
+        self.conn_ids()
+            .into_iter()
+            .filter(|&id| {
+                self.tcp(id).is_ok_and(|t| !matches!(t.state(), tcp::State::Closed | tcp::State::TimeWait))
+            })
+            .count()
+    }
+
+    /// Resets the connections [`Stack::exit_pending`] counts: the process is about to go and
+    /// nobody will answer for them, so the peers must not keep their state.
+    pub fn exit_abort(&mut self) {
+        for id in self.conn_ids() {
+            let Ok(t) = self.tcp_mut(id) else { continue };
+            if !matches!(t.state(), tcp::State::Closed | tcp::State::TimeWait) {
+                t.abort();
+            }
         }
     }
 
@@ -854,7 +956,7 @@ impl<D: NetDevice> Stack<D> {
     }
 
     /// Whether a listener (of either family) holds `port`.
-    fn listening(&self, port: u16) -> bool {
+    pub fn listening(&self, port: u16) -> bool {
         self.listeners.contains_key(&(port, false)) || self.listeners.contains_key(&(port, true))
     }
 
@@ -875,11 +977,12 @@ impl<D: NetDevice> Stack<D> {
 
     /// A free UDP port from the ephemeral range.
     pub fn udp_ephemeral(&mut self) -> SysResult<u16> {
-        let span = u32::from(EPHEMERAL.1 - EPHEMERAL.0) + 1;
+        let (lo, hi) = self.ephemeral.udp;
+        let span = u32::from(hi - lo) + 1;
         self.next_udp = self.next_udp.wrapping_add(7919);
         let start = self.next_udp % span;
         for i in 0..span {
-            let p = EPHEMERAL.0 + ((start + i) % span) as u16;
+            let p = lo + ((start + i) % span) as u16;
             if !self.udp.port_taken(p) {
                 return Ok(p);
             }
@@ -1111,6 +1214,30 @@ mod tests {
         assert!((EPHEMERAL.0..=EPHEMERAL.1).contains(&port));
         s.remove(c).unwrap();
         assert!(!s.ephemeral_in_use.contains(&port));
+    }
+
+    #[test]
+    fn ephemeral_ports_come_from_the_stacks_ranges() {
+        let mut s = stack();
+        assert_eq!(s.ephemeral(), Ephemeral::default());
+        assert_eq!(Ephemeral::new((0, 10), (1, 2)), None, "port 0 is no port");
+        assert_eq!(Ephemeral::new((20, 10), (1, 2)), None, "reversed");
+        let e = Ephemeral::new((61_000, 61_003), (62_000, 62_001)).unwrap();
+        assert!(e.contains(true, 61_003) && !e.contains(true, 62_000) && e.contains(false, 62_000));
+        s.set_ephemeral(e);
+        s.listen(8003, 8).unwrap();
+        let mut ports = Vec::new();
+        for _ in 0..4 {
+            let c = s.connect(IpEndpoint::new(LO, 8003)).unwrap();
+            ports.push(s.tcp(c).unwrap().local_endpoint().unwrap().port);
+        }
+        ports.sort_unstable();
+        assert_eq!(ports, [61_000, 61_001, 61_002, 61_003], "each port of the block once");
+        assert_eq!(s.connect(IpEndpoint::new(LO, 8003)).unwrap_err(), Errno::EADDRNOTAVAIL, "block used up");
+        for _ in 0..8 {
+            let p = s.udp_ephemeral().unwrap();
+            assert!((62_000..=62_001).contains(&p), "udp port {p}");
+        }
     }
 
     #[test]

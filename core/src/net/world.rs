@@ -27,7 +27,7 @@ use smoltcp::wire::{IpAddress, IpCidr};
 
 use super::hash::FastMap;
 use super::socket::SockState;
-use super::stack::{Buffers, ShardId, Stack};
+use super::stack::{Buffers, Ephemeral, ShardId, Stack};
 use crate::error::{Errno, SysResult};
 use crate::event::Registry;
 
@@ -186,14 +186,29 @@ pub(crate) struct Inner {
     wakes: Vec<Arc<Wait>>,
     /// The progress thread's word needs a wake after the lock is released.
     wake_timer: bool,
+    /// A forked child's copy of a world over the emulator's NIC: the rings belong to the
+    /// parent (two producers on one ring would corrupt it), so the device was swapped for an
+    /// idle loopback, the stack never runs again and every inherited socket answers
+    /// [`DETACHED`].
+    detached: bool,
 }
+
+/// What a forked child's calls on library-OS sockets it inherited over the emulator's NIC
+/// fail with: the network (its parent's NIC) is down for this process.
+pub const DETACHED: Errno = Errno::ENETDOWN;
 
 impl Inner {
     pub(crate) fn sock(&self, id: usize) -> SysResult<&SockState> {
+        if self.detached {
+            return Err(DETACHED);
+        }
         self.socks.get(id).and_then(Option::as_ref).ok_or(Errno::EBADF)
     }
 
     pub(crate) fn sock_mut(&mut self, id: usize) -> SysResult<&mut SockState> {
+        if self.detached {
+            return Err(DETACHED);
+        }
         self.socks.get_mut(id).and_then(Option::as_mut).ok_or(Errno::EBADF)
     }
 
@@ -241,6 +256,9 @@ impl Inner {
 
     /// Runs the stack and tells everyone whose sockets may have changed.
     pub(crate) fn pump(&mut self) {
+        if self.detached {
+            return;
+        }
         let now = self.now;
         self.stack.poll(now);
         let mut touched = std::mem::take(&mut self.touched);
@@ -335,19 +353,26 @@ pub struct Net {
     kick: OnceLock<rustix::fd::OwnedFd>,
 }
 
-/// A device for the world other than the loopback, given before the first socket
-/// ([`attach_device`]).
-static DEVICE: Mutex<Option<AnyDevice>> = Mutex::new(None);
+/// A device for the world other than the loopback, and its ephemeral port ranges, given
+/// before the first socket ([`attach_device`], [`attach_device_with`]).
+static DEVICE: Mutex<Option<(AnyDevice, Ephemeral)>> = Mutex::new(None);
 
 /// Makes the process's network world run over `dev` (an emulator NIC attached to a switch)
 /// instead of the in-process loopback. Must come before the world exists (the first socket);
 /// afterwards the device is handed back.
 pub fn attach_device(dev: AnyDevice) -> Result<(), AnyDevice> {
+    attach_device_with(dev, Ephemeral::default())
+}
+
+/// [`attach_device`] with the local port ranges the stack picks ephemeral ports from (the
+/// blocks the daemon gave the container: the switch drops frames from other ports unless a
+/// grant covers them).
+pub fn attach_device_with(dev: AnyDevice, ephemeral: Ephemeral) -> Result<(), AnyDevice> {
     if NET.get().is_some() {
         return Err(dev);
     }
     let mut slot = DEVICE.lock().unwrap_or_else(|e| e.into_inner());
-    *slot = Some(dev);
+    *slot = Some((dev, ephemeral));
     Ok(())
 }
 
@@ -366,8 +391,11 @@ pub fn net() -> &'static Net {
             IpCidr::new(IpAddress::Ipv6(std::net::Ipv6Addr::LOCALHOST), 128),
         ];
         let dev = DEVICE.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let dev = dev.unwrap_or_else(|| AnyDevice::from(Loopback::default()));
-        let stack = Stack::new(dev, &addrs, Instant::from_micros(0), bufs);
+        let (dev, ephemeral) =
+            dev.unwrap_or_else(|| (AnyDevice::from(Loopback::default()), Ephemeral::default()));
+        let mut stack = Stack::new(dev, &addrs, Instant::from_micros(0), bufs);
+        let seed = u64::from(std::process::id()) ^ epoch.elapsed().as_nanos() as u64 ^ 0x9e37_79b9_7f4a_7c15;
+        stack.set_ephemeral_seeded(ephemeral, seed.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 17);
         Net {
             inner: Mutex::new(Inner {
                 stack,
@@ -380,6 +408,7 @@ pub fn net() -> &'static Net {
                 now: Instant::from_micros(0),
                 wakes: Vec::new(),
                 wake_timer: false,
+                detached: false,
             }),
             epoch,
             timer: Wait::default(),
@@ -600,14 +629,57 @@ impl Net {
 pub struct ForkGuard(Option<MutexGuard<'static, Inner>>);
 
 impl ForkGuard {
-    /// In the child: its progress thread does not exist; start one on next use.
+    /// In the child: its progress thread does not exist; start one on next use. A world over
+    /// the emulator's NIC is detached instead ([`DETACHED`]): the child never touches the
+    /// parent's rings, and its new sockets are the kernel's (the shim stops serving).
     pub fn child(mut self) {
+        if let Some(g) = self.0.as_mut() {
+            if matches!(g.stack.device(), AnyDevice::Emulator(_)) {
+                // Unmaps the child's view of the rings and closes its doorbell copies; the
+                // parent's are untouched (nothing is written to the shared region).
+                *g.stack.device_mut() = AnyDevice::from(Loopback::default());
+                g.detached = true;
+            }
+        }
         drop(self.0.take());
         if let Some(n) = NET.get() {
             n.progress_pid.store(0, SeqCst);
             n.armed.store(u64::MAX, SeqCst);
         }
     }
+}
+
+/// The process exits (`exit`, return from `main`): its connections end as the kernel would
+/// end them on its behalf — FIN, or RST where data was left unread — and the stack runs for
+/// at most `budget` so the FIN exchanges finish; what is still open then is reset. Without
+/// this, a peer in another process (the emulator backend) would hold the connection open
+/// forever, and a later process given the same port block would find its 4-tuples taken.
+/// `_exit` and fatal signals skip it. Nothing to do in a detached child or without a world.
+pub fn exit_close(budget: Duration) {
+    let Some(n) = NET.get() else { return };
+    {
+        let mut g = n.lock();
+        if g.detached || g.stack.exit_close() == 0 {
+            return;
+        }
+    }
+    let end = StdInstant::now() + budget;
+    // Bounded: at most budget / 1 ms rounds (the progress thread and these locks run the stack).
+    for _ in 0..budget.as_millis().max(1) {
+        if n.lock().stack.exit_pending() == 0 || StdInstant::now() >= end {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut g = n.lock();
+    g.stack.exit_abort();
+    // Sends the resets before the process goes.
+    g.pump();
+}
+
+/// Whether this process's world was detached from its parent's NIC by `fork`.
+pub fn detached() -> bool {
+    NET.get().is_some_and(|n| n.inner.lock().unwrap_or_else(|e| e.into_inner()).detached)
 }
 
 /// Whether the network world exists (any socket was ever created).

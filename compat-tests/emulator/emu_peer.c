@@ -1,0 +1,414 @@
+/* compat-cflags: -O2 */
+/* A peer for the emulator backend's end-to-end test (tests/emulator.rs). One program, four
+ * roles, chosen by argv[1]:
+ *
+ *   server TCP UDP         TCP echo on 127.0.0.1:TCP (a thread per connection) and UDP echo
+ *                          on 127.0.0.1:UDP; prints "#lib=N" (1 if the listener is a
+ *                          library-OS socket: its fd is an eventfd placeholder), then
+ *                          "ready", then "eof" (or "error ERRNO") each time a connection
+ *                          ends; runs until killed (alarm: 120 s).
+ *   hold TCP               connects to 127.0.0.1:TCP, checks one echo and exits without
+ *                          closing the socket: the exit must end the connection (FIN).
+ *   client TCP UDP N BYTES N connections at once to 127.0.0.1:TCP, each sends BYTES of a
+ *                          pattern and checks the echo byte by byte; then 16 UDP datagrams
+ *                          to 127.0.0.1:UDP and back. Prints "#lib=N" for the first
+ *                          connection, "tcp ok N BYTES", "udp ok 16".
+ *   connect PORT           connects to 127.0.0.1:PORT (a server not under the shim), sends
+ *                          "hello", prints the answer and "#lib=N" after the connect.
+ *   bind PROTO PORT        binds a tcp or udp socket to 127.0.0.1:PORT; prints "bind ok" or
+ *                          "bind EADDRINUSE" (or the errno's name).
+ *   rebind PROTO P1 P2     binds a PROTO socket to 127.0.0.1:P1 and prints "first ok" (or the
+ *                          errno), waits for a line on standard input, then binds another to
+ *                          P2 and prints "second ok" (or the errno): the daemon can be
+ *                          restarted in between.
+ *   fork TCP               connects to 127.0.0.1:TCP (the echo server) and forks. The child
+ *                          peeks at the inherited connection (prints "child inherited: " and
+ *                          the errno's name: EAGAIN natively), then opens a new connection and checks its echo
+ *                          ("child new: ok lib=N"). The parent, after the child exits,
+ *                          checks its own connection's echo ("parent: ok lib=N").
+ *
+ * Every wait is bounded (alarm, SO_RCVTIMEO). */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static void die(const char *what)
+{
+    printf("FAILED %s: %s\n", what, strerror(errno));
+    fflush(stdout);
+    exit(1);
+}
+
+static int is_lib(int fd)
+{
+    char p[64], b[128];
+    snprintf(p, sizeof p, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(p, b, sizeof b - 1);
+    b[n < 0 ? 0 : n] = 0;
+    return strstr(b, "eventfd") != NULL;
+}
+
+static struct sockaddr_in lo(int port)
+{
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    return a;
+}
+
+static void timeouts(int fd, int secs)
+{
+    struct timeval tv = {secs, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+}
+
+static int write_all(int fd, const unsigned char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return -1;
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+static void *echo_conn(void *arg)
+{
+    int c = (int)(long)arg;
+    static __thread unsigned char buf[65536];
+    timeouts(c, 30);
+    for (;;) {
+        ssize_t n = read(c, buf, sizeof buf);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n == 0)
+            printf("eof\n");
+        if (n < 0)
+            printf("error %s\n", strerrorname_np(errno));
+        if (n <= 0)
+            break;
+        if (write_all(c, buf, (size_t)n) < 0)
+            break;
+    }
+    close(c);
+    return NULL;
+}
+
+static void *udp_echo(void *arg)
+{
+    int u = (int)(long)arg;
+    unsigned char buf[2048];
+    for (;;) {
+        struct sockaddr_storage from;
+        socklen_t fl = sizeof from;
+        ssize_t n = recvfrom(u, buf, sizeof buf, 0, (struct sockaddr *)&from, &fl);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            die("udp recvfrom");
+        if (sendto(u, buf, (size_t)n, 0, (struct sockaddr *)&from, fl) < 0)
+            die("udp sendto");
+    }
+    return NULL;
+}
+
+static int server(int tport, int uport)
+{
+    alarm(120);
+    int l = socket(AF_INET, SOCK_STREAM, 0);
+    if (l < 0)
+        die("socket");
+    int one = 1;
+    setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a = lo(tport);
+    if (bind(l, (struct sockaddr *)&a, sizeof a) < 0)
+        die("bind tcp");
+    if (listen(l, 64) < 0)
+        die("listen");
+    int u = socket(AF_INET, SOCK_DGRAM, 0);
+    if (u < 0)
+        die("udp socket");
+    struct sockaddr_in ua = lo(uport);
+    if (bind(u, (struct sockaddr *)&ua, sizeof ua) < 0)
+        die("bind udp");
+    pthread_t t;
+    if (pthread_create(&t, NULL, udp_echo, (void *)(long)u) != 0)
+        die("pthread_create");
+    printf("#lib=%d\nready\n", is_lib(l) && is_lib(u));
+    fflush(stdout);
+    for (;;) {
+        int c = accept(l, NULL, NULL);
+        if (c < 0 && errno == EINTR)
+            continue;
+        if (c < 0)
+            die("accept");
+        if (pthread_create(&t, NULL, echo_conn, (void *)(long)c) != 0)
+            die("pthread_create");
+        pthread_detach(t);
+    }
+    return 0;
+}
+
+struct conn {
+    int fd;
+    size_t bytes;
+    int ok;
+};
+
+static unsigned char pattern(size_t i, int fd)
+{
+    return (unsigned char)(i * 7 + i / 251 + (size_t)fd);
+}
+
+static void *sender(void *arg)
+{
+    struct conn *c = arg;
+    unsigned char buf[16384];
+    size_t off = 0;
+    while (off < c->bytes) {
+        size_t n = c->bytes - off < sizeof buf ? c->bytes - off : sizeof buf;
+        for (size_t i = 0; i < n; i++)
+            buf[i] = pattern(off + i, c->fd);
+        if (write_all(c->fd, buf, n) < 0)
+            die("client write");
+        off += n;
+    }
+    shutdown(c->fd, SHUT_WR);
+    return NULL;
+}
+
+static void *receiver(void *arg)
+{
+    struct conn *c = arg;
+    unsigned char buf[16384];
+    size_t off = 0;
+    for (;;) {
+        ssize_t n = read(c->fd, buf, sizeof buf);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            die("client read");
+        if (n == 0)
+            break;
+        for (ssize_t i = 0; i < n; i++)
+            if (buf[i] != pattern(off + (size_t)i, c->fd)) {
+                printf("FAILED byte %zu of connection fd %d\n", off + (size_t)i, c->fd);
+                fflush(stdout);
+                exit(1);
+            }
+        off += (size_t)n;
+    }
+    c->ok = off == c->bytes;
+    return NULL;
+}
+
+static int client(int tport, int uport, int nconn, size_t bytes)
+{
+    alarm(120);
+    struct conn cs[16];
+    pthread_t ts[32];
+    if (nconn > 16)
+        nconn = 16;
+    for (int i = 0; i < nconn; i++) {
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        if (fd < 0)
+            die("socket");
+        struct sockaddr_in a = lo(tport);
+        if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0)
+            die("connect");
+        if (i == 0) {
+            printf("#lib=%d\n", is_lib(fd));
+            fflush(stdout);
+        }
+        timeouts(fd, 30);
+        cs[i] = (struct conn){fd, bytes, 0};
+    }
+    for (int i = 0; i < nconn; i++) {
+        pthread_create(&ts[2 * i], NULL, sender, &cs[i]);
+        pthread_create(&ts[2 * i + 1], NULL, receiver, &cs[i]);
+    }
+    int good = 0;
+    for (int i = 0; i < nconn; i++) {
+        pthread_join(ts[2 * i], NULL);
+        pthread_join(ts[2 * i + 1], NULL);
+        good += cs[i].ok;
+        close(cs[i].fd);
+    }
+    if (good != nconn) {
+        printf("FAILED %d of %d connections came back whole\n", nconn - good, nconn);
+        return 1;
+    }
+    printf("tcp ok %d %zu\n", nconn, bytes);
+    int u = socket(AF_INET, SOCK_DGRAM, 0);
+    if (u < 0)
+        die("udp socket");
+    timeouts(u, 5);
+    struct sockaddr_in ua = lo(uport);
+    for (int i = 0; i < 16; i++) {
+        char msg[64], got[64];
+        int n = snprintf(msg, sizeof msg, "datagram %d", i);
+        if (sendto(u, msg, (size_t)n, 0, (struct sockaddr *)&ua, sizeof ua) != n)
+            die("udp sendto");
+        ssize_t r = recv(u, got, sizeof got, 0);
+        if (r < 0)
+            die("udp recv");
+        if (r != n || memcmp(got, msg, (size_t)n) != 0) {
+            printf("FAILED datagram %d came back wrong\n", i);
+            return 1;
+        }
+    }
+    printf("udp lib=%d\nudp ok 16\n", is_lib(u));
+    return 0;
+}
+
+static int connect_kernel(int port)
+{
+    alarm(30);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0)
+        die("socket");
+    struct sockaddr_in a = lo(port);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0)
+        die("connect");
+    printf("#lib=%d\n", is_lib(fd));
+    timeouts(fd, 10);
+    if (write_all(fd, (const unsigned char *)"hello", 5) < 0)
+        die("write");
+    char buf[64];
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    if (n < 0)
+        die("read");
+    buf[n] = 0;
+    printf("answer %s\n", buf);
+    return 0;
+}
+
+static int bind_one(const char *proto, int port)
+{
+    int fd = socket(AF_INET, strcmp(proto, "udp") == 0 ? SOCK_DGRAM : SOCK_STREAM, 0);
+    if (fd < 0)
+        die("socket");
+    struct sockaddr_in a = lo(port);
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) == 0)
+        printf("bind ok\n");
+    else
+        printf("bind %s\n", errno == EADDRINUSE ? "EADDRINUSE" : strerror(errno));
+    return 0;
+}
+
+static void bind_print(const char *what, const char *proto, int port)
+{
+    int fd = socket(AF_INET, strcmp(proto, "udp") == 0 ? SOCK_DGRAM : SOCK_STREAM, 0);
+    if (fd < 0)
+        die("socket");
+    struct sockaddr_in a = lo(port);
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) == 0)
+        printf("%s ok lib=%d\n", what, is_lib(fd));
+    else
+        printf("%s %s\n", what, strerrorname_np(errno));
+    fflush(stdout);
+}
+
+static int rebind(const char *proto, int p1, int p2)
+{
+    alarm(60);
+    bind_print("first", proto, p1);
+    char line[16];
+    if (!fgets(line, sizeof line, stdin))
+        die("stdin");
+    bind_print("second", proto, p2);
+    return 0;
+}
+
+static int echo_once(int fd, const char *msg)
+{
+    size_t n = strlen(msg);
+    if (write_all(fd, (const unsigned char *)msg, n) < 0)
+        return -1;
+    char buf[64];
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = read(fd, buf + got, sizeof buf - got);
+        if (r <= 0)
+            return -1;
+        got += (size_t)r;
+    }
+    return memcmp(buf, msg, n) == 0 ? 0 : -1;
+}
+
+static int fork_test(int port)
+{
+    alarm(60);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0)
+        die("socket");
+    struct sockaddr_in a = lo(port);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0)
+        die("connect");
+    timeouts(fd, 10);
+    if (echo_once(fd, "before fork") < 0)
+        die("echo before fork");
+    pid_t pid = fork();
+    if (pid < 0)
+        die("fork");
+    if (pid == 0) {
+        char b;
+        ssize_t r = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+        printf("child inherited: %s\n", r < 0 ? strerrorname_np(errno) : "readable");
+        int c = socket(AF_INET, SOCK_STREAM, 0);
+        if (c < 0 || connect(c, (struct sockaddr *)&a, sizeof a) < 0)
+            die("child connect");
+        timeouts(c, 10);
+        printf("child new: %s lib=%d\n", echo_once(c, "from the child") == 0 ? "ok" : "FAILED", is_lib(c));
+        fflush(stdout);
+        _exit(0);
+    }
+    int st;
+    waitpid(pid, &st, 0);
+    printf("parent: %s lib=%d\n", echo_once(fd, "after fork") == 0 ? "ok" : "FAILED", is_lib(fd));
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    if (argc >= 4 && strcmp(argv[1], "server") == 0)
+        return server(atoi(argv[2]), atoi(argv[3]));
+    if (argc >= 6 && strcmp(argv[1], "client") == 0)
+        return client(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), (size_t)atol(argv[5]));
+    if (argc >= 3 && strcmp(argv[1], "connect") == 0)
+        return connect_kernel(atoi(argv[2]));
+    if (argc >= 4 && strcmp(argv[1], "bind") == 0)
+        return bind_one(argv[2], atoi(argv[3]));
+    if (argc >= 3 && strcmp(argv[1], "hold") == 0) {
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in a = lo(atoi(argv[2]));
+        if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) < 0)
+            die("connect");
+        timeouts(fd, 10);
+        printf("hold %s\n", echo_once(fd, "held") == 0 ? "ok" : "FAILED");
+        return 0;
+    }
+    if (argc >= 5 && strcmp(argv[1], "rebind") == 0)
+        return rebind(argv[2], atoi(argv[3]), atoi(argv[4]));
+    if (argc >= 3 && strcmp(argv[1], "fork") == 0)
+        return fork_test(atoi(argv[2]));
+    fprintf(stderr, "usage: emu_peer server TCP UDP | client TCP UDP N BYTES | connect PORT | bind tcp|udp PORT | hold TCP | rebind PROTO P1 P2 | fork TCP\n");
+    return 2;
+}
