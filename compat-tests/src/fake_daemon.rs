@@ -219,7 +219,7 @@ fn serve(mut s: UnixStream, pid: u32, stop: &AtomicBool, state: &Mutex<State>) {
                     st.ports.push((pid, port));
                     nic = Some(fds);
                     Outcome::Ok(Response::Nic {
-                        nic: NicInfo { tcp_ports: tcp, udp_ports: udp, grants: vec![] },
+                        nic: NicInfo { tcp_ports: tcp, udp_ports: udp, grants: vec![], addrs: vec![] },
                     })
                 }
                 Err(_) => refuse(ErrorKind::Internal { reason: "no NIC".into() }),

@@ -101,6 +101,7 @@ fn serve(mut s: UnixStream, log: Log, nic: Arc<Mutex<Option<emulator::NicFds>>>,
                     tcp_ports: PortRange::new(TCP_BLOCK.0, TCP_BLOCK.1).unwrap(),
                     udp_ports: PortRange::new(UDP_BLOCK.0, UDP_BLOCK.1).unwrap(),
                     grants: vec![GrantId(1), GrantId(2)],
+                    addrs: vec![],
                 };
                 let all = [&fds.region, &fds.to_container, &fds.to_switch];
                 reply(&mut s, f.seq, ok(Response::Nic { nic: info }), &all)
