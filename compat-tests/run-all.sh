@@ -3,7 +3,8 @@
 #   1. lint: cargo fmt --check, cargo clippy -D warnings
 #   2. build and unit tests; the differential suite (native vs shim, compat-tests/tests)
 #   3. end-to-end with real servers (memcached, redis) under the shim, sockets on the kernel
-#      and on the library OS (kernel clients through the listeners' kernel halves)
+#      and on the library OS (kernel clients through the listeners' kernel halves), and on
+#      the emulator backend (daemon, switch, clients under the shim and not, control plane)
 #   4. a sweep of 28 real programs (java, node, nginx, postgres, git, ...) native vs shim
 #   5. external suites (CPython's regression tests, tornado; CPython's socket and event-loop
 #      tests with sockets on the library OS) native vs shim
@@ -28,6 +29,9 @@ step "end-to-end: memcached and redis under the shim"
 compat-tests/e2e/servers.sh
 step "end-to-end: the same servers with their sockets on the library OS, clients on the kernel"
 ARRAKIS_BACKEND=loopback ARRAKIS_KERNEL_CLIENTS=1 ARRAKIS_SKIP_BUILD=1 compat-tests/e2e/servers.sh
+
+step "end-to-end: the emulator backend (daemon, switch, bypass and kernel clients, revoke, kill -9, daemon restart)"
+ARRAKIS_SKIP_BUILD=1 compat-tests/e2e/emulator.sh
 
 step "sweep of real programs, native vs shim"
 SWEEP_NO_BUILD=1 SWEEP_REQUIRE_ALL=1 compat-tests/sweep/run.sh
