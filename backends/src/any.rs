@@ -31,6 +31,17 @@ impl From<EmulatorNic> for AnyDevice {
     }
 }
 
+impl AnyDevice {
+    /// A probe of the receive ring, for a device whose frames arrive from another process
+    /// (the emulator's NIC); `None` for the loopback.
+    pub fn rx_probe(&self) -> Option<crate::emulator::ring::RingProbe> {
+        match self {
+            AnyDevice::Loopback(_) => None,
+            AnyDevice::Emulator(n) => Some(n.rx_probe()),
+        }
+    }
+}
+
 /// A received frame of either device.
 pub enum AnyRx<'a> {
     /// From the loopback.

@@ -65,6 +65,11 @@ pub mod ev {
 /// The `epoll_data` the shim gives our wake eventfd in the kernel epoll; events carrying it
 /// are stripped before the program sees them.
 pub const WAKE_DATUM: u64 = 0xA77A_C1D5_0000_0001;
+/// The `epoll_data` of the device's doorbell (the emulator NIC's rx eventfd) in our kernel
+/// epoll instances: a frame from the switch wakes a thread sleeping in `epoll_wait` directly,
+/// which runs the stack itself (the lock runs it), instead of waiting for the progress
+/// thread to take the frame and ring the instance's wake eventfd.
+pub const DEVICE_DATUM: u64 = 0xA77A_C1D5_0000_0002;
 
 /// A thread's wake-up eventfd for `poll`/`select`.
 #[derive(Debug)]

@@ -432,6 +432,14 @@ pub(crate) fn epoll_created(kfd: c_int) -> c_int {
             real!(close(kfd) else sys(libc::SYS_close, kfd));
             return Err(e);
         }
+        // Over the emulator's NIC, its doorbell too (edge-triggered: a wake-up per ring).
+        if let Some(bell) = arrakis_core::net::world::device_doorbell() {
+            let mut ev =
+                epoll_event { events: (libc::EPOLLIN | libc::EPOLLET) as u32, u64: cev::DEVICE_DATUM };
+            // SAFETY: registering the NIC's doorbell, an eventfd of ours, in the new instance.
+            // Failing only costs the direct wake-up (the progress thread still takes frames).
+            let _ = unsafe { real_epoll_ctl(kfd, libc::EPOLL_CTL_ADD, bell, &mut ev) };
+        }
         match table().install(kfd, obj) {
             Ok(stale) => {
                 drop(stale);
@@ -1386,7 +1394,7 @@ unsafe fn strip_wake(evs: *mut epoll_event, n: usize) -> (usize, bool) {
     for i in 0..n {
         // SAFETY: within the caller's initialised events.
         let e = unsafe { evs.add(i).read_unaligned() };
-        if e.u64 == cev::WAKE_DATUM {
+        if e.u64 == cev::WAKE_DATUM || e.u64 == cev::DEVICE_DATUM {
             woke = true;
             continue;
         }
@@ -1455,6 +1463,12 @@ unsafe fn wait_common(
                 l.as_micros().div_ceil(1000).min(c_int::MAX as u128) as c_int
             }
         };
+        // Over the emulator's NIC: poll its rx ring for a moment before sleeping in the
+        // kernel, so a frame that comes in is taken here with no wake-up (kernel fds are
+        // looked at when the spin ends).
+        if left != 0 && arrakis_core::net::world::device_spin(deadline) {
+            continue;
+        }
         let slept = left != 0 && ep.sleep_begin();
         if left != 0 && !slept {
             continue;

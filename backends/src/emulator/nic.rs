@@ -108,6 +108,11 @@ impl EmulatorNic {
         })
     }
 
+    /// A probe of the rx ring for threads that poll it without the NIC ([`RingProbe`]).
+    pub fn rx_probe(&self) -> super::ring::RingProbe {
+        self.rx.probe()
+    }
+
     /// Faults the switch committed (a bug there, never a container's doing).
     pub fn faults(&self) -> RingFaults {
         self.rx.faults

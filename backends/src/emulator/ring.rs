@@ -593,6 +593,48 @@ impl Consumer {
     }
 }
 
+/// A view of a consumer's ring that needs no access to the [`Consumer`] itself: for threads
+/// that poll the ring while another part of the program owns the consumer (the library OS's
+/// waiting threads, which poll the rx ring without the world lock and run the stack only when
+/// a frame is there). It reads the producer's `head` and the consumer's own published `tail`,
+/// and sets the consumer's doorbell request; it never consumes.
+#[derive(Debug, Clone)]
+pub struct RingProbe {
+    region: Arc<Region>,
+    ring: Ring,
+}
+
+impl RingProbe {
+    /// Whether frames (valid or not) wait in the ring.
+    pub fn pending(&self) -> bool {
+        let ctl = self.region.ctl(self.ring);
+        let head = ctl.head.load(Ordering::Acquire);
+        let used = head.wrapping_sub(ctl.tail.load(Ordering::Relaxed));
+        used != 0 && used <= self.region.ring_size()
+    }
+
+    /// While this thread polls: the producer need not ring (its doorbell would only wake a
+    /// sleeper for a frame the poller takes anyway).
+    pub fn suppress(&self) {
+        self.region.ctl(self.ring).consumer_waiting.store(0, Ordering::Relaxed);
+    }
+
+    /// The poller stops: the producer rings again for the next frame. Then looks once more:
+    /// `true` if a frame came in between (the caller must see that it is consumed).
+    pub fn rearm(&self) -> bool {
+        self.region.ctl(self.ring).consumer_waiting.store(1, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        self.pending()
+    }
+}
+
+impl Consumer {
+    /// A [`RingProbe`] of this consumer's ring.
+    pub fn probe(&self) -> RingProbe {
+        RingProbe { region: self.region.clone(), ring: self.ring }
+    }
+}
+
 /// A doorbell: a non-blocking eventfd. Ringing it is one `write`; the sleeper polls it.
 #[derive(Debug)]
 pub struct Doorbell(OwnedFd);

@@ -14,11 +14,12 @@
 //! handler, also as Linux. So the library OS needs no signal bookkeeping of its own (the one
 //! exception, a signal during the poll before the sleep, is described at [`Wait::spin`]).
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant as StdInstant};
 
 use arrakis_backends::any::AnyDevice;
+use arrakis_backends::emulator::ring::RingProbe;
 use arrakis_backends::loopback::Loopback;
 use arrakis_backends::NetDevice;
 use rustix::thread::futex;
@@ -105,18 +106,35 @@ impl Wait {
             }
             end = end.min(d);
         }
-        loop {
+        let probe = probe();
+        if let Some(p) = probe {
+            p.suppress();
+        }
+        let moved = loop {
             for _ in 0..8 {
                 std::hint::spin_loop();
             }
+            // A frame for the device: run the stack here (it bumps the word if the frame
+            // concerns this waiter) rather than ring the progress thread.
+            if probe.is_some_and(RingProbe::pending) {
+                drop(net().lock());
+            }
+            if self.gen.load(SeqCst) != seen {
+                self.misses.store(0, Relaxed);
+                break true;
+            }
+            if StdInstant::now() >= end {
+                break false;
+            }
+        };
+        if probe.is_some_and(RingProbe::rearm) {
+            drop(net().lock());
             if self.gen.load(SeqCst) != seen {
                 self.misses.store(0, Relaxed);
                 return true;
             }
-            if StdInstant::now() >= end {
-                return false;
-            }
         }
+        moved
     }
 
     /// Sleeps until [`Wait::notify`] after generation `seen`, a signal, or `deadline`.
@@ -160,6 +178,86 @@ static SPIN_US: AtomicU32 = AtomicU32::new(DEFAULT_SPIN_US);
 const SPIN_MISSES: u32 = 2;
 /// While backed off, one wait in this many polls.
 const SPIN_PROBE: u32 = 256;
+
+/// The rx ring of a device whose frames come from another process (the emulator's NIC), and
+/// the pid of the process that owns it (a forked child must not touch it): waiting threads
+/// poll it while they spin, so that a frame that arrives is taken by the thread that waits
+/// for it, with no doorbell and no wake-up of the progress thread.
+static PROBE: OnceLock<(u32, RingProbe)> = OnceLock::new();
+
+/// Spins of [`device_spin`] in a row that ended with nothing before it backs off.
+static DEVICE_MISSES: AtomicU32 = AtomicU32::new(0);
+
+/// Set in a forked child: the probe is the parent's.
+static PROBE_OFF: AtomicBool = AtomicBool::new(false);
+
+/// The device's rx probe, if this process owns one.
+fn probe() -> Option<&'static RingProbe> {
+    if PROBE_OFF.load(Relaxed) {
+        return None;
+    }
+    PROBE.get().map(|(_, p)| p)
+}
+
+/// Busy-polls the device's rx ring for at most the spin time (`ARRAKIS_SPIN_US`) and never
+/// past `deadline`, before a caller that found nothing ready sleeps in the kernel (an epoll
+/// or poll wait): returns `true` after a frame came in and the stack ran on it (the caller
+/// looks again), `false` when the time is up (the caller sleeps; the rx ring rings the
+/// progress thread again, as before the spin). While it polls, the switch does not ring the
+/// doorbell. Backs off as [`Wait::spin`] does when spins find nothing. Over a device without
+/// a probe (the loopback), returns `false` at once.
+pub fn device_spin(deadline: Option<StdInstant>) -> bool {
+    let Some(p) = probe() else { return false };
+    let us = SPIN_US.load(Relaxed);
+    if us == 0 {
+        return false;
+    }
+    let misses = DEVICE_MISSES.load(Relaxed);
+    if misses >= SPIN_MISSES && !(misses - SPIN_MISSES).is_multiple_of(SPIN_PROBE) {
+        DEVICE_MISSES.fetch_add(1, Relaxed);
+        return false;
+    }
+    let now = StdInstant::now();
+    let mut end = now + Duration::from_micros(u64::from(us));
+    if let Some(d) = deadline {
+        if now >= d {
+            return false;
+        }
+        end = end.min(d);
+    }
+    p.suppress();
+    let mut hit = false;
+    'spin: loop {
+        for _ in 0..16 {
+            std::hint::spin_loop();
+            if p.pending() {
+                hit = true;
+                break 'spin;
+            }
+        }
+        if StdInstant::now() >= end {
+            break;
+        }
+    }
+    hit |= p.rearm();
+    if hit {
+        DEVICE_MISSES.store(0, Relaxed);
+        // Runs the stack on the frames and wakes whoever they concern.
+        drop(net().lock());
+    } else {
+        DEVICE_MISSES.fetch_add(1, Relaxed);
+    }
+    hit
+}
+
+/// The device's doorbell fd (the emulator NIC's), for a kernel wait that should wake on
+/// frames too ([`crate::event::DEVICE_DATUM`]); `None` over the loopback or in a forked child.
+pub fn device_doorbell() -> Option<std::os::fd::RawFd> {
+    use std::os::fd::AsRawFd;
+    probe()?;
+    let g = net().lock();
+    g.stack.device().doorbell().map(|fd| fd.as_raw_fd())
+}
 
 /// Sets the busy-poll time of blocking calls, in microseconds (0: sleep at once).
 pub fn set_spin_us(us: u32) {
@@ -393,6 +491,9 @@ pub fn net() -> &'static Net {
         let dev = DEVICE.lock().unwrap_or_else(|e| e.into_inner()).take();
         let (dev, ephemeral) =
             dev.unwrap_or_else(|| (AnyDevice::from(Loopback::default()), Ephemeral::default()));
+        if let Some(p) = dev.rx_probe() {
+            let _ = PROBE.set((std::process::id(), p));
+        }
         let mut stack = Stack::new(dev, &addrs, Instant::from_micros(0), bufs);
         let seed = u64::from(std::process::id()) ^ epoch.elapsed().as_nanos() as u64 ^ 0x9e37_79b9_7f4a_7c15;
         stack.set_ephemeral_seeded(ephemeral, seed.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 17);
@@ -639,6 +740,7 @@ impl ForkGuard {
                 // parent's are untouched (nothing is written to the shared region).
                 *g.stack.device_mut() = AnyDevice::from(Loopback::default());
                 g.detached = true;
+                PROBE_OFF.store(true, SeqCst);
             }
         }
         drop(self.0.take());

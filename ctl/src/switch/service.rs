@@ -426,6 +426,15 @@ pub fn main(socket: &Path, uplink: Option<&str>) -> anyhow::Result<()> {
     }
     log(format_args!("listening on {} (pid {})", socket.display(), std::process::id()));
     let mut s = Service::new(listener)?;
+    if let Some(v) = std::env::var_os("ARRAKIS_SWITCH_SPIN_US") {
+        match v.to_str().and_then(|v| v.trim().parse::<u64>().ok()).filter(|&us| us <= 1_000_000) {
+            Some(us) => s.sw.spin = Duration::from_micros(us),
+            None => log(format_args!(
+                "ARRAKIS_SWITCH_SPIN_US={v:?} is not 0 to 1000000 microseconds; using {} us",
+                s.sw.spin.as_micros()
+            )),
+        }
+    }
     if let Some(tap) = tap {
         log(format_args!("uplink {}", tap.name()));
         s.sw.set_uplink(tap)?;
