@@ -32,6 +32,8 @@ ARRAKIS_BACKEND=loopback ARRAKIS_KERNEL_CLIENTS=1 ARRAKIS_SKIP_BUILD=1 compat-te
 
 step "end-to-end: the emulator backend (daemon, switch, bypass and kernel clients, revoke, kill -9, daemon restart)"
 ARRAKIS_SKIP_BUILD=1 compat-tests/e2e/emulator.sh
+step "end-to-end: the switch's uplink (tun in a network namespace the test creates)"
+ARRAKIS_SKIP_BUILD=1 compat-tests/e2e/uplink.sh
 
 step "sweep of real programs, native vs shim"
 SWEEP_NO_BUILD=1 SWEEP_REQUIRE_ALL=1 compat-tests/sweep/run.sh

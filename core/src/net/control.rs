@@ -388,6 +388,9 @@ pub fn start(name: &str, path: &Path) -> Result<NicInfo, StartError> {
     .ok_or_else(|| refused("the nic reply's port blocks are empty".into()))?;
     let nic = EmulatorNic::from_fds(NicFds { region, to_container, to_switch })
         .map_err(|e| refused(format!("the NIC's region is not usable: {e}")))?;
+    if let Some(&u) = info.addrs.first() {
+        super::world::set_uplink(u);
+    }
     if super::world::attach_device_with(AnyDevice::from(nic), blocks).is_err() {
         return Err(refused("the network world already exists (a socket was made before start-up)".into()));
     }

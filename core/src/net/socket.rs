@@ -307,10 +307,23 @@ pub fn placeholder(nonblock: bool, cloexec: bool) -> SysResult<OwnedFd> {
 /// Whether the loopback backend serves this address (the stack's own addresses and the
 /// wildcards); other addresses stay on the kernel.
 pub fn serves(addr: &SocketAddr) -> bool {
+    is_local(addr) || on_uplink(unmap(addr.ip()))
+}
+
+/// The library OS's own addresses (what `bind` accepts): loopback, the wildcards, and the
+/// uplink address if the switch has an uplink.
+pub fn is_local(addr: &SocketAddr) -> bool {
     match unmap(addr.ip()) {
-        IpAddr::V4(a) => a == Ipv4Addr::LOCALHOST || a.is_unspecified(),
-        IpAddr::V6(a) => a == Ipv6Addr::LOCALHOST || a.is_unspecified(),
+        IpAddr::V4(a) if a == Ipv4Addr::LOCALHOST || a.is_unspecified() => true,
+        IpAddr::V6(a) if a == Ipv6Addr::LOCALHOST || a.is_unspecified() => true,
+        ip => super::world::uplink().is_some_and(|u| u.addr() == ip),
     }
+}
+
+/// A host on the switch's uplink network other than this process's own address: reached
+/// through the switch's uplink.
+fn on_uplink(ip: IpAddr) -> bool {
+    super::world::uplink().is_some_and(|u| u.addr() != ip && u.contains(ip))
 }
 
 /// `::ffff:a.b.c.d` → `a.b.c.d`.
@@ -531,6 +544,10 @@ impl Socket {
     pub fn serves_peer(&self, to: &SocketAddr) -> bool {
         if !serves(to) {
             return false;
+        }
+        // A host on the uplink network: through the switch's uplink, whoever serves it.
+        if on_uplink(unmap(to.ip())) {
+            return true;
         }
         if !control::active() {
             return true;
@@ -1678,7 +1695,7 @@ fn bind_check(g: &Inner, id: usize, addr: SocketAddr) -> SysResult<()> {
             return Err(Errno::EINVAL);
         }
     }
-    if !serves(&addr) {
+    if !is_local(&addr) {
         return Err(Errno::EADDRNOTAVAIL);
     }
     Ok(())
@@ -1860,6 +1877,9 @@ fn local_key(ip: IpAddr) -> Option<IpAddress> {
 fn source_for(local: Option<SocketAddr>, dst: IpAddress) -> IpAddress {
     match local.and_then(|l| local_key(l.ip())) {
         Some(a) if a.version() == dst.version() => a,
+        _ if on_uplink(IpAddr::from(dst)) => {
+            super::world::uplink().map_or(IpAddress::Ipv4(Ipv4Addr::LOCALHOST), |u| IpAddress::from(u.addr()))
+        }
         _ => match dst {
             IpAddress::Ipv4(_) => IpAddress::Ipv4(Ipv4Addr::LOCALHOST),
             IpAddress::Ipv6(_) => IpAddress::Ipv6(Ipv6Addr::LOCALHOST),

@@ -476,6 +476,22 @@ pub fn attach_device_with(dev: AnyDevice, ephemeral: Ephemeral) -> Result<(), An
 
 static NET: OnceLock<Net> = OnceLock::new();
 
+/// The process's address on the switch's uplink network, if the daemon gave one
+/// ([`set_uplink`]).
+static UPLINK: OnceLock<arrakis_backends::proto::IfAddr> = OnceLock::new();
+
+/// Gives the world an address on the switch's uplink network besides loopback (the daemon's
+/// `NicInfo::addrs`): hosts on that network are reached through the switch's uplink, and the
+/// address can be bound. Must come before the world exists, as [`attach_device`].
+pub fn set_uplink(addr: arrakis_backends::proto::IfAddr) -> bool {
+    NET.get().is_none() && UPLINK.set(addr).is_ok()
+}
+
+/// The uplink address, if there is one.
+pub fn uplink() -> Option<arrakis_backends::proto::IfAddr> {
+    UPLINK.get().copied()
+}
+
 /// Loopback addresses the library OS serves.
 pub const LOOPBACK_V4: std::net::Ipv4Addr = std::net::Ipv4Addr::LOCALHOST;
 
@@ -484,10 +500,11 @@ pub fn net() -> &'static Net {
     NET.get_or_init(|| {
         let epoch = StdInstant::now();
         let bufs = Buffers { tcp_rx: 256 * 1024, tcp_tx: 256 * 1024, nagle: true, ack_delay: None };
-        let addrs = [
+        let mut addrs = vec![
             IpCidr::new(IpAddress::Ipv4(LOOPBACK_V4), 8),
             IpCidr::new(IpAddress::Ipv6(std::net::Ipv6Addr::LOCALHOST), 128),
         ];
+        addrs.extend(uplink().map(|u| IpCidr::new(IpAddress::from(u.addr()), u.prefix())));
         let dev = DEVICE.lock().unwrap_or_else(|e| e.into_inner()).take();
         let (dev, ephemeral) =
             dev.unwrap_or_else(|| (AnyDevice::from(Loopback::default()), Ephemeral::default()));
