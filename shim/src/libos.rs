@@ -23,15 +23,23 @@ static MODE: AtomicU8 = AtomicU8::new(KERNEL);
 const KERNEL: u8 = 0;
 const LOOPBACK: u8 = 1;
 const EMULATOR: u8 = 2;
+/// The emulator backend, not attached yet: the process registers and takes its NIC when it
+/// first needs the library OS (its first socket or epoll instance), so that the many
+/// processes that never open a socket (a shell script's `basename`, `sed`, ...) take no NIC and
+/// no port block.
+const EMULATOR_PENDING: u8 = 3;
 
-/// Called once by the constructor, before any socket: the emulator backend attaches the
-/// process to the daemon's switch here (or, with no daemon, logs one line and leaves every
-/// socket on the kernel); then sets whether library-OS TCP sockets get kernel halves.
+/// Serialises the attachment of a pending process.
+static ATTACHING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Called once by the constructor, before any socket: picks the backend (the emulator
+/// attaches the process to the daemon's switch at its first socket, [`serving`]); then sets
+/// whether library-OS TCP sockets get kernel halves.
 pub(crate) fn configure(cfg: &Config) {
     let mode = match cfg.backend {
         Backend::Kernel => KERNEL,
         Backend::Loopback => LOOPBACK,
-        Backend::Emulator => attach(),
+        Backend::Emulator => EMULATOR_PENDING,
     };
     MODE.store(mode, Ordering::Release);
     arrakis_core::net::set_kernel_clients(cfg.kernel_clients());
@@ -59,7 +67,8 @@ fn attach() -> u8 {
 }
 
 /// In a child after `fork`: the emulator's NIC is the parent's, so new sockets go to the
-/// kernel (the inherited world is detached, `net::world::ForkGuard::child`).
+/// kernel (the inherited world is detached, `net::world::ForkGuard::child`). A child of a
+/// process that had not attached yet attaches on its own at its first socket.
 pub(crate) fn forked_child() {
     let _ = MODE.compare_exchange(EMULATOR, KERNEL, Ordering::AcqRel, Ordering::Acquire);
 }
@@ -78,7 +87,19 @@ const EXIT_BUDGET: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Whether new sockets of the library OS's families go to the library OS.
 pub(crate) fn serving() -> bool {
-    MODE.load(Ordering::Acquire) != KERNEL
+    match MODE.load(Ordering::Acquire) {
+        KERNEL => false,
+        EMULATOR_PENDING => {
+            // Registers with the daemon and takes the NIC (or, with no daemon, logs one
+            // line and leaves every socket on the kernel).
+            let _g = ATTACHING.lock().unwrap_or_else(|e| e.into_inner());
+            if MODE.load(Ordering::Acquire) == EMULATOR_PENDING {
+                MODE.store(attach(), Ordering::Release);
+            }
+            MODE.load(Ordering::Acquire) != KERNEL
+        }
+        _ => true,
+    }
 }
 
 /// The socket at `fd`, if it is one of ours.
@@ -376,7 +397,7 @@ fn do_send_msg(
 
 /// `socket(2)` for the library OS: `None` if the library OS does not take this kind of socket.
 pub(crate) fn socket(domain: c_int, ty: c_int, proto: c_int) -> Option<c_int> {
-    if !serving() {
+    if MODE.load(Ordering::Acquire) == KERNEL {
         return None;
     }
     let fam = match domain {
@@ -391,6 +412,10 @@ pub(crate) fn socket(domain: c_int, ty: c_int, proto: c_int) -> Option<c_int> {
         _ => return None,
     };
     if ty & !(base | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) != 0 {
+        return None;
+    }
+    // A pending emulator process attaches here, at its first TCP/UDP socket.
+    if !serving() {
         return None;
     }
     let nonblock = ty & libc::SOCK_NONBLOCK != 0;
