@@ -149,9 +149,12 @@ fn kill_9_of_a_container_frees_its_ports_for_the_next() {
         let v = json(&dir, &["filters"]);
         v["grants"].as_array().unwrap().iter().all(|g| g["holders"][0].as_u64() != Some(u64::from(a_pid)))
     });
-    // Its port and its ephemeral blocks go to the next container; its switch port is gone.
+    // Its port goes to the next container; its ephemeral blocks are free again but wait at
+    // the back of the queue (a dead process's connections may still be open at their
+    // peers), so the next container gets unused ones; its switch port is gone.
     let c = Container::start(&dir, "child", "c", &[40031]);
-    assert_eq!((c.ready["tcp_ports"].clone(), c.ready["udp_ports"].clone()), blocks);
+    assert_ne!(c.ready["tcp_ports"], blocks.0);
+    assert_ne!(c.ready["udp_ports"], blocks.1);
     assert!(traffic(&dir, a_pid).is_null());
     assert!(!traffic(&dir, c.pid()).is_null());
 }

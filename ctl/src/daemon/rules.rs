@@ -140,6 +140,12 @@ pub struct Registry {
     changes: Vec<Change>,
     /// The containers' address on the switch's uplink, if it has one.
     uplink: Option<IfAddr>,
+    /// When each ephemeral block was last given back, as a sequence number: a new block is
+    /// the free one given back longest ago (never: first), so a block a process just left —
+    /// perhaps by `kill -9`, its connections still open at their peers — goes to the next
+    /// container as late as possible, not at once (in memory only; a restart forgets).
+    released_blocks: BTreeMap<(Proto, u16), u64>,
+    release_seq: u64,
 }
 
 /// Constant-time comparison of two tokens.
@@ -159,6 +165,8 @@ impl Registry {
             counters: DaemonCounters::default(),
             changes: Vec::new(),
             uplink: None,
+            released_blocks: BTreeMap::new(),
+            release_seq: 0,
         }
     }
 
@@ -224,7 +232,9 @@ impl Registry {
         }
         for id in touched {
             if self.grants.get(&id).is_some_and(|g| g.holders.is_empty()) {
-                self.grants.remove(&id);
+                if let Some(g) = self.grants.remove(&id) {
+                    self.note_release(&g);
+                }
                 self.changes.push(Change::DelGrant(id));
                 self.counters.released += 1;
                 released.push(id);
@@ -233,6 +243,14 @@ impl Registry {
             }
         }
         released
+    }
+
+    /// Records that an ephemeral block's grant ended (see `released_blocks`).
+    fn note_release(&mut self, g: &GrantRec) {
+        if g.ephemeral {
+            self.release_seq += 1;
+            self.released_blocks.insert((g.filter.proto(), g.filter.ports().lo()), self.release_seq);
+        }
     }
 
     /// The registered container of the caller, checking it is still the same process.
@@ -447,14 +465,16 @@ impl Registry {
         let kernel = host.kernel_sockets(proto);
         let blocks = (EPHEMERAL_LAST - EPHEMERAL_FIRST + 1) / EPHEMERAL_BLOCK;
         let any = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
-        let free = (0..blocks).find_map(|k| {
-            let lo = EPHEMERAL_FIRST + k * EPHEMERAL_BLOCK;
-            let ports = PortRange::new(lo, lo + (EPHEMERAL_BLOCK - 1))?;
-            let f = Filter::new(Direction::Both, proto, any, ports, vec![]).ok()?;
-            let taken = self.grants.values().any(|g| g.filter.overlaps(&f))
-                || kernel.iter().any(|s| ports.contains(s.port));
-            (!taken).then_some(f)
-        });
+        let free = (0..blocks)
+            .filter_map(|k| {
+                let lo = EPHEMERAL_FIRST + k * EPHEMERAL_BLOCK;
+                let ports = PortRange::new(lo, lo + (EPHEMERAL_BLOCK - 1))?;
+                let f = Filter::new(Direction::Both, proto, any, ports, vec![]).ok()?;
+                let taken = self.grants.values().any(|g| g.filter.overlaps(&f))
+                    || kernel.iter().any(|s| ports.contains(s.port));
+                (!taken).then_some(f)
+            })
+            .min_by_key(|f| self.released_blocks.get(&(proto, f.ports().lo())).copied().unwrap_or(0));
         let Some(filter) = free else {
             return Err(ErrorKind::NoEphemeral {
                 proto,
@@ -564,7 +584,9 @@ impl Registry {
         if caller.uid != 0 && caller.uid != g.uid && !g.holders.contains(&caller.pid) {
             return Err(ErrorKind::NotPermitted { id, uid: caller.uid, owner: g.uid });
         }
-        self.grants.remove(&id);
+        if let Some(g) = self.grants.remove(&id) {
+            self.note_release(&g);
+        }
         self.changes.push(Change::DelGrant(id));
         self.counters.revoked += 1;
         Ok(Response::Revoked { id })
@@ -755,6 +777,28 @@ pub mod tests {
         grant(&mut r, &mut h, A, tcp("::", 11211, 11211)).unwrap();
         let e = grant(&mut r, &mut h, B, tcp("::1", 11211, 11211)).unwrap_err();
         assert!(matches!(e, ErrorKind::HeldByContainer { port: 11211, .. }), "{e:?}");
+    }
+
+    #[test]
+    fn a_block_given_back_goes_to_the_next_container_last() {
+        let (mut r, mut h) = setup();
+        let tcp_block = |r: &mut Registry, h: &mut FakeHost, c: Caller| match r.handle(c, Request::Nic {}, h)
+        {
+            Ok(Response::Nic { nic }) => nic.tcp_ports.lo(),
+            other => panic!("{other:?}"),
+        };
+        let a = tcp_block(&mut r, &mut h, A);
+        assert_eq!(a, EPHEMERAL_FIRST);
+        r.handle(A, Request::Unregister {}, &mut h).unwrap();
+        // A's block is free again, but a block never used goes first.
+        let b = tcp_block(&mut r, &mut h, B);
+        assert_ne!(b, a);
+        r.handle(B, Request::Unregister {}, &mut h).unwrap();
+        // Of two blocks given back, the one given back longer ago.
+        let c = Caller { pid: 300, uid: 1000 };
+        r.handle(c, Request::Register { name: Name::lossy("c") }, &mut h).unwrap();
+        let got = tcp_block(&mut r, &mut h, c);
+        assert!(got != a && got != b, "a never-used block first: {got}");
     }
 
     #[test]
