@@ -1663,12 +1663,22 @@ pub(crate) unsafe fn poll_mixed(
             }
             continue;
         }
+        // Over the emulator's NIC: poll its rx ring for a moment before sleeping.
+        if wait_ns != 0 && arrakis_core::net::world::device_spin(deadline) {
+            continue;
+        }
         if let Some(p) = &p {
             kset.push(libc::pollfd {
                 fd: rustix::fd::AsRawFd::as_raw_fd(&p.fd()),
                 events: libc::POLLIN,
                 revents: 0,
             });
+        }
+        // And its doorbell: a frame wakes this thread, which runs the stack when it looks
+        // again (rather than waiting for the progress thread to take the frame).
+        let bell = if wait_ns != 0 { arrakis_core::net::world::device_doorbell() } else { None };
+        if let Some(fd) = bell {
+            kset.push(libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
         }
         let ts = (wait_ns >= 0).then_some(timespec {
             tv_sec: (wait_ns / 1_000_000_000) as libc::time_t,
@@ -1678,6 +1688,15 @@ pub(crate) unsafe fn poll_mixed(
         let kn = kset.len() as libc::nfds_t;
         let r = real!(ppoll(kset.as_mut_ptr(), kn, tsp, mask));
         let err = crate::errno::get();
+        if let Some(fd) = bell {
+            // Drained here (level-triggered, it would wake the next ppoll at once); this thread
+            // runs the stack on the frame just below, so the progress thread need not.
+            if kset.pop().is_some_and(|e| e.revents != 0) {
+                let mut b = [0u8; 8];
+                // SAFETY: reading 8 bytes into our buffer from the NIC's eventfd.
+                let _ = unsafe { libc::syscall(libc::SYS_read, fd, b.as_mut_ptr(), 8usize) };
+            }
+        }
         if let Some(p) = &p {
             if kset.pop().is_some_and(|e| e.revents != 0) {
                 p.drain();

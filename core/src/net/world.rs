@@ -253,11 +253,13 @@ pub fn device_spin(deadline: Option<StdInstant>) -> bool {
 /// The device's doorbell fd (the emulator NIC's), for a kernel wait that should wake on
 /// frames too ([`crate::event::DEVICE_DATUM`]); `None` over the loopback or in a forked child.
 pub fn device_doorbell() -> Option<std::os::fd::RawFd> {
-    use std::os::fd::AsRawFd;
     probe()?;
-    let g = net().lock();
-    g.stack.device().doorbell().map(|fd| fd.as_raw_fd())
+    let fd = DOORBELL.load(Relaxed);
+    (fd >= 0).then_some(fd)
 }
+
+/// The device's doorbell fd (it lives as long as the world; -1 without one).
+static DOORBELL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
 
 /// Sets the busy-poll time of blocking calls, in microseconds (0: sleep at once).
 pub fn set_spin_us(us: u32) {
@@ -510,6 +512,9 @@ pub fn net() -> &'static Net {
             dev.unwrap_or_else(|| (AnyDevice::from(Loopback::default()), Ephemeral::default()));
         if let Some(p) = dev.rx_probe() {
             let _ = PROBE.set((std::process::id(), p));
+            if let Some(fd) = dev.doorbell() {
+                DOORBELL.store(std::os::fd::AsRawFd::as_raw_fd(&fd), Relaxed);
+            }
         }
         let mut stack = Stack::new(dev, &addrs, Instant::from_micros(0), bufs);
         let seed = u64::from(std::process::id()) ^ epoch.elapsed().as_nanos() as u64 ^ 0x9e37_79b9_7f4a_7c15;
