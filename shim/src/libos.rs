@@ -457,10 +457,12 @@ pub(crate) fn epoll_created(kfd: c_int) -> c_int {
             real!(close(kfd) else sys(libc::SYS_close, kfd));
             return Err(e);
         }
-        // Over the emulator's NIC, its doorbell too (edge-triggered: a wake-up per ring).
+        // Over the emulator's NIC, its doorbell too (edge-triggered: a wake-up per ring;
+        // EPOLLEXCLUSIVE: one thread asleep on one instance is woken, not every thread of a
+        // program with many, as memcached's workers each have one).
         if let Some(bell) = arrakis_core::net::world::device_doorbell() {
-            let mut ev =
-                epoll_event { events: (libc::EPOLLIN | libc::EPOLLET) as u32, u64: cev::DEVICE_DATUM };
+            let flags = libc::EPOLLIN | libc::EPOLLET | libc::EPOLLEXCLUSIVE;
+            let mut ev = epoll_event { events: flags as u32, u64: cev::DEVICE_DATUM };
             // SAFETY: registering the NIC's doorbell, an eventfd of ours, in the new instance.
             // Failing only costs the direct wake-up (the progress thread still takes frames).
             let _ = unsafe { real_epoll_ctl(kfd, libc::EPOLL_CTL_ADD, bell, &mut ev) };
@@ -1676,7 +1678,7 @@ pub(crate) unsafe fn poll_mixed(
         }
         // And its doorbell: a frame wakes this thread, which runs the stack when it looks
         // again (rather than waiting for the progress thread to take the frame).
-        let bell = if wait_ns != 0 { arrakis_core::net::world::device_doorbell() } else { None };
+        let bell = if wait_ns != 0 { arrakis_core::net::world::take_doorbell() } else { None };
         if let Some(fd) = bell {
             kset.push(libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
         }
@@ -1696,6 +1698,7 @@ pub(crate) unsafe fn poll_mixed(
                 // SAFETY: reading 8 bytes into our buffer from the NIC's eventfd.
                 let _ = unsafe { libc::syscall(libc::SYS_read, fd, b.as_mut_ptr(), 8usize) };
             }
+            arrakis_core::net::world::give_doorbell();
         }
         if let Some(p) = &p {
             if kset.pop().is_some_and(|e| e.revents != 0) {

@@ -185,6 +185,10 @@ const SPIN_PROBE: u32 = 256;
 /// for it, with no doorbell and no wake-up of the progress thread.
 static PROBE: OnceLock<(u32, RingProbe)> = OnceLock::new();
 
+/// A thread is in [`device_spin`]: one poller is enough (fifty threads of one program
+/// spinning on one ring only take the CPUs from the threads that would answer them).
+static DEVICE_SPINNER: AtomicBool = AtomicBool::new(false);
+
 /// Spins of [`device_spin`] in a row that ended with nothing before it backs off.
 static DEVICE_MISSES: AtomicU32 = AtomicU32::new(0);
 
@@ -225,6 +229,9 @@ pub fn device_spin(deadline: Option<StdInstant>) -> bool {
         }
         end = end.min(d);
     }
+    if DEVICE_SPINNER.swap(true, SeqCst) {
+        return false;
+    }
     p.suppress();
     let mut hit = false;
     'spin: loop {
@@ -240,6 +247,7 @@ pub fn device_spin(deadline: Option<StdInstant>) -> bool {
         }
     }
     hit |= p.rearm();
+    DEVICE_SPINNER.store(false, SeqCst);
     if hit {
         DEVICE_MISSES.store(0, Relaxed);
         // Runs the stack on the frames and wakes whoever they concern.
@@ -257,6 +265,22 @@ pub fn device_doorbell() -> Option<std::os::fd::RawFd> {
     let fd = DOORBELL.load(Relaxed);
     (fd >= 0).then_some(fd)
 }
+
+/// Takes the device's doorbell for one `poll` wait: at most one thread at a time sleeps with
+/// it in its kernel set (a doorbell would wake every one of them, and all would fight for the
+/// lock over one frame). `None` if another thread has it or there is none; give it back with
+/// [`give_doorbell`].
+pub fn take_doorbell() -> Option<std::os::fd::RawFd> {
+    let fd = device_doorbell()?;
+    (!BELL_TAKEN.swap(true, SeqCst)).then_some(fd)
+}
+
+/// Gives back the doorbell taken with [`take_doorbell`].
+pub fn give_doorbell() {
+    BELL_TAKEN.store(false, SeqCst);
+}
+
+static BELL_TAKEN: AtomicBool = AtomicBool::new(false);
 
 /// The device's doorbell fd (it lives as long as the world; -1 without one).
 static DOORBELL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
