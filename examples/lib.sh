@@ -169,6 +169,19 @@ check_shim_absent() {
   fi
 }
 
+# --- memcached --------------------------------------------------------------------------
+
+# mc_stat PORT NAME: one value of memcached's `stats`, over the text protocol.
+mc_stat() {
+  local port=$1 name=$2
+  (
+    exec 3<>"/dev/tcp/127.0.0.1/$port"
+    printf 'stats\r\nquit\r\n' >&3
+    timeout 5 cat <&3
+  ) | tr -d '\r' | awk -v n="$name" '$1 == "STAT" && $2 == n { print $3; found = 1 } END { exit !found }' ||
+    die "memcached on port $port: no stat $name"
+}
+
 # --- redis ------------------------------------------------------------------------------
 
 rcli() {

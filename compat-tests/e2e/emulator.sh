@@ -69,16 +69,6 @@ grants_of() {
 
 # --- memcached: clients under the shim and on the kernel at once ------------------------
 
-mc_stat() {
-  local port=$1 name=$2
-  (
-    exec 3<>"/dev/tcp/127.0.0.1/$port"
-    printf 'stats\r\nquit\r\n' >&3
-    timeout 5 cat <&3
-  ) | tr -d '\r' | awk -v n="$name" '$1 == "STAT" && $2 == n { print $3; found = 1 } END { exit !found }' ||
-    die "memcached on port $port: no stat $name"
-}
-
 # slap_check OUT TEST CONC COUNT WHO: memcslap's report must show no error and CONC*COUNT keys.
 slap_check() {
   local out=$1 test=$2 conc=$3 count=$4 who=$5

@@ -483,6 +483,19 @@ impl Registry {
                 last: EPHEMERAL_LAST,
             });
         };
+        let ports = filter.ports();
+        let g = self.make_grant(caller, filter, true, host)?;
+        Ok((g.id, ports))
+    }
+
+    /// Makes a grant held by the caller alone: a fresh id and token, stored with the change.
+    fn make_grant(
+        &mut self,
+        caller: Caller,
+        filter: Filter,
+        ephemeral: bool,
+        host: &mut dyn Host,
+    ) -> Result<&GrantRec, ErrorKind> {
         let Some(token) = host.token() else {
             return Err(ErrorKind::Internal {
                 reason: "the kernel gave no random bytes for the grant's token".into(),
@@ -490,7 +503,6 @@ impl Registry {
         };
         let id = GrantId(self.next_id);
         self.next_id += 1;
-        let ports = filter.ports();
         let g = GrantRec {
             id,
             filter,
@@ -498,13 +510,12 @@ impl Registry {
             holders: vec![caller.pid],
             uid: caller.uid,
             created: host.now(),
-            ephemeral: true,
+            ephemeral,
         };
         self.changes.push(Change::NextId(self.next_id));
         self.changes.push(Change::PutGrant(g.clone()));
-        self.grants.insert(id, g);
         self.counters.grants += 1;
-        Ok((id, ports))
+        Ok(self.grants.entry(id).or_insert(g))
     }
 
     fn grant(&mut self, caller: Caller, filter: Filter, host: &mut dyn Host) -> Result<Response, ErrorKind> {
@@ -555,28 +566,8 @@ impl Registry {
                 state: k.state.into(),
             });
         }
-        let Some(token) = host.token() else {
-            return Err(ErrorKind::Internal {
-                reason: "the kernel gave no random bytes for the grant's token".into(),
-            });
-        };
-        let id = GrantId(self.next_id);
-        self.next_id += 1;
-        let g = GrantRec {
-            id,
-            filter,
-            token,
-            holders: vec![caller.pid],
-            uid: caller.uid,
-            created: host.now(),
-            ephemeral: false,
-        };
-        self.changes.push(Change::NextId(self.next_id));
-        self.changes.push(Change::PutGrant(g.clone()));
-        let info = g.info();
-        self.grants.insert(id, g);
-        self.counters.grants += 1;
-        Ok(Response::Granted { grant: info, token })
+        let g = self.make_grant(caller, filter, false, host)?;
+        Ok(Response::Granted { grant: g.info(), token: g.token })
     }
 
     fn revoke(&mut self, caller: Caller, id: GrantId) -> Result<Response, ErrorKind> {
