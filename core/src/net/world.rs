@@ -89,23 +89,7 @@ impl Wait {
     /// wait on a word whose recent spins succeeded; signals during the `FUTEX_WAIT` that
     /// follows behave as before, and `ARRAKIS_SPIN_US=0` restores the exact behaviour.
     pub fn spin(&self, seen: u32, deadline: Option<StdInstant>) -> bool {
-        let us = SPIN_US.load(Relaxed);
-        if us == 0 {
-            return false;
-        }
-        let misses = self.misses.fetch_add(1, Relaxed);
-        if misses >= SPIN_MISSES && !(misses - SPIN_MISSES).is_multiple_of(SPIN_PROBE) {
-            return false;
-        }
-        let now = StdInstant::now();
-        let mut end = now + Duration::from_micros(u64::from(us));
-        if let Some(d) = deadline {
-            if now >= d {
-                // Past the deadline: the caller's sleep reports it.
-                return false;
-            }
-            end = end.min(d);
-        }
+        let Some(end) = spin_end(&self.misses, deadline) else { return false };
         let probe = probe();
         if let Some(p) = probe {
             p.suppress();
@@ -212,26 +196,13 @@ fn probe() -> Option<&'static RingProbe> {
 /// a probe (the loopback), returns `false` at once.
 pub fn device_spin(deadline: Option<StdInstant>) -> bool {
     let Some(p) = probe() else { return false };
-    let us = SPIN_US.load(Relaxed);
-    if us == 0 {
-        return false;
-    }
-    let misses = DEVICE_MISSES.load(Relaxed);
-    if misses >= SPIN_MISSES && !(misses - SPIN_MISSES).is_multiple_of(SPIN_PROBE) {
-        DEVICE_MISSES.fetch_add(1, Relaxed);
-        return false;
-    }
-    let now = StdInstant::now();
-    let mut end = now + Duration::from_micros(u64::from(us));
-    if let Some(d) = deadline {
-        if now >= d {
-            return false;
-        }
-        end = end.min(d);
-    }
     if DEVICE_SPINNER.swap(true, SeqCst) {
         return false;
     }
+    let Some(end) = spin_end(&DEVICE_MISSES, deadline) else {
+        DEVICE_SPINNER.store(false, SeqCst);
+        return false;
+    };
     p.suppress();
     let mut hit = false;
     'spin: loop {
@@ -252,8 +223,6 @@ pub fn device_spin(deadline: Option<StdInstant>) -> bool {
         DEVICE_MISSES.store(0, Relaxed);
         // Runs the stack on the frames and wakes whoever they concern.
         drop(net().lock());
-    } else {
-        DEVICE_MISSES.fetch_add(1, Relaxed);
     }
     hit
 }
@@ -284,6 +253,29 @@ static BELL_TAKEN: AtomicBool = AtomicBool::new(false);
 
 /// The device's doorbell fd (it lives as long as the world; -1 without one).
 static DOORBELL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+/// When a busy-poll that may start now must end: the spin time (`ARRAKIS_SPIN_US`) from now,
+/// never past `deadline`. `None` when it must not start: polling is off, `deadline` has
+/// passed (the caller's sleep reports it), or the last [`SPIN_MISSES`] polls counted in
+/// `misses` found nothing (then only every [`SPIN_PROBE`]th wait polls, until one succeeds and
+/// the caller resets `misses`). Counts this poll in `misses`.
+fn spin_end(misses: &AtomicU32, deadline: Option<StdInstant>) -> Option<StdInstant> {
+    let us = SPIN_US.load(Relaxed);
+    if us == 0 {
+        return None;
+    }
+    let m = misses.fetch_add(1, Relaxed);
+    if m >= SPIN_MISSES && !(m - SPIN_MISSES).is_multiple_of(SPIN_PROBE) {
+        return None;
+    }
+    let now = StdInstant::now();
+    let end = now + Duration::from_micros(u64::from(us));
+    match deadline {
+        Some(d) if now >= d => None,
+        Some(d) => Some(end.min(d)),
+        None => Some(end),
+    }
+}
 
 /// Sets the busy-poll time of blocking calls, in microseconds (0: sleep at once).
 pub fn set_spin_us(us: u32) {
