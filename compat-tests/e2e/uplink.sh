@@ -113,11 +113,14 @@ KCLIENT_PY='
 import os, socket
 s = socket.create_connection(("10.77.0.2", 7100), timeout=10)
 data = os.urandom(100000)
-s.sendall(data); s.shutdown(socket.SHUT_WR)
+s.sendall(data)
 got = b""
-while (b := s.recv(65536)):
+while len(got) < len(data):
+    b = s.recv(65536)
+    assert b, "EOF before the echo was complete"
     got += b
 assert got == data, "the echo from the container differs"
+s.close()
 print("ok")
 '
 out=$(timeout 30 ip netns exec "$NS" python3 -c "$KCLIENT_PY") || die "a kernel client could not reach the container at 10.77.0.2: $out"
