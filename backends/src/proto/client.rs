@@ -20,8 +20,7 @@ use rustix::net::{
 use super::error::ErrorReply;
 use super::frame::{self, FrameBuf};
 use super::msg::{
-    decode_reply, Filter, GrantId, Name, NicInfo, Outcome, Proto, ReplyFrame, Request, RequestFrame,
-    Response, Token,
+    decode_reply, Filter, GrantId, Name, NicInfo, Outcome, Proto, Request, RequestFrame, Response, Token,
 };
 use super::{MAX_FDS, MIN_VERSION, VERSION};
 
@@ -146,97 +145,18 @@ impl Client {
         fds: &[BorrowedFd<'_>],
     ) -> Result<(Response, Vec<OwnedFd>), ClientError> {
         self.seq = self.seq.wrapping_add(1);
-        let seq = self.seq;
-        let bytes = frame::encode(&RequestFrame { seq, req }).map_err(|e| self.proto_err(e))?;
-        let mut rest = &bytes[..];
-        if !fds.is_empty() {
-            let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
-            let mut anc = SendAncillaryBuffer::new(&mut space);
-            if !anc.push(SendAncillaryMessage::ScmRights(fds)) {
-                return Err(self.proto_err(format!("{} fds with one request; at most {MAX_FDS}", fds.len())));
-            }
-            let n = loop {
-                match rustix::net::sendmsg(
-                    &self.stream,
-                    &[io::IoSlice::new(rest)],
-                    &mut anc,
-                    SendFlags::NOSIGNAL,
-                ) {
-                    Ok(n) => break n,
-                    Err(rustix::io::Errno::INTR) => {}
-                    Err(e) => return Err(ClientError::Io { path: self.path.clone(), source: e.into() }),
-                }
-            };
-            rest = &rest[n..];
-        }
-        self.send_all(rest)?;
-        let (reply, fds) = self.read_reply()?;
-        if reply.seq != seq {
-            return Err(ClientError::Protocol {
-                path: self.path.clone(),
-                reason: format!("reply for request {} while waiting for {seq}", reply.seq),
-            });
-        }
-        match reply.result {
-            Outcome::Ok(r) => Ok((r, fds)),
-            Outcome::Err(e) => Err(ClientError::Refused(e)),
+        let wire = |e| match e {
+            WireError::Io(source) => ClientError::Io { path: self.path.clone(), source },
+            WireError::Protocol(reason) => ClientError::Protocol { path: self.path.clone(), reason },
+        };
+        match exchange(&self.stream, self.seq, req, fds).map_err(wire)? {
+            (Outcome::Ok(r), fds) => Ok((r, fds)),
+            (Outcome::Err(e), _) => Err(ClientError::Refused(e)),
         }
     }
 
     fn proto_err(&self, e: impl std::fmt::Display) -> ClientError {
         ClientError::Protocol { path: self.path.clone(), reason: e.to_string() }
-    }
-
-    fn send_all(&mut self, mut bytes: &[u8]) -> Result<(), ClientError> {
-        while !bytes.is_empty() {
-            match rustix::net::send(&self.stream, bytes, SendFlags::NOSIGNAL) {
-                Ok(n) => bytes = &bytes[n..],
-                Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(ClientError::Io { path: self.path.clone(), source: e.into() }),
-            }
-        }
-        Ok(())
-    }
-
-    fn read_reply(&mut self) -> Result<(ReplyFrame, Vec<OwnedFd>), ClientError> {
-        let mut fb = FrameBuf::new();
-        let mut chunk = vec![0u8; 4096];
-        let mut fds = Vec::new();
-        loop {
-            match fb.take() {
-                Ok(Some(body)) => return Ok((decode_reply(&body).map_err(|e| self.proto_err(e))?, fds)),
-                Ok(None) => {}
-                Err(e) => return Err(self.proto_err(e)),
-            }
-            let want = fb.room().min(chunk.len());
-            let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
-            let mut anc = RecvAncillaryBuffer::new(&mut space);
-            let got = rustix::net::recvmsg(
-                &self.stream,
-                &mut [io::IoSliceMut::new(&mut chunk[..want])],
-                &mut anc,
-                RecvFlags::CMSG_CLOEXEC,
-            );
-            for m in anc.drain() {
-                if let RecvAncillaryMessage::ScmRights(r) = m {
-                    fds.extend(r);
-                }
-            }
-            if fds.len() > MAX_FDS {
-                return Err(self.proto_err(format!("{} fds with one reply; at most {MAX_FDS}", fds.len())));
-            }
-            let n = match got.map(|r| r.bytes).map_err(io::Error::from) {
-                Ok(0) => {
-                    let source =
-                        io::Error::new(io::ErrorKind::UnexpectedEof, "the daemon closed the connection");
-                    return Err(ClientError::Io { path: self.path.clone(), source });
-                }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(source) => return Err(ClientError::Io { path: self.path.clone(), source }),
-            };
-            fb.extend(&chunk[..n]).map_err(|e| self.proto_err(e))?;
-        }
     }
 
     /// Registers the calling process as a container named `name`.
@@ -313,4 +233,99 @@ impl Client {
             other => Err(self.unexpected(&other)),
         }
     }
+}
+
+/// What went wrong on the wire; the caller says with which daemon.
+#[derive(Debug)]
+pub enum WireError {
+    /// Sending or receiving failed (a timeout set on the stream included).
+    Io(io::Error),
+    /// The daemon sent something that is not a valid reply to the request.
+    Protocol(String),
+}
+
+/// One round trip on a connection past `hello`: sends `req` as frame `seq`, with `fds` as
+/// `SCM_RIGHTS` on its first byte (at most [`MAX_FDS`]), and reads the reply, which must echo
+/// `seq`, with the fds that came with it (received close-on-exec, at most [`MAX_FDS`]). Never
+/// raises `SIGPIPE`; a time-out is the stream's own (`set_read_timeout`/`set_write_timeout`).
+/// Shared by [`Client`] and the library OS's own connection (`core::net::control`), which
+/// places its socket itself.
+pub fn exchange(
+    stream: &UnixStream,
+    seq: u32,
+    req: Request,
+    fds: &[BorrowedFd<'_>],
+) -> Result<(Outcome, Vec<OwnedFd>), WireError> {
+    let proto = |e: &dyn std::fmt::Display| WireError::Protocol(e.to_string());
+    let bytes = frame::encode(&RequestFrame { seq, req }).map_err(|e| proto(&e))?;
+    let mut rest = &bytes[..];
+    if !fds.is_empty() {
+        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+        let mut anc = SendAncillaryBuffer::new(&mut space);
+        if !anc.push(SendAncillaryMessage::ScmRights(fds)) {
+            return Err(proto(&format!("{} fds with one request; at most {MAX_FDS}", fds.len())));
+        }
+        let n = loop {
+            match rustix::net::sendmsg(stream, &[io::IoSlice::new(rest)], &mut anc, SendFlags::NOSIGNAL) {
+                Ok(n) => break n,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(WireError::Io(e.into())),
+            }
+        };
+        rest = &rest[n..];
+    }
+    while !rest.is_empty() {
+        match rustix::net::send(stream, rest, SendFlags::NOSIGNAL) {
+            Ok(n) => rest = &rest[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(WireError::Io(e.into())),
+        }
+    }
+    let mut fb = FrameBuf::new();
+    let mut chunk = vec![0u8; 4096];
+    let mut got_fds = Vec::new();
+    // Bounded: each pass takes at least one byte of a frame of at most MAX_FRAME + header, or
+    // ends the call.
+    for _ in 0..=super::MAX_FRAME + frame::HEADER {
+        match fb.take() {
+            Ok(Some(body)) => {
+                let reply = decode_reply(&body).map_err(|e| proto(&e))?;
+                if reply.seq != seq {
+                    return Err(proto(&format!("reply for request {} while waiting for {seq}", reply.seq)));
+                }
+                return Ok((reply.result, got_fds));
+            }
+            Ok(None) => {}
+            Err(e) => return Err(proto(&e)),
+        }
+        let want = fb.room().min(chunk.len());
+        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+        let mut anc = RecvAncillaryBuffer::new(&mut space);
+        let got = rustix::net::recvmsg(
+            stream,
+            &mut [io::IoSliceMut::new(&mut chunk[..want])],
+            &mut anc,
+            RecvFlags::CMSG_CLOEXEC,
+        );
+        for m in anc.drain() {
+            if let RecvAncillaryMessage::ScmRights(r) = m {
+                got_fds.extend(r);
+            }
+        }
+        if got_fds.len() > MAX_FDS {
+            return Err(proto(&format!("{} fds with one reply; at most {MAX_FDS}", got_fds.len())));
+        }
+        match got {
+            Ok(r) if r.bytes == 0 => {
+                return Err(WireError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the daemon closed the connection",
+                )))
+            }
+            Ok(r) => fb.extend(&chunk[..r.bytes]).map_err(|e| proto(&e))?,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(WireError::Io(e.into())),
+        }
+    }
+    Err(proto(&"the reply never completed"))
 }

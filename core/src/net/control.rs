@@ -16,7 +16,6 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::mem::MaybeUninit;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
@@ -28,10 +27,10 @@ use std::time::{Duration, Instant};
 use arrakis_backends::any::AnyDevice;
 use arrakis_backends::emulator::{EmulatorNic, NicFds};
 use arrakis_backends::proto::{
-    self, decode_reply, frame, Direction, ErrorKind, Filter, FrameBuf, GrantId, Name, NicInfo, Outcome,
-    PortRange, Proto, Request, RequestFrame, Response,
+    self, client::WireError, Direction, ErrorKind, Filter, GrantId, Name, NicInfo, Outcome, PortRange, Proto,
+    Request, Response,
 };
-use rustix::net::{AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendFlags};
+use rustix::net::AddressFamily;
 
 use super::stack::Ephemeral;
 use crate::error::Errno;
@@ -145,71 +144,17 @@ impl Conn {
         self.stream.set_read_timeout(Some(timeout)).map_err(CallError::Io)?;
         self.stream.set_write_timeout(Some(timeout)).map_err(CallError::Io)?;
         self.seq = self.seq.wrapping_add(1);
-        let seq = self.seq;
-        let bytes =
-            frame::encode(&RequestFrame { seq, req }).map_err(|e| CallError::Protocol(e.to_string()))?;
-        let mut rest = &bytes[..];
-        while !rest.is_empty() {
-            match rustix::net::send(&self.stream, rest, SendFlags::NOSIGNAL) {
-                Ok(n) => rest = &rest[n..],
-                Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(CallError::Io(io_err(e))),
-            }
+        let (outcome, fds) =
+            proto::client::exchange(&self.stream, self.seq, req, &[]).map_err(|e| match e {
+                WireError::Io(e) => CallError::Io(e),
+                WireError::Protocol(why) => CallError::Protocol(why),
+            })?;
+        // Out of the program's numbering at once.
+        let fds = fds.into_iter().map(crate::event::hide).collect();
+        match outcome {
+            Outcome::Ok(r) => Ok((r, fds)),
+            Outcome::Err(e) => Err(CallError::Refused(e)),
         }
-        let mut fb = FrameBuf::new();
-        let mut chunk = vec![0u8; 4096];
-        let mut fds = Vec::new();
-        // Bounded: each pass takes at least one byte of a frame of at most 64 KiB + header,
-        // or ends the call.
-        for _ in 0..=proto::MAX_FRAME + frame::HEADER {
-            match fb.take() {
-                Ok(Some(body)) => {
-                    let reply = decode_reply(&body).map_err(|e| CallError::Protocol(e.to_string()))?;
-                    if reply.seq != seq {
-                        return Err(CallError::Protocol(format!(
-                            "reply for request {} while waiting for {seq}",
-                            reply.seq
-                        )));
-                    }
-                    return match reply.result {
-                        Outcome::Ok(r) => Ok((r, fds)),
-                        Outcome::Err(e) => Err(CallError::Refused(e)),
-                    };
-                }
-                Ok(None) => {}
-                Err(e) => return Err(CallError::Protocol(e.to_string())),
-            }
-            let want = fb.room().min(chunk.len());
-            let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(proto::MAX_FDS))];
-            let mut anc = RecvAncillaryBuffer::new(&mut space);
-            let got = rustix::net::recvmsg(
-                &self.stream,
-                &mut [io::IoSliceMut::new(&mut chunk[..want])],
-                &mut anc,
-                RecvFlags::CMSG_CLOEXEC,
-            );
-            for m in anc.drain() {
-                if let RecvAncillaryMessage::ScmRights(r) = m {
-                    // Out of the program's numbering at once.
-                    fds.extend(r.map(crate::event::hide));
-                }
-            }
-            if fds.len() > proto::MAX_FDS {
-                return Err(CallError::Protocol(format!("{} fds with one reply", fds.len())));
-            }
-            match got {
-                Ok(r) if r.bytes == 0 => {
-                    return Err(CallError::Io(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the daemon closed the connection",
-                    )))
-                }
-                Ok(r) => fb.extend(&chunk[..r.bytes]).map_err(|e| CallError::Protocol(e.to_string()))?,
-                Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(CallError::Io(io_err(e))),
-            }
-        }
-        Err(CallError::Protocol("reply never completed".into()))
     }
 }
 
