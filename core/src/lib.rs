@@ -21,6 +21,7 @@ pub mod error;
 pub mod event;
 pub mod exec;
 pub mod fd;
+pub mod fs;
 pub mod log;
 pub mod net;
 

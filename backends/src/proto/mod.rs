@@ -26,8 +26,8 @@ pub use frame::{FrameBuf, FrameError, MAX_FRAME};
 pub use msg::*;
 
 /// The protocol version this build speaks best (2: `nic`, `lookup`; 3: `capture`,
-/// `capture_stop`).
-pub const VERSION: u16 = 3;
+/// `capture_stop`; 4: VSAs and volumes).
+pub const VERSION: u16 = 4;
 /// The oldest protocol version this build still speaks.
 pub const MIN_VERSION: u16 = 1;
 

@@ -126,6 +126,53 @@ pub enum Request {
         /// The container, as in [`Request::Capture`].
         container: Name,
     },
+    /// Version 4. Creates a virtual storage area of `size` bytes (rounded up to 4 KiB) owned
+    /// by the caller's uid. Names are unique per host.
+    VsaCreate {
+        /// The VSA's (and its volume's) name.
+        name: Name,
+        /// Bytes.
+        size: u64,
+    },
+    /// Version 4. Grows (or, with a smaller size, shrinks) a VSA to `size` bytes. Shrinking
+    /// below what the volume in it uses is refused (the volume says how much it uses in its
+    /// superblock); a VSA with a running owner can only grow.
+    VsaResize {
+        /// The VSA.
+        name: Name,
+        /// New size in bytes (rounded up to 4 KiB).
+        size: u64,
+    },
+    /// Version 4. Deletes a VSA and its storage. Refused while a container owns it.
+    VsaDelete {
+        /// The VSA.
+        name: Name,
+    },
+    /// Version 4. Every VSA.
+    VsaList {},
+    /// Version 4. Attaches the calling process to the volume on VSA `name`. If no live
+    /// process owns it, the caller becomes its owner and the reply's frame carries the VSA's
+    /// backing fd (`SCM_RIGHTS`, read-write): the caller mounts the volume itself and serves
+    /// it to others on [`VolumeRole::Owner::socket`]. Otherwise the reply names the owner's
+    /// socket and the caller reaches the volume by RPC. With `create` set, a missing VSA is
+    /// first created with that many bytes. Allowed to the VSA's uid and root.
+    VolumeAttach {
+        /// The VSA.
+        name: Name,
+        /// Create the VSA with this size if it does not exist.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        create: Option<u64>,
+        /// Take the backing fd even if an owner runs, read-only (`arrakis fsck` of a
+        /// volume in use is refused instead: this is for tools that only read the image).
+        #[serde(default)]
+        read_only: bool,
+    },
+    /// Version 4. The caller (an owner) no longer owns volume `name`: the next attach
+    /// becomes the owner. Ownership also ends when the owning process dies.
+    VolumeDetach {
+        /// The VSA.
+        name: Name,
+    },
 }
 
 /// What the daemon answers to each request.
@@ -210,6 +257,70 @@ pub enum Response {
         /// Frames written (`None`: no capture was running, e.g. it stopped at its count).
         frames: Option<u64>,
     },
+    /// A VSA after create or resize.
+    Vsa {
+        /// The VSA.
+        vsa: VsaInfo,
+    },
+    /// The VSA and its storage are gone.
+    VsaDeleted {
+        /// Its name.
+        name: Name,
+    },
+    /// Every VSA, by name.
+    Vsas {
+        /// The VSAs.
+        vsas: Vec<VsaInfo>,
+    },
+    /// Answer to [`Request::VolumeAttach`].
+    VolumeAttached {
+        /// The VSA.
+        vsa: VsaInfo,
+        /// How the caller reaches the volume.
+        role: VolumeRole,
+    },
+    /// The caller no longer owns the volume.
+    VolumeDetached {
+        /// The VSA.
+        name: Name,
+    },
+}
+
+/// A virtual storage area as the daemon describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsaInfo {
+    /// Its name (also the volume's name).
+    pub name: Name,
+    /// Bytes, a multiple of 4096.
+    pub size: u64,
+    /// The uid that created it; it and root may attach.
+    pub uid: u32,
+    /// The process that owns the volume now, if one runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<u32>,
+}
+
+/// How an attached process reaches a volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "role", rename_all = "snake_case", deny_unknown_fields)]
+pub enum VolumeRole {
+    /// The caller owns the volume: the backing fd rides on the reply (`size` bytes from
+    /// offset 0). It must serve RPC clients on `socket` (a path the daemon chose; the
+    /// owner binds it) for as long as it owns the volume.
+    Owner {
+        /// Where the owner listens for RPC clients.
+        socket: String,
+    },
+    /// Another process owns the volume: reach it by RPC at `socket`.
+    Remote {
+        /// The owner's RPC socket.
+        socket: String,
+        /// The owner's pid.
+        owner: u32,
+    },
+    /// `read_only` attach: the backing fd rides on the reply, opened read-only.
+    ReadOnly {},
 }
 
 /// A container's NIC, as the daemon describes it (the geometry is in the region's header).

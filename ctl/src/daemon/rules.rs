@@ -376,6 +376,14 @@ impl Registry {
                 // The switch's counters arrive with the emulator backend.
                 switch: None,
             }),
+            Request::VsaCreate { .. }
+            | Request::VsaResize { .. }
+            | Request::VsaDelete { .. }
+            | Request::VsaList {}
+            | Request::VolumeAttach { .. }
+            | Request::VolumeDetach { .. } => {
+                Err(ErrorKind::BadRequest { reason: "this daemon does not serve storage areas yet".into() })
+            }
             Request::Unregister {} => {
                 self.registered(caller, host)?;
                 let released = self.remove_container(caller.pid);

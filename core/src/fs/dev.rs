@@ -1,0 +1,1 @@
+//! Block devices under a volume: the [`BlockDev`] trait, memory (loopback backend, tests), a file or block device by fd (emulator backend), and the cutting test device of the crash-consistency tests.

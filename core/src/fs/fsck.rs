@@ -1,0 +1,1 @@
+//! Checking (and repairing) a volume image: what `arrakis fsck` runs.

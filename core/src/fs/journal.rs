@@ -1,0 +1,1 @@
+//! The write-ahead journal: records, commit, replay at mount.

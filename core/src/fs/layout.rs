@@ -1,0 +1,1 @@
+//! The on-disk format: superblocks, checkpoint, journal area, data blocks; encoding and checked decoding of every structure.

@@ -1,0 +1,1 @@
+//! Mounts (path prefix → volume), path resolution, the library OS's cwd.

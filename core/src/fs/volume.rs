@@ -1,0 +1,1 @@
+//! [`Volume`]: the file system inside a VSA, implementing [`super::FileSystem`].
