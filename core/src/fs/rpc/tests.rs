@@ -921,3 +921,80 @@ proptest! {
         prop_assert_eq!(fs.open_total.load(Ordering::SeqCst), 0);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Against the real file system
+
+fn volume(mib: u64) -> Arc<crate::fs::volume::Volume> {
+    let dev = Arc::new(crate::fs::dev::MemDev::new(mib << 20));
+    Arc::new(crate::fs::volume::Volume::format(dev).expect("format"))
+}
+
+#[test]
+fn a_volume_served_by_rpc() {
+    let dir = TempDir::new("vol");
+    let vol = volume(64);
+    let sock = dir.0.join("vol.sock");
+    let srv = serve_unix(&sock, vol.clone()).unwrap();
+    let c = Client::connect_unix(&sock).unwrap();
+
+    let d = c.mkdir(ROOT, b"redis", 0o755, 1000, 1000).unwrap();
+    let (f, created) = c.create(d, b"appendonly.aof", 0o644, 1000, 1000, true).unwrap();
+    assert!(created);
+    let big: Vec<u8> = (0..(2 * MAX_DATA + 777)).map(|i| (i * 7 % 256) as u8).collect();
+    assert_eq!(c.write(f, WriteAt::Append, &big).unwrap(), 0);
+    assert_eq!(c.write(f, WriteAt::Append, b"*3\r\n$3\r\nSET\r\n").unwrap(), big.len() as u64);
+    c.fsync(f, true).unwrap();
+    let mut back = vec![0u8; big.len() + 100];
+    let n = c.read(f, 0, &mut back).unwrap();
+    assert_eq!(n, big.len() + 13);
+    assert_eq!(&back[..big.len()], &big[..]);
+    assert_eq!(c.getattr(f).unwrap(), vol.getattr(f).unwrap());
+    assert_eq!(c.lookup(d, b"appendonly.aof").unwrap(), f);
+
+    // rename over an existing file, as redis's BGREWRITEAOF does.
+    let (t, _) = c.create(d, b"temp-rewriteaof-1.aof", 0o644, 0, 0, true).unwrap();
+    c.write(t, WriteAt::Offset(0), b"rewritten").unwrap();
+    c.fsync(t, false).unwrap();
+    c.open(f).unwrap();
+    c.rename(d, b"temp-rewriteaof-1.aof", d, b"appendonly.aof", RenameFlags::default()).unwrap();
+    assert_eq!(c.lookup(d, b"appendonly.aof").unwrap(), t);
+    // The replaced file lives while open, and goes when this client goes away.
+    assert!(vol.getattr(f).is_ok());
+    let names: Vec<Vec<u8>> = c.readdir(d, 0, 100).unwrap().into_iter().map(|(e, _)| e.name).collect();
+    assert_eq!(names, vec![b"appendonly.aof".to_vec()]);
+
+    assert_eq!(posix(c.rmdir(ROOT, b"redis")), Errno::ENOTEMPTY);
+    assert_eq!(posix(c.mkdir(ROOT, b"redis", 0o755, 0, 0)), Errno::EEXIST);
+    assert_eq!(posix(c.lookup(ROOT, b"..")), Errno::EINVAL);
+    let s = c.statfs().unwrap();
+    assert_eq!(s, vol.statfs().unwrap());
+    assert!(s.block_size > 0 && s.free < s.blocks);
+
+    drop(c);
+    wait_until("the replaced file to be freed", || vol.getattr(f).is_err());
+    assert_eq!(vol.getattr(f), Err(FsError::Posix(Errno::ENOENT)));
+    srv.shutdown();
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+
+    /// Hostile requests against the real file system: one well-formed reply each.
+    #[test]
+    fn fuzz_hostile_requests_on_a_volume(frames in prop::collection::vec(arb_frame(), 1..30)) {
+        let vol = volume(4);
+        let (f, _) = vol.create(ROOT, b"a", 0o644, 0, 0, true).unwrap();
+        vol.write(f, WriteAt::Offset(0), b"data").unwrap();
+        vol.mkdir(ROOT, b"b", 0o755, 0, 0).unwrap();
+        let mut input = hello(VERSION, VERSION).to_vec();
+        for (i, (op, p)) in frames.iter().enumerate() {
+            input.extend_from_slice(&header(p.len(), i as u64, *op, KIND_REQUEST));
+            input.extend_from_slice(p);
+        }
+        let mut out = Vec::new();
+        let r = serve_stream(Mem { input: Cursor::new(input), output: &mut out }, vol.clone());
+        prop_assert_eq!(r, Ok(()));
+        prop_assert_eq!(parse_replies(&out).len(), frames.len());
+    }
+}
