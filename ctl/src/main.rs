@@ -4,8 +4,8 @@
 //! the shim into `LD_PRELOAD` and execs the command (with `--backend emulator` it first
 //! starts a daemon if none answers, [`launcher`]); the control daemon, `arrakis daemon`
 //! ([`daemon`]); the admin commands `status`, `filters`, `stats`, `revoke` and `capture`
-//! ([`admin`]); and, hidden, `arrakis switch`, the software switch process the daemon starts
-//! and supervises ([`switch`]).
+//! ([`admin`]); `arrakis mount`, the FUSE export of a volume ([`fuse`]); and, hidden,
+//! `arrakis switch`, the software switch process the daemon starts and supervises ([`switch`]).
 //!
 //! The launcher must hand the command the process state it was given: Rust's runtime, before
 //! `main`, sets `SIGPIPE` to ignored and opens `/dev/null` on closed fds 0-2, and `Command`
@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 
 mod admin;
 mod daemon;
+mod fuse;
 mod launcher;
 
 /// The backend whose NIC is on the daemon's switch.
@@ -132,6 +133,22 @@ enum Cmd {
         #[arg(long, value_name = "PATH")]
         socket: Option<PathBuf>,
     },
+    /// Show a volume's files to programs not under the shim, through FUSE, until the mount is
+    /// unmounted (`umount DIR`) or this process gets SIGTERM/SIGINT.
+    Mount {
+        /// `VOLUME DIR`: the volume through the daemon; with --image only `DIR`.
+        #[arg(required = true, num_args = 1..=2, value_name = "VOLUME DIR")]
+        args: Vec<PathBuf>,
+        /// Mount the volume in this image file directly (no daemon).
+        #[arg(long, value_name = "FILE")]
+        image: Option<PathBuf>,
+        /// Refuse every change (EROFS).
+        #[arg(long)]
+        read_only: bool,
+        /// The daemon's socket [default: $ARRAKIS_SOCKET, else ctl.sock in $ARRAKIS_RUN_DIR or /run/arrakis].
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+    },
     /// Revoke a grant.
     Revoke {
         /// The grant's number (`arrakis filters` lists them).
@@ -196,6 +213,7 @@ fn entry() -> std::ffi::c_int {
         Cmd::Status(o) => admin::query(&o.socket(), admin::Query::Status, o.json),
         Cmd::Filters(o) => admin::query(&o.socket(), admin::Query::Filters, o.json),
         Cmd::Stats(o) => admin::query(&o.socket(), admin::Query::Stats, o.json),
+        Cmd::Mount { args, image, read_only, socket } => mount(&args, image.as_deref(), read_only, socket),
         Cmd::Revoke { id, opts } => admin::revoke(&opts.socket(), id, opts.json),
     };
     match result {
@@ -204,6 +222,20 @@ fn entry() -> std::ffi::c_int {
             eprintln!("arrakis: {e:#}");
             1
         }
+    }
+}
+
+/// `arrakis mount`: `--image FILE DIR`, or `VOLUME DIR` through the daemon.
+fn mount(args: &[PathBuf], image: Option<&Path>, read_only: bool, socket: Option<PathBuf>) -> Result<()> {
+    match (image, args) {
+        (Some(image), [dir]) => fuse::mount_image(image, dir, read_only),
+        (Some(_), _) => bail!("with --image, give only the directory to mount on"),
+        (None, [volume, dir]) => {
+            let socket = socket.unwrap_or_else(arrakis_backends::proto::default_socket);
+            let Some(name) = volume.to_str() else { bail!("the volume name is not UTF-8") };
+            fuse::mount_volume(&socket, name, dir, read_only)
+        }
+        (None, _) => bail!("give the volume and the directory to mount it on (or --image FILE DIR)"),
     }
 }
 
