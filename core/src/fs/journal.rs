@@ -14,7 +14,7 @@
 //! 6 setattr u64 ino; u8 mask (1 perm, 2 uid, 4 gid, 8 size, 16 atime, 32 mtime); u32 perm;
 //!           u32 uid; u32 gid; u64 size; time atime; time mtime; time (ctime)
 //! 7 write   u64 ino; u64 offset; u32 len; data; time
-//! 8 map     u64 ino; u64 first file block; u32 n; n * (u64 dev block, u32 data crc); time
+//! 8 map     u64 ino; u64 first file block; u64 end (byte end of the write); u32 n; n * (u64 dev block, u32 data crc); time
 //! ```
 //!
 //! A time is `i64 sec, u32 nsec`. A map record's blocks are consecutive file blocks.
@@ -132,6 +132,8 @@ pub enum Op {
         first: u64,
         /// Device block and CRC-32 of its data, per file block.
         blocks: Vec<(u64, u32)>,
+        /// Byte end of the write: the file grows to at least this size.
+        end: u64,
         /// When.
         time: Time,
     },
@@ -204,10 +206,11 @@ impl Op {
                 e.bytes(data);
                 e.time(*time);
             }
-            Op::Map { ino, first, blocks, time } => {
+            Op::Map { ino, first, blocks, end, time } => {
                 e.u8(8);
                 e.u64(*ino);
                 e.u64(*first);
+                e.u64(*end);
                 e.u32(blocks.len() as u32);
                 for (b, c) in blocks {
                     e.u64(*b);
@@ -287,12 +290,13 @@ impl Op {
             8 => {
                 let ino = d.u64()?;
                 let first = d.u64()?;
+                let end = d.u64()?;
                 let n = d.count(12, false)?;
                 let mut blocks = Vec::with_capacity(n);
                 for _ in 0..n {
                     blocks.push((d.u64()?, d.u32()?));
                 }
-                Op::Map { ino, first, blocks, time: d.time()? }
+                Op::Map { ino, first, blocks, end, time: d.time()? }
             }
             t => return Err(corrupt(format!("journal record: unknown operation {t}"))),
         };
@@ -353,7 +357,7 @@ mod tests {
                 time: t,
             },
             Op::Write { ino: 4, off: 5, data: vec![1, 2, 3], time: t },
-            Op::Map { ino: 4, first: 2, blocks: vec![(100, 5), (101, 6)], time: t },
+            Op::Map { ino: 4, first: 2, blocks: vec![(100, 5), (101, 6)], end: 12000, time: t },
         ];
         for op in ops {
             assert_eq!(Op::decode(&op.encode()).unwrap(), op);

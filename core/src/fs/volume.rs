@@ -447,9 +447,9 @@ impl Inner {
                 d.mtime = *time;
                 d.ctime = *time;
                 if is_dir {
-                    d.nlink += 1;
+                    d.nlink = d.nlink.saturating_add(1);
                 }
-                self.next_ino = self.next_ino.max(ino + 1);
+                self.next_ino = self.next_ino.max(ino.saturating_add(1));
                 self.name_bytes += name.len() as u64 + 17;
             }
             Op::Unlink { dir, name, time } | Op::Rmdir { dir, name, time } => {
@@ -469,9 +469,9 @@ impl Inner {
                 d.mtime = *time;
                 d.ctime = *time;
                 if rmdir {
-                    d.nlink -= 1;
+                    d.nlink = d.nlink.saturating_sub(1);
                 }
-                self.name_bytes -= name.len() as u64 + 17;
+                self.name_bytes = self.name_bytes.saturating_sub(name.len() as u64 + 17);
                 let t = self.get_mut(ino)?;
                 t.nlink = 0;
                 t.ctime = *time;
@@ -540,16 +540,19 @@ impl Inner {
                 i.mtime = *time;
                 i.ctime = *time;
             }
-            Op::Map { ino, first, blocks, time } => {
+            Op::Map { ino, first, blocks, end, time } => {
                 let i = self.get(*ino)?;
                 if i.kind == FileType::Dir {
                     return Err(posix(Errno::EISDIR));
                 }
-                let end = first
+                let last = first
                     .checked_add(blocks.len() as u64)
                     .and_then(|b| b.checked_mul(BS))
                     .filter(|&e| e <= MAX_FILE_SIZE)
                     .ok_or(posix(Errno::EFBIG))?;
+                if *end > last || end.saturating_add(BS) <= last {
+                    return Err(corrupt(format!("map of inode {ino}: end {end} does not match its blocks")));
+                }
                 for (k, (db, _)) in blocks.iter().enumerate() {
                     let old = self.get_mut(*ino)?.blocks.insert(first + k as u64, Blk::Disk(*db));
                     self.mapped += 1;
@@ -558,7 +561,7 @@ impl Inner {
                     }
                 }
                 let i = self.get_mut(*ino)?;
-                i.size = i.size.max(end);
+                i.size = i.size.max(*end);
                 i.mtime = *time;
                 i.ctime = *time;
             }
@@ -610,8 +613,8 @@ impl Inner {
             }
             if dir != newdir && skind != dkind {
                 let (from, to) = if skind == FileType::Dir { (dir, newdir) } else { (newdir, dir) };
-                self.get_mut(from)?.nlink -= 1;
-                self.get_mut(to)?.nlink += 1;
+                self.get_mut(from)?.nlink = self.get_mut(from)?.nlink.saturating_sub(1);
+                self.get_mut(to)?.nlink = self.get_mut(to)?.nlink.saturating_add(1);
             }
             for i in [src, dst] {
                 self.get_mut(i)?.ctime = time;
@@ -638,15 +641,15 @@ impl Inner {
                 return Err(posix(Errno::EINVAL));
             }
             self.get_mut(dir)?.remove_entry(name);
-            self.name_bytes -= name.len() as u64 + 17;
+            self.name_bytes = self.name_bytes.saturating_sub(name.len() as u64 + 17);
             if let Some(dst) = dst {
                 self.get_mut(newdir)?.remove_entry(newname);
-                self.name_bytes -= newname.len() as u64 + 17;
+                self.name_bytes = self.name_bytes.saturating_sub(newname.len() as u64 + 17);
                 let t = self.get_mut(dst)?;
                 t.nlink = 0;
                 t.ctime = time;
                 if t.kind == FileType::Dir {
-                    self.get_mut(newdir)?.nlink -= 1;
+                    self.get_mut(newdir)?.nlink = self.get_mut(newdir)?.nlink.saturating_sub(1);
                 }
                 if !self.replaying && !self.opens.contains_key(&dst) {
                     self.free_inode(dst);
@@ -656,8 +659,8 @@ impl Inner {
             self.name_bytes += newname.len() as u64 + 17;
             if skind == FileType::Dir {
                 self.get_mut(src)?.parent = newdir;
-                self.get_mut(dir)?.nlink -= 1;
-                self.get_mut(newdir)?.nlink += 1;
+                self.get_mut(dir)?.nlink = self.get_mut(dir)?.nlink.saturating_sub(1);
+                self.get_mut(newdir)?.nlink = self.get_mut(newdir)?.nlink.saturating_add(1);
             }
             self.get_mut(src)?.ctime = time;
         }
@@ -732,13 +735,45 @@ impl Inner {
         Ok(())
     }
 
-    /// Writes whole blocks copy-on-write to fresh device blocks, then their map record.
+    /// Writes `data` at byte `off` copy-on-write: every block it touches (merged with the old
+    /// contents where it covers a block only partly) goes to a fresh device block, then one
+    /// map record makes the whole piece visible atomically.
+    fn write_cow(&mut self, dev: &dyn BlockDev, ino: Ino, off: u64, src: &[u8], time: Time) -> FsResult<()> {
+        let end = off + src.len() as u64;
+        let first = off / BS;
+        let k = end.div_ceil(BS) - first;
+        let mut data = vec![0u8; (k * BS) as usize];
+        for (j, fb) in (first..first + k).enumerate() {
+            let lo = (fb * BS).max(off);
+            let hi = ((fb + 1) * BS).min(end);
+            let dst = &mut data[j * BLOCK..(j + 1) * BLOCK];
+            if hi - lo < BS {
+                let disk = match self.get(ino)?.blocks.get(&fb) {
+                    Some(Blk::Mem(d)) => {
+                        dst.copy_from_slice(d);
+                        None
+                    }
+                    Some(Blk::Disk(b)) => Some(*b),
+                    None => None,
+                };
+                if let Some(b) = disk {
+                    dst.copy_from_slice(&self.read_block(dev, b)?);
+                }
+            }
+            let at = (lo - fb * BS) as usize;
+            dst[at..at + (hi - lo) as usize].copy_from_slice(&src[(lo - off) as usize..(hi - off) as usize]);
+        }
+        self.write_map(dev, ino, first, &data, end, time)
+    }
+
+    /// Writes whole blocks to fresh device blocks, then their map record.
     fn write_map(
         &mut self,
         dev: &dyn BlockDev,
         ino: Ino,
         first: u64,
         data: &[u8],
+        end: u64,
         time: Time,
     ) -> FsResult<()> {
         let k = (data.len() / BLOCK) as u64;
@@ -774,7 +809,7 @@ impl Inner {
         }
         let blocks: Vec<(u64, u32)> =
             got.iter().enumerate().map(|(i, &b)| (b, crc(&[&data[i * BLOCK..(i + 1) * BLOCK]]))).collect();
-        if let Err(e) = self.commit(dev, Op::Map { ino, first, blocks, time }, 0) {
+        if let Err(e) = self.commit(dev, Op::Map { ino, first, blocks, end, time }, 0) {
             if self.failed.is_none() {
                 for b in got {
                     self.alloc.release(b);
@@ -1291,7 +1326,7 @@ impl Inner {
                     if fix {
                         if let Some(i) = self.inodes.get_mut(&d) {
                             i.remove_entry(&name);
-                            self.name_bytes -= name.len() as u64 + 17;
+                            self.name_bytes = self.name_bytes.saturating_sub(name.len() as u64 + 17);
                         }
                         info.fixed.push(format!("removed: {p}"));
                     }
@@ -1757,26 +1792,18 @@ impl FileSystem for Volume {
                 return Ok(off);
             }
             let time = Time::now();
-            let first_full = off.div_ceil(BS) * BS;
-            let last_full = end / BS * BS;
-            if data.len() <= INLINE_MAX || first_full >= last_full {
+            if data.len() <= INLINE_MAX {
                 g.ensure_space(dev, (end.div_ceil(BS) - off / BS) + 1)?;
                 g.write_inline(dev, ino, off, data, time)?;
                 return Ok(off);
             }
             g.ensure_space(dev, end.div_ceil(BS) - off / BS + 1)?;
-            if first_full > off {
-                g.write_inline(dev, ino, off, &data[..(first_full - off) as usize], time)?;
-            }
-            let mut fb = first_full / BS;
-            while fb < last_full / BS {
-                let k = MAP_CHUNK.min(last_full / BS - fb);
-                let lo = (fb * BS - off) as usize;
-                g.write_map(dev, ino, fb, &data[lo..lo + (k * BS) as usize], time)?;
-                fb += k;
-            }
-            if end > last_full {
-                g.write_inline(dev, ino, last_full, &data[(last_full - off) as usize..], time)?;
+            // Pieces of up to MAP_CHUNK blocks, each atomic.
+            let mut pos = off;
+            while pos < end {
+                let stop = ((pos / BS + MAP_CHUNK) * BS).min(end);
+                g.write_cow(dev, ino, pos, &data[(pos - off) as usize..(stop - off) as usize], time)?;
+                pos = stop;
             }
             Ok(off)
         })
