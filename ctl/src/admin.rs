@@ -288,8 +288,133 @@ pub fn render(resp: &Response) -> String {
             }
             s
         }
+        Response::Vsas { vsas } => {
+            if vsas.is_empty() {
+                return "no VSAs (`arrakis vsa create NAME SIZE` makes one)\n".into();
+            }
+            let rows: Vec<Vec<String>> = vsas
+                .iter()
+                .map(|v| {
+                    vec![
+                        v.name.to_string(),
+                        crate::volume::human_size(v.size),
+                        v.size.to_string(),
+                        v.uid.to_string(),
+                        v.owner.map_or("-".to_owned(), |p| p.to_string()),
+                    ]
+                })
+                .collect();
+            table(&["NAME", "SIZE", "BYTES", "UID", "OWNER"], &rows)
+        }
+        Response::Vsa { vsa } => format!(
+            "VSA {}: {} ({} bytes), uid {}{}\n",
+            vsa.name,
+            crate::volume::human_size(vsa.size),
+            vsa.size,
+            vsa.uid,
+            vsa.owner.map_or(String::new(), |p| format!(", owned by pid {p}"))
+        ),
+        Response::VsaDeleted { name } => format!("deleted VSA {name}\n"),
         other => format!("{other:?}\n"),
     }
+}
+
+/// `arrakis vsa ...`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VsaOp {
+    /// `create NAME SIZE`.
+    Create(String, u64),
+    /// `resize NAME SIZE`.
+    Resize(String, u64),
+    /// `delete NAME`.
+    Delete(String),
+    /// `list`.
+    List,
+}
+
+/// Runs a VSA command and prints its answer.
+pub fn vsa(socket: &Path, op: VsaOp, json: bool) -> Result<()> {
+    let mut c = Client::connect(socket)?;
+    let req = match op {
+        VsaOp::Create(name, size) => Request::VsaCreate { name: vsa_name(&name)?, size },
+        VsaOp::Resize(name, size) => Request::VsaResize { name: vsa_name(&name)?, size },
+        VsaOp::Delete(name) => Request::VsaDelete { name: vsa_name(&name)? },
+        VsaOp::List => Request::VsaList {},
+    };
+    let resp = c.call(req)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&resp)?);
+    } else {
+        print!("{}", render(&resp));
+    }
+    Ok(())
+}
+
+fn vsa_name(name: &str) -> Result<arrakis_backends::proto::Name> {
+    crate::daemon::vsa::check_name(name)?;
+    arrakis_backends::proto::Name::try_from(name.to_owned()).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// `arrakis fsck VOLUME [--repair]` or `arrakis fsck --image FILE [--repair]`: true if the
+/// volume was clean. A volume whose owner runs is refused (its owner may be writing it); to
+/// repair, this process becomes the owner for the duration and detaches at the end (if it
+/// dies instead, the daemon ends its ownership like any owner's).
+pub fn fsck(socket: &Path, volume: Option<&str>, image: Option<&Path>, repair: bool) -> Result<bool> {
+    use std::fs::File;
+
+    use anyhow::{bail, Context};
+
+    use crate::volume::{attach_read_only, attach_volume, Attached};
+
+    let busy = |name: &str, pid: u32| {
+        anyhow::anyhow!(
+            "VSA \"{name}\" is owned by pid {pid}, which may be writing it; stop that process first, or \
+             check a copy of its image with `arrakis fsck --image FILE`"
+        )
+    };
+    match (volume, image) {
+        (_, Some(path)) => {
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(repair)
+                .open(path)
+                .with_context(|| format!("cannot open the image {}", path.display()))?;
+            check_image(&f, &path.display().to_string(), repair)
+        }
+        (Some(name), None) => {
+            let mut c = Client::connect(socket)?;
+            if !repair {
+                let (vsa, fd) = attach_read_only(&mut c, name)?;
+                if let Some(pid) = vsa.owner {
+                    return Err(busy(name, pid));
+                }
+                return check_image(&File::from(fd), &format!("volume \"{name}\""), false);
+            }
+            match attach_volume(&mut c, name)? {
+                Attached::Remote { owner, .. } => Err(busy(name, owner)),
+                Attached::Owner { fd, .. } => {
+                    let r = check_image(&File::from(fd), &format!("volume \"{name}\""), true);
+                    let detached = c.volume_detach(name);
+                    let clean = r?;
+                    detached.with_context(|| {
+                        format!("repaired volume \"{name}\" but could not detach from it")
+                    })?;
+                    Ok(clean)
+                }
+            }
+        }
+        (None, None) => bail!("fsck needs a volume name or --image FILE"),
+    }
+}
+
+/// Checks (and with `repair`, repairs) the volume image in `f`; prints what it found. True if
+/// it was clean.
+fn check_image(f: &std::fs::File, what: &str, repair: bool) -> Result<bool> {
+    let _ = (f, repair);
+    anyhow::bail!(
+        "cannot check {what}: this build does not include the volume format's checker yet; use a \
+         build with the library-OS file system (arrakis_core::fs)"
+    )
 }
 
 #[cfg(test)]

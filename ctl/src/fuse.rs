@@ -112,49 +112,36 @@ pub fn mount_image(image: &Path, dir: &Path, read_only: bool) -> Result<()> {
     serve_volume(Arc::new(vol), dir, read_only, None)
 }
 
-/// `arrakis mount VOLUME DIR`: attaches to the volume through the daemon at `daemon` and
-/// serves it at `dir`. If no process owns the volume, this one becomes its owner: it opens the
-/// VSA itself and also serves the volume by RPC on the socket the daemon names, for as long as
-/// it is mounted. Otherwise it reaches the owner by RPC. `read_only` attaches read-only
-/// (the daemon hands over the VSA read-only even while an owner runs).
+/// `arrakis mount VOLUME DIR`: attaches to the volume through the daemon at `daemon`
+/// ([`crate::volume::attach_volume`]) and serves it at `dir`. If no process owns the volume,
+/// this one becomes its owner: it opens the VSA itself and also serves the volume by RPC on the
+/// socket the daemon names, for as long as it is mounted, then detaches. Otherwise it reaches
+/// the owner by RPC. `read_only` makes the FUSE mount read-only; the attach is the same (so a
+/// read-only mount never reads an image a live owner is writing).
 pub fn mount_volume(daemon: &Path, name: &str, dir: &Path, read_only: bool) -> Result<()> {
-    use arrakis_backends::proto::{Name, Request, Response, VolumeRole};
+    use crate::volume::{attach_volume, Attached};
     block_exit_signals()?;
-    let vname = Name::try_from(name.to_string()).map_err(|e| anyhow::anyhow!("volume name {name:?}: {e}"))?;
     let mut ctl = arrakis_backends::proto::client::Client::connect(daemon)?;
-    let (resp, fds) =
-        ctl.call_with_fds(Request::VolumeAttach { name: vname.clone(), create: None, read_only })?;
-    let Response::VolumeAttached { vsa, role } = resp else {
-        anyhow::bail!("the daemon answered a volume attach with {resp:?}");
-    };
-    let vsa_dev = |fds: Vec<std::os::fd::OwnedFd>| -> Result<Arc<dyn BlockDev>> {
-        let fd = fds.into_iter().next().context("the daemon sent no VSA fd with the attach")?;
-        Ok(Arc::new(FileDev::new(fd, vsa.size)))
-    };
-    match role {
-        VolumeRole::Owner { socket } => {
-            let vol = Arc::new(
-                Volume::open_or_format(vsa_dev(fds)?)
-                    .with_context(|| format!("cannot open volume {name}"))?,
-            );
-            let server = rpc::serve_unix(Path::new(&socket), vol.clone())
-                .with_context(|| format!("cannot serve volume {name} on {socket}"))?;
-            let r = serve_volume(vol, dir, false, Some(server));
-            // Ownership ends with the process anyway; say so early when we can.
-            let _ = ctl.call(Request::VolumeDetach { name: vname });
+    match attach_volume(&mut ctl, name)? {
+        Attached::Owner { vsa, fd, socket } => {
+            let dev: Arc<dyn BlockDev> = Arc::new(FileDev::new(fd, vsa.size));
+            let vol =
+                Arc::new(Volume::open_or_format(dev).with_context(|| format!("cannot open volume {name}"))?);
+            let server = rpc::serve_unix(&socket, vol.clone())
+                .with_context(|| format!("cannot serve volume {name} on {}", socket.display()))?;
+            let r = serve_volume(vol, dir, read_only, Some(server));
+            // Ownership ends with the process anyway; say so early.
+            if let Err(e) = ctl.volume_detach(name) {
+                eprintln!("arrakis mount: detaching volume {name}: {e}");
+            }
             r
         }
-        VolumeRole::Remote { socket, owner } => {
-            let client = rpc::Client::connect_unix(Path::new(&socket))
-                .with_context(|| format!("cannot reach volume {name}'s owner (pid {owner}) at {socket}"))?;
+        Attached::Remote { socket, owner, .. } => {
             drop(ctl);
+            let client = rpc::Client::connect_unix(&socket).with_context(|| {
+                format!("cannot reach volume {name}'s owner (pid {owner}) at {}", socket.display())
+            })?;
             serve(Arc::new(client), dir, read_only)
-        }
-        VolumeRole::ReadOnly {} => {
-            let vol =
-                Volume::open_readonly(vsa_dev(fds)?).with_context(|| format!("cannot open volume {name}"))?;
-            drop(ctl);
-            serve_volume(Arc::new(vol), dir, true, None)
         }
     }
 }
@@ -165,7 +152,8 @@ fn serve_volume(vol: Arc<Volume>, dir: &Path, read_only: bool, server: Option<rp
     if let Some(s) = server {
         s.shutdown();
     }
-    let synced = if read_only { Ok(()) } else { vol.sync_all().context("cannot checkpoint the volume") };
+    // A read-only volume has nothing to checkpoint (sync_all returns at once).
+    let synced = vol.sync_all().context("cannot checkpoint the volume");
     r.and(synced)
 }
 

@@ -24,6 +24,7 @@ mod admin;
 mod daemon;
 mod fuse;
 mod launcher;
+pub mod volume;
 
 /// The backend whose NIC is on the daemon's switch.
 const EMULATOR: &str = "emulator";
@@ -46,10 +47,10 @@ struct Cli {
 #[derive(clap::Args, Debug)]
 struct AdminOpts {
     /// The daemon's socket [default: $ARRAKIS_SOCKET, else ctl.sock in $ARRAKIS_RUN_DIR or /run/arrakis].
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", global = true)]
     socket: Option<PathBuf>,
     /// Print JSON (the daemon's response) instead of a table.
-    #[arg(long)]
+    #[arg(long, global = true)]
     json: bool,
 }
 
@@ -67,6 +68,13 @@ enum Cmd {
         /// emulator (a virtual NIC on the daemon's switch; starts a daemon if none answers).
         #[arg(long, value_name = "NAME")]
         backend: Option<String>,
+        /// Mount VSA NAME's volume at /abs/path in the program (repeatable; `:ro` for
+        /// read-only). A missing VSA is created (--volume-size). Starts a daemon if none answers.
+        #[arg(long = "volume", value_name = "NAME:/abs/path[:ro]", value_parser = volume::VolumeSpec::parse)]
+        volumes: Vec<volume::VolumeSpec>,
+        /// Size of the VSAs --volume creates (e.g. 64M, 1G).
+        #[arg(long, value_name = "SIZE", value_parser = volume::parse_size, default_value = "256M")]
+        volume_size: u64,
         /// Program and its arguments.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<OsString>,
@@ -99,6 +107,10 @@ enum Cmd {
         /// 10.77.0.2/24 when the interface is 10.77.0.1/24.
         #[arg(long, value_name = "ADDR/PREFIX", requires = "uplink", value_parser = parse_ifaddr)]
         uplink_addr: Option<arrakis_backends::proto::IfAddr>,
+        /// Largest VSA (e.g. 64G); the free space of the state directory's file system also
+        /// bounds every VSA.
+        #[arg(long, value_name = "SIZE", value_parser = volume::parse_size, default_value = "1T")]
+        max_vsa_size: u64,
     },
     /// Show the daemon and its containers.
     Status(AdminOpts),
@@ -149,6 +161,29 @@ enum Cmd {
         #[arg(long, value_name = "PATH")]
         socket: Option<PathBuf>,
     },
+    /// Virtual storage areas: create, resize, delete, list.
+    Vsa {
+        #[command(subcommand)]
+        op: VsaCmd,
+        #[command(flatten)]
+        opts: AdminOpts,
+    },
+    /// Check a volume (on a VSA, or an image file) and optionally repair it. Exit status: 0
+    /// clean, 1 problems found (or repaired), 2 the check could not run.
+    Fsck {
+        /// The volume (its VSA's name); it must have no running owner.
+        #[arg(required_unless_present = "image", conflicts_with = "image")]
+        volume: Option<String>,
+        /// Check an image file instead of a VSA.
+        #[arg(long, value_name = "FILE")]
+        image: Option<PathBuf>,
+        /// Repair what can be repaired.
+        #[arg(long)]
+        repair: bool,
+        /// The daemon's socket [default: $ARRAKIS_SOCKET, else ctl.sock in $ARRAKIS_RUN_DIR or /run/arrakis].
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+    },
     /// Revoke a grant.
     Revoke {
         /// The grant's number (`arrakis filters` lists them).
@@ -156,6 +191,35 @@ enum Cmd {
         #[command(flatten)]
         opts: AdminOpts,
     },
+}
+
+/// `arrakis vsa` subcommands.
+#[derive(Subcommand, Debug)]
+enum VsaCmd {
+    /// Create a VSA: NAME (letters, digits, '.', '_', '-') and SIZE (4096, 64M, 1G; rounded up to 4 KiB).
+    Create {
+        /// Its name.
+        name: String,
+        /// Its size.
+        #[arg(value_parser = volume::parse_size)]
+        size: u64,
+    },
+    /// Grow or shrink a VSA (shrinking is refused while a process owns its volume, or below
+    /// what the volume uses).
+    Resize {
+        /// Its name.
+        name: String,
+        /// The new size.
+        #[arg(value_parser = volume::parse_size)]
+        size: u64,
+    },
+    /// Delete a VSA and its storage (refused while a process owns its volume).
+    Delete {
+        /// Its name.
+        name: String,
+    },
+    /// List the VSAs.
+    List,
 }
 
 /// The process entry point, called by the C runtime (see the crate doc for why not Rust's).
@@ -170,8 +234,8 @@ pub extern "C" fn main(_argc: std::ffi::c_int, _argv: *const *const std::ffi::c_
 fn entry() -> std::ffi::c_int {
     let cli = Cli::parse();
     let result = match cli.cmd {
-        Cmd::Run { backend, command } => {
-            let err = run(backend.as_deref(), &command);
+        Cmd::Run { backend, volumes, volume_size, command } => {
+            let err = run(backend.as_deref(), &volumes, volume_size, &command);
             eprintln!("arrakis: {err:#}");
             return exit_code(&err);
         }
@@ -184,6 +248,7 @@ fn entry() -> std::ffi::c_int {
             setsid,
             uplink,
             uplink_addr,
+            max_vsa_size,
         } => {
             if setsid {
                 // Ctrl-C in the launcher's terminal, or its hang-up, must not reach the daemon.
@@ -203,6 +268,7 @@ fn entry() -> std::ffi::c_int {
                 limits: daemon::rules::Limits { max_grants, max_ports },
                 frame_timeout: std::time::Duration::from_millis(frame_timeout_ms),
                 uplink: uplink.zip(uplink_addr),
+                max_vsa_size,
             })
         }
         Cmd::Switch { socket, uplink } => switch::service::main(&socket, uplink.as_deref()),
@@ -214,6 +280,25 @@ fn entry() -> std::ffi::c_int {
         Cmd::Filters(o) => admin::query(&o.socket(), admin::Query::Filters, o.json),
         Cmd::Stats(o) => admin::query(&o.socket(), admin::Query::Stats, o.json),
         Cmd::Mount { args, image, read_only, socket } => mount(&args, image.as_deref(), read_only, socket),
+        Cmd::Vsa { op, opts } => {
+            let op = match op {
+                VsaCmd::Create { name, size } => admin::VsaOp::Create(name, size),
+                VsaCmd::Resize { name, size } => admin::VsaOp::Resize(name, size),
+                VsaCmd::Delete { name } => admin::VsaOp::Delete(name),
+                VsaCmd::List => admin::VsaOp::List,
+            };
+            admin::vsa(&opts.socket(), op, opts.json)
+        }
+        Cmd::Fsck { volume, image, repair, socket } => {
+            let socket = socket.unwrap_or_else(arrakis_backends::proto::default_socket);
+            return match admin::fsck(&socket, volume.as_deref(), image.as_deref(), repair) {
+                Ok(clean) => std::ffi::c_int::from(!clean),
+                Err(e) => {
+                    eprintln!("arrakis fsck: {e:#}");
+                    2
+                }
+            };
+        }
         Cmd::Revoke { id, opts } => admin::revoke(&opts.socket(), id, opts.json),
     };
     match result {
@@ -326,14 +411,24 @@ fn get_var<'a>(env: &'a [Vec<u8>], name: &[u8]) -> Option<&'a [u8]> {
 }
 
 /// Execs the command under the shim; returns only with the reason it could not.
-fn run(backend: Option<&str>, command: &[OsString]) -> anyhow::Error {
-    match try_run(backend, command) {
+fn run(
+    backend: Option<&str>,
+    volumes: &[volume::VolumeSpec],
+    volume_size: u64,
+    command: &[OsString],
+) -> anyhow::Error {
+    match try_run(backend, volumes, volume_size, command) {
         Ok(never) => match never {},
         Err(e) => e,
     }
 }
 
-fn try_run(backend: Option<&str>, command: &[OsString]) -> Result<std::convert::Infallible> {
+fn try_run(
+    backend: Option<&str>,
+    volumes: &[volume::VolumeSpec],
+    volume_size: u64,
+    command: &[OsString],
+) -> Result<std::convert::Infallible> {
     let Some(prog) = command.first() else { bail!("arrakis run needs a command") };
     let shim = find_shim()?;
     let mut env = initial_environment();
@@ -346,6 +441,15 @@ fn try_run(backend: Option<&str>, command: &[OsString]) -> Result<std::convert::
         if b.trim() == EMULATOR {
             launcher::ensure_daemon(&arrakis_backends::proto::default_socket())?;
         }
+    }
+    if !volumes.is_empty() {
+        // The library OS attaches each volume through the daemon (the loopback backend keeps
+        // volumes in memory, but the variable is set all the same).
+        let socket = arrakis_backends::proto::default_socket();
+        launcher::ensure_daemon(&socket)?;
+        let mut client = arrakis_backends::proto::client::Client::connect(&socket)?;
+        volume::ensure_vsas(&mut client, volumes, volume_size)?;
+        set_var(&mut env, volume::VOLUMES_ENV.as_bytes(), volume::volumes_env(volumes).as_bytes());
     }
     let preload = preload_value(&shim, get_var(&env, b"LD_PRELOAD").map(OsStr::from_bytes));
     set_var(&mut env, b"LD_PRELOAD", preload.as_bytes());
@@ -404,14 +508,14 @@ mod tests {
         let cli = Cli::try_parse_from(["arrakis", "run", "--backend", "emulator", "--", "true"]).unwrap();
         let Cmd::Run { backend, .. } = cli.cmd else { panic!("not run") };
         assert_eq!(backend.as_deref(), Some(EMULATOR));
-        let err = run(Some("warp-drive"), &[OsString::from("true")]);
+        let err = run(Some("warp-drive"), &[], 0, &[OsString::from("true")]);
         assert!(format!("{err:#}").contains("warp-drive"), "{err:#}");
     }
 
     #[test]
     fn the_cli_parses_run_with_hyphen_arguments() {
         let cli = Cli::try_parse_from(["arrakis", "run", "--", "ls", "-l", "/"]).unwrap();
-        let Cmd::Run { command, backend } = cli.cmd else { panic!("not run") };
+        let Cmd::Run { command, backend, .. } = cli.cmd else { panic!("not run") };
         assert_eq!(command, vec!["ls", "-l", "/"]);
         assert!(backend.is_none());
         let cli = Cli::try_parse_from(["arrakis", "run", "redis-server", "--port", "7000"]).unwrap();

@@ -21,6 +21,7 @@ use super::error::ErrorReply;
 use super::frame::{self, FrameBuf};
 use super::msg::{
     decode_reply, Filter, GrantId, Name, NicInfo, Outcome, Proto, Request, RequestFrame, Response, Token,
+    VolumeRole, VsaInfo,
 };
 use super::{MAX_FDS, MIN_VERSION, VERSION};
 
@@ -222,6 +223,86 @@ impl Client {
     pub fn capture_stop(&mut self, container: &str) -> Result<Option<u64>, ClientError> {
         match self.call(Request::CaptureStop { container: Name::lossy(container) })? {
             Response::CaptureStopped { frames, .. } => Ok(frames),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    /// Refuses, before asking, a name that is not a valid protocol [`Name`].
+    fn vsa_name(&self, name: &str) -> Result<Name, ClientError> {
+        Name::try_from(name.to_owned()).map_err(|reason| {
+            ClientError::Refused(
+                super::error::ErrorKind::VsaName { name: name.to_owned(), reason: reason.to_string() }.into(),
+            )
+        })
+    }
+
+    /// Creates VSA `name` of `size` bytes (rounded up to 4096), owned by this process's uid
+    /// ([`Request::VsaCreate`]).
+    pub fn vsa_create(&mut self, name: &str, size: u64) -> Result<VsaInfo, ClientError> {
+        let name = self.vsa_name(name)?;
+        match self.call(Request::VsaCreate { name, size })? {
+            Response::Vsa { vsa } => Ok(vsa),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    /// Grows or shrinks VSA `name` to `size` bytes ([`Request::VsaResize`]).
+    pub fn vsa_resize(&mut self, name: &str, size: u64) -> Result<VsaInfo, ClientError> {
+        let name = self.vsa_name(name)?;
+        match self.call(Request::VsaResize { name, size })? {
+            Response::Vsa { vsa } => Ok(vsa),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    /// Deletes VSA `name` and its storage ([`Request::VsaDelete`]).
+    pub fn vsa_delete(&mut self, name: &str) -> Result<(), ClientError> {
+        let name = self.vsa_name(name)?;
+        match self.call(Request::VsaDelete { name })? {
+            Response::VsaDeleted { .. } => Ok(()),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    /// Every VSA, by name ([`Request::VsaList`]).
+    pub fn vsa_list(&mut self) -> Result<Vec<VsaInfo>, ClientError> {
+        match self.call(Request::VsaList {})? {
+            Response::Vsas { vsas } => Ok(vsas),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    /// Attaches this process to volume `name` ([`Request::VolumeAttach`]): creating the VSA
+    /// with `create` bytes if it is missing; `read_only` for a read-only fd whoever owns it.
+    /// The fd is there for [`VolumeRole::Owner`] (read-write) and [`VolumeRole::ReadOnly`],
+    /// and `None` for [`VolumeRole::Remote`]; a reply that breaks this is a protocol error.
+    pub fn volume_attach(
+        &mut self,
+        name: &str,
+        create: Option<u64>,
+        read_only: bool,
+    ) -> Result<(VsaInfo, VolumeRole, Option<OwnedFd>), ClientError> {
+        let name = self.vsa_name(name)?;
+        match self.call_with_fds(Request::VolumeAttach { name, create, read_only })? {
+            (Response::VolumeAttached { vsa, role }, mut fds) => {
+                let want = usize::from(!matches!(role, VolumeRole::Remote { .. }));
+                if fds.len() != want {
+                    return Err(self.proto_err(format!(
+                        "the volume_attach reply ({role:?}) carried {} fds; it must carry {want}",
+                        fds.len()
+                    )));
+                }
+                Ok((vsa, role, fds.pop()))
+            }
+            (other, _) => Err(self.unexpected(&other)),
+        }
+    }
+
+    /// Gives up ownership of volume `name` ([`Request::VolumeDetach`]).
+    pub fn volume_detach(&mut self, name: &str) -> Result<(), ClientError> {
+        let name = self.vsa_name(name)?;
+        match self.call(Request::VolumeDetach { name })? {
+            Response::VolumeDetached { .. } => Ok(()),
             other => Err(self.unexpected(&other)),
         }
     }

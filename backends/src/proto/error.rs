@@ -191,6 +191,83 @@ pub enum ErrorKind {
         /// The container's uid.
         owner: u32,
     },
+    /// Version 4: no VSA has that name.
+    #[error(
+        "there is no VSA \"{name}\"; `arrakis vsa list` lists the VSAs and `arrakis vsa create {name} SIZE` \
+         makes one"
+    )]
+    NoVsa {
+        /// The name asked for.
+        name: String,
+    },
+    /// Version 4: a VSA of that name exists already.
+    #[error(
+        "a VSA \"{name}\" exists already; choose another name or delete it first (`arrakis vsa delete {name}`)"
+    )]
+    VsaExists {
+        /// The name.
+        name: String,
+    },
+    /// Version 4: the name cannot name a VSA (it becomes a file name).
+    #[error("\"{name}\" cannot name a VSA: {reason}")]
+    VsaName {
+        /// The name given.
+        name: String,
+        /// What is wrong with it, and what is allowed.
+        reason: String,
+    },
+    /// Version 4: the caller's uid may not use the VSA.
+    #[error(
+        "uid {uid} may not use VSA \"{name}\", which belongs to uid {owner}; run as uid {owner} or root"
+    )]
+    VsaNotPermitted {
+        /// The VSA.
+        name: String,
+        /// The caller's uid.
+        uid: u32,
+        /// The uid that created it.
+        owner: u32,
+    },
+    /// Version 4: a running process owns the volume, so the VSA cannot be changed that way.
+    #[error(
+        "cannot {action} VSA \"{name}\": it is owned by pid {pid}; stop that process (or let it \
+         detach) first, or work on a copy"
+    )]
+    VsaOwned {
+        /// The VSA.
+        name: String,
+        /// The owner's pid.
+        pid: u32,
+        /// What was refused (`delete`, `shrink`).
+        action: String,
+    },
+    /// Version 4: a size that cannot be given (zero, past the limit, past the free space,
+    /// below what the volume uses, or a shrink this build cannot check).
+    #[error("VSA \"{name}\": {reason}")]
+    VsaSize {
+        /// The VSA.
+        name: String,
+        /// What is wrong, with the numbers and the fix.
+        reason: String,
+    },
+    /// Version 4: the VSA's backing file could not be made, read or changed.
+    #[error("VSA \"{name}\": its backing file failed: {reason}; see the daemon's log")]
+    VsaStorage {
+        /// The VSA.
+        name: String,
+        /// The operation, the file and the OS error.
+        reason: String,
+    },
+    /// Version 4: `volume_detach` by a process that does not own the volume.
+    #[error("process {pid} does not own volume \"{name}\" ({owner}); only its owner detaches it")]
+    NotVolumeOwner {
+        /// The VSA.
+        name: String,
+        /// The caller.
+        pid: u32,
+        /// Who owns it, in words (`owned by pid 42`, `no owner`).
+        owner: String,
+    },
 }
 
 impl ErrorKind {
@@ -213,6 +290,14 @@ impl ErrorKind {
             ErrorKind::NoEphemeral { .. } => "no_ephemeral",
             ErrorKind::NoContainer { .. } => "no_container",
             ErrorKind::CaptureNotPermitted { .. } => "capture_not_permitted",
+            ErrorKind::NoVsa { .. } => "no_vsa",
+            ErrorKind::VsaExists { .. } => "vsa_exists",
+            ErrorKind::VsaName { .. } => "vsa_name",
+            ErrorKind::VsaNotPermitted { .. } => "vsa_not_permitted",
+            ErrorKind::VsaOwned { .. } => "vsa_owned",
+            ErrorKind::VsaSize { .. } => "vsa_size",
+            ErrorKind::VsaStorage { .. } => "vsa_storage",
+            ErrorKind::NotVolumeOwner { .. } => "not_volume_owner",
         }
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! * [`host`] — what the daemon reads from the host (`/proc`), behind a trait;
 //! * [`rules`] — containers, grants and the rules that decide a request;
-//! * [`store`] — the crash-safe store the grants survive a restart in;
+//! * [`store`] — the crash-safe store the grants and VSAs survive a restart in;
+//! * [`vsa`] — virtual storage areas: backing files, and who owns the volume in each;
 //! * [`session`] — one client's protocol state, and the answer to one frame;
 //! * [`server`] — the event loop: the socket, the clients, the containers' pidfds.
 //!
@@ -17,6 +18,7 @@ pub mod rules;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod vsa;
 
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
@@ -45,6 +47,8 @@ pub struct Config {
     pub frame_timeout: Duration,
     /// The switch's uplink: a tun interface, and the address containers have on it.
     pub uplink: Option<(String, IfAddr)>,
+    /// Largest VSA, in bytes.
+    pub max_vsa_size: u64,
 }
 
 /// Creates `dir` (and its parents) with `mode` if it is missing; an existing directory is
@@ -105,6 +109,12 @@ pub fn run(cfg: &Config) -> Result<()> {
         cfg.uplink.as_ref().map(|(name, _)| name.clone()),
     );
     registry.set_uplink(cfg.uplink.as_ref().map(|&(_, a)| a));
+    let run_dir = cfg.socket.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let mut vsas = vsa::Vsas::new(
+        vsa::VsaConfig { dir: cfg.state_dir.join("vsa"), run_dir, max_size: cfg.max_vsa_size },
+        loaded.vsas,
+    );
+    let orphaned = vsas.reclaim_stale(&host);
     let mut daemon = Daemon {
         registry,
         host: Box::new(host),
@@ -112,6 +122,7 @@ pub fn run(cfg: &Config) -> Result<()> {
         socket: cfg.socket.clone(),
         started: Instant::now(),
         plane: Box::new(plane),
+        vsas,
     };
     daemon.persist().map_err(|e| anyhow::anyhow!("{e}"))?;
     // Ports a running switch kept for containers that died meanwhile go; the others get
@@ -119,11 +130,14 @@ pub fn run(cfg: &Config) -> Result<()> {
     daemon.sync_plane();
     let listener = bind(&cfg.socket)?;
     eprintln!(
-        "arrakis daemon: listening on {} (store {}; {} container(s) and {} grant(s) restored, {stale} stale reclaimed)",
+        "arrakis daemon: listening on {} (store {}; {} container(s), {} grant(s) and {} VSA(s) restored, \
+         {stale} stale container(s) reclaimed, {} volume(s) whose owner died released)",
         cfg.socket.display(),
         store_path.display(),
         alive.len(),
         daemon.registry.grants().count(),
+        daemon.vsas.records().count(),
+        orphaned.len(),
     );
     let mut server = server::Server::new(listener, daemon, cfg.frame_timeout)?;
     server.run().context("the daemon's event loop failed")

@@ -126,6 +126,10 @@ pub enum Change {
     DelGrant(GrantId),
     /// The next grant number.
     NextId(u64),
+    /// Insert or replace a VSA.
+    PutVsa(super::vsa::VsaRec),
+    /// Remove a VSA.
+    DelVsa(String),
 }
 
 /// All containers and grants.
@@ -381,9 +385,9 @@ impl Registry {
             | Request::VsaDelete { .. }
             | Request::VsaList {}
             | Request::VolumeAttach { .. }
-            | Request::VolumeDetach { .. } => {
-                Err(ErrorKind::BadRequest { reason: "this daemon does not serve storage areas yet".into() })
-            }
+            | Request::VolumeDetach { .. } => Err(ErrorKind::BadRequest {
+                reason: "VSA and volume requests are answered by the server".into(),
+            }),
             Request::Unregister {} => {
                 self.registered(caller, host)?;
                 let released = self.remove_container(caller.pid);

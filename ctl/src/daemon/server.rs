@@ -82,7 +82,10 @@ impl Server {
         };
         s.watch_switch();
         for pid in s.daemon.registry.pids() {
-            s.watch(pid);
+            s.watch_container(pid);
+        }
+        for (pid, start) in s.daemon.vsas.owners() {
+            s.watch(pid, start);
         }
         // Processes that died between the store's reclaim pass and the watches: the pidfd of
         // a dead process is readable at once, so the loop reclaims them on its first turn.
@@ -287,7 +290,10 @@ impl Server {
             return false;
         }
         if let Some(pid) = fx.registered {
-            self.watch(pid);
+            self.watch_container(pid);
+        }
+        for (pid, start) in fx.owners {
+            self.watch(pid, start);
         }
         if fx.removed {
             self.unwatch_gone();
@@ -361,10 +367,16 @@ impl Server {
         }
     }
 
-    /// Watches container `pid` for its death (or re-watches it if the pid is another
-    /// process's by now).
-    fn watch(&mut self, pid: u32) {
-        let Some(start) = self.daemon.registry.container(pid).map(|c| c.start) else { return };
+    /// Watches container `pid` for its death.
+    fn watch_container(&mut self, pid: u32) {
+        if let Some(start) = self.daemon.registry.container(pid).map(|c| c.start) {
+            self.watch(pid, start);
+        }
+    }
+
+    /// Watches process `pid` that started at `start` (a container or a volume's owner) for
+    /// its death (or re-watches it if the pid is another process's by now).
+    fn watch(&mut self, pid: u32, start: u64) {
         if self.watches.get(&pid).is_some_and(|w| w.1 == start) {
             return;
         }
@@ -394,7 +406,7 @@ impl Server {
 
     fn unwatch_gone(&mut self) {
         let gone: Vec<u32> =
-            self.watches.keys().copied().filter(|p| self.daemon.registry.container(*p).is_none()).collect();
+            self.watches.keys().copied().filter(|p| self.daemon.watched(*p).is_none()).collect();
         for pid in gone {
             if let Some((fd, _)) = self.watches.remove(&pid) {
                 let _ = epoll::delete(&self.epoll, &fd);
@@ -408,21 +420,10 @@ impl Server {
         self.process_gone(pid, start);
     }
 
-    /// The process `pid` that started at `start` is gone: reclaim its container, if the
-    /// container is still that process's.
+    /// The process `pid` that started at `start` is gone: reclaim its container and end its
+    /// volumes' ownership, if the records are still that process's.
     fn process_gone(&mut self, pid: u32, start: u64) {
-        if self.daemon.registry.container(pid).is_some_and(|c| c.start == start) {
-            let released = self.daemon.registry.reclaim(pid);
-            eprintln!(
-                "arrakis daemon: container {pid} exited; {} grant(s) released{}",
-                released.len(),
-                if released.is_empty() { String::new() } else { format!(": {released:?}") }
-            );
-            if let Err(e) = self.daemon.persist() {
-                eprintln!("arrakis daemon: {e}");
-            }
-            self.daemon.sync_plane();
-        }
+        self.daemon.process_gone(pid, start);
     }
 }
 

@@ -17,6 +17,7 @@ use super::host::Host;
 use super::plane::{switch_grants, Plane};
 use super::rules::{Caller, Registry};
 use super::store::Store;
+use super::vsa::Vsas;
 
 /// What every session shares.
 pub struct Daemon {
@@ -32,6 +33,8 @@ pub struct Daemon {
     pub started: Instant,
     /// The containers' NICs and the switch.
     pub plane: Box<dyn Plane>,
+    /// The VSAs and their volumes' owners.
+    pub vsas: Vsas,
 }
 
 /// What the server must do after a frame.
@@ -48,24 +51,88 @@ pub struct Effects {
     pub registered: Option<u32>,
     /// Containers were removed (watches to drop).
     pub removed: bool,
+    /// Processes that became a volume's owner (pid, start time), to watch for their death.
+    pub owners: Vec<(u32, u64)>,
 }
 
 impl Daemon {
     /// Writes the registry's changes to the store. On failure the registry is reloaded from
     /// the store (which is the truth) and the error is returned for the reply.
     pub fn persist(&mut self) -> Result<(), ErrorKind> {
-        let changes = self.registry.take_changes();
-        let Some(store) = &self.store else { return Ok(()) };
-        if let Err(e) = store.commit(&changes) {
-            eprintln!("arrakis daemon: {e}");
-            if let Ok(l) = store.load() {
-                let counters = self.registry.counters.clone();
-                self.registry = Registry::new(self.registry.limits(), l.containers, l.grants, l.next_id);
-                self.registry.counters = counters;
+        let mut changes = self.registry.take_changes();
+        changes.extend(self.vsas.take_changes());
+        if let Some(store) = &self.store {
+            if let Err(e) = store.commit(&changes) {
+                eprintln!("arrakis daemon: {e}");
+                self.vsas.drop_pending();
+                if let Ok(l) = store.load() {
+                    let counters = self.registry.counters.clone();
+                    self.registry = Registry::new(self.registry.limits(), l.containers, l.grants, l.next_id);
+                    self.registry.counters = counters;
+                    let probe = self.vsas.probe;
+                    self.vsas = Vsas::new(self.vsas.config().clone(), l.vsas);
+                    self.vsas.probe = probe;
+                }
+                return Err(ErrorKind::Store { reason: e.to_string() });
             }
-            return Err(ErrorKind::Store { reason: e.to_string() });
+        }
+        // Only once the store no longer names them: a deleted VSA's file, ended owners'
+        // sockets (only if they are sockets: never a file someone put there).
+        for path in self.vsas.take_unlinks() {
+            let is_socket = |m: &std::fs::Metadata| {
+                use std::os::unix::fs::FileTypeExt;
+                m.file_type().is_socket()
+            };
+            let keep = match std::fs::symlink_metadata(&path) {
+                Ok(m) => !(m.is_file() || is_socket(&m)),
+                Err(_) => true,
+            };
+            if !keep {
+                if let Err(e) = std::fs::remove_file(&path) {
+                    eprintln!("arrakis daemon: cannot remove {}: {e}", path.display());
+                }
+            }
         }
         Ok(())
+    }
+
+    /// The process `pid` that started at `start` is gone (its pidfd said so): its container
+    /// is reclaimed and the volumes it owned lose their owner, if the records are still that
+    /// process's. True if anything changed.
+    pub fn process_gone(&mut self, pid: u32, start: u64) -> bool {
+        let mut changed = false;
+        if self.registry.container(pid).is_some_and(|c| c.start == start) {
+            let released = self.registry.reclaim(pid);
+            eprintln!(
+                "arrakis daemon: container {pid} exited; {} grant(s) released{}",
+                released.len(),
+                if released.is_empty() { String::new() } else { format!(": {released:?}") }
+            );
+            changed = true;
+        }
+        let ended = self.vsas.owner_gone(pid, start);
+        if !ended.is_empty() {
+            eprintln!(
+                "arrakis daemon: process {pid} exited; it no longer owns volume(s) {}",
+                ended.join(", ")
+            );
+            changed = true;
+        }
+        if changed {
+            if let Err(e) = self.persist() {
+                eprintln!("arrakis daemon: {e}");
+            }
+            self.sync_plane();
+        }
+        changed
+    }
+
+    /// Whether `pid` must stay watched: a container, or a volume's owner.
+    pub fn watched(&self, pid: u32) -> Option<u64> {
+        self.registry
+            .container(pid)
+            .map(|c| c.start)
+            .or_else(|| self.vsas.owners().into_iter().find(|o| o.0 == pid).map(|o| o.1))
     }
 
     /// Brings the switch in line with the registry: detaches the ports of containers that
@@ -150,6 +217,39 @@ impl Daemon {
                 let r = self.capture_stop(caller, container.as_str());
                 self.count(&r);
                 r
+            }
+            (
+                req @ (Request::VsaCreate { .. }
+                | Request::VsaResize { .. }
+                | Request::VsaDelete { .. }
+                | Request::VsaList {}
+                | Request::VolumeAttach { .. }
+                | Request::VolumeDetach { .. }),
+                Some(v),
+            ) => {
+                let r = if v < 4 {
+                    Err(ErrorKind::BadRequest {
+                        reason: "VSA and volume requests need protocol version 4".into(),
+                    })
+                } else {
+                    self.vsas.handle(caller, req, self.host.as_ref())
+                };
+                self.registry.counters.requests += 1;
+                if let Err(e) = &r {
+                    *self.registry.counters.refusals.entry(e.code().into()).or_default() += 1;
+                }
+                // A refusal may still have ended a dead owner: persist either way.
+                match (self.persist(), r) {
+                    (Err(e), _) => Err(e),
+                    (Ok(()), Ok((resp, fd))) => {
+                        // A detach may leave a pid that needs no watch.
+                        fx.removed = true;
+                        fds.extend(fd);
+                        fx.owners.extend(self.vsas.take_new_owners());
+                        Ok(resp)
+                    }
+                    (Ok(()), Err(e)) => Err(e),
+                }
             }
             (Request::Nic {} | Request::Lookup { .. }, Some(1)) => {
                 let e = ErrorKind::BadRequest { reason: "nic and lookup need protocol version 2".into() };
@@ -335,7 +435,7 @@ mod tests {
 
     use arrakis_backends::proto::frame::HEADER;
     use arrakis_backends::proto::{
-        decode_reply, Direction, Filter, GrantId, Name, PortRange, Proto, RequestFrame, Token,
+        decode_reply, Direction, Filter, GrantId, Name, PortRange, Proto, RequestFrame, Token, VolumeRole,
     };
     use proptest::prelude::*;
 
@@ -343,6 +443,8 @@ mod tests {
     use super::super::plane::fake::FakePlane;
     use super::super::rules::tests::FakeHost;
     use super::super::rules::{GrantRec, Limits};
+    use super::super::vsa::tests::tmp as vsa_tmp;
+    use super::super::vsa::{VsaConfig, VsaRec};
     use super::*;
 
     const CALLERS: [Caller; 4] = [
@@ -371,6 +473,10 @@ mod tests {
             socket: "/nonexistent".into(),
             started: Instant::now(),
             plane: Box::new(FakePlane::default()),
+            vsas: Vsas::new(
+                VsaConfig { max_size: 64 << 10, ..super::super::vsa::tests::config(&vsa_tmp("fuzz")) },
+                vec![],
+            ),
         }
     }
 
@@ -396,7 +502,8 @@ mod tests {
                 .unwrap()
             });
         prop_oneof![
-            3 => (0u16..3, 0u16..3).prop_map(|(min, max)| Request::Hello { min, max }),
+            2 => (0u16..5, 0u16..5).prop_map(|(min, max)| Request::Hello { min, max }),
+            2 => Just(Request::Hello { min: MIN_VERSION, max: VERSION }),
             3 => Just(Request::Register { name: Name::lossy("c") }),
             6 => filter.prop_map(|filter| Request::Grant { filter }),
             1 => (1u64..8).prop_map(|id| Request::Revoke { id: GrantId(id) }),
@@ -414,15 +521,33 @@ mod tests {
                     addr: a.parse().unwrap(),
                     port,
                 }),
+            1 => (vsa_name(), prop_oneof![4 => 0u64..40_000, 1 => 0u64..80_000]).prop_map(|(name, size)| Request::VsaCreate { name, size }),
+            1 => (vsa_name(), 0u64..80_000).prop_map(|(name, size)| Request::VsaResize { name, size }),
+            1 => vsa_name().prop_map(|name| Request::VsaDelete { name }),
+            1 => Just(Request::VsaList {}),
+            3 => (vsa_name(), prop::option::of(1u64..20_000), prop::bool::weighted(0.25))
+                .prop_map(|(name, create, read_only)| Request::VolumeAttach { name, create, read_only }),
+            1 => vsa_name().prop_map(|name| Request::VolumeDetach { name }),
         ]
     }
 
-    /// One step: a well-formed request from a caller, or raw bytes from a caller.
+    fn vsa_name() -> impl Strategy<Value = Name> {
+        prop::sample::select(vec!["a", "a", "a", "b", "b", ".x", "a/b"]).prop_map(Name::lossy)
+    }
+
+    /// One step: a well-formed request from a caller, or raw bytes from a caller (an empty
+    /// byte string stands for the caller's death, as its pidfd reports it).
     fn step() -> impl Strategy<Value = (usize, Result<Request, Vec<u8>>)> {
         (
             0..CALLERS.len(),
             prop_oneof![4 => request().prop_map(Ok), 1 => prop::collection::vec(any::<u8>(), 0..64).prop_map(Err)],
         )
+    }
+
+    /// The path of an fd, as the kernel names it.
+    fn fd_path(fd: &OwnedFd) -> PathBuf {
+        use std::os::fd::AsRawFd;
+        std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
     }
 
     /// Feeds bytes as the server does (never more than the buffer's room); a session whose
@@ -469,21 +594,29 @@ mod tests {
         #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
 
         #[test]
-        fn no_byte_stream_panics_or_gets_a_forbidden_grant(steps in prop::collection::vec(step(), 1..60)) {
+        fn no_byte_stream_panics_or_gets_a_forbidden_grant(steps in prop::collection::vec(step(), 1..80)) {
             let mut d = daemon();
             let mut sessions: Vec<Session> = (0..CALLERS.len()).map(|_| Session::default()).collect();
             for (i, (who, what)) in steps.into_iter().enumerate() {
                 let caller = CALLERS[who];
                 let bytes = match what {
                     Ok(req) => encode(&RequestFrame { seq: i as u32, req }).unwrap(),
+                    Err(raw) if raw.is_empty() => {
+                        d.process_gone(caller.pid, u64::from(caller.pid));
+                        sessions[who] = Session::default();
+                        continue;
+                    }
                     Err(raw) => raw,
                 };
                 let before: Vec<GrantRec> = d.registry.grants().cloned().collect();
+                let vsas_before: Vec<VsaRec> = d.vsas.records().cloned().collect();
                 let fx = feed(&mut sessions[who], &mut d, caller, &bytes);
                 // Every reply decodes; every grant made was allowed; fds come with nic replies
-                // only, three each.
+                // (three each) and with attach replies as owner or read-only (one, the file of
+                // that VSA, which the caller's uid made or the caller is root).
                 let mut r = &fx.reply[..];
-                let mut with_fds: Vec<usize> = Vec::new();
+                let mut with_fds: Vec<(usize, usize)> = Vec::new();
+                let fd_at = |off: usize| fx.fds.iter().find(|f| f.0 == off).map(|f| &f.1);
                 while r.len() >= HEADER {
                     let off = fx.reply.len() - r.len();
                     let n = u32::from_le_bytes(r[..HEADER].try_into().unwrap()) as usize;
@@ -492,15 +625,61 @@ mod tests {
                         prop_assert!(allowed(&before, caller, &grant.filter), "forbidden grant {grant:?} to {caller:?}");
                     }
                     if let Outcome::Ok(Response::Nic { nic }) = &reply.result {
-                        with_fds.push(off);
+                        with_fds.push((off, 3));
                         prop_assert_eq!(nic.tcp_ports.len(), 128);
                         prop_assert!(nic.tcp_ports.lo() >= 61000 && nic.udp_ports.lo() >= 61000);
+                    }
+                    if let Outcome::Ok(Response::VolumeAttached { vsa, role }) = &reply.result {
+                        prop_assert!(caller.uid == 0 || caller.uid == vsa.uid, "{caller:?} attached {vsa:?}");
+                        let was = vsas_before.iter().find(|v| v.name == vsa.name).and_then(|v| v.owner.clone());
+                        match role {
+                            VolumeRole::Owner { .. } => {
+                                prop_assert!(was.as_ref().is_none_or(|o| o.pid == caller.pid), "two owners: {was:?}, {caller:?}");
+                                prop_assert_eq!(vsa.owner, Some(caller.pid));
+                            }
+                            VolumeRole::Remote { owner, .. } => {
+                                prop_assert!(*owner != caller.pid);
+                                prop_assert_eq!(was.map(|o| o.pid), Some(*owner));
+                            }
+                            VolumeRole::ReadOnly {} => {}
+                        }
+                        if !matches!(role, VolumeRole::Remote { .. }) {
+                            with_fds.push((off, 1));
+                            let fds = fd_at(off);
+                            prop_assert!(fds.is_some());
+                            if let Some(fds) = fds {
+                                prop_assert_eq!(fd_path(&fds[0]), d.vsas.path(vsa.name.as_str()));
+                                let fl = rustix::fs::fcntl_getfl(&fds[0]).unwrap();
+                                let want = if matches!(role, VolumeRole::ReadOnly {}) {
+                                    rustix::fs::OFlags::RDONLY
+                                } else {
+                                    rustix::fs::OFlags::RDWR
+                                };
+                                prop_assert_eq!(fl & rustix::fs::OFlags::ACCMODE, want);
+                            }
+                        }
+                    }
+                    if let Outcome::Ok(Response::VsaDeleted { name }) = &reply.result {
+                        let was = vsas_before.iter().find(|v| &v.name == name);
+                        prop_assert!(was.is_some_and(|v| v.owner.is_none() && (caller.uid == 0 || caller.uid == v.uid)));
+                    }
+                    if let Outcome::Ok(Response::Vsa { vsa }) = &reply.result {
+                        let was = vsas_before.iter().find(|v| v.name == vsa.name);
+                        prop_assert!(caller.uid == 0 || caller.uid == vsa.uid);
+                        // A shrink happens only without an owner (this build: never).
+                        prop_assert!(was.is_none_or(|v| vsa.size >= v.size));
+                        prop_assert_eq!(std::fs::metadata(d.vsas.path(vsa.name.as_str())).map(|m| m.len()).ok(), Some(vsa.size));
                     }
                     r = &r[HEADER + n..];
                 }
                 prop_assert!(r.is_empty());
-                prop_assert_eq!(fx.fds.iter().map(|f| f.0).collect::<Vec<_>>(), with_fds);
-                prop_assert!(fx.fds.iter().all(|f| f.1.len() == 3));
+                prop_assert_eq!(fx.fds.iter().map(|f| (f.0, f.1.len())).collect::<Vec<_>>(), with_fds);
+                // One owner per VSA, a live caller; every VSA has its file.
+                for v in d.vsas.records() {
+                    prop_assert!(v.owner.as_ref().is_none_or(|o| CALLERS.iter().any(|c| c.pid == o.pid)));
+                    prop_assert!(d.vsas.path(v.name.as_str()).is_file());
+                    prop_assert!(v.name.as_str() == "a" || v.name.as_str() == "b");
+                }
                 // The switch holds ports of registered containers only, each with exactly
                 // the grants its container holds; ephemeral blocks never overlap another's.
                 for (pid, grants) in d.plane.attached() {
@@ -522,6 +701,10 @@ mod tests {
                     prop_assert!(held.iter().map(|g| g.filter.ports().len()).sum::<u32>() <= 8);
                 }
             }
+            let dir = d.vsas.config().dir.clone();
+            if let Some(parent) = dir.parent() {
+                let _ = std::fs::remove_dir_all(parent);
+            }
         }
     }
 
@@ -531,8 +714,8 @@ mod tests {
         // happen at all (a test that never reaches the grant path would prove nothing).
         use proptest::strategy::ValueTree;
         let mut runner = proptest::test_runner::TestRunner::deterministic();
-        let strat = prop::collection::vec(step(), 60..61);
-        let (mut made, mut nics) = (0, 0);
+        let strat = prop::collection::vec(step(), 80..81);
+        let (mut made, mut nics, mut owners, mut remotes) = (0, 0, 0, 0);
         for _ in 0..50 {
             let steps = strat.new_tree(&mut runner).unwrap().current();
             let mut d = daemon();
@@ -546,12 +729,23 @@ mod tests {
                     match decode_reply(&fx.reply[HEADER..]).unwrap().result {
                         Outcome::Ok(Response::Granted { .. }) => made += 1,
                         Outcome::Ok(Response::Nic { .. }) => nics += fx.fds.len(),
+                        Outcome::Ok(Response::VolumeAttached { role: VolumeRole::Owner { .. }, .. }) => {
+                            owners += 1
+                        }
+                        Outcome::Ok(Response::VolumeAttached { role: VolumeRole::Remote { .. }, .. }) => {
+                            remotes += 1
+                        }
                         _ => {}
                     }
                 }
             }
+            if let Some(parent) = d.vsas.config().dir.parent() {
+                let _ = std::fs::remove_dir_all(parent);
+            }
         }
         assert!(made > 20, "only {made} grants made");
+        eprintln!("{made} grants, {nics} NIC fds, {owners} owners, {remotes} remote attaches");
         assert!(nics > 5, "only {nics} NICs made");
+        assert!(owners > 10 && remotes > 2, "only {owners} owners and {remotes} remote attaches");
     }
 }

@@ -1,8 +1,11 @@
 //! The daemon's crash-safe store: a redb database (`state.redb` in the state directory).
 //!
-//! Layout (schema 1): table `meta` (`schema` → 1, `next_id` → the next grant number),
-//! table `containers` (pid → JSON of [`ContainerRec`]) and table `grants` (grant number →
-//! JSON of [`GrantRec`], token included). Every request that changes something is one
+//! Layout (schema 2): table `meta` (`schema` → 2, `next_id` → the next grant number),
+//! table `containers` (pid → JSON of [`ContainerRec`]), table `grants` (grant number →
+//! JSON of [`GrantRec`], token included) and table `vsas` (name → JSON of [`VsaRec`]).
+//! Schema 1 (before VSAs) is the same without `vsas`: a schema-1 store is upgraded in place
+//! at open (the table is added, the mark set to 2), and a build that reads only schema 1
+//! refuses the upgraded store rather than ignore its VSAs. Every request that changes something is one
 //! write transaction, committed (fsync'd, redb's `Durability::Immediate`) before the daemon
 //! answers; redb's copy-on-write B-trees with a double-buffered commit slot mean a crash at
 //! any point leaves the last committed state, which redb repairs on the next open.
@@ -17,12 +20,16 @@ use arrakis_backends::proto::GrantId;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::rules::{Change, ContainerRec, GrantRec};
+use super::vsa::VsaRec;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const CONTAINERS: TableDefinition<u32, &[u8]> = TableDefinition::new("containers");
 const GRANTS: TableDefinition<u64, &[u8]> = TableDefinition::new("grants");
+const VSAS: TableDefinition<&str, &[u8]> = TableDefinition::new("vsas");
 /// The layout this build writes.
-pub const SCHEMA: u64 = 1;
+pub const SCHEMA: u64 = 2;
+/// The older layout this build upgrades.
+const SCHEMA_NO_VSAS: u64 = 1;
 /// The store's file name in the state directory.
 pub const FILE: &str = "state.redb";
 
@@ -71,6 +78,8 @@ pub struct Loaded {
     pub grants: Vec<GrantRec>,
     /// The next grant number.
     pub next_id: u64,
+    /// VSAs.
+    pub vsas: Vec<VsaRec>,
 }
 
 /// The open store.
@@ -133,7 +142,7 @@ impl Store {
             let mut meta = tx.open_table(META).map_err(|e| self.corrupt(e))?;
             let schema = meta.get("schema").map_err(|e| self.corrupt(e))?.map(|v| v.value());
             match schema {
-                None => {
+                None | Some(SCHEMA_NO_VSAS) => {
                     meta.insert("schema", SCHEMA).map_err(|e| self.io(e))?;
                 }
                 Some(SCHEMA) => {}
@@ -141,6 +150,7 @@ impl Store {
             }
             tx.open_table(CONTAINERS).map_err(|e| self.corrupt(e))?;
             tx.open_table(GRANTS).map_err(|e| self.corrupt(e))?;
+            tx.open_table(VSAS).map_err(|e| self.corrupt(e))?;
         }
         tx.commit().map_err(|e| self.io(e))?;
 
@@ -165,6 +175,16 @@ impl Store {
             }
             out.grants.push(g);
         }
+        let t = tx.open_table(VSAS).map_err(|e| self.corrupt(e))?;
+        for entry in t.iter().map_err(|e| self.corrupt(e))? {
+            let (k, v) = entry.map_err(|e| self.corrupt(e))?;
+            let r: VsaRec = serde_json::from_slice(v.value())
+                .map_err(|e| self.corrupt(format!("VSA {}: {e}", k.value())))?;
+            if r.name.as_str() != k.value() {
+                return Err(self.corrupt(format!("VSA {} is stored under key {}", r.name, k.value())));
+            }
+            out.vsas.push(r);
+        }
         Ok(out)
     }
 
@@ -178,6 +198,7 @@ impl Store {
             let mut meta = tx.open_table(META).map_err(|e| self.io(e))?;
             let mut cs = tx.open_table(CONTAINERS).map_err(|e| self.io(e))?;
             let mut gs = tx.open_table(GRANTS).map_err(|e| self.io(e))?;
+            let mut vs = tx.open_table(VSAS).map_err(|e| self.io(e))?;
             for ch in changes {
                 match ch {
                     Change::PutContainer(c) => {
@@ -196,6 +217,13 @@ impl Store {
                     }
                     Change::NextId(n) => {
                         meta.insert("next_id", *n).map_err(|e| self.io(e))?;
+                    }
+                    Change::PutVsa(r) => {
+                        let v = serde_json::to_vec(r).map_err(|e| self.io(e))?;
+                        vs.insert(r.name.as_str(), v.as_slice()).map_err(|e| self.io(e))?;
+                    }
+                    Change::DelVsa(name) => {
+                        vs.remove(name.as_str()).map_err(|e| self.io(e))?;
                     }
                 }
             }
