@@ -6,6 +6,7 @@
 //! Needs /dev/fuse and the right to mount (root, or `fusermount3` from Debian's `fuse3`).
 //! Without them the test fails saying what is missing, unless `ARRAKIS_ALLOW_SKIP=1`.
 
+use std::ffi::OsString;
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
@@ -19,7 +20,10 @@ use arrakis_core::fs::dev::{BlockDev, FileDev};
 use arrakis_core::fs::volume::Volume;
 use arrakis_core::fs::{FileSystem, WriteAt, ROOT};
 
-const ARRAKIS: &str = env!("CARGO_BIN_EXE_arrakis");
+mod common;
+
+use common::ARRAKIS;
+
 const PATIENCE: Duration = Duration::from_secs(15);
 const IMAGE_BYTES: u64 = 64 << 20;
 
@@ -97,14 +101,18 @@ impl Mount {
     /// Starts `arrakis mount --image IMAGE DIR [extra]`; `Err` with the reason if mounting
     /// did not work here.
     fn start(image: &Path, dir: &Path, extra: &[&str]) -> Result<Mount, String> {
+        let mut args: Vec<OsString> = vec!["--image".into(), image.into(), dir.into()];
+        args.extend(extra.iter().map(OsString::from));
+        Mount::spawn(&args, dir)
+    }
+
+    /// Starts `arrakis mount ARGS` and waits for `dir` to be mounted.
+    fn spawn(args: &[OsString], dir: &Path) -> Result<Mount, String> {
         let log = dir.with_extension("log");
         let logf = std::fs::File::create(&log).unwrap();
         let child = Command::new(ARRAKIS)
             .arg("mount")
-            .arg("--image")
-            .arg(image)
-            .arg(dir)
-            .args(extra)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(logf)
@@ -338,4 +346,56 @@ fn a_read_only_mount_refuses_writes_and_stops_on_sigterm() {
     m.wait_exit();
     assert!(m.log_text().contains("unmounting"), "{}", m.log_text());
     assert!(std::fs::read(tmp.image()).unwrap() == before, "a read-only mount changed the image");
+}
+
+/// Two mounts of one VSA through the daemon: the first becomes the volume's owner (it opens
+/// the VSA and serves RPC), the second reaches it by RPC; each sees what the other writes, and
+/// the files outlive both.
+#[test]
+fn a_vsa_mounted_twice_through_the_daemon() {
+    if let Some(why) = fuse_missing() {
+        return unavailable(&why);
+    }
+    let dir = common::Dir::new("fuse-vsa");
+    let _daemon = common::start_daemon(&dir);
+    let (ok, _, err) = common::cli(&dir, &["vsa", "create", "shared", "64M"]);
+    assert!(ok, "vsa create: {err}");
+    let m1 = dir.0.join("owner");
+    let m2 = dir.0.join("remote");
+    std::fs::create_dir_all(&m1).unwrap();
+    std::fs::create_dir_all(&m2).unwrap();
+    let args = |m: &Path| -> Vec<OsString> {
+        vec!["--socket".into(), dir.socket().into(), "shared".into(), m.into()]
+    };
+    let mut owner = match Mount::spawn(&args(&m1), &m1) {
+        Ok(m) => m,
+        Err(why) => return unavailable(&why),
+    };
+    std::fs::create_dir(m1.join("logs")).unwrap();
+    std::fs::write(m1.join("logs/a.log"), b"from the owner\n").unwrap();
+    let mut remote = Mount::spawn(&args(&m2), &m2).unwrap_or_else(|e| panic!("second mount: {e}"));
+    assert_eq!(std::fs::read(m2.join("logs/a.log")).unwrap(), b"from the owner\n");
+    let big = pseudo_random(2 * 1024 * 1024 + 99, 3);
+    std::fs::write(m2.join("logs/b.bin"), &big).unwrap();
+    let mut f = OpenOptions::new().append(true).open(m2.join("logs/a.log")).unwrap();
+    f.write_all(b"from the remote\n").unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    assert_eq!(std::fs::read(m1.join("logs/b.bin")).unwrap(), big);
+    assert_eq!(std::fs::read(m1.join("logs/a.log")).unwrap(), b"from the owner\nfrom the remote\n");
+    let names = ["logs/a.log", "logs/b.bin"];
+    assert_eq!(sha256sum(&m1, &names), sha256sum(&m2, &names));
+
+    // The remote first (it holds the owner's RPC connection), then the owner, by SIGTERM.
+    assert!(Command::new("umount").arg(&m2).status().unwrap().success());
+    remote.wait_exit();
+    let pid = owner.child.as_ref().unwrap().id();
+    assert!(Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap().success());
+    owner.wait_exit();
+
+    // A new owner finds the files.
+    let mut again = Mount::spawn(&args(&m2), &m2).unwrap_or_else(|e| panic!("third mount: {e}"));
+    assert_eq!(std::fs::read(m2.join("logs/b.bin")).unwrap(), big);
+    assert!(Command::new("umount").arg(&m2).status().unwrap().success());
+    again.wait_exit();
 }
