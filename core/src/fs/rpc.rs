@@ -1239,16 +1239,16 @@ impl Client {
     }
 
     fn handshake(&self, mut s: Box<dyn ClientStream>) -> FsResult<Box<dyn ClientStream>> {
-        let deadline = Instant::now() + self.timeout;
+        let mut clock = Clock::new(self.timeout);
         let fail = |s: &dyn ClientStream, what: String| {
             s.close();
             self.err(what)
         };
-        if let Err(e) = write_all_by(&mut *s, &hello(VERSION, VERSION), deadline) {
+        if let Err(e) = write_all_by(&mut *s, &hello(VERSION, VERSION), &mut clock) {
             return Err(fail(&*s, format!("hello: {e}")));
         }
         let mut h = [0u8; HELLO_LEN];
-        if let Err(e) = read_exact_by(&mut *s, &mut h, deadline) {
+        if let Err(e) = read_exact_by(&mut *s, &mut h, &mut clock) {
             return Err(fail(&*s, format!("hello: {}", timeout_text(&e, self.timeout))));
         }
         let v = u16::from_le_bytes([h[4], h[5]]);
@@ -1275,14 +1275,22 @@ impl Client {
             c.stream = Some(s);
             let opens: Vec<(Ino, u32)> = c.opens.iter().map(|(&i, &n)| (i, n)).collect();
             for (ino, n) in opens {
+                let mut held = 0;
                 for _ in 0..n {
                     let mut x = Exchange { client: self, conn: c };
-                    if let Err(e) = x.call(Op::Open, &Req::Open { ino }.encode()) {
-                        tracing::warn!(ino, "rpc: re-opening after a reconnect: {e}");
-                        if c.stream.is_none() {
-                            return Err(e);
-                        }
+                    match x.call(Op::Open, &Req::Open { ino }.encode()) {
+                        Ok(_) => held += 1,
+                        // The connection broke again: the next request starts over.
+                        Err(e) if c.stream.is_none() => return Err(e),
+                        // Gone meanwhile (freed while no connection held it open): the
+                        // caller's later release fails with EINVAL.
+                        Err(e) => tracing::warn!(ino, "rpc: re-opening after a reconnect: {e}"),
                     }
+                }
+                if held == 0 {
+                    c.opens.remove(&ino);
+                } else {
+                    c.opens.insert(ino, held);
                 }
             }
         }
@@ -1362,13 +1370,13 @@ fn exchange(
     payload: &[u8],
     timeout: Duration,
 ) -> io::Result<Result<Vec<u8>, Vec<u8>>> {
-    let deadline = Instant::now() + timeout;
+    let mut clock = Clock::new(timeout);
     let mut frame = Vec::with_capacity(HEADER_LEN + payload.len());
     frame.extend_from_slice(&header(payload.len(), seq, op as u8, KIND_REQUEST));
     frame.extend_from_slice(payload);
-    write_all_by(s, &frame, deadline)?;
+    write_all_by(s, &frame, &mut clock)?;
     let mut hb = [0u8; HEADER_LEN];
-    read_exact_by(s, &mut hb, deadline)?;
+    read_exact_by(s, &mut hb, &mut clock)?;
     let h = parse_header(&hb).map_err(io::Error::other)?;
     if h.seq != seq || h.op != op as u8 || h.kind == KIND_REQUEST {
         return Err(io::Error::other(format!(
@@ -1377,23 +1385,43 @@ fn exchange(
         )));
     }
     let mut body = vec![0u8; h.len];
-    read_exact_by(s, &mut body, deadline)?;
+    read_exact_by(s, &mut body, &mut clock)?;
     Ok(if h.kind == KIND_OK { Ok(body) } else { Err(body) })
 }
 
-fn remaining(deadline: Instant) -> io::Result<Duration> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        Err(io::ErrorKind::TimedOut.into())
-    } else {
-        Ok(left)
+/// A request's deadline, and the time-out last set on the socket. A wait that starts now
+/// with the socket's time-out ends at most `now + set`; the socket's time-out is set again only
+/// when that would overshoot the deadline by more than a tenth of the time-out, so a request
+/// usually costs one `setsockopt` pair, not one per `read`.
+struct Clock {
+    deadline: Instant,
+    slack: Duration,
+    set: Option<Duration>,
+}
+
+impl Clock {
+    fn new(timeout: Duration) -> Clock {
+        Clock { deadline: Instant::now() + timeout, slack: timeout / 10, set: None }
+    }
+
+    fn arm(&mut self, s: &dyn ClientStream) -> io::Result<()> {
+        let now = Instant::now();
+        let left = self.deadline.saturating_duration_since(now);
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        if self.set.is_none_or(|d| (now + d).saturating_duration_since(self.deadline) > self.slack) {
+            s.set_timeouts(Some(left))?;
+            self.set = Some(left);
+        }
+        Ok(())
     }
 }
 
-fn read_exact_by(s: &mut dyn ClientStream, buf: &mut [u8], deadline: Instant) -> io::Result<()> {
+fn read_exact_by(s: &mut dyn ClientStream, buf: &mut [u8], clock: &mut Clock) -> io::Result<()> {
     let mut got = 0;
     while got < buf.len() {
-        s.set_timeouts(Some(remaining(deadline)?))?;
+        clock.arm(s)?;
         match s.read(&mut buf[got..]) {
             Ok(0) => {
                 return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the server closed the connection"))
@@ -1406,10 +1434,10 @@ fn read_exact_by(s: &mut dyn ClientStream, buf: &mut [u8], deadline: Instant) ->
     Ok(())
 }
 
-fn write_all_by(s: &mut dyn ClientStream, buf: &[u8], deadline: Instant) -> io::Result<()> {
+fn write_all_by(s: &mut dyn ClientStream, buf: &[u8], clock: &mut Clock) -> io::Result<()> {
     let mut put = 0;
     while put < buf.len() {
-        s.set_timeouts(Some(remaining(deadline)?))?;
+        clock.arm(s)?;
         match s.write(&buf[put..]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => put += n,
