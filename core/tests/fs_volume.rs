@@ -331,7 +331,7 @@ fn open_or_format_and_readonly() {
     drop(v);
     let ro = Volume::open_readonly(Arc::new(d.clone())).unwrap();
     assert_eq!(err(ro.create(ROOT, b"y", 0o644, 0, 0, true)), Errno::EROFS);
-    assert_eq!(ro.create(ROOT, b"x", 0o644, 0, 0, false).unwrap().1, false);
+    assert!(!ro.create(ROOT, b"x", 0o644, 0, 0, false).unwrap().1);
     // Something that is neither zero nor a volume is refused.
     let junk = MemDev::new(4 << 20);
     junk.write(0, &[0xAB; BLOCK]).unwrap();
@@ -365,4 +365,34 @@ fn statfs_and_threads() {
         assert_eq!(&all[796..], &199u32.to_le_bytes());
     }
     assert_eq!(v.statfs().unwrap().files, 5);
+}
+
+#[test]
+fn append_fsync_is_one_block_write_and_one_flush() {
+    use arrakis_core::fs::dev::CutDev;
+    let base = MemDev::new(8 << 20);
+    drop(Volume::format(Arc::new(base.clone())).unwrap());
+    let dev = Arc::new(CutDev::new(base));
+    let v = Volume::open(dev.clone()).unwrap();
+    let (f, _) = v.create(ROOT, b"appendonly.aof", 0o644, 0, 0, true).unwrap();
+    let mut common = 0;
+    for i in 0..100u32 {
+        let (w, fl, cp) = (dev.writes(), dev.flushes(), v.checkpoints());
+        v.write(
+            f,
+            WriteAt::Append,
+            format!("*3\r\n$3\r\nSET\r\n$6\r\nkey{i:03}\r\n$3\r\nval\r\n").as_bytes(),
+        )
+        .unwrap();
+        v.fsync(f, true).unwrap();
+        if v.checkpoints() == cp {
+            // The common case: one journal block written, one flush.
+            assert_eq!((dev.writes() - w, dev.flushes() - fl), (1, 1), "append {i}");
+            common += 1;
+        } else {
+            // The journal filled: a checkpoint (two more flushes) came first.
+            assert_eq!(dev.flushes() - fl, 3, "append {i}");
+        }
+    }
+    assert!(common >= 95, "{common}");
 }

@@ -447,9 +447,9 @@ impl Inner {
                 d.mtime = *time;
                 d.ctime = *time;
                 if is_dir {
-                    d.nlink += 1;
+                    d.nlink = d.nlink.saturating_add(1);
                 }
-                self.next_ino = self.next_ino.max(ino + 1);
+                self.next_ino = self.next_ino.max(ino.saturating_add(1));
                 self.name_bytes += name.len() as u64 + 17;
             }
             Op::Unlink { dir, name, time } | Op::Rmdir { dir, name, time } => {
@@ -469,9 +469,9 @@ impl Inner {
                 d.mtime = *time;
                 d.ctime = *time;
                 if rmdir {
-                    d.nlink -= 1;
+                    d.nlink = d.nlink.saturating_sub(1);
                 }
-                self.name_bytes -= name.len() as u64 + 17;
+                self.name_bytes = self.name_bytes.saturating_sub(name.len() as u64 + 17);
                 let t = self.get_mut(ino)?;
                 t.nlink = 0;
                 t.ctime = *time;
@@ -550,7 +550,7 @@ impl Inner {
                     .and_then(|b| b.checked_mul(BS))
                     .filter(|&e| e <= MAX_FILE_SIZE)
                     .ok_or(posix(Errno::EFBIG))?;
-                if *end > last || *end + BS <= last {
+                if *end > last || end.saturating_add(BS) <= last {
                     return Err(corrupt(format!("map of inode {ino}: end {end} does not match its blocks")));
                 }
                 for (k, (db, _)) in blocks.iter().enumerate() {
@@ -613,8 +613,8 @@ impl Inner {
             }
             if dir != newdir && skind != dkind {
                 let (from, to) = if skind == FileType::Dir { (dir, newdir) } else { (newdir, dir) };
-                self.get_mut(from)?.nlink -= 1;
-                self.get_mut(to)?.nlink += 1;
+                self.get_mut(from)?.nlink = self.get_mut(from)?.nlink.saturating_sub(1);
+                self.get_mut(to)?.nlink = self.get_mut(to)?.nlink.saturating_add(1);
             }
             for i in [src, dst] {
                 self.get_mut(i)?.ctime = time;
@@ -641,15 +641,15 @@ impl Inner {
                 return Err(posix(Errno::EINVAL));
             }
             self.get_mut(dir)?.remove_entry(name);
-            self.name_bytes -= name.len() as u64 + 17;
+            self.name_bytes = self.name_bytes.saturating_sub(name.len() as u64 + 17);
             if let Some(dst) = dst {
                 self.get_mut(newdir)?.remove_entry(newname);
-                self.name_bytes -= newname.len() as u64 + 17;
+                self.name_bytes = self.name_bytes.saturating_sub(newname.len() as u64 + 17);
                 let t = self.get_mut(dst)?;
                 t.nlink = 0;
                 t.ctime = time;
                 if t.kind == FileType::Dir {
-                    self.get_mut(newdir)?.nlink -= 1;
+                    self.get_mut(newdir)?.nlink = self.get_mut(newdir)?.nlink.saturating_sub(1);
                 }
                 if !self.replaying && !self.opens.contains_key(&dst) {
                     self.free_inode(dst);
@@ -659,8 +659,8 @@ impl Inner {
             self.name_bytes += newname.len() as u64 + 17;
             if skind == FileType::Dir {
                 self.get_mut(src)?.parent = newdir;
-                self.get_mut(dir)?.nlink -= 1;
-                self.get_mut(newdir)?.nlink += 1;
+                self.get_mut(dir)?.nlink = self.get_mut(dir)?.nlink.saturating_sub(1);
+                self.get_mut(newdir)?.nlink = self.get_mut(newdir)?.nlink.saturating_add(1);
             }
             self.get_mut(src)?.ctime = time;
         }
@@ -1326,7 +1326,7 @@ impl Inner {
                     if fix {
                         if let Some(i) = self.inodes.get_mut(&d) {
                             i.remove_entry(&name);
-                            self.name_bytes -= name.len() as u64 + 17;
+                            self.name_bytes = self.name_bytes.saturating_sub(name.len() as u64 + 17);
                         }
                         info.fixed.push(format!("removed: {p}"));
                     }
