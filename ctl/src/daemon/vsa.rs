@@ -78,11 +78,24 @@ pub struct VsaRec {
 pub type UsedProbe = fn(&File) -> Result<Option<u64>, String>;
 
 /// The probe this build uses: the volume's own count of used blocks
-/// (`arrakis_core::fs::fsck::used_blocks`).
-pub fn used_bytes(_f: &File) -> Result<Option<u64>, String> {
-    Err("shrinking is not supported yet by this build (it cannot yet read how much of a VSA \
-         its volume uses); grow it instead, or copy the files to a new, smaller VSA"
-        .into())
+/// ([`arrakis_core::fs::fsck::used_blocks`], read-only, after journal recovery). Both
+/// superblock slots (blocks 0 and 1) all zeros means never formatted: no volume.
+pub fn used_bytes(f: &File) -> Result<Option<u64>, String> {
+    let mut head = vec![0u8; 2 * BLOCK as usize];
+    let len = f.metadata().map_err(|e| format!("cannot stat the backing file: {e}"))?.len();
+    let n = (len.min(head.len() as u64)) as usize;
+    f.read_exact_at(&mut head[..n], 0).map_err(|e| format!("cannot read the backing file: {e}"))?;
+    if head.iter().all(|&b| b == 0) {
+        return Ok(None);
+    }
+    let fd = f.try_clone().map_err(|e| format!("cannot duplicate the backing fd: {e}"))?;
+    let dev = arrakis_core::fs::dev::FileDev::new(fd.into(), len);
+    match arrakis_core::fs::fsck::used_blocks(&dev) {
+        Ok(blocks) => Ok(Some(blocks.saturating_mul(BLOCK))),
+        Err(e) => Err(format!(
+            "cannot tell how much of it its volume uses ({e}); check it with `arrakis fsck` first"
+        )),
+    }
 }
 
 /// Where the VSAs live and how large they may be.
@@ -750,9 +763,31 @@ pub mod tests {
         resize(&mut v, A, 12000).unwrap();
         assert_eq!(std::fs::metadata(v.path("r")).unwrap().len(), 12288);
         assert!(matches!(resize(&mut v, ROOT, 2 << 20), Err(ErrorKind::VsaSize { .. })));
-        // This build cannot read a volume's use yet: shrink says so.
-        let e = resize(&mut v, A, 4096).unwrap_err();
-        assert!(e.to_string().contains("not supported yet"), "{e}");
+        // A formatted volume: below its used end refused, at or above it allowed.
+        {
+            use std::sync::Arc;
+            resize(&mut v, A, 1 << 20).unwrap();
+            let fd: OwnedFd = Vsas::open(&v.path("r"), OFlags::RDWR).unwrap().into();
+            let dev = Arc::new(arrakis_core::fs::dev::FileDev::new(fd, 1 << 20));
+            match arrakis_core::fs::volume::Volume::format(dev.clone()) {
+                Ok(vol) => drop(vol),
+                Err(e) => panic!("format: {e}"),
+            }
+            let used = arrakis_core::fs::fsck::used_blocks(dev.as_ref()).unwrap() * BLOCK;
+            assert!(used > BLOCK && used < 1 << 20, "{used}");
+            let e = resize(&mut v, A, used - BLOCK).unwrap_err();
+            assert!(e.to_string().contains(&format!("uses {used} bytes")), "{e}");
+            resize(&mut v, A, used).unwrap();
+            assert_eq!(std::fs::metadata(v.path("r")).unwrap().len(), used);
+            // A damaged one: refused, naming fsck.
+            std::fs::write(v.path("r"), vec![0xa5u8; used as usize]).unwrap();
+            let e = resize(&mut v, A, 4096).unwrap_err();
+            assert!(e.to_string().contains("arrakis fsck"), "{e}");
+            std::fs::write(v.path("r"), vec![0u8; used as usize]).unwrap();
+        }
+        // Never formatted: any size.
+        resize(&mut v, A, 8192).unwrap();
+        resize(&mut v, A, 12288).unwrap();
         // With a probe: below the used size refused, above it allowed, no volume allowed.
         v.probe = |_| Ok(Some(8000));
         let e = resize(&mut v, A, 4096).unwrap_err();
