@@ -66,6 +66,7 @@ fn start() {
     }));
     arrakis_core::net::world::set_spin_us(cfg.spin_us);
     crate::libos::configure(&cfg);
+    arrakis_core::fs::mount::configure(&cfg.volumes, cfg.backend);
     let carry = record_carry();
     tracing::debug!(shim = ?carry.shim_path, backend = ?cfg.backend, "arrakis shim loaded");
     let _ = CARRY.set(carry);
