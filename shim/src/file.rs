@@ -12,7 +12,9 @@ use arrakis_core::fs::file as vf;
 use arrakis_core::fs::mount;
 use arrakis_core::fs::RenameFlags;
 use arrakis_core::Errno;
-use libc::{c_char, c_int, c_uint, c_void, dirent, dirent64, mode_t, off64_t, off_t, size_t, ssize_t, DIR, FILE};
+use libc::{
+    c_char, c_int, c_uint, c_void, dirent, dirent64, mode_t, off64_t, off_t, size_t, ssize_t, DIR, FILE,
+};
 use libc::{gid_t, uid_t, AT_FDCWD};
 
 use crate::{errno, io, lib, vfs};
@@ -339,7 +341,10 @@ fn rename_flags(flags: c_uint) -> arrakis_core::SysResult<RenameFlags> {
     if flags & !known != 0 || flags & known == known {
         return Err(Errno::EINVAL);
     }
-    Ok(RenameFlags { noreplace: flags & libc::RENAME_NOREPLACE != 0, exchange: flags & libc::RENAME_EXCHANGE != 0 })
+    Ok(RenameFlags {
+        noreplace: flags & libc::RENAME_NOREPLACE != 0,
+        exchange: flags & libc::RENAME_EXCHANGE != 0,
+    })
 }
 
 export! {
@@ -634,7 +639,11 @@ unsafe fn realpath_common(path: *const c_char, out: *mut c_char) -> Option<*mut 
             std::mem::forget(saved);
             // SAFETY: caller's buffer (PATH_MAX bytes) or null.
             Some(lib::guarded("realpath", || unsafe {
-                vfs::out_string(&vfs::realpath_loc(&l)?, out, if out.is_null() { 0 } else { libc::PATH_MAX as usize })
+                vfs::out_string(
+                    &vfs::realpath_loc(&l)?,
+                    out,
+                    if out.is_null() { 0 } else { libc::PATH_MAX as usize },
+                )
             }))
         }
         Err(e) => {
@@ -662,7 +671,11 @@ pub unsafe extern "C" fn realpath(path: *const c_char, out: *mut c_char) -> *mut
 /// # Safety
 /// The C contract of `__realpath_chk`.
 #[no_mangle]
-pub unsafe extern "C" fn __realpath_chk(path: *const c_char, out: *mut c_char, outlen: size_t) -> *mut c_char {
+pub unsafe extern "C" fn __realpath_chk(
+    path: *const c_char,
+    out: *mut c_char,
+    outlen: size_t,
+) -> *mut c_char {
     // SAFETY: caller's contract.
     match unsafe { realpath_common(path, out) } {
         Some(r) => r,
@@ -783,7 +796,8 @@ unsafe fn scandir_lib(d: *mut DIR, out: *mut *mut *mut dirent64, filter: Filter,
     vfs::closedir(d);
     let n = v.len();
     // SAFETY: a malloc'd array the caller frees.
-    let arr = unsafe { libc::malloc(std::mem::size_of::<*mut dirent64>() * n.max(1)) }.cast::<*mut dirent64>();
+    let arr =
+        unsafe { libc::malloc(std::mem::size_of::<*mut dirent64>() * n.max(1)) }.cast::<*mut dirent64>();
     if arr.is_null() {
         return errno::fail(Errno::ENOMEM);
     }
@@ -792,7 +806,10 @@ unsafe fn scandir_lib(d: *mut DIR, out: *mut *mut *mut dirent64, filter: Filter,
         std::ptr::copy_nonoverlapping(v.as_ptr(), arr, n);
         if let Some(c) = compar {
             type Cmp = unsafe extern "C" fn(*const c_void, *const c_void) -> c_int;
-            let c: Cmp = std::mem::transmute::<unsafe extern "C" fn(*mut *const dirent64, *mut *const dirent64) -> c_int, Cmp>(c);
+            let c: Cmp = std::mem::transmute::<
+                unsafe extern "C" fn(*mut *const dirent64, *mut *const dirent64) -> c_int,
+                Cmp,
+            >(c);
             libc::qsort(arr.cast(), n, std::mem::size_of::<*mut dirent64>(), Some(c));
         }
         *out = arr;

@@ -44,6 +44,9 @@ static DESTRUCTOR: extern "C" fn() = destructor;
 extern "C" fn destructor() {
     let _errno = errno::Saved::new();
     let _ = catch_unwind(crate::libos::at_exit);
+    if arrakis_core::fs::mount::active() {
+        let _ = catch_unwind(arrakis_core::fs::mount::at_exit);
+    }
 }
 
 extern "C" fn constructor() {

@@ -69,8 +69,7 @@ pub(crate) enum Route {
 /// Runs library-OS code that returns a value (not through `errno`): depth counted, panics
 /// caught.
 fn catch<T>(call: &'static str, f: impl FnOnce() -> SysResult<T>) -> SysResult<T> {
-    lib::guarded(call, || Ok(Some(f())))
-        .unwrap_or(Err(Errno::ENOTRECOVERABLE))
+    lib::guarded(call, || Ok(Some(f()))).unwrap_or(Err(Errno::ENOTRECOVERABLE))
 }
 
 impl<T> Fail for Option<T> {
@@ -90,7 +89,9 @@ pub(crate) fn resolve(dirfd: c_int, path: &[u8], call: &'static str) -> SysResul
             match table().kind(dirfd) {
                 FdKind::Kernel => t.resolve(Base::KernelFd(dirfd), path)?,
                 FdKind::File => match dir(dirfd) {
-                    Some(d) => t.resolve(Base::Dir { mount: d.mount(), ino: d.ino(), path: d.path() }, path)?,
+                    Some(d) => {
+                        t.resolve(Base::Dir { mount: d.mount(), ino: d.ino(), path: d.path() }, path)?
+                    }
                     None => return Err(Errno::ENOTDIR),
                 },
                 _ => return Err(Errno::ENOTDIR),
@@ -429,7 +430,11 @@ pub(crate) unsafe fn utimens_set(times: *const libc::timespec) -> SysResult<SetA
     }
     // SAFETY: caller's contract.
     let (a, m) = unsafe { (*times, *times.add(1)) };
-    Ok(SetAttr { atime: vf::utime(a.tv_sec, a.tv_nsec)?, mtime: vf::utime(m.tv_sec, m.tv_nsec)?, ..SetAttr::default() })
+    Ok(SetAttr {
+        atime: vf::utime(a.tv_sec, a.tv_nsec)?,
+        mtime: vf::utime(m.tv_sec, m.tv_nsec)?,
+        ..SetAttr::default()
+    })
 }
 
 /// The `SetAttr` of `utimes`' `timeval`s (null: both now).
@@ -547,7 +552,7 @@ unsafe fn one<'a>(buf: *const c_void, n: size_t) -> SysResult<Vec<&'a [u8]>> {
     Ok(vec![unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), n.min(isize::MAX as usize)) }])
 }
 
-fn ro<'a>(v: Vec<&'a mut [u8]>) -> Vec<&'a [u8]> {
+fn ro(v: Vec<&mut [u8]>) -> Vec<&[u8]> {
     v.into_iter().map(|b| &*b).collect()
 }
 
@@ -652,7 +657,13 @@ pub(crate) unsafe fn __read_chk(fd: c_int, buf: *mut c_void, n: size_t, buflen: 
 
 /// # Safety
 /// The C contract of `__pread_chk`.
-pub(crate) unsafe fn __pread_chk(fd: c_int, buf: *mut c_void, n: size_t, off: off_t, buflen: size_t) -> ssize_t {
+pub(crate) unsafe fn __pread_chk(
+    fd: c_int,
+    buf: *mut c_void,
+    n: size_t,
+    off: off_t,
+    buflen: size_t,
+) -> ssize_t {
     if n > buflen {
         chk_fail();
     }
@@ -662,7 +673,13 @@ pub(crate) unsafe fn __pread_chk(fd: c_int, buf: *mut c_void, n: size_t, off: of
 
 /// # Safety
 /// The C contract of `__pread64_chk`.
-pub(crate) unsafe fn __pread64_chk(fd: c_int, buf: *mut c_void, n: size_t, off: off64_t, buflen: size_t) -> ssize_t {
+pub(crate) unsafe fn __pread64_chk(
+    fd: c_int,
+    buf: *mut c_void,
+    n: size_t,
+    off: off64_t,
+    buflen: size_t,
+) -> ssize_t {
     if n > buflen {
         chk_fail();
     }
@@ -798,7 +815,12 @@ pub(crate) fn fcntl_lock(cmd: c_int, arg: libc::c_ulong) -> c_int {
 pub(crate) fn is_lock_cmd(cmd: c_int) -> bool {
     matches!(
         cmd,
-        libc::F_GETLK | libc::F_SETLK | libc::F_SETLKW | libc::F_OFD_GETLK | libc::F_OFD_SETLK | libc::F_OFD_SETLKW
+        libc::F_GETLK
+            | libc::F_SETLK
+            | libc::F_SETLKW
+            | libc::F_OFD_GETLK
+            | libc::F_OFD_SETLK
+            | libc::F_OFD_SETLKW
     )
 }
 
@@ -835,7 +857,12 @@ static NDIRS: AtomicUsize = AtomicUsize::new(0);
 /// Whether `d` is one of our streams. One atomic load while there are none.
 #[inline]
 pub(crate) fn is_libdir(d: *mut DIR) -> bool {
-    NDIRS.load(Ordering::Acquire) != 0 && DIRS.lock().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(|m| m.contains_key(&(d as usize)))
+    NDIRS.load(Ordering::Acquire) != 0
+        && DIRS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|m| m.contains_key(&(d as usize)))
 }
 
 /// A stream over the library directory at `fd` (which it owns from now on).
@@ -907,7 +934,11 @@ pub(crate) fn readdir64(d: *mut DIR) -> *mut libc::dirent64 {
 ///
 /// # Safety
 /// `entry` and `result` must be writable.
-pub(crate) unsafe fn readdir64_r(d: *mut DIR, entry: *mut libc::dirent64, result: *mut *mut libc::dirent64) -> c_int {
+pub(crate) unsafe fn readdir64_r(
+    d: *mut DIR,
+    entry: *mut libc::dirent64,
+    result: *mut *mut libc::dirent64,
+) -> c_int {
     let saved = errno::Saved::new();
     errno::set(0);
     let p = readdir64(d);
@@ -1194,7 +1225,9 @@ pub(crate) fn ioctl(fd: c_int, request: libc::c_ulong, arg: libc::c_ulong) -> c_
     const FICLONE: libc::c_ulong = 0x4004_9409;
     const FICLONERANGE: libc::c_ulong = 0x4020_940d;
     match request {
-        libc::FIOCLEX | libc::FIONCLEX => real!(ioctl(fd, request, arg) else sys(libc::SYS_ioctl, fd, request, arg)),
+        libc::FIOCLEX | libc::FIONCLEX => {
+            real!(ioctl(fd, request, arg) else sys(libc::SYS_ioctl, fd, request, arg))
+        }
         FICLONE | FICLONERANGE => errno::fail(Errno::EOPNOTSUPP),
         libc::FIONREAD => lib::guarded("ioctl", || {
             let f = file(fd).ok_or(Errno::ENOTTY)?;

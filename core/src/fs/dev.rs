@@ -29,7 +29,7 @@ pub trait BlockDev: Send + Sync {
 
 /// Checks that `len` bytes starting at `block` are whole blocks inside a device of `blocks`.
 fn check_range(op: &str, block: u64, len: usize, blocks: u64) -> FsResult<u64> {
-    if len % BLOCK != 0 {
+    if !len.is_multiple_of(BLOCK) {
         return Err(FsError::Device {
             what: format!("{op} of {len} bytes at block {block}: not a multiple of {BLOCK}"),
         });

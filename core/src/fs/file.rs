@@ -253,8 +253,14 @@ pub fn open(loc: &Loc, oflags: i32, mode: u32, cred: &Cred) -> SysResult<Opened>
             if !permitted(&pattr, cred, W_OK | X_OK) {
                 return Err(Errno::EACCES);
             }
-            let (ino, created) =
-                fs.create(loc.parent, name, mode & 0o7777 & !cred.umask, cred.uid, cred.gid, oflags & O_EXCL != 0)?;
+            let (ino, created) = fs.create(
+                loc.parent,
+                name,
+                mode & 0o7777 & !cred.umask,
+                cred.uid,
+                cred.gid,
+                oflags & O_EXCL != 0,
+            )?;
             (ino, created)
         }
         None => return Err(Errno::ENOENT),
@@ -304,7 +310,11 @@ pub fn open(loc: &Loc, oflags: i32, mode: u32, cred: &Cred) -> SysResult<Opened>
             if writes || (oflags & O_TRUNC != 0 && !path_only) {
                 rofs(loc)?;
             }
-            if oflags & O_TRUNC != 0 && !path_only && attr.size != 0 && (writes || cred.uid == 0 || acc == O_RDONLY) {
+            if oflags & O_TRUNC != 0
+                && !path_only
+                && attr.size != 0
+                && (writes || cred.uid == 0 || acc == O_RDONLY)
+            {
                 fs.setattr(ino, SetAttr { size: Some(0), ..SetAttr::default() })?;
             }
             fs.open(ino)?;
@@ -434,7 +444,6 @@ pub fn setattr(loc: &Loc, set: SetAttr) -> SysResult<()> {
 pub fn statfs(mount: &Mount) -> SysResult<StatFs> {
     Ok(mount.fs()?.statfs()?)
 }
-
 
 fn off_ok(v: u64) -> SysResult<u64> {
     if v > i64::MAX as u64 {
@@ -595,7 +604,8 @@ impl OpenFile {
     pub fn lseek(&self, off: i64, wh: i32) -> SysResult<u64> {
         let fs = self.fs()?;
         let mut cur = self.offset.lock().unwrap_or_else(|e| e.into_inner());
-        let size = if wh == whence::SEEK_SET || wh == whence::SEEK_CUR { 0 } else { fs.getattr(self.ino)?.size };
+        let size =
+            if wh == whence::SEEK_SET || wh == whence::SEEK_CUR { 0 } else { fs.getattr(self.ino)?.size };
         *cur = seek_to(*cur, size, off, wh)?;
         Ok(*cur)
     }
@@ -830,7 +840,6 @@ impl OpenDir {
         *self.pos.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
-
 
 /// `utimensat`'s special nanosecond values.
 pub const UTIME_NOW: i64 = (1 << 30) - 1;

@@ -219,34 +219,31 @@ fn attach(m: &Mount) -> FsResult<Reach> {
 }
 
 /// Size of a loopback-backend volume.
-#[allow(dead_code)]
 const LOOPBACK_BYTES: u64 = 256 << 20;
-
-fn not_yet(what: &str) -> FsError {
-    FsError::Device { what: format!("{what} is not in this build yet") }
-}
 
 /// A fresh in-memory volume (loopback backend).
 fn loopback_volume() -> FsResult<Arc<dyn FileSystem>> {
-    Err(not_yet("the volume format"))
+    let dev = Arc::new(super::dev::MemDev::new(LOOPBACK_BYTES));
+    Ok(Arc::new(super::volume::Volume::format(dev)?))
 }
 
 /// The volume on a VSA this process owns.
 fn owned_volume(fd: std::os::fd::OwnedFd, size: u64) -> FsResult<Arc<dyn FileSystem>> {
-    let _ = (fd, size);
-    Err(not_yet("the volume format"))
+    let dev = Arc::new(super::dev::FileDev::new(fd, size));
+    Ok(Arc::new(super::volume::Volume::open_or_format(dev)?))
 }
 
-/// Serves `fs` to other processes on `socket` (the RPC server runs on its own threads).
+/// Serves `fs` to other processes on `socket` (the RPC server runs on its own threads and
+/// lives as long as the process).
 fn serve(socket: &std::path::Path, fs: Arc<dyn FileSystem>) -> FsResult<()> {
-    let _ = (socket, fs);
-    Err(not_yet("the volume RPC server"))
+    let server = super::rpc::serve_unix(socket, fs)?;
+    std::mem::forget(server);
+    Ok(())
 }
 
 /// An RPC client of the volume served at `socket`.
 fn connect(socket: &std::path::Path) -> FsResult<Arc<dyn FileSystem>> {
-    let _ = socket;
-    Err(not_yet("the volume RPC client"))
+    Ok(Arc::new(super::rpc::Client::connect_unix(socket)?))
 }
 
 /// The library OS's cwd.
@@ -388,7 +385,8 @@ impl Table {
         };
         if let Some(ino) = loc.ino {
             if matches!(loc.fs.getattr(ino).map(|a| a.kind), Ok(FileType::Dir)) {
-                *self.cwd.lock().unwrap_or_else(|e| e.into_inner()) = Cwd::Volume { mount: i, ino, path: loc.path };
+                *self.cwd.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Cwd::Volume { mount: i, ino, path: loc.path };
             }
         }
     }
@@ -652,7 +650,13 @@ impl Table {
             if let Reach::Owner { fs, socket: s @ None } = &mut *r {
                 let path = private_socket(&m.name);
                 match serve(&path, fs.clone()) {
-                    Ok(()) => *s = Some(path),
+                    Ok(()) => {
+                        PRIVATE
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push((std::process::id(), path.clone()));
+                        *s = Some(path)
+                    }
                     Err(e) => tracing::warn!(volume = %m.name,
                         "cannot serve the volume to a forked child; the child's calls on it fail: {e}"),
                 }
@@ -675,6 +679,21 @@ fn private_socket(name: &str) -> std::path::PathBuf {
         .unwrap_or_else(std::env::temp_dir);
     let safe: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
     dir.join(format!("arrakis-vol-{}-{safe}.sock", std::process::id()))
+}
+
+/// Private sockets this process serves on (pid, path), removed at exit.
+static PRIVATE: Mutex<Vec<(u32, std::path::PathBuf)>> = Mutex::new(Vec::new());
+
+/// At exit: removes the private sockets this process served its volumes on.
+pub fn at_exit() {
+    let me = std::process::id();
+    if let Ok(v) = PRIVATE.try_lock() {
+        for (pid, p) in v.iter() {
+            if *pid == me {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
 }
 
 /// The mounts locked across `fork` (see [`Table::fork_prepare`]).

@@ -654,10 +654,12 @@ pub fn volume_attach(name: &str) -> Result<VolumeAttachment, String> {
             r
         }
     };
-    let (resp, mut fds) = reply.map_err(|e| format!("the arrakis daemon did not attach volume {name}: {e}"))?;
+    let (resp, mut fds) =
+        reply.map_err(|e| format!("the arrakis daemon did not attach volume {name}: {e}"))?;
     match resp {
         Response::VolumeAttached { vsa, role: proto::VolumeRole::Owner { socket } } => {
-            let fd = fds.pop().ok_or_else(|| format!("the daemon's reply for volume {name} carried no fd"))?;
+            let fd =
+                fds.pop().ok_or_else(|| format!("the daemon's reply for volume {name} carried no fd"))?;
             Ok(VolumeAttachment::Owner { socket, fd, size: vsa.size })
         }
         Response::VolumeAttached { role: proto::VolumeRole::Remote { socket, .. }, .. } => {
