@@ -734,3 +734,156 @@ impl ForkGuard {
 pub fn fork_prepare() -> Option<ForkGuard> {
     table().map(Table::fork_prepare)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::file::{self, Cred, Opened};
+
+    fn vol() -> Arc<dyn FileSystem> {
+        let dev = Arc::new(crate::fs::dev::MemDev::new(8 << 20));
+        Arc::new(crate::fs::volume::Volume::format(dev).unwrap())
+    }
+
+    fn table() -> Table {
+        let spec = parse_volumes("v:/mnt//data/").unwrap();
+        Table::of(vec![Arc::new(Mount::with_fs(&spec[0], 0, vol()))])
+    }
+
+    fn cred() -> Cred {
+        Cred { uid: 0, gid: 0, umask: 0o022 }
+    }
+
+    fn loc(t: &Table, p: &str) -> Loc {
+        match t.resolve(Base::Cwd, p.as_bytes()) {
+            Ok(Target::Volume(l)) => l,
+            Ok(Target::Kernel(k)) => panic!("{p} went to the kernel ({k:?})"),
+            Err(e) => panic!("{p}: {e}"),
+        }
+    }
+
+    fn kernel(t: &Table, p: &str) -> Option<String> {
+        match t.resolve(Base::Cwd, p.as_bytes()) {
+            Ok(Target::Kernel(k)) => k.map(|k| String::from_utf8(k).unwrap()),
+            Ok(Target::Volume(l)) => panic!("{p} went to the volume ({l:?})"),
+            Err(e) => panic!("{p}: {e}"),
+        }
+    }
+
+    #[test]
+    fn parses_the_mount_list() {
+        let s = parse_volumes("a:/x/y:ro, b:/z").unwrap();
+        assert_eq!(s[0], Spec { name: "a".into(), path: b"/x/y".to_vec(), read_only: true });
+        assert_eq!(s[1].path, b"/z");
+        for bad in ["a:rel", "a:/", "a:/x/../y", "a:/x:rw:zz", ":/x", "a:/x,a:/y", "a:/x:wat"] {
+            assert!(parse_volumes(bad).is_err(), "{bad}");
+        }
+        assert!(parse_volumes("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn paths_outside_stay_on_the_kernel_untouched() {
+        let t = table();
+        assert_eq!(kernel(&t, "/etc/passwd"), None);
+        assert_eq!(kernel(&t, "/mnt"), None);
+        assert_eq!(kernel(&t, "/mnt/dat"), None);
+        assert_eq!(kernel(&t, "/mnt/database"), None);
+        // Through the mount and out again: rewritten.
+        assert_eq!(kernel(&t, "/mnt/data/../other").as_deref(), Some("/mnt/other"));
+        assert_eq!(kernel(&t, "/mnt/data/..").as_deref(), Some("/mnt"));
+        assert_eq!(t.resolve(Base::Cwd, b"").err(), Some(Errno::ENOENT));
+    }
+
+    #[test]
+    fn walks_inside_the_volume_like_linux() {
+        let t = table();
+        let c = cred();
+        file::mkdir(&loc(&t, "/mnt/data/d"), 0o755, &c).unwrap();
+        let Opened::File(f) = file::open(&loc(&t, "/mnt//data/./d//f"), 0o101, 0o666, &c).unwrap() else {
+            panic!("not a file")
+        };
+        assert_eq!(f.write(&[b"abc"]).unwrap(), 3);
+        let l = loc(&t, "/mnt/data/d/../d/f");
+        assert_eq!(l.path, b"/mnt/data/d/f");
+        assert_eq!(l.ino, Some(f.ino()));
+        assert_eq!(file::stat(&l).unwrap().0.size, 3);
+        assert_eq!(file::stat(&l).unwrap().0.perm, 0o644);
+        // A file in the middle, or with a trailing slash: ENOTDIR.
+        assert_eq!(t.resolve(Base::Cwd, b"/mnt/data/d/f/x").err(), Some(Errno::ENOTDIR));
+        assert_eq!(t.resolve(Base::Cwd, b"/mnt/data/d/f/..").err(), Some(Errno::ENOTDIR));
+        assert_eq!(file::stat(&loc(&t, "/mnt/data/d/f/")).err(), Some(Errno::ENOTDIR));
+        assert!(file::stat(&loc(&t, "/mnt/data/d/")).is_ok());
+        // Missing: the parent and name for creation; a missing directory in the middle fails.
+        let m = loc(&t, "/mnt/data/d/new");
+        assert_eq!((m.ino, m.name.as_deref()), (None, Some(&b"new"[..])));
+        assert_eq!(t.resolve(Base::Cwd, b"/mnt/data/nope/x").err(), Some(Errno::ENOENT));
+        // The mount's root.
+        let r = loc(&t, "/mnt/data/");
+        assert_eq!((r.ino, r.name.clone()), (Some(ROOT), None));
+        assert_eq!(file::rmdir(&r).err(), Some(Errno::EBUSY));
+        assert_eq!(file::mkdir(&loc(&t, "/mnt/data/d"), 0o755, &c).err(), Some(Errno::EEXIST));
+    }
+
+    #[test]
+    fn the_library_cwd_and_directory_bases() {
+        let t = table();
+        let c = cred();
+        file::mkdir(&loc(&t, "/mnt/data/d"), 0o755, &c).unwrap();
+        t.chdir_volume(&loc(&t, "/mnt/data/d")).unwrap();
+        assert_eq!(t.cwd().as_deref(), Some(&b"/mnt/data/d"[..]));
+        let l = loc(&t, "x");
+        assert_eq!(l.path, b"/mnt/data/d/x");
+        assert_eq!(loc(&t, "..").ino, Some(ROOT));
+        assert_eq!(kernel(&t, "../..").as_deref(), Some("/mnt"));
+        assert_eq!(kernel(&t, "../../../etc/passwd").as_deref(), Some("/etc/passwd"));
+        let Opened::Dir(d) = file::open(&loc(&t, "/mnt/data"), 0o200000, 0, &c).unwrap() else {
+            panic!("not a dir")
+        };
+        let base = Base::Dir { mount: d.mount(), ino: d.ino(), path: d.path() };
+        let Ok(Target::Volume(l)) = t.resolve(base, b"d/y") else { panic!("not on the volume") };
+        assert_eq!(l.path, b"/mnt/data/d/y");
+        t.chdir_kernel();
+        assert_eq!(t.cwd(), None);
+    }
+
+    #[test]
+    fn open_files_share_offsets_append_and_list_directories() {
+        let t = table();
+        let c = cred();
+        let Opened::File(f) = file::open(&loc(&t, "/mnt/data/log"), 0o2102, 0o600, &c).unwrap() else {
+            panic!("not a file")
+        };
+        f.write(&[b"one\n"]).unwrap();
+        f.pwrite(&[b"two\n"], 0).unwrap(); // O_APPEND: pwrite appends, as Linux
+        assert_eq!(f.lseek(0, 1).unwrap(), 4);
+        assert_eq!(f.lseek(0, 2).unwrap(), 8);
+        f.lseek(0, 0).unwrap();
+        let mut b = [0u8; 16];
+        assert_eq!(f.read(&mut [&mut b[..]]).unwrap(), 8);
+        assert_eq!(&b[..8], b"one\ntwo\n");
+        assert_eq!(f.lseek(-1, 0).err(), Some(Errno::EINVAL));
+        assert_eq!(file::open(&loc(&t, "/mnt/data/log"), 0o301, 0o600, &c).err(), Some(Errno::EEXIST));
+        assert_eq!(file::open(&loc(&t, "/mnt/data/log"), 0o200000, 0, &c).err(), Some(Errno::ENOTDIR));
+        assert_eq!(file::open(&loc(&t, "/mnt/data"), 0o1, 0, &c).err(), Some(Errno::EISDIR));
+        let Opened::File(r) = file::open(&loc(&t, "/mnt/data/log"), 0, 0, &c).unwrap() else { panic!() };
+        assert_eq!(r.write(&[b"x"]).err(), Some(Errno::EBADF));
+        assert_eq!(r.truncate(0).err(), Some(Errno::EINVAL));
+        let Opened::Dir(d) = file::open(&loc(&t, "/mnt/data"), 0, 0, &c).unwrap() else { panic!() };
+        let names: Vec<Vec<u8>> = d.next_entries(100).unwrap().into_iter().map(|e| e.name).collect();
+        assert_eq!(names, vec![b".".to_vec(), b"..".to_vec(), b"log".to_vec()]);
+        d.lseek(0, 0).unwrap();
+        let mut buf = [0u8; 256];
+        let n = d.getdents64(&mut buf).unwrap();
+        assert!(n > 0 && buf[19] == b'.');
+        assert_eq!(d.getdents64(&mut buf).unwrap(), 0);
+        d.lseek(0, 0).unwrap();
+        assert_eq!(d.getdents64(&mut buf[..8]).err(), Some(Errno::EINVAL));
+        // Unlinked while open: still readable through the open file.
+        file::unlink(&loc(&t, "/mnt/data/log")).unwrap();
+        assert_eq!(r.pread(&mut [&mut b[..]], 0).unwrap(), 8);
+        // Renames within the volume; across mounts EXDEV is the caller's.
+        file::mkdir(&loc(&t, "/mnt/data/a"), 0o755, &c).unwrap();
+        file::rename(&loc(&t, "/mnt/data/a"), &loc(&t, "/mnt/data/b"), Default::default()).unwrap();
+        assert!(loc(&t, "/mnt/data/b").ino.is_some() && loc(&t, "/mnt/data/a").ino.is_none());
+    }
+}
