@@ -54,6 +54,9 @@ pub enum ConfigError {
     /// An on/off variable that is neither `0` nor `1`.
     #[error("{0}={1:?} is neither 0 nor 1; using 0")]
     BadSwitch(&'static str, String),
+    /// `ARRAKIS_VOLUMES` does not parse.
+    #[error("ARRAKIS_VOLUMES: {0}; no volume is mounted, every path stays on the kernel")]
+    BadVolumes(String),
 }
 
 /// The library OS's settings.
@@ -74,6 +77,9 @@ pub struct Config {
     /// (`core::net::shadow`); `0` does not. Unset: the backend's default
     /// ([`Config::kernel_clients`]).
     pub kernel_clients_set: Option<bool>,
+    /// `ARRAKIS_VOLUMES`: `NAME:/abs/path[:ro],...`, the mounts served by the library OS
+    /// (`core::fs::mount`). Default none.
+    pub volumes: Vec<crate::fs::mount::Spec>,
 }
 
 impl Default for Config {
@@ -84,6 +90,7 @@ impl Default for Config {
             backend: Backend::Kernel,
             spin_us: crate::net::world::DEFAULT_SPIN_US,
             kernel_clients_set: None,
+            volumes: Vec::new(),
         }
     }
 }
@@ -117,6 +124,12 @@ impl Config {
             Some("0") => cfg.kernel_clients_set = Some(false),
             Some("1") => cfg.kernel_clients_set = Some(true),
             Some(v) => errors.push(ConfigError::BadSwitch("ARRAKIS_KERNEL_CLIENTS", v.to_string())),
+        }
+        if let Some(v) = get("ARRAKIS_VOLUMES") {
+            match crate::fs::mount::parse_volumes(&v) {
+                Ok(specs) => cfg.volumes = specs,
+                Err(e) => errors.push(ConfigError::BadVolumes(e)),
+            }
         }
         if let Some(v) = get("ARRAKIS_SPIN_US") {
             match v.trim().parse::<u32>() {

@@ -37,13 +37,16 @@ errnos! {
     ENOENT = 2, "no such file or directory";
     EINTR = 4, "interrupted system call";
     EIO = 5, "input/output error";
+    ENXIO = 6, "no such device or address";
     EBADF = 9, "bad file descriptor";
     EAGAIN = 11, "resource temporarily unavailable";
     ENOMEM = 12, "cannot allocate memory";
     EACCES = 13, "permission denied";
     ENOTTY = 25, "inappropriate ioctl for device";
     EFAULT = 14, "bad address";
+    EBUSY = 16, "device or resource busy";
     EEXIST = 17, "file exists";
+    ENODEV = 19, "no such device";
     EXDEV = 18, "invalid cross-device link";
     ENOTDIR = 20, "not a directory";
     EISDIR = 21, "is a directory";
@@ -61,6 +64,7 @@ errnos! {
     ENOSYS = 38, "function not implemented";
     ENOTEMPTY = 39, "directory not empty";
     ENODATA = 61, "no data available";
+    EOVERFLOW = 75, "value too large for defined data type";
     ESTALE = 116, "stale file handle";
     ENOTSOCK = 88, "socket operation on non-socket";
     ELOOP = 40, "too many levels of symbolic links";

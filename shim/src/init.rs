@@ -44,6 +44,9 @@ static DESTRUCTOR: extern "C" fn() = destructor;
 extern "C" fn destructor() {
     let _errno = errno::Saved::new();
     let _ = catch_unwind(crate::libos::at_exit);
+    if arrakis_core::fs::mount::active() {
+        let _ = catch_unwind(arrakis_core::fs::mount::at_exit);
+    }
 }
 
 extern "C" fn constructor() {
@@ -66,6 +69,7 @@ fn start() {
     }));
     arrakis_core::net::world::set_spin_us(cfg.spin_us);
     crate::libos::configure(&cfg);
+    arrakis_core::fs::mount::configure(&cfg.volumes, cfg.backend);
     let carry = record_carry();
     tracing::debug!(shim = ?carry.shim_path, backend = ?cfg.backend, "arrakis shim loaded");
     let _ = CARRY.set(carry);

@@ -11,6 +11,7 @@ use libc::{SYS_pwritev, SYS_read, SYS_readv, SYS_write, SYS_writev};
 use crate::{errno, lib};
 
 fd_passthrough! {
+    @files
     fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t = sys(SYS_read);
     fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t = sys(SYS_write);
     fn readv(fd: c_int, iov: *const iovec, cnt: c_int) -> ssize_t = sys(SYS_readv);
@@ -164,6 +165,9 @@ fn fcntl_common(fd: c_int, cmd: c_int, arg: c_ulong, call: &'static str) -> c_in
     // A library-OS fd's placeholder carries its flags and FD_CLOEXEC, so fcntl goes to the
     // kernel for every fd; O_NONBLOCK is mirrored into the object afterwards.
     // The third argument is an int or a pointer by `cmd`; passed on as the register it came in.
+    if !table().is_kernel(fd) && !lib::inside() && crate::vfs::is_file(fd) && crate::vfs::is_lock_cmd(cmd) {
+        return crate::vfs::fcntl_lock(cmd, arg);
+    }
     let r = if call == "fcntl64" {
         real!(fcntl64(fd, cmd, arg) else sys(libc::SYS_fcntl, fd, cmd, arg))
     } else {
@@ -171,6 +175,7 @@ fn fcntl_common(fd: c_int, cmd: c_int, arg: c_ulong, call: &'static str) -> c_in
     };
     match cmd {
         libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => after_dup(fd, r),
+        libc::F_SETFL | libc::F_GETFL if crate::vfs::is_file(fd) => crate::vfs::fcntl(fd, cmd, arg, r),
         libc::F_SETFL if !table().is_kernel(fd) => crate::libos::fcntl(fd, cmd, arg, r),
         _ => r,
     }

@@ -35,6 +35,7 @@ mod libos;
 mod net;
 mod process;
 mod real;
+mod vfs;
 
 pub(crate) use lib_path as lib;
 

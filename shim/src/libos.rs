@@ -1076,6 +1076,10 @@ pub(crate) unsafe fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t 
 /// # Safety
 /// `off` is null or points to the caller's offset.
 pub(crate) unsafe fn sendfile(out_fd: c_int, in_fd: c_int, off: *mut i64, n: size_t) -> ssize_t {
+    if crate::vfs::is_file(in_fd) || crate::vfs::is_file(out_fd) {
+        // Callers (cp, cat) fall back to read/write.
+        return crate::errno::fail(Errno::EINVAL);
+    }
     if sock(in_fd).is_some() || epoll(in_fd).is_some() {
         // do_sendfile: an offset needs FMODE_PREAD (ESPIPE), and the input must be a regular
         // file or a block device (EINVAL).
@@ -1214,18 +1218,6 @@ refuse! {
     fdatasync(fd: c_int) -> c_int = EINVAL;
     ftruncate(fd: c_int, l: off_t) -> c_int = EINVAL;
     ftruncate64(fd: c_int, l: off64_t) -> c_int = EINVAL;
-    openat(d: c_int, p: *const c_char, f: c_int, m: c_uint) -> c_int = ENOTDIR;
-    openat64(d: c_int, p: *const c_char, f: c_int, m: c_uint) -> c_int = ENOTDIR;
-    __openat_2(d: c_int, p: *const c_char, f: c_int) -> c_int = ENOTDIR;
-    __openat64_2(d: c_int, p: *const c_char, f: c_int) -> c_int = ENOTDIR;
-    fstatat(d: c_int, p: *const c_char, b: *mut Stat, f: c_int) -> c_int = ENOTDIR;
-    fstatat64(d: c_int, p: *const c_char, b: *mut Stat, f: c_int) -> c_int = ENOTDIR;
-    statx(d: c_int, p: *const c_char, f: c_int, m: c_uint, b: *mut c_void) -> c_int = ENOTDIR;
-    unlinkat(d: c_int, p: *const c_char, f: c_int) -> c_int = ENOTDIR;
-    mkdirat(d: c_int, p: *const c_char, m: libc::mode_t) -> c_int = ENOTDIR;
-    faccessat(d: c_int, p: *const c_char, m: c_int, f: c_int) -> c_int = ENOTDIR;
-    __fxstatat(v: c_int, d: c_int, p: *const c_char, b: *mut Stat, f: c_int) -> c_int = ENOTDIR;
-    __fxstatat64(v: c_int, d: c_int, p: *const c_char, b: *mut Stat, f: c_int) -> c_int = ENOTDIR;
 }
 
 /// `fdopendir` on a socket: Linux says `ENOTDIR`.
@@ -1300,6 +1292,9 @@ pub(crate) fn fcntl(fd: c_int, cmd: c_int, arg: libc::c_ulong, r: c_int) -> c_in
 /// # Safety
 /// The C contract of `ioctl(2)`.
 pub(crate) unsafe fn ioctl(fd: c_int, request: libc::c_ulong, arg: libc::c_ulong) -> c_int {
+    if crate::vfs::is_file(fd) {
+        return crate::vfs::ioctl(fd, request, arg);
+    }
     let Some(s) = sock(fd) else {
         return real!(ioctl(fd, request, arg) else sys(libc::SYS_ioctl, fd, request, arg));
     };

@@ -30,6 +30,38 @@ macro_rules! real {
 /// own calls (on its placeholders) go to the kernel. `=> created`
 /// records the fd the call returns.
 macro_rules! fd_passthrough {
+    // `@files`: a library file or directory (`FdKind::File`) goes to `crate::vfs::$name`,
+    // other library-OS fds to `crate::libos::$name`.
+    (@files $( fn $name:ident ( $([$($p:ident : $pt:ty),*])? $fd:ident : $fdty:ty $(, $a:ident : $t:ty)* ) -> $ret:ty
+        $(= sys($no:expr))? $(=> $post:ident)? ; )*) => {
+        $(
+            /// Interposed: a kernel fd passes straight through to libc.
+            ///
+            /// # Safety
+            /// The C contract of the libc function of the same name.
+            #[no_mangle]
+            pub unsafe extern "C" fn $name($($($p: $pt,)*)? $fd: $fdty $(, $a: $t)*) -> $ret {
+                fast_path!(arrakis_core::fd::table().is_kernel($fd) $(&& fd_passthrough!(@nopost $post))?,
+                    $name($($($p,)*)? $fd $(, $a)*));
+                #[cold]
+                #[inline(never)]
+                extern "C" fn slow($($($p: $pt,)*)? $fd: $fdty $(, $a: $t)*) -> $ret {
+                    if arrakis_core::fd::table().is_kernel($fd) || $crate::lib::inside() {
+                        let r = fd_passthrough!(@call $name ($($($p,)*)? $fd $(, $a)*) $($no)?);
+                        $( let r = $crate::io::$post(r); )?
+                        return r;
+                    }
+                    if $crate::vfs::is_file($fd) {
+                        // SAFETY: the caller's arguments, unchanged; same contract.
+                        return unsafe { $crate::vfs::$name($($($p,)*)? $fd $(, $a)*) };
+                    }
+                    // SAFETY: the caller's arguments, unchanged; same contract.
+                    unsafe { $crate::libos::$name($($($p,)*)? $fd $(, $a)*) }
+                }
+                slow($($($p,)*)? $fd $(, $a)*)
+            }
+        )*
+    };
     ($( fn $name:ident ( $([$($p:ident : $pt:ty),*])? $fd:ident : $fdty:ty $(, $a:ident : $t:ty)* ) -> $ret:ty
         $(= sys($no:expr))? $(=> $post:ident)? ; )*) => {
         $(

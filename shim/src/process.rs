@@ -139,7 +139,21 @@ pub unsafe extern "C" fn posix_spawnp(
 pub unsafe extern "C" fn fork() -> pid_t {
     // The network world's lock is held across the fork so the child's copy is consistent.
     let guard = arrakis_core::net::world::started().then(|| arrakis_core::net::world::net().fork_prepare());
+    // Owned volumes are served to the child, which reaches them by RPC (core::fs::mount).
+    let mounts = if arrakis_core::fs::mount::active() {
+        let _e = crate::errno::Saved::new();
+        crate::lib::guarded("fork", || Ok(arrakis_core::fs::mount::fork_prepare()))
+    } else {
+        None
+    };
     let r = real!(fork() else sys(libc::SYS_fork));
+    if let Some(m) = mounts {
+        if r == 0 {
+            m.child();
+        } else {
+            m.parent();
+        }
+    }
     if r == 0 {
         crate::libos::forked_child();
     }

@@ -228,6 +228,77 @@ real_fns! {
     readdir: unsafe extern "C" fn(*mut DIR) -> *mut libc::dirent;
     readdir64: unsafe extern "C" fn(*mut DIR) -> *mut libc::dirent64;
     closedir: unsafe extern "C" fn(*mut DIR) -> c_int;
+    // files on volumes (paths, attributes, cwd)
+    eaccess: unsafe extern "C" fn(*const c_char, c_int) -> c_int;
+    euidaccess: unsafe extern "C" fn(*const c_char, c_int) -> c_int;
+    chmod: unsafe extern "C" fn(*const c_char, mode_t) -> c_int;
+    fchmodat: unsafe extern "C" fn(c_int, *const c_char, mode_t, c_int) -> c_int;
+    chown: unsafe extern "C" fn(*const c_char, libc::uid_t, libc::gid_t) -> c_int;
+    lchown: unsafe extern "C" fn(*const c_char, libc::uid_t, libc::gid_t) -> c_int;
+    fchownat: unsafe extern "C" fn(c_int, *const c_char, libc::uid_t, libc::gid_t, c_int) -> c_int;
+    utimes: unsafe extern "C" fn(*const c_char, *const timeval) -> c_int;
+    lutimes: unsafe extern "C" fn(*const c_char, *const timeval) -> c_int;
+    utime: unsafe extern "C" fn(*const c_char, *const libc::utimbuf) -> c_int;
+    utimensat: unsafe extern "C" fn(c_int, *const c_char, *const timespec, c_int) -> c_int;
+    readlink: unsafe extern "C" fn(*const c_char, *mut c_char, size_t) -> ssize_t;
+    readlinkat: unsafe extern "C" fn(c_int, *const c_char, *mut c_char, size_t) -> ssize_t;
+    statfs: unsafe extern "C" fn(*const c_char, *mut libc::statfs) -> c_int;
+    statfs64: unsafe extern "C" fn(*const c_char, *mut libc::statfs) -> c_int;
+    statvfs: unsafe extern "C" fn(*const c_char, *mut libc::statvfs) -> c_int;
+    statvfs64: unsafe extern "C" fn(*const c_char, *mut libc::statvfs) -> c_int;
+    getxattr: unsafe extern "C" fn(*const c_char, *const c_char, *mut c_void, size_t) -> ssize_t;
+    lgetxattr: unsafe extern "C" fn(*const c_char, *const c_char, *mut c_void, size_t) -> ssize_t;
+    listxattr: unsafe extern "C" fn(*const c_char, *mut c_char, size_t) -> ssize_t;
+    llistxattr: unsafe extern "C" fn(*const c_char, *mut c_char, size_t) -> ssize_t;
+    chdir: unsafe extern "C" fn(*const c_char) -> c_int;
+    getcwd: unsafe extern "C" fn(*mut c_char, size_t) -> *mut c_char;
+    get_current_dir_name: unsafe extern "C" fn() -> *mut c_char;
+    realpath: unsafe extern "C" fn(*const c_char, *mut c_char) -> *mut c_char;
+    __realpath_chk: unsafe extern "C" fn(*const c_char, *mut c_char, size_t) -> *mut c_char;
+    canonicalize_file_name: unsafe extern "C" fn(*const c_char) -> *mut c_char;
+    sync: unsafe extern "C" fn();
+    // files on volumes (fds)
+    fstatfs: unsafe extern "C" fn(c_int, *mut libc::statfs) -> c_int;
+    fstatfs64: unsafe extern "C" fn(c_int, *mut libc::statfs) -> c_int;
+    fstatvfs: unsafe extern "C" fn(c_int, *mut libc::statvfs) -> c_int;
+    fstatvfs64: unsafe extern "C" fn(c_int, *mut libc::statvfs) -> c_int;
+    fchmod: unsafe extern "C" fn(c_int, mode_t) -> c_int;
+    fchown: unsafe extern "C" fn(c_int, libc::uid_t, libc::gid_t) -> c_int;
+    futimens: unsafe extern "C" fn(c_int, *const timespec) -> c_int;
+    futimes: unsafe extern "C" fn(c_int, *const timeval) -> c_int;
+    fchdir: unsafe extern "C" fn(c_int) -> c_int;
+    flock: unsafe extern "C" fn(c_int, c_int) -> c_int;
+    posix_fadvise: unsafe extern "C" fn(c_int, off_t, off_t, c_int) -> c_int;
+    posix_fadvise64: unsafe extern "C" fn(c_int, off64_t, off64_t, c_int) -> c_int;
+    fallocate: unsafe extern "C" fn(c_int, c_int, off_t, off_t) -> c_int;
+    fallocate64: unsafe extern "C" fn(c_int, c_int, off64_t, off64_t) -> c_int;
+    posix_fallocate: unsafe extern "C" fn(c_int, off_t, off_t) -> c_int;
+    posix_fallocate64: unsafe extern "C" fn(c_int, off64_t, off64_t) -> c_int;
+    syncfs: unsafe extern "C" fn(c_int) -> c_int;
+    getdents64: unsafe extern "C" fn(c_int, *mut c_void, size_t) -> ssize_t;
+    fgetxattr: unsafe extern "C" fn(c_int, *const c_char, *mut c_void, size_t) -> ssize_t;
+    flistxattr: unsafe extern "C" fn(c_int, *mut c_char, size_t) -> ssize_t;
+    mmap: unsafe extern "C" fn(*mut c_void, size_t, c_int, c_int, c_int, off_t) -> *mut c_void;
+    mmap64: unsafe extern "C" fn(*mut c_void, size_t, c_int, c_int, c_int, off64_t) -> *mut c_void;
+    copy_file_range: unsafe extern "C" fn(c_int, *mut off64_t, c_int, *mut off64_t, size_t, c_uint) -> ssize_t;
+    // directory streams
+    readdir_r: unsafe extern "C" fn(*mut DIR, *mut libc::dirent, *mut *mut libc::dirent) -> c_int;
+    readdir64_r: unsafe extern "C" fn(*mut DIR, *mut libc::dirent64, *mut *mut libc::dirent64) -> c_int;
+    dirfd: unsafe extern "C" fn(*mut DIR) -> c_int;
+    telldir: unsafe extern "C" fn(*mut DIR) -> libc::c_long;
+    rewinddir: unsafe extern "C" fn(*mut DIR);
+    seekdir: unsafe extern "C" fn(*mut DIR, libc::c_long);
+    scandir: unsafe extern "C" fn(*const c_char, *mut *mut *mut libc::dirent64,
+        Option<unsafe extern "C" fn(*const libc::dirent64) -> c_int>,
+        Option<unsafe extern "C" fn(*mut *const libc::dirent64, *mut *const libc::dirent64) -> c_int>) -> c_int;
+    scandir64: unsafe extern "C" fn(*const c_char, *mut *mut *mut libc::dirent64,
+        Option<unsafe extern "C" fn(*const libc::dirent64) -> c_int>,
+        Option<unsafe extern "C" fn(*mut *const libc::dirent64, *mut *const libc::dirent64) -> c_int>) -> c_int;
+    // stdio
+    freopen: unsafe extern "C" fn(*const c_char, *const c_char, *mut FILE) -> *mut FILE;
+    freopen64: unsafe extern "C" fn(*const c_char, *const c_char, *mut FILE) -> *mut FILE;
+    fileno: unsafe extern "C" fn(*mut FILE) -> c_int;
+    fileno_unlocked: unsafe extern "C" fn(*mut FILE) -> c_int;
     // stdio
     fopen: unsafe extern "C" fn(*const c_char, *const c_char) -> *mut FILE;
     fopen64: unsafe extern "C" fn(*const c_char, *const c_char) -> *mut FILE;

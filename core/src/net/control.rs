@@ -598,3 +598,73 @@ mod tests {
         release(&key(6379));
     }
 }
+
+/// How the daemon says this process reaches a volume ([`volume_attach`]).
+#[derive(Debug)]
+pub enum VolumeAttachment {
+    /// This process owns the volume: mount the VSA behind `fd` (`size` bytes) and serve it
+    /// to others on `socket`.
+    Owner {
+        /// Where to serve it.
+        socket: String,
+        /// The VSA's backing fd (hidden, close-on-exec).
+        fd: OwnedFd,
+        /// The VSA's size in bytes.
+        size: u64,
+    },
+    /// Another process owns it: reach it by RPC on `socket`.
+    Remote {
+        /// The owner's socket.
+        socket: String,
+    },
+}
+
+/// The daemon connection of a process that attaches volumes without the emulator backend
+/// (its own registration; the pid that made it, so a forked child makes its own).
+static VOLUME_CONN: Mutex<Option<(u32, Conn)>> = Mutex::new(None);
+
+/// Asks the daemon for the volume on VSA `name` (`Request::VolumeAttach`), over the
+/// emulator backend's connection if the process has one, else over a connection of its own
+/// (registered under the process's name). The error is the line to log.
+pub fn volume_attach(name: &str) -> Result<VolumeAttachment, String> {
+    let req = Request::VolumeAttach { name: Name::lossy(name), create: None, read_only: false };
+    let path = default_socket();
+    let reply = match control() {
+        Some(c) => c.with_conn(CALL_TIMEOUT, |conn| conn.call(req, CALL_TIMEOUT)),
+        None => {
+            let mut slot = VOLUME_CONN.lock().unwrap_or_else(|e| e.into_inner());
+            let pid = std::process::id();
+            if slot.as_ref().is_none_or(|(p, _)| *p != pid) {
+                if let Some((_, old)) = slot.take() {
+                    // The parent's connection, inherited by fork: it speaks for the parent.
+                    std::mem::forget(old);
+                }
+                let comm = std::fs::read_to_string("/proc/self/comm").unwrap_or_default();
+                let conn = connect_registered(&path, comm.trim(), START_TIMEOUT)
+                    .map_err(|e| format!("no arrakis daemon at {}: {e}", path.display()))?;
+                *slot = Some((pid, conn));
+            }
+            let r = match slot.as_mut() {
+                Some((_, conn)) => conn.call(req, CALL_TIMEOUT),
+                None => Err(CallError::Protocol("no connection".into())),
+            };
+            if matches!(r, Err(CallError::Io(_) | CallError::Protocol(_))) {
+                *slot = None;
+            }
+            r
+        }
+    };
+    let (resp, mut fds) =
+        reply.map_err(|e| format!("the arrakis daemon did not attach volume {name}: {e}"))?;
+    match resp {
+        Response::VolumeAttached { vsa, role: proto::VolumeRole::Owner { socket } } => {
+            let fd =
+                fds.pop().ok_or_else(|| format!("the daemon's reply for volume {name} carried no fd"))?;
+            Ok(VolumeAttachment::Owner { socket, fd, size: vsa.size })
+        }
+        Response::VolumeAttached { role: proto::VolumeRole::Remote { socket, .. }, .. } => {
+            Ok(VolumeAttachment::Remote { socket })
+        }
+        other => Err(format!("unexpected answer to volume_attach {name}: {other:?}")),
+    }
+}
