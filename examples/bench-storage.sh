@@ -208,6 +208,7 @@ run_redis() {
   record "redis_c50_rps.$path" "$(csv_field "$out" SET rps)"
   [ "$(redis_info "$port" aof_last_write_status)" = ok ] || die "redis ($path): AOF write errors"
   stop_pid "$pid" 20 || true
+  forget_pids "$pid"
   [ "$path" = vsa ] && kernel_dir_empty "$VREDIS" "redis on the VSA"
   return 0
 }

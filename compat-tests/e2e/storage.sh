@@ -89,17 +89,6 @@ arun() {
   fi
 }
 
-# forget PID...: PIDs are dead; drop them from the cleanup list (their numbers may be reused).
-forget() {
-  local keep=() p q drop
-  for p in "${SERVER_PIDS[@]}"; do
-    drop=
-    for q in "$@"; do [ "$p" = "$q" ] && drop=1; done
-    [ -n "$drop" ] || keep+=("$p")
-  done
-  SERVER_PIDS=("${keep[@]}")
-}
-
 # kernel_dirs_empty WHEN: the kernel directories under the mount points hold nothing.
 kernel_dirs_empty() {
   local d
@@ -256,7 +245,7 @@ part_kill() {
     wait "$wpid" || rc=$?
     [ "$rc" -eq 0 ] || { cat "$WORK/writer.$round.err" >&2; die "round $round: the writer failed (exit $rc)"; }
     poll 10 dead "$REDIS_PID" || die "round $round: redis (pid $REDIS_PID) survived kill -9"
-    forget "$REDIS_PID" "$BG_PID"
+    forget_pids "$REDIS_PID" "$BG_PID"
     after=$(wc -l <"$ACKED")
     total_killed=$((total_killed + 1))
     say "round $round: killed redis after ${pause}s more; $((after - before)) writes acknowledged this round, $after in all"
@@ -298,7 +287,7 @@ part_background() {
   kill -KILL "$REDIS_PID"
   wait "$BG_PID" 2>/dev/null || true
   poll 10 dead "$REDIS_PID" || die "redis survived kill -9"
-  forget "$REDIS_PID" "$BG_PID"
+  forget_pids "$REDIS_PID" "$BG_PID"
   log=$WORK/redis.after-rewrite.log
   start_redis_vsa "$log"
   check_acked "$PORT" "restart after BGREWRITEAOF"
@@ -308,7 +297,7 @@ part_background() {
   }
   rcli "$PORT" SHUTDOWN NOSAVE >/dev/null 2>&1 || true
   wait_exit "$BG_PID" 30 || die "redis did not exit on SHUTDOWN"
-  forget "$REDIS_PID" "$BG_PID"
+  forget_pids "$REDIS_PID" "$BG_PID"
 
   # The RDB from BGSAVE: a server without AOF loads dump.rdb.
   log=$WORK/redis.rdb.log
@@ -318,7 +307,7 @@ part_background() {
     die "dump.rdb (BGSAVE) lacks writes acknowledged before the BGSAVE"
   rcli "$PORT" SHUTDOWN NOSAVE >/dev/null 2>&1 || true
   wait_exit "$BG_PID" 30 || die "redis did not exit on SHUTDOWN"
-  forget "$REDIS_PID" "$BG_PID"
+  forget_pids "$REDIS_PID" "$BG_PID"
 
   start_redis_vsa "$WORK/redis.final.log"
   check_acked "$PORT" "restart after the RDB check"
@@ -359,7 +348,7 @@ unmount_fuse() {
   wait_exit "$FUSE_PID" 20 || rc=$?
   [ "$rc" -ne 124 ] || { cat "$WORK/fuse.log" >&2; die "arrakis mount did not exit within 20 s of the unmount"; }
   [ "$rc" -eq 0 ] || { tail -5 "$WORK/fuse.log" >&2; say "(arrakis mount exited with status $rc after the unmount)"; }
-  forget "$FUSE_PID"
+  forget_pids "$FUSE_PID"
   FUSE_PID=
   ! grep -qs " $FUSE_DIR fuse" /proc/mounts || die "$FUSE_DIR is still mounted"
 }
@@ -406,7 +395,7 @@ part_views() {
   cp "$WORK/shas.running" "$WORK/shas.before-stop"
   rcli "$PORT" SHUTDOWN >/dev/null 2>&1 || true
   wait_exit "$BG_PID" 30 || die "redis did not exit on SHUTDOWN"
-  forget "$REDIS_PID" "$BG_PID"
+  forget_pids "$REDIS_PID" "$BG_PID"
   compare_views "after redis stopped" stopped
   kernel_dirs_empty "after the cross-process reads"
   echo "PASS b. arrakis run --volume $VOL:VIEW -- ls -l/cat show redis's files while it runs and after it stops"
@@ -430,7 +419,7 @@ part_fsck() {
   check_acked "$PORT" "after fsck"
   rcli "$PORT" SHUTDOWN >/dev/null 2>&1 || true
   wait_exit "$BG_PID" 30 || die "redis did not exit on SHUTDOWN"
-  forget "$REDIS_PID" "$BG_PID"
+  forget_pids "$REDIS_PID" "$BG_PID"
   echo "PASS d. arrakis fsck $VOL: clean; a last restart still has all $CHECKED acknowledged writes"
 }
 
