@@ -13,6 +13,8 @@ have memcslap || need+=(libmemcached-tools)
 have valgrind || need+=(valgrind)
 have strace || need+=(strace)
 have gcc || need+=(gcc)
+# The storage end-to-end test's FUSE mount (compat-tests/e2e/storage.sh).
+have fusermount3 || need+=(fuse3)
 # The sweep of real programs (compat-tests/sweep/run.sh).
 have nginx || need+=(nginx-light)
 have haproxy || need+=(haproxy)

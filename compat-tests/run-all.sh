@@ -4,7 +4,8 @@
 #   2. build and unit tests; the differential suite (native vs shim, compat-tests/tests)
 #   3. end-to-end with real servers (memcached, redis) under the shim, sockets on the kernel
 #      and on the library OS (kernel clients through the listeners' kernel halves), and on
-#      the emulator backend (daemon, switch, clients under the shim and not, control plane)
+#      the emulator backend (daemon, switch, clients under the shim and not, control plane),
+#      and redis with its files on a virtual storage area (kill -9, FUSE, fsck)
 #   4. a sweep of 28 real programs (java, node, nginx, postgres, git, ...) native vs shim
 #   5. external suites (CPython's regression tests, tornado; CPython's socket and event-loop
 #      tests with sockets on the library OS) native vs shim
@@ -32,6 +33,8 @@ ARRAKIS_BACKEND=loopback ARRAKIS_KERNEL_CLIENTS=1 ARRAKIS_SKIP_BUILD=1 compat-te
 
 step "end-to-end: the emulator backend (daemon, switch, bypass and kernel clients, revoke, kill -9, daemon restart)"
 ARRAKIS_SKIP_BUILD=1 compat-tests/e2e/emulator.sh
+step "end-to-end: redis (appendfsync always) on a VSA: kill -9 rounds, BGSAVE/BGREWRITEAOF, arrakis run views, FUSE, fsck"
+ARRAKIS_SKIP_BUILD=1 compat-tests/e2e/storage.sh
 step "end-to-end: the switch's uplink (tun in a network namespace the test creates)"
 ARRAKIS_SKIP_BUILD=1 compat-tests/e2e/uplink.sh
 

@@ -132,6 +132,18 @@ wait_tcp() {
   poll "${3:-20}" up_or_dead "$1" "$2" && tcp_open "$1"
 }
 
+# forget_pids PID...: the PIDs are dead (waited for); drop them from the cleanup list, whose
+# kill at exit could otherwise hit a process that reused the number.
+forget_pids() {
+  local keep=() p q drop
+  for p in "${SERVER_PIDS[@]}"; do
+    drop=
+    for q in "$@"; do [ "$p" = "$q" ] && drop=1; done
+    [ -n "$drop" ] || keep+=("$p")
+  done
+  SERVER_PIDS=("${keep[@]}")
+}
+
 # stop_pid PID [SECONDS]: SIGTERM, wait up to SECONDS, then SIGKILL. Returns PID's status.
 stop_pid() {
   local pid=$1 rc=0

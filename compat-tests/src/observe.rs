@@ -84,6 +84,18 @@ impl Observations {
     }
 }
 
+impl Observations {
+    /// Values of the `#fstype=` meta lines (the hex `f_type` of `statfs("mnt")` that the
+    /// `vsa_*` programs print), lower-case, without a `0x` prefix.
+    pub fn fstypes(&self) -> Vec<String> {
+        self.meta
+            .iter()
+            .filter_map(|m| m.strip_prefix("#fstype="))
+            .map(|v| v.trim().trim_start_matches("0x").to_ascii_lowercase())
+            .collect()
+    }
+}
+
 fn split_case(line: &str) -> Option<(&str, &str)> {
     let (name, text) = line.split_once(": ")?;
     let ok = !name.is_empty()
@@ -207,6 +219,8 @@ mod tests {
         assert_eq!(o.case(UNSTRUCTURED), Some(&v(&["no colon here"])[..]));
         assert_eq!(o.case_names().collect::<Vec<_>>(), vec!["a", "b"]);
         assert_eq!(o.shim_flags(), vec![("0".to_string(), Some("a".to_string())), ("1".to_string(), None)]);
+        let f = Observations::parse("#shim=1\n#fstype=0x4152524B\nx: 1\n#fstype=ef53\n");
+        assert_eq!(f.fstypes(), v(&["4152524b", "ef53"]));
     }
 
     #[test]

@@ -123,6 +123,9 @@ pub struct RunSpec {
     pub args: Vec<OsString>,
     /// Working directory; emptied and recreated before the run.
     pub dir: PathBuf,
+    /// Directories to create inside `dir` (relative paths) before the run, e.g. `mnt` for a
+    /// volume's mount point.
+    pub mkdirs: Vec<PathBuf>,
     /// `Some(shim)` to run with `LD_PRELOAD=shim`.
     pub preload: Option<PathBuf>,
     /// Variables set for this run on top of the base environment (they win over the
@@ -175,6 +178,9 @@ pub fn run(spec: &RunSpec) -> io::Result<RunResult> {
         fs::remove_dir_all(&spec.dir)?;
     }
     fs::create_dir_all(&spec.dir)?;
+    for d in &spec.mkdirs {
+        fs::create_dir_all(spec.dir.join(d))?;
+    }
     let mut cmd = Command::new(&spec.program);
     cmd.args(&spec.args)
         .current_dir(&spec.dir)
@@ -265,11 +271,13 @@ mod tests {
             program: "/bin/sh".into(),
             args: vec!["-c".into(), "echo out; echo err >&2; ls /proc/self/fd | wc -l; exit 3".into()],
             dir: dir.join("a"),
+            mkdirs: vec!["m/n".into()],
             preload: None,
             env: Vec::new(),
             timeout: Duration::from_secs(10),
         };
         let r = run(&spec).expect("run");
+        assert!(dir.join("a/m/n").is_dir());
         assert_eq!(r.status_text(), "exit 3");
         assert_eq!(r.stderr, "err\n");
         // 0, 1, 2, the pipe to wc and ls's directory fd: nothing inherited.
