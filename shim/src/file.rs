@@ -268,6 +268,9 @@ macro_rules! fstatat_call {
                     && !$path.is_null() && unsafe { *$path } == 0) {
                     return real!($real($($v,)? $dirfd, $path, $buf, $flags));
                 }
+                if $flags & !(libc::AT_SYMLINK_NOFOLLOW | libc::AT_NO_AUTOMOUNT | libc::AT_EMPTY_PATH) != 0 {
+                    return errno::fail(Errno::EINVAL);
+                }
                 if $flags & libc::AT_EMPTY_PATH != 0 && !$path.is_null() && unsafe { *$path } == 0 {
                     // SAFETY: the caller's buffer.
                     return unsafe { vfs::fstat($dirfd, $buf) };

@@ -83,6 +83,9 @@ pub(crate) fn resolve(dirfd: c_int, path: &[u8], call: &'static str) -> SysResul
     let Some(t) = mount::table() else { return Ok(Route::Kernel(None)) };
     catch(call, || {
         let relative = path.first() != Some(&b'/');
+        if relative && dirfd < 0 && dirfd != libc::AT_FDCWD {
+            return Err(Errno::EBADF);
+        }
         let target = if dirfd == libc::AT_FDCWD || !relative {
             t.resolve(Base::Cwd, path)?
         } else {
@@ -151,15 +154,13 @@ pub(crate) unsafe fn with_paths<T: Fail>(
         return kernel(p1, p2);
     }
     let saved = errno::Saved::new();
-    let r1 = match resolve(d1, b1, call) {
-        Ok(r) => r,
-        Err(e) => return errno::fail(e),
-    };
-    let r2 = match resolve(d2, b2, call) {
-        Ok(r) => r,
-        Err(e) => return errno::fail(e),
-    };
+    let r = resolve(d1, b1, call).and_then(|r1| Ok((r1, resolve(d2, b2, call)?)));
+    // Restore the caller's errno before failing, not after.
     drop(saved);
+    let (r1, r2) = match r {
+        Ok(r) => r,
+        Err(e) => return errno::fail(e),
+    };
     match (r1, r2) {
         (Route::Kernel(a), Route::Kernel(b)) => {
             let a = a.as_ref().map_or(p1, |c| c.as_ptr());
@@ -496,6 +497,15 @@ fn with_file<T: Fail>(fd: c_int, call: &'static str, f: impl FnOnce(&OpenFile) -
     })
 }
 
+/// As [`with_file`] for the writing calls: a directory is never open for writing, so Linux
+/// answers `EBADF` (the mode check comes before the file type).
+fn with_wfile<T: Fail>(fd: c_int, call: &'static str, f: impl FnOnce(&OpenFile) -> SysResult<T>) -> T {
+    lib::guarded(call, || match file(fd) {
+        Some(o) => f(&o),
+        None => Err(Errno::EBADF),
+    })
+}
+
 /// # Safety
 /// `iov[..cnt]` must be readable.
 unsafe fn iovs<'a>(iov: *const iovec, cnt: c_int) -> SysResult<Vec<&'a mut [u8]>> {
@@ -567,7 +577,7 @@ pub(crate) unsafe fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t {
 /// The C contract of `write(2)`.
 pub(crate) unsafe fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t {
     // SAFETY: caller's contract.
-    with_file(fd, "write", |f| Ok(f.write(&unsafe { one(buf, n)? })? as ssize_t))
+    with_wfile(fd, "write", |f| Ok(f.write(&unsafe { one(buf, n)? })? as ssize_t))
 }
 
 /// # Safety
@@ -581,7 +591,7 @@ pub(crate) unsafe fn readv(fd: c_int, iov: *const iovec, cnt: c_int) -> ssize_t 
 /// The C contract of `writev(2)`.
 pub(crate) unsafe fn writev(fd: c_int, iov: *const iovec, cnt: c_int) -> ssize_t {
     // SAFETY: caller's contract.
-    with_file(fd, "writev", |f| Ok(f.write(&ro(unsafe { iovs(iov, cnt)? }))? as ssize_t))
+    with_wfile(fd, "writev", |f| Ok(f.write(&ro(unsafe { iovs(iov, cnt)? }))? as ssize_t))
 }
 
 /// # Safety
@@ -595,7 +605,7 @@ pub(crate) unsafe fn pread64(fd: c_int, buf: *mut c_void, n: size_t, off: off64_
 /// The C contract of `pwrite(2)`.
 pub(crate) unsafe fn pwrite64(fd: c_int, buf: *const c_void, n: size_t, off: off64_t) -> ssize_t {
     // SAFETY: caller's contract.
-    with_file(fd, "pwrite", |f| Ok(f.pwrite(&unsafe { one(buf, n)? }, off)? as ssize_t))
+    with_wfile(fd, "pwrite", |f| Ok(f.pwrite(&unsafe { one(buf, n)? }, off)? as ssize_t))
 }
 
 /// # Safety
@@ -612,7 +622,7 @@ pub(crate) unsafe fn preadv64(fd: c_int, iov: *const iovec, cnt: c_int, off: off
 /// The C contract of `pwritev(2)`.
 pub(crate) unsafe fn pwritev64(fd: c_int, iov: *const iovec, cnt: c_int, off: off64_t) -> ssize_t {
     // SAFETY: caller's contract.
-    with_file(fd, "pwritev", |f| {
+    with_wfile(fd, "pwritev", |f| {
         let b = ro(unsafe { iovs(iov, cnt)? });
         Ok(if off == -1 { f.write(&b)? } else { f.pwrite(&b, off)? } as ssize_t)
     })

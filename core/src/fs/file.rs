@@ -236,6 +236,12 @@ pub fn open(loc: &Loc, oflags: i32, mode: u32, cred: &Cred) -> SysResult<Opened>
     if acc == O_ACCMODE && !path_only {
         return Err(Errno::EINVAL);
     }
+    // Linux refuses the ambiguous O_CREAT | O_DIRECTORY before looking at the path.
+    if oflags & O_CREAT != 0 && oflags & O_DIRECTORY != 0 && !path_only {
+        return Err(Errno::EINVAL);
+    }
+    // O_TRUNC asks for write access (Linux: EISDIR on a directory, W_OK on a file).
+    let truncates = !path_only && oflags & O_TRUNC != 0;
     let (ino, created) = match loc.ino {
         Some(ino) => {
             if oflags & O_CREAT != 0 && oflags & O_EXCL != 0 && !path_only {
@@ -275,7 +281,7 @@ pub fn open(loc: &Loc, oflags: i32, mode: u32, cred: &Cred) -> SysResult<Opened>
             if oflags & O_CREAT != 0 && !path_only && loc.ino.is_some() {
                 return Err(Errno::EISDIR);
             }
-            if writes {
+            if writes || truncates {
                 return Err(Errno::EISDIR);
             }
             if !path_only && !permitted(&attr, cred, R_OK) {
@@ -302,19 +308,15 @@ pub fn open(loc: &Loc, oflags: i32, mode: u32, cred: &Cred) -> SysResult<Opened>
                     O_RDONLY => R_OK,
                     O_WRONLY => W_OK,
                     _ => R_OK | W_OK,
-                };
+                } | if truncates { W_OK } else { 0 };
                 if !permitted(&attr, cred, want) {
                     return Err(Errno::EACCES);
                 }
             }
-            if writes || (oflags & O_TRUNC != 0 && !path_only) {
+            if writes || truncates {
                 rofs(loc)?;
             }
-            if oflags & O_TRUNC != 0
-                && !path_only
-                && attr.size != 0
-                && (writes || cred.uid == 0 || acc == O_RDONLY)
-            {
+            if truncates && attr.size != 0 {
                 fs.setattr(ino, SetAttr { size: Some(0), ..SetAttr::default() })?;
             }
             fs.open(ino)?;
@@ -385,11 +387,13 @@ pub fn unlink(loc: &Loc) -> SysResult<()> {
 pub fn rmdir(loc: &Loc) -> SysResult<()> {
     let ino = loc.ino.ok_or(Errno::ENOENT)?;
     let Some(name) = loc.name.as_deref() else {
-        if loc.path == loc.mount.path {
-            return Err(Errno::EBUSY);
-        }
-        // rmdir("d/.") is EINVAL, rmdir("d/..") ENOTEMPTY, as Linux.
-        return Err(if loc.path.ends_with(b"/..") { Errno::ENOTEMPTY } else { Errno::EINVAL });
+        // rmdir("d/.") is EINVAL, rmdir("d/..") ENOTEMPTY (whatever `d/..` is), a mount's
+        // root EBUSY, as Linux.
+        return Err(match loc.last_dots {
+            1 => Errno::EINVAL,
+            2 => Errno::ENOTEMPTY,
+            _ => Errno::EBUSY,
+        });
     };
     let _ = ino;
     rofs(loc)?;

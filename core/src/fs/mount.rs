@@ -292,6 +292,8 @@ pub struct Loc {
     pub dir_required: bool,
     /// The absolute, normalised path.
     pub path: Vec<u8>,
+    /// The path's last component was `.` (1) or `..` (2); else 0.
+    pub last_dots: u8,
 }
 
 impl std::fmt::Debug for Loc {
@@ -630,6 +632,11 @@ impl Table {
                     ino: last_ino,
                     dir_required: trailing || last_dot,
                     path: join(&stack),
+                    last_dots: match comps.last() {
+                        Some(&b".") => 1,
+                        Some(&b"..") => 2,
+                        _ => 0,
+                    },
                 }))
             }
         }
