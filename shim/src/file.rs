@@ -233,19 +233,45 @@ path_call! {
         kernel |p| io::created_file(real!(fopen64(p, mode)));
         // SAFETY: the caller's mode string.
         volume |l| unsafe { vfs::fopen(l, mode) };
-    fn freopen(path: *const c_char, mode: *const c_char, fp: *mut FILE) -> *mut FILE [AT_FDCWD, path]
-        kernel |p| io::created_file(real!(freopen(p, mode, fp)));
-        volume |_l| Err(unsupported("freopen"));
-    fn freopen64(path: *const c_char, mode: *const c_char, fp: *mut FILE) -> *mut FILE [AT_FDCWD, path]
-        kernel |p| io::created_file(real!(freopen64(p, mode, fp)));
-        volume |_l| Err(unsupported("freopen"));
 }
 
-/// A call the library OS does not serve on volumes (logged once per call site).
-fn unsupported(call: &'static str) -> Errno {
-    tracing::warn!(call, "not supported on a volume path");
-    Errno::EOPNOTSUPP
+macro_rules! freopen_call {
+    ($($name:ident),*) => {$(
+        export! {
+            /// Interposed `freopen`: a volume path, or one of our streams (which glibc's
+            /// freopen cannot reopen: they are cookie streams), is handled here; the rest
+            /// passes through to libc.
+            ///
+            /// # Safety
+            /// The C contract of `freopen(3)`.
+            fn $name(path: *const c_char, mode: *const c_char, fp: *mut FILE) -> *mut FILE {
+                fast if !mount::active();
+                if lib::inside() {
+                    return real!($name(path, mode, fp));
+                }
+                let ours = vfs::stream_fd(fp);
+                if path.is_null() {
+                    return match ours {
+                        // SAFETY: the caller's mode and our stream.
+                        Some(fd) => lib::guarded(stringify!($name), || unsafe { vfs::freopen_same(fd, mode, fp) }),
+                        None => io::created_file(real!($name(path, mode, fp))),
+                    };
+                }
+                let k = |p| match ours {
+                    // SAFETY: the caller's path, mode and our stream.
+                    Some(_) => unsafe { vfs::freopen_kernel(p, mode, fp) },
+                    None => io::created_file(real!($name(p, mode, fp))),
+                };
+                // SAFETY: the caller's mode and stream.
+                let v = |l| unsafe { vfs::freopen_volume(l, mode, fp) };
+                // SAFETY: the caller's path.
+                unsafe { vfs::with_path(AT_FDCWD, path, stringify!($name), k, v) }
+            }
+        }
+    )*};
 }
+
+freopen_call!(freopen, freopen64);
 
 fn access_check(l: &mount::Loc, mode: c_int) -> arrakis_core::SysResult<c_int> {
     if mode & !7 != 0 {
@@ -882,4 +908,139 @@ export! {
 
 passthrough! {
     fn fclose(fp: *mut FILE) -> c_int;
+}
+
+// ---- temporary files -------------------------------------------------------------------------
+
+/// What a `mkstemp`-family call makes.
+#[derive(Clone, Copy)]
+enum Temp {
+    /// A file opened `O_RDWR | O_CREAT | O_EXCL` plus these flags.
+    File(c_int),
+    /// A directory (`mkdtemp`).
+    Dir,
+}
+
+/// A fresh 6-letter name from the letters glibc uses.
+fn temp_letters() -> [u8; 6] {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    const CHARS: &[u8; 62] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let t =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let mut x =
+        t ^ (u64::from(std::process::id()) << 32) ^ SEQ.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
+    let mut out = [0u8; 6];
+    for c in &mut out {
+        // splitmix64 step
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        *c = CHARS[(z % 62) as usize];
+    }
+    out
+}
+
+/// The `mkstemp` family for a template on a volume: `Ok(None)` when the template is a kernel
+/// path (the caller runs libc's), else the fd (or 0 for a directory) with the template filled in.
+///
+/// # Safety
+/// `tmpl` must be null or a writable NUL-terminated string.
+unsafe fn mktemp_volume(
+    tmpl: *mut c_char,
+    suffix: c_int,
+    what: Temp,
+    call: &'static str,
+) -> Result<Option<c_int>, Errno> {
+    // SAFETY: caller's contract.
+    let bytes = unsafe { vfs::cpath(tmpl) }?;
+    let len = bytes.len();
+    let suffix = usize::try_from(suffix).map_err(|_| Errno::EINVAL)?;
+    if len < 6 + suffix || &bytes[len - 6 - suffix..len - suffix] != b"XXXXXX" {
+        return Err(Errno::EINVAL);
+    }
+    let at = len - 6 - suffix;
+    let saved = errno::Saved::new();
+    let route = vfs::resolve(AT_FDCWD, bytes, call);
+    drop(saved);
+    match route? {
+        vfs::Route::Kernel(_) => return Ok(None),
+        vfs::Route::Volume(_) => {}
+    }
+    for _ in 0..238_328 {
+        let letters = temp_letters();
+        // SAFETY: the caller's writable template; `at + 6 <= len`.
+        unsafe { std::ptr::copy_nonoverlapping(letters.as_ptr().cast::<c_char>(), tmpl.add(at), 6) };
+        // SAFETY: as above, still NUL-terminated.
+        let bytes = unsafe { vfs::cpath(tmpl) }?;
+        let loc = match vfs::resolve(AT_FDCWD, bytes, call)? {
+            vfs::Route::Volume(l) => l,
+            vfs::Route::Kernel(_) => return Err(Errno::EXDEV),
+        };
+        let r = vfs::catch(call, || match what {
+            Temp::File(flags) => vfs::open(loc, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | flags, 0o600),
+            Temp::Dir => vf::mkdir(&loc, 0o700, &cred()).map(|()| 0),
+        });
+        match r {
+            Err(Errno::EEXIST) => continue,
+            r => return r.map(Some),
+        }
+    }
+    Err(Errno::EEXIST)
+}
+
+macro_rules! mkstemp_call {
+    ($( fn $name:ident ( $t:ident $(, $a:ident)* ) [$suffix:expr, $flags:expr] );* $(;)?) => {$(
+        export! {
+            /// Interposed: a template on a volume is made there (glibc's own calls its
+            /// internal open); the rest passes through to libc.
+            ///
+            /// # Safety
+            /// The C contract of `mkstemp(3)`.
+            fn $name($t: *mut c_char $(, $a: c_int)*) -> c_int {
+                fast if !mount::active();
+                if lib::inside() {
+                    return real!($name($t $(, $a)*));
+                }
+                // SAFETY: the caller's template.
+                match unsafe { mktemp_volume($t, $suffix, Temp::File($flags & !libc::O_ACCMODE), stringify!($name)) } {
+                    Ok(Some(fd)) => fd,
+                    Ok(None) => io::created(real!($name($t $(, $a)*))),
+                    Err(e) => errno::fail(e),
+                }
+            }
+        }
+    )*};
+}
+
+mkstemp_call! {
+    fn mkstemp(t) [0, 0];
+    fn mkstemp64(t) [0, 0];
+    fn mkostemp(t, flags) [0, flags];
+    fn mkostemp64(t, flags) [0, flags];
+    fn mkstemps(t, suffix) [suffix, 0];
+    fn mkstemps64(t, suffix) [suffix, 0];
+    fn mkostemps(t, suffix, flags) [suffix, flags];
+    fn mkostemps64(t, suffix, flags) [suffix, flags];
+}
+
+export! {
+    /// Interposed `mkdtemp`: a template on a volume is made there.
+    ///
+    /// # Safety
+    /// The C contract of `mkdtemp(3)`.
+    fn mkdtemp(t: *mut c_char) -> *mut c_char {
+        fast if !mount::active();
+        if lib::inside() {
+            return real!(mkdtemp(t));
+        }
+        // SAFETY: the caller's template.
+        match unsafe { mktemp_volume(t, 0, Temp::Dir, "mkdtemp") } {
+            Ok(Some(_)) => t,
+            Ok(None) => real!(mkdtemp(t)),
+            Err(e) => errno::fail(e),
+        }
+    }
 }

@@ -299,6 +299,16 @@ real_fns! {
     freopen64: unsafe extern "C" fn(*const c_char, *const c_char, *mut FILE) -> *mut FILE;
     fileno: unsafe extern "C" fn(*mut FILE) -> c_int;
     fileno_unlocked: unsafe extern "C" fn(*mut FILE) -> c_int;
+    // temporary files
+    mkstemp: unsafe extern "C" fn(*mut c_char) -> c_int;
+    mkstemp64: unsafe extern "C" fn(*mut c_char) -> c_int;
+    mkostemp: unsafe extern "C" fn(*mut c_char, c_int) -> c_int;
+    mkostemp64: unsafe extern "C" fn(*mut c_char, c_int) -> c_int;
+    mkstemps: unsafe extern "C" fn(*mut c_char, c_int) -> c_int;
+    mkstemps64: unsafe extern "C" fn(*mut c_char, c_int) -> c_int;
+    mkostemps: unsafe extern "C" fn(*mut c_char, c_int, c_int) -> c_int;
+    mkostemps64: unsafe extern "C" fn(*mut c_char, c_int, c_int) -> c_int;
+    mkdtemp: unsafe extern "C" fn(*mut c_char) -> *mut c_char;
     // stdio
     fopen: unsafe extern "C" fn(*const c_char, *const c_char) -> *mut FILE;
     fopen64: unsafe extern "C" fn(*const c_char, *const c_char) -> *mut FILE;

@@ -68,7 +68,7 @@ pub(crate) enum Route {
 
 /// Runs library-OS code that returns a value (not through `errno`): depth counted, panics
 /// caught.
-fn catch<T>(call: &'static str, f: impl FnOnce() -> SysResult<T>) -> SysResult<T> {
+pub(crate) fn catch<T>(call: &'static str, f: impl FnOnce() -> SysResult<T>) -> SysResult<T> {
     lib::guarded(call, || Ok(Some(f()))).unwrap_or(Err(Errno::ENOTRECOVERABLE))
 }
 
@@ -1131,6 +1131,113 @@ pub(crate) unsafe fn fopen(loc: Loc, mode: *const c_char) -> SysResult<*mut FILE
     }
 }
 
+extern "C" {
+    static mut stdin: *mut FILE;
+    static mut stdout: *mut FILE;
+    static mut stderr: *mut FILE;
+}
+
+/// `freopen` gave `new` for `old`: a standard stream's variable follows (glibc keeps the
+/// `FILE *`; ours is a new cookie stream).
+///
+/// # Safety
+/// No other thread may be using the standard streams' variables (freopen's own contract for
+/// them).
+unsafe fn follow_std(old: *mut FILE, new: *mut FILE) {
+    if new.is_null() {
+        return;
+    }
+    // SAFETY: glibc's stream variables, read and written as plain pointers; the caller's
+    // contract covers concurrent use.
+    unsafe {
+        for v in
+            [std::ptr::addr_of_mut!(stdin), std::ptr::addr_of_mut!(stdout), std::ptr::addr_of_mut!(stderr)]
+        {
+            if v.read() == old {
+                v.write(new);
+            }
+        }
+    }
+}
+
+/// Flushes and closes a stream for `freopen` (errors ignored, as POSIX says).
+///
+/// # Safety
+/// `fp` must be a live stream; it is gone afterwards.
+unsafe fn close_for_reopen(fp: *mut FILE) {
+    let saved = errno::Saved::new();
+    // SAFETY: caller's contract.
+    unsafe { libc::fclose(fp) };
+    drop(saved);
+}
+
+/// `freopen(path, mode, fp)` with `path` on a volume: `fp` is closed, a stream of ours on the
+/// file replaces it.
+///
+/// # Safety
+/// `mode` must be a NUL-terminated string, `fp` a live stream.
+pub(crate) unsafe fn freopen_volume(loc: Loc, mode: *const c_char, fp: *mut FILE) -> SysResult<*mut FILE> {
+    // SAFETY: caller's contract.
+    unsafe {
+        let flags = cpath(mode).and_then(fopen_flags);
+        close_for_reopen(fp);
+        flags?;
+        let new = fopen(loc, mode)?;
+        follow_std(fp, new);
+        Ok(new)
+    }
+}
+
+/// `freopen(path, mode, fp)` with `fp` ours and `path` a kernel path: libc's stream replaces it.
+///
+/// # Safety
+/// `path` and `mode` must be NUL-terminated strings, `fp` a live stream.
+pub(crate) unsafe fn freopen_kernel(path: *const c_char, mode: *const c_char, fp: *mut FILE) -> *mut FILE {
+    // SAFETY: caller's contract.
+    unsafe { close_for_reopen(fp) };
+    let new = crate::io::created_file(real!(fopen(path, mode)));
+    // SAFETY: caller's contract.
+    unsafe { follow_std(fp, new) };
+    new
+}
+
+/// `freopen(NULL, mode, fp)` on our stream over library fd `fd`: the same file opened again
+/// with the new mode (as Linux's reopening of `/proc/self/fd/N`).
+///
+/// # Safety
+/// `mode` must be a NUL-terminated string, `fp` our live stream over `fd`.
+pub(crate) unsafe fn freopen_same(fd: c_int, mode: *const c_char, fp: *mut FILE) -> SysResult<*mut FILE> {
+    let old = file(fd);
+    // SAFETY: caller's contract.
+    let flags = unsafe { cpath(mode) }.and_then(fopen_flags);
+    let new = match (&old, flags) {
+        (Some(f), Ok(fl)) => {
+            f.reopen(fl & !(libc::O_CREAT | libc::O_EXCL), &Cred::current()).map(|o| (o, fl))
+        }
+        (None, _) => Err(Errno::EBADF),
+        (_, Err(e)) => Err(e),
+    };
+    // SAFETY: caller's contract; the old stream (and its fd) goes first, so the new one
+    // gets the lowest free fd as glibc keeps the number.
+    unsafe { close_for_reopen(fp) };
+    drop(old);
+    let (obj, fl) = new?;
+    let nfd = install(obj, fl & libc::O_CLOEXEC != 0)?;
+    // SAFETY: caller's contract.
+    match unsafe { stream(nfd, mode) } {
+        Ok(nfp) => {
+            // SAFETY: freopen's contract.
+            unsafe { follow_std(fp, nfp) };
+            Ok(nfp)
+        }
+        Err(e) => {
+            // SAFETY: our own fd.
+            unsafe { crate::io::close(nfd) };
+            Err(e)
+        }
+    }
+}
+
 // ---- cwd and names ------------------------------------------------------------------------------
 
 /// `chdir` to a volume directory.
@@ -1222,8 +1329,27 @@ pub(crate) fn xattr_loc(loc: &Loc, list: bool) -> SysResult<ssize_t> {
 /// `mode` must be a NUL-terminated string.
 pub(crate) unsafe fn fdopen(fd: c_int, mode: *const c_char) -> *mut FILE {
     lib::guarded("fdopen", || {
-        if file(fd).is_none() && dir(fd).is_none() {
-            return Err(Errno::EBADF);
+        let status = match (file(fd), dir(fd)) {
+            (Some(f), _) => f.status(),
+            (None, Some(d)) => d.status(),
+            (None, None) => return Err(Errno::EBADF),
+        };
+        // As glibc: the mode must fit the fd's access mode; "a" turns O_APPEND on.
+        // SAFETY: caller's contract.
+        let want = fopen_flags(unsafe { cpath(mode)? })?;
+        let have = status & libc::O_ACCMODE;
+        let ok = match want & libc::O_ACCMODE {
+            libc::O_RDONLY => have != libc::O_WRONLY,
+            libc::O_WRONLY => have != libc::O_RDONLY,
+            _ => have == libc::O_RDWR,
+        };
+        if !ok || status & libc::O_PATH != 0 {
+            return Err(Errno::EINVAL);
+        }
+        if want & libc::O_APPEND != 0 && status & libc::O_APPEND == 0 {
+            if let Some(f) = file(fd) {
+                f.set_status(status | libc::O_APPEND);
+            }
         }
         // SAFETY: caller's contract.
         unsafe { stream(fd, mode) }

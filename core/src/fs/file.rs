@@ -518,6 +518,43 @@ impl OpenFile {
         self.status.load(Ordering::Acquire)
     }
 
+    /// A new open file description of the same file with `oflags` (`freopen(NULL, mode, f)`,
+    /// which Linux does by opening `/proc/self/fd/N` again): the permissions are checked
+    /// anew, `O_TRUNC` truncates, the offset starts at 0.
+    pub fn reopen(&self, oflags: i32, cred: &Cred) -> SysResult<Arc<OpenFile>> {
+        let acc = oflags & O_ACCMODE;
+        if acc == O_ACCMODE {
+            return Err(Errno::EINVAL);
+        }
+        let fs = self.fs()?;
+        let attr = fs.getattr(self.ino)?;
+        let truncates = oflags & O_TRUNC != 0;
+        let writes = acc != O_RDONLY || truncates;
+        let want = match acc {
+            O_RDONLY => R_OK,
+            O_WRONLY => W_OK,
+            _ => R_OK | W_OK,
+        } | if truncates { W_OK } else { 0 };
+        if !permitted(&attr, cred, want) {
+            return Err(Errno::EACCES);
+        }
+        if writes && self.mount.read_only {
+            return Err(Errno::EROFS);
+        }
+        if truncates && attr.size != 0 {
+            fs.setattr(self.ino, SetAttr { size: Some(0), ..SetAttr::default() })?;
+        }
+        fs.open(self.ino)?;
+        let status = (oflags & (O_ACCMODE | O_APPEND | O_NONBLOCK | O_SYNC | O_DSYNC)) | O_LARGEFILE;
+        Ok(Arc::new(OpenFile {
+            mount: self.mount.clone(),
+            ino: self.ino,
+            status: AtomicI32::new(status),
+            offset: Mutex::new(0),
+            opener: pid(),
+        }))
+    }
+
     /// `F_SETFL`: only `O_APPEND`, `O_NONBLOCK` (and the flags Linux ignores) change.
     pub fn set_status(&self, new: i32) {
         let old = self.status.load(Ordering::Acquire);
