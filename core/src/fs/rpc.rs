@@ -1015,6 +1015,8 @@ pub fn serve_unix(path: &Path, fs: Arc<dyn FileSystem>) -> FsResult<Server> {
         std::fs::remove_file(path).map_err(what)?;
     }
     let l = UnixListener::bind(path).map_err(what)?;
+    // Out of the program's fd numbering (it serves a forked child behind the program's back).
+    let l = UnixListener::from(crate::event::hide(l.into()));
     start(Listener::Unix(l), Wake::Unix(path.to_path_buf()), fs)
 }
 
@@ -1044,10 +1046,12 @@ fn start(l: Listener, wake: Wake, fs: Arc<dyn FileSystem>) -> FsResult<Server> {
 fn accept_loop(l: Listener, sh: &Arc<Shared>) {
     loop {
         let s: io::Result<Box<dyn ServerStream>> = match &l {
-            Listener::Unix(l) => l.accept().map(|(s, _)| Box::new(s) as Box<dyn ServerStream>),
+            Listener::Unix(l) => l.accept().map(|(s, _)| {
+                Box::new(UnixStream::from(crate::event::hide(s.into()))) as Box<dyn ServerStream>
+            }),
             Listener::Tcp(l) => l.accept().map(|(s, _)| {
                 let _ = s.set_nodelay(true);
-                Box::new(s) as Box<dyn ServerStream>
+                Box::new(TcpStream::from(crate::event::hide(s.into()))) as Box<dyn ServerStream>
             }),
         };
         if sh.stop.load(Ordering::SeqCst) {
@@ -1211,7 +1215,11 @@ impl Client {
     /// A new connection, after the hello.
     fn open_stream(&self) -> FsResult<Box<dyn ClientStream>> {
         let s: Box<dyn ClientStream> = match &self.addr {
-            Addr::Unix(p) => Box::new(UnixStream::connect(p).map_err(|e| self.err(format!("connect: {e}")))?),
+            Addr::Unix(p) => {
+                let s = UnixStream::connect(p).map_err(|e| self.err(format!("connect: {e}")))?;
+                // Out of the program's fd numbering (a forked child reconnects behind its back).
+                Box::new(UnixStream::from(crate::event::hide(s.into())))
+            }
             Addr::Tcp(addrs) => {
                 let mut last = None;
                 let mut ok = None;
@@ -1219,7 +1227,7 @@ impl Client {
                     match TcpStream::connect_timeout(a, self.timeout) {
                         Ok(s) => {
                             let _ = s.set_nodelay(true);
-                            ok = Some(s);
+                            ok = Some(TcpStream::from(crate::event::hide(s.into())));
                             break;
                         }
                         Err(e) => last = Some(e),
