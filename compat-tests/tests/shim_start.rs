@@ -348,6 +348,7 @@ const EXPORTS: &[&str] = &[
     "statvfs64",
     "sync",
     "syncfs",
+    "syscall",
     "telldir",
     "utime",
     "utimensat",

@@ -299,6 +299,9 @@ real_fns! {
     freopen64: unsafe extern "C" fn(*const c_char, *const c_char, *mut FILE) -> *mut FILE;
     fileno: unsafe extern "C" fn(*mut FILE) -> c_int;
     fileno_unlocked: unsafe extern "C" fn(*mut FILE) -> c_int;
+    // the generic system call (variadic in C: read here as its six register arguments)
+    syscall: unsafe extern "C" fn(libc::c_long, libc::c_long, libc::c_long, libc::c_long, libc::c_long,
+        libc::c_long, libc::c_long) -> libc::c_long;
     // temporary files
     mkstemp: unsafe extern "C" fn(*mut c_char) -> c_int;
     mkstemp64: unsafe extern "C" fn(*mut c_char) -> c_int;

@@ -1266,10 +1266,22 @@ pub(crate) fn chdir_kernel_done(r: c_int) -> c_int {
     r
 }
 
-/// `getcwd` when the cwd is on a volume: its path, else `None`.
-pub(crate) fn library_cwd() -> Option<Vec<u8>> {
+/// `getcwd` when the cwd is on a volume: its path (`ENOENT` once the directory was
+/// removed, as Linux), else `None`.
+pub(crate) fn library_cwd() -> Option<SysResult<Vec<u8>>> {
     let t = mount::table()?;
-    catch("getcwd", || Ok(t.cwd())).ok().flatten()
+    let p = catch("getcwd", || Ok(t.cwd())).ok().flatten()?;
+    let saved = errno::Saved::new();
+    let alive = catch("getcwd", || match t.resolve(Base::Cwd, &p)? {
+        Target::Volume(l) => Ok(l.ino.is_some()),
+        Target::Kernel(_) => Ok(true),
+    });
+    drop(saved);
+    Some(match alive {
+        Ok(true) => Ok(p),
+        Ok(false) | Err(Errno::ENOENT) => Err(Errno::ENOENT),
+        Err(_) => Ok(p),
+    })
 }
 
 /// The normalised path of a volume location (`realpath`).

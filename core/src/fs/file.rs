@@ -410,6 +410,10 @@ pub fn rename(from: &Loc, to: &Loc, rflags: RenameFlags) -> SysResult<()> {
     let (Some(a), Some(b)) = (from.name.as_deref(), to.name.as_deref()) else {
         return Err(Errno::EBUSY);
     };
+    if rflags.noreplace && to.ino.is_some() {
+        // Even onto itself, as Linux.
+        return Err(Errno::EEXIST);
+    }
     let src = from.fs.getattr(src_ino)?;
     if (from.dir_required || to.dir_required) && src.kind != FileType::Dir {
         return Err(Errno::ENOTDIR);
