@@ -200,23 +200,50 @@ fn attach(m: &Mount) -> FsResult<Reach> {
     match m.backend {
         Backend::Loopback => Ok(Reach::Owner { fs: loopback_volume()?, socket: None }),
         _ => {
-            let att = crate::net::control::volume_attach(&m.name).map_err(|what| FsError::Remote { what })?;
-            match att {
-                crate::net::control::VolumeAttachment::Owner { socket, fd, size } => {
-                    let vol = owned_volume(fd, size)?;
-                    let socket = std::path::PathBuf::from(socket);
-                    serve(&socket, vol.clone())?;
-                    Ok(Reach::Owner { fs: vol, socket: Some(socket) })
-                }
-                crate::net::control::VolumeAttachment::Remote { socket } => {
-                    let socket = std::path::PathBuf::from(socket);
-                    let c = connect(&socket)?;
-                    Ok(Reach::Remote { fs: Some(c), socket })
+            // The owner the daemon names may not serve yet (it binds its socket after the
+            // daemon's answer) or may be exiting (the daemon learns of its death a moment
+            // later): ask again until the owner answers or this process becomes the owner.
+            let deadline = std::time::Instant::now() + ATTACH_PATIENCE;
+            let mut pause = std::time::Duration::from_millis(5);
+            loop {
+                let att =
+                    crate::net::control::volume_attach(&m.name).map_err(|what| FsError::Remote { what })?;
+                match att {
+                    crate::net::control::VolumeAttachment::Owner { socket, fd, size } => {
+                        let vol = owned_volume(fd, size)?;
+                        let socket = std::path::PathBuf::from(socket);
+                        serve(&socket, vol.clone())?;
+                        return Ok(Reach::Owner { fs: vol, socket: Some(socket) });
+                    }
+                    crate::net::control::VolumeAttachment::Remote { socket } => {
+                        let socket = std::path::PathBuf::from(socket);
+                        match connect(&socket) {
+                            Ok(c) => return Ok(Reach::Remote { fs: Some(c), socket }),
+                            Err(e) if std::time::Instant::now() >= deadline => {
+                                return Err(FsError::Remote {
+                                    what: format!(
+                                        "the owner of volume {} does not answer on {} after {} s ({e}); \
+                                         see `arrakis vsa list` for the owner, and stop it if it hangs",
+                                        m.name,
+                                        socket.display(),
+                                        ATTACH_PATIENCE.as_secs()
+                                    ),
+                                })
+                            }
+                            Err(_) => {
+                                std::thread::sleep(pause);
+                                pause = (pause * 2).min(std::time::Duration::from_millis(100));
+                            }
+                        }
+                    }
                 }
             }
         }
     }
 }
+
+/// How long [`attach`] waits for an owner that does not answer yet (starting, or exiting).
+const ATTACH_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Size of a loopback-backend volume.
 const LOOPBACK_BYTES: u64 = 256 << 20;
