@@ -1137,10 +1137,18 @@ struct Conn {
 pub struct Client {
     conn: Mutex<Conn>,
     addr: Addr,
+    /// Where the volume moved to ([`Client::rediscover`]); takes the place of `addr`.
+    moved: Mutex<Option<PathBuf>>,
+    /// Finds the volume's server again when `addr` stops answering (its owner exited).
+    rediscover: Option<Rediscover>,
     /// The peer, for error messages.
     peer: String,
     timeout: Duration,
 }
+
+/// Asked by a [`Client`] whose Unix socket no longer answers: the socket to use now (the
+/// volume's new owner's, possibly a server this process just started).
+pub type Rediscover = Box<dyn Fn() -> FsResult<PathBuf> + Send + Sync>;
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -1184,6 +1192,8 @@ impl Client {
         let c = Client {
             conn: Mutex::new(Conn { stream: None, seq: 0, opens: HashMap::new() }),
             addr: Addr::None,
+            moved: Mutex::new(None),
+            rediscover: None,
             peer: peer.to_string(),
             timeout,
         };
@@ -1196,12 +1206,21 @@ impl Client {
         let c = Client {
             conn: Mutex::new(Conn { stream: None, seq: 0, opens: HashMap::new() }),
             addr,
+            moved: Mutex::new(None),
+            rediscover: None,
             peer,
             timeout,
         };
         let s = c.open_stream()?;
         lock(&c.conn).stream = Some(s);
         Ok(c)
+    }
+
+    /// When the Unix socket stops answering, `f` names the one to use instead (see
+    /// [`Rediscover`]); open files are re-opened there as after any reconnect.
+    pub fn rediscover(mut self, f: Rediscover) -> Client {
+        self.rediscover = Some(f);
+        self
     }
 
     fn err(&self, what: impl std::fmt::Display) -> FsError {
@@ -1211,7 +1230,23 @@ impl Client {
     /// A new connection, after the hello.
     fn open_stream(&self) -> FsResult<Box<dyn ClientStream>> {
         let s: Box<dyn ClientStream> = match &self.addr {
-            Addr::Unix(p) => Box::new(UnixStream::connect(p).map_err(|e| self.err(format!("connect: {e}")))?),
+            Addr::Unix(p) => {
+                let moved = lock(&self.moved).clone();
+                let p = moved.as_deref().unwrap_or(p);
+                match (UnixStream::connect(p), &self.rediscover) {
+                    (Ok(s), _) => Box::new(s),
+                    (Err(e), None) => return Err(self.err(format!("connect: {e}"))),
+                    (Err(e), Some(f)) => {
+                        let now = f().map_err(|e2| {
+                            self.err(format!("connect: {e}; finding the volume's new server: {e2}"))
+                        })?;
+                        let s = UnixStream::connect(&now)
+                            .map_err(|e| self.err(format!("connect to {}: {e}", now.display())))?;
+                        *lock(&self.moved) = Some(now);
+                        Box::new(s)
+                    }
+                }
+            }
             Addr::Tcp(addrs) => {
                 let mut last = None;
                 let mut ok = None;
