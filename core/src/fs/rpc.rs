@@ -1098,6 +1098,9 @@ fn accept_loop(l: Listener, sh: &Arc<Shared>) {
 trait ClientStream: Read + Write + Send {
     fn set_timeouts(&self, t: Option<Duration>) -> io::Result<()>;
     fn close(&self);
+    /// The server closed the connection (or it failed) while no request was out: the
+    /// server never sends unasked, so anything to read now is the end.
+    fn gone(&self) -> bool;
 }
 
 macro_rules! client_stream {
@@ -1109,6 +1112,14 @@ macro_rules! client_stream {
             }
             fn close(&self) {
                 let _ = self.shutdown(std::net::Shutdown::Both);
+            }
+            fn gone(&self) -> bool {
+                use rustix::net::RecvFlags;
+                let mut b = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+                match rustix::net::recv(self, &mut b, RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+                    Err(e) => e != rustix::io::Errno::AGAIN && e != rustix::io::Errno::INTR,
+                    Ok(_) => true,
+                }
             }
         }
     };
@@ -1305,6 +1316,13 @@ impl Client {
     fn with_conn<T>(&self, f: impl FnOnce(&mut Exchange<'_>) -> FsResult<T>) -> FsResult<T> {
         let mut g = lock(&self.conn);
         let c = &mut *g;
+        // A server that went away since the last request (its process exited) never saw
+        // this one: reconnect now rather than fail it.
+        if c.stream.as_ref().is_some_and(|s| s.gone()) {
+            if let Some(s) = c.stream.take() {
+                s.close();
+            }
+        }
         if c.stream.is_none() {
             let s = self.open_stream()?;
             c.stream = Some(s);
