@@ -141,7 +141,25 @@ pub fn mount_volume(daemon: &Path, name: &str, dir: &Path, read_only: bool) -> R
             let client = rpc::Client::connect_unix(&socket).with_context(|| {
                 format!("cannot reach volume {name}'s owner (pid {owner}) at {}", socket.display())
             })?;
-            serve(Arc::new(client), dir, read_only)
+            // When the owner exits, ask the daemon again: reach the new owner, or become it
+            // (serving the volume by RPC for the rest of this process's life).
+            let (daemon, vname) = (daemon.to_path_buf(), name.to_string());
+            let again: rpc::Rediscover = Box::new(move || {
+                let fail =
+                    |e: String| arrakis_core::fs::FsError::Remote { what: format!("volume {vname}: {e}") };
+                let mut ctl = arrakis_backends::proto::client::Client::connect(&daemon)
+                    .map_err(|e| fail(format!("no arrakis daemon at {}: {e}", daemon.display())))?;
+                match attach_volume(&mut ctl, &vname).map_err(|e| fail(format!("{e:#}")))? {
+                    Attached::Remote { socket, .. } => Ok(socket),
+                    Attached::Owner { vsa, fd, socket } => {
+                        let dev: Arc<dyn BlockDev> = Arc::new(FileDev::new(fd, vsa.size));
+                        let vol = Arc::new(Volume::open_or_format(dev)?);
+                        std::mem::forget(rpc::serve_unix(&socket, vol)?);
+                        Ok(socket)
+                    }
+                }
+            });
+            serve(Arc::new(client.rediscover(again)), dir, read_only)
         }
     }
 }

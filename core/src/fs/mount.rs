@@ -164,10 +164,30 @@ impl Mount {
             Reach::Remote { fs: Some(fs), .. } => return Ok(fs.clone()),
             Reach::Failed(e) => return Err(*e),
             Reach::Remote { fs: slot @ None, socket } => {
-                let c = connect(socket).map_err(|e| {
-                    tracing::error!(volume = %self.name, "cannot reach the volume: {e}");
-                    Errno::from(e)
-                })?;
+                let daemon = self.backend != Backend::Loopback;
+                let c = match connect(daemon.then_some(self.name.as_str()), socket) {
+                    Ok(c) => c,
+                    // The parent that served it before fork is gone: ask the daemon.
+                    Err(_) if daemon => match attach_daemon(&self.name) {
+                        Ok(Reach::Owner { fs, socket: Some(s) }) => {
+                            *r = Reach::Owner { fs: fs.clone(), socket: Some(s) };
+                            return Ok(fs);
+                        }
+                        Ok(Reach::Remote { fs: Some(c), socket: s }) => {
+                            *r = Reach::Remote { fs: Some(c.clone()), socket: s };
+                            return Ok(c);
+                        }
+                        Ok(_) => return Err(Errno::EIO),
+                        Err(e) => {
+                            tracing::error!(volume = %self.name, "cannot reach the volume: {e}");
+                            return Err(Errno::from(e));
+                        }
+                    },
+                    Err(e) => {
+                        tracing::error!(volume = %self.name, "cannot reach the volume: {e}");
+                        return Err(Errno::from(e));
+                    }
+                };
                 *slot = Some(c.clone());
                 return Ok(c);
             }
@@ -199,23 +219,70 @@ pub const fn makedev(major: u64, minor: u64) -> u64 {
 fn attach(m: &Mount) -> FsResult<Reach> {
     match m.backend {
         Backend::Loopback => Ok(Reach::Owner { fs: loopback_volume()?, socket: None }),
-        _ => {
-            let att = crate::net::control::volume_attach(&m.name).map_err(|what| FsError::Remote { what })?;
-            match att {
-                crate::net::control::VolumeAttachment::Owner { socket, fd, size } => {
+        _ => attach_daemon(&m.name),
+    }
+}
+
+/// Through the daemon: the owner of volume `name` answering by RPC, or this process as the
+/// owner. The owner the daemon names may not serve yet (it binds its socket after the
+/// daemon's answer) or may be exiting (the daemon learns of its death a moment later): ask
+/// again until the owner answers or this process becomes the owner.
+fn attach_daemon(name: &str) -> FsResult<Reach> {
+    let deadline = std::time::Instant::now() + ATTACH_PATIENCE;
+    let mut pause = std::time::Duration::from_millis(5);
+    loop {
+        let att = crate::net::control::volume_attach(name).map_err(|what| FsError::Remote { what })?;
+        let socket = match att {
+            crate::net::control::VolumeAttachment::Owner { socket, fd, size } => {
+                let socket = std::path::PathBuf::from(socket);
+                if serving(name).as_ref() == Some(&socket) {
+                    // This process already owns and serves it (it became the owner when a
+                    // client of its found the old owner gone): never mount it twice.
+                    socket
+                } else {
                     let vol = owned_volume(fd, size)?;
-                    let socket = std::path::PathBuf::from(socket);
                     serve(&socket, vol.clone())?;
-                    Ok(Reach::Owner { fs: vol, socket: Some(socket) })
+                    SERVED.lock().unwrap_or_else(|e| e.into_inner()).push((
+                        std::process::id(),
+                        name.to_string(),
+                        socket.clone(),
+                    ));
+                    return Ok(Reach::Owner { fs: vol, socket: Some(socket) });
                 }
-                crate::net::control::VolumeAttachment::Remote { socket } => {
-                    let socket = std::path::PathBuf::from(socket);
-                    let c = connect(&socket)?;
-                    Ok(Reach::Remote { fs: Some(c), socket })
-                }
+            }
+            crate::net::control::VolumeAttachment::Remote { socket } => std::path::PathBuf::from(socket),
+        };
+        match connect(Some(name), &socket) {
+            Ok(c) => return Ok(Reach::Remote { fs: Some(c), socket }),
+            Err(e) if std::time::Instant::now() >= deadline => {
+                return Err(FsError::Remote {
+                    what: format!(
+                        "the owner of volume {name} does not answer on {} after {} s ({e}); see \
+                         `arrakis vsa list` for the owner, and stop it if it hangs",
+                        socket.display(),
+                        ATTACH_PATIENCE.as_secs()
+                    ),
+                })
+            }
+            Err(_) => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(100));
             }
         }
     }
+}
+
+/// How long [`attach_daemon`] waits for an owner that does not answer yet.
+const ATTACH_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Volumes this process owns through the daemon: (pid, name, socket it serves them on).
+static SERVED: Mutex<Vec<(u32, String, std::path::PathBuf)>> = Mutex::new(Vec::new());
+
+/// The socket on which this process (not a parent before fork) serves volume `name`.
+fn serving(name: &str) -> Option<std::path::PathBuf> {
+    let me = std::process::id();
+    let v = SERVED.lock().unwrap_or_else(|e| e.into_inner());
+    v.iter().find(|(pid, n, _)| *pid == me && n == name).map(|(_, _, s)| s.clone())
 }
 
 /// Size of a loopback-backend volume.
@@ -241,9 +308,18 @@ fn serve(socket: &std::path::Path, fs: Arc<dyn FileSystem>) -> FsResult<()> {
     Ok(())
 }
 
-/// An RPC client of the volume served at `socket`.
-fn connect(socket: &std::path::Path) -> FsResult<Arc<dyn FileSystem>> {
-    Ok(Arc::new(super::rpc::Client::connect_unix(socket)?))
+/// An RPC client of the volume served at `socket`. With the volume's `name` (a daemon's
+/// VSA), the client asks the daemon again when the socket stops answering (the owner
+/// exited), and this process may become the owner.
+fn connect(name: Option<&str>, socket: &std::path::Path) -> FsResult<Arc<dyn FileSystem>> {
+    let c = super::rpc::Client::connect_unix(socket)?;
+    let Some(name) = name else { return Ok(Arc::new(c)) };
+    let name = name.to_string();
+    let again: super::rpc::Rediscover = Box::new(move || match attach_daemon(&name)? {
+        Reach::Owner { socket: Some(s), .. } | Reach::Remote { socket: s, .. } => Ok(s),
+        _ => Err(FsError::Remote { what: format!("volume {name}: the daemon named no server") }),
+    });
+    Ok(Arc::new(c.rediscover(again)))
 }
 
 /// The library OS's cwd.

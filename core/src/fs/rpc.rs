@@ -1102,6 +1102,9 @@ fn accept_loop(l: Listener, sh: &Arc<Shared>) {
 trait ClientStream: Read + Write + Send {
     fn set_timeouts(&self, t: Option<Duration>) -> io::Result<()>;
     fn close(&self);
+    /// The server closed the connection (or it failed) while no request was out: the
+    /// server never sends unasked, so anything to read now is the end.
+    fn gone(&self) -> bool;
 }
 
 macro_rules! client_stream {
@@ -1113,6 +1116,14 @@ macro_rules! client_stream {
             }
             fn close(&self) {
                 let _ = self.shutdown(std::net::Shutdown::Both);
+            }
+            fn gone(&self) -> bool {
+                use rustix::net::RecvFlags;
+                let mut b = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+                match rustix::net::recv(self, &mut b, RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+                    Err(e) => e != rustix::io::Errno::AGAIN && e != rustix::io::Errno::INTR,
+                    Ok(_) => true,
+                }
             }
         }
     };
@@ -1141,10 +1152,18 @@ struct Conn {
 pub struct Client {
     conn: Mutex<Conn>,
     addr: Addr,
+    /// Where the volume moved to ([`Client::rediscover`]); takes the place of `addr`.
+    moved: Mutex<Option<PathBuf>>,
+    /// Finds the volume's server again when `addr` stops answering (its owner exited).
+    rediscover: Option<Rediscover>,
     /// The peer, for error messages.
     peer: String,
     timeout: Duration,
 }
+
+/// Asked by a [`Client`] whose Unix socket no longer answers: the socket to use now (the
+/// volume's new owner's, possibly a server this process just started).
+pub type Rediscover = Box<dyn Fn() -> FsResult<PathBuf> + Send + Sync>;
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -1188,6 +1207,8 @@ impl Client {
         let c = Client {
             conn: Mutex::new(Conn { stream: None, seq: 0, opens: HashMap::new() }),
             addr: Addr::None,
+            moved: Mutex::new(None),
+            rediscover: None,
             peer: peer.to_string(),
             timeout,
         };
@@ -1200,12 +1221,21 @@ impl Client {
         let c = Client {
             conn: Mutex::new(Conn { stream: None, seq: 0, opens: HashMap::new() }),
             addr,
+            moved: Mutex::new(None),
+            rediscover: None,
             peer,
             timeout,
         };
         let s = c.open_stream()?;
         lock(&c.conn).stream = Some(s);
         Ok(c)
+    }
+
+    /// When the Unix socket stops answering, `f` names the one to use instead (see
+    /// [`Rediscover`]); open files are re-opened there as after any reconnect.
+    pub fn rediscover(mut self, f: Rediscover) -> Client {
+        self.rediscover = Some(f);
+        self
     }
 
     fn err(&self, what: impl std::fmt::Display) -> FsError {
@@ -1216,9 +1246,22 @@ impl Client {
     fn open_stream(&self) -> FsResult<Box<dyn ClientStream>> {
         let s: Box<dyn ClientStream> = match &self.addr {
             Addr::Unix(p) => {
-                let s = UnixStream::connect(p).map_err(|e| self.err(format!("connect: {e}")))?;
-                // Out of the program's fd numbering (a forked child reconnects behind its back).
-                Box::new(UnixStream::from(crate::event::hide(s.into())))
+                let moved = lock(&self.moved).clone();
+                let p = moved.as_deref().unwrap_or(p);
+                match (UnixStream::connect(p), &self.rediscover) {
+                    // Out of the program's fd numbering (a forked child reconnects behind its back).
+                    (Ok(s), _) => Box::new(UnixStream::from(crate::event::hide(s.into()))),
+                    (Err(e), None) => return Err(self.err(format!("connect: {e}"))),
+                    (Err(e), Some(f)) => {
+                        let now = f().map_err(|e2| {
+                            self.err(format!("connect: {e}; finding the volume's new server: {e2}"))
+                        })?;
+                        let s = UnixStream::connect(&now)
+                            .map_err(|e| self.err(format!("connect to {}: {e}", now.display())))?;
+                        *lock(&self.moved) = Some(now);
+                        Box::new(UnixStream::from(crate::event::hide(s.into())))
+                    }
+                }
             }
             Addr::Tcp(addrs) => {
                 let mut last = None;
@@ -1278,6 +1321,13 @@ impl Client {
     fn with_conn<T>(&self, f: impl FnOnce(&mut Exchange<'_>) -> FsResult<T>) -> FsResult<T> {
         let mut g = lock(&self.conn);
         let c = &mut *g;
+        // A server that went away since the last request (its process exited) never saw
+        // this one: reconnect now rather than fail it.
+        if c.stream.as_ref().is_some_and(|s| s.gone()) {
+            if let Some(s) = c.stream.take() {
+                s.close();
+            }
+        }
         if c.stream.is_none() {
             let s = self.open_stream()?;
             c.stream = Some(s);

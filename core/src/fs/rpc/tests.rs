@@ -998,3 +998,33 @@ proptest! {
         prop_assert_eq!(parse_replies(&out).len(), frames.len());
     }
 }
+
+#[test]
+fn a_client_whose_server_exits_finds_the_new_one() {
+    let (dir, fs, a, sock_a) = server();
+    let sock_b = dir.0.join("new-owner.sock");
+    let asked = Arc::new(AtomicU64::new(0));
+    let (b_path, n) = (sock_b.clone(), asked.clone());
+    let c = Client::connect_unix(&sock_a).unwrap().rediscover(Box::new(move || {
+        n.fetch_add(1, Ordering::SeqCst);
+        Ok(b_path.clone())
+    }));
+    let (f, _) = c.create(ROOT, b"held", 0o644, 0, 0, true).unwrap();
+    c.open(f).unwrap();
+    assert_eq!(fs.open_total.load(Ordering::SeqCst), 1);
+    // The owner exits (its server stops, releasing what the connection held open); the
+    // same volume is served elsewhere.
+    a.shutdown();
+    assert_eq!(fs.open_total.load(Ordering::SeqCst), 0);
+    let b = serve_unix(&sock_b, fs.clone()).unwrap();
+    // The next call neither fails nor reaches the old socket: the client asks where the
+    // volume went, reconnects there and re-opens what it holds open.
+    assert_eq!(c.getattr(f).unwrap().ino, f);
+    assert_eq!(asked.load(Ordering::SeqCst), 1);
+    assert_eq!(fs.open_total.load(Ordering::SeqCst), 1);
+    c.write(f, WriteAt::Offset(0), b"after").unwrap();
+    assert_eq!(fs.getattr(f).unwrap().size, 5);
+    c.release(f).unwrap();
+    assert_eq!(fs.open_total.load(Ordering::SeqCst), 0);
+    b.shutdown();
+}
