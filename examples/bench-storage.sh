@@ -35,17 +35,7 @@ set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-NO_BUILD=${ARRAKIS_SKIP_BUILD:-}
-for arg in "$@"; do
-  case $arg in
-    --no-build) NO_BUILD=1 ;;
-    -h | --help)
-      sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
-      exit 0
-      ;;
-    *) die "unknown argument: $arg (usage: examples/bench-storage.sh [--no-build])" ;;
-  esac
-done
+bench_args "$@"
 ROUNDS=${ROUNDS:-3}
 FLOOR_N=${FLOOR_N:-1000}
 FSYNC_N=${FSYNC_N:-1000}

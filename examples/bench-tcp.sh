@@ -31,17 +31,7 @@ set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-NO_BUILD=${ARRAKIS_SKIP_BUILD:-}
-for arg in "$@"; do
-  case $arg in
-    --no-build) NO_BUILD=1 ;;
-    -h | --help)
-      sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
-      exit 0
-      ;;
-    *) die "unknown argument: $arg (usage: examples/bench-tcp.sh [--no-build])" ;;
-  esac
-done
+bench_args "$@"
 
 ROUNDS=${ROUNDS:-5}
 RTT_N=${RTT_N:-20000}

@@ -272,3 +272,20 @@ median() {
 mean() {
   awk '{ s += $1 } END { if (NR == 0) exit 1; printf "%.4f\n", s / NR }'
 }
+
+# The benchmarks' command line: `--no-build` (sets NO_BUILD=1, as ARRAKIS_SKIP_BUILD does) and
+# `--help` (prints the script's header comment). Call as `bench_args "$@"`.
+bench_args() {
+  NO_BUILD=${ARRAKIS_SKIP_BUILD:-}
+  local arg
+  for arg in "$@"; do
+    case $arg in
+      --no-build) NO_BUILD=1 ;;
+      -h | --help)
+        sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
+        exit 0
+        ;;
+      *) die "unknown argument: $arg (usage: $0 [--no-build])" ;;
+    esac
+  done
+}
