@@ -100,17 +100,32 @@ trap 'exit 130' INT TERM
 
 # --- processes and ports ----------------------------------------------------------------
 
-# free_port: print a TCP port on 127.0.0.1 that nothing listens on (random, 20000-59999).
+# free_port: print a TCP/UDP port that no socket on this host uses, listening or not. It is
+# drawn below the kernel's ephemeral range (ip_local_port_range), so a client connection made
+# later in the run cannot take it by chance; a connected socket that already holds the port
+# (ESTAB, FIN-WAIT, ...) also rules it out, as it would make a server's bind fail on Linux.
 free_port() {
-  local port _
+  local lo=32768 hi port _
+  read -r lo _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || true
+  hi=$((lo > 20000 ? lo : 32768))
   for _ in $(seq 1 50); do
-    port=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
-    if ! tcp_open "$port"; then
+    port=$((10000 + (RANDOM * 32768 + RANDOM) % (hi - 10000)))
+    if ! port_in_use "$port"; then
       echo "$port"
       return 0
     fi
   done
   die "no free port found"
+}
+
+# port_in_use PORT: some kernel socket (TCP or UDP, IPv4 or IPv6, any state but TIME-WAIT) has
+# PORT as its local port, or something accepts connections on it.
+port_in_use() {
+  local hex
+  hex=$(printf '%04X' "$1")
+  awk -v p="$hex" 'FNR > 1 { split($2, a, ":"); if (a[length(a)] == p && $4 != "06") f = 1 }
+    END { exit !f }' /proc/net/tcp /proc/net/tcp6 /proc/net/udp /proc/net/udp6 2>/dev/null ||
+    tcp_open "$1"
 }
 
 # tcp_open PORT: something accepts connections on 127.0.0.1:PORT.

@@ -266,7 +266,7 @@ test_redis() {
   timeout 60 "${EMU[@]}" python3 -c "$HOLD_PY" "$port" <"$WORK/hold.in" >"$WORK/hold.out" 2>&1 &
   hold=$!
   exec 7>"$WORK/hold.in"
-  poll 20 grep -q ready "$WORK/hold.out" || { cat "$WORK/hold.out" >&2; die "the holding client did not connect"; }
+  poll 20 grep -qs ready "$WORK/hold.out" || { cat "$WORK/hold.out" >&2; die "the holding client did not connect"; }
   d0=$(all_drops)
   timeout 10 "$ARRAKIS" revoke "$gid" >/dev/null || die "arrakis revoke $gid failed"
   echo go >&7
