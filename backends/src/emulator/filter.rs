@@ -86,7 +86,7 @@ impl Grants {
 }
 
 /// The 5-tuple of a frame.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Flow {
     pub proto: Proto,
     pub src: SocketAddr,
@@ -103,6 +103,11 @@ pub enum ParseError {
 }
 
 impl Flow {
+    /// The same flow seen from the other end.
+    pub fn reversed(self) -> Flow {
+        Flow { proto: self.proto, src: self.dst, dst: self.src }
+    }
+
     /// Reads the 5-tuple of an IP frame. Checks lengths, not checksums (the receiving stack
     /// does that). IPv6 extension headers are not walked: such frames are `Unsupported`.
     pub fn parse(frame: &[u8]) -> Result<Flow, ParseError> {

@@ -42,6 +42,11 @@ pub struct SwitchPort {
 }
 
 impl SwitchPort {
+    /// The NIC's region (the switch writes the container's binding slot words there).
+    pub fn region(&self) -> &Arc<Region> {
+        self.rx.region()
+    }
+
     /// Faults the container committed on either ring.
     pub fn faults(&self) -> RingFaults {
         RingFaults {

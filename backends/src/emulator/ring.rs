@@ -8,10 +8,18 @@
 //!                               buffer count, region length (written once by the creator)
 //! 64            128             tx RingCtl (container → switch)
 //! 192           128             rx RingCtl (switch → container)
-//! 320           8 × ring_size   tx descriptors
+//! 320           4 × SLOTS       slot words (u32 each; see below)
+//! 1344          8 × ring_size   tx descriptors
 //! ..            8 × ring_size   rx descriptors
 //! page-aligned  buf_size × 2 × ring_size   packet buffers: tx ring's first, then rx ring's
 //! ```
+//!
+//! **Slot words.** In a NIC region they are the container's table of secure bindings
+//! (`emulator::binding`): word `i` holds the id of the binding the switch gave the container
+//! in slot `i`, or 0 — written only by the switch, read by the container, so a peer container
+//! (which never maps this region) cannot forge or renew a binding. A *binding region* (magic
+//! "ARRAKBND", same layout: a private ring pair between two containers) uses its first words
+//! for advisory state both of its users write ([`binding`](super::binding)).
 //!
 //! A [`RingCtl`] holds two cache lines: the producer's (`head`, `producer_waiting`) and the
 //! consumer's (`tail`, `consumer_waiting`). `head` and `tail` are free-running `u32`s; slot
@@ -53,10 +61,14 @@ use memmap2::{MmapOptions, MmapRaw};
 use rustix::event::{EventfdFlags, PollFd, PollFlags};
 use rustix::fs::{MemfdFlags, SealFlags};
 
-/// First eight bytes of every region.
+/// First eight bytes of every NIC region.
 pub const MAGIC: [u8; 8] = *b"ARRAKNIC";
+/// First eight bytes of every binding region (a private ring pair between two containers).
+pub const BINDING_MAGIC: [u8; 8] = *b"ARRAKBND";
 /// Version of the format described in the module doc.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
+/// Slot words per region (after the two ring controls).
+pub const SLOTS: usize = 256;
 /// Bytes reserved for the [`Header`].
 pub const HEADER_LEN: usize = 64;
 /// Largest ring (descriptors per direction).
@@ -159,7 +171,7 @@ impl Layout {
             )));
         }
         let (n, b) = (n as usize, b as usize);
-        let tx = HEADER_LEN + 2 * size_of::<RingCtl>();
+        let tx = HEADER_LEN + 2 * size_of::<RingCtl>() + SLOTS * size_of::<AtomicU32>();
         let rx = tx + n * size_of::<Desc>();
         let bufs = (rx + n * size_of::<Desc>()).next_multiple_of(PAGE);
         let len = (bufs + 2 * n * b).next_multiple_of(PAGE);
@@ -169,6 +181,10 @@ impl Layout {
     fn ctl(ring: Ring) -> usize {
         HEADER_LEN + size_of::<RingCtl>() * ring as usize
     }
+
+    fn slots() -> usize {
+        HEADER_LEN + 2 * size_of::<RingCtl>()
+    }
 }
 
 /// Why a region could not be created or attached.
@@ -176,7 +192,8 @@ impl Layout {
 pub enum RingError {
     /// A system call failed.
     Io(&'static str, io::Error),
-    /// The first bytes are not [`MAGIC`]: not a NIC region at all.
+    /// The first bytes are not the expected magic ([`MAGIC`], [`BINDING_MAGIC`]): not a
+    /// region of the expected kind at all.
     Magic([u8; 8]),
     /// A region of another format version.
     Version(u32),
@@ -192,7 +209,9 @@ impl fmt::Display for RingError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RingError::Io(what, e) => write!(f, "{what}: {e}"),
-            RingError::Magic(m) => write!(f, "not an Arrakis NIC region (magic {m:02x?})"),
+            RingError::Magic(m) => {
+                write!(f, "not an Arrakis NIC or binding region of the expected kind (magic {m:02x?})")
+            }
             RingError::Version(v) => {
                 write!(f, "NIC region has format version {v}, this build reads {VERSION}")
             }
@@ -230,8 +249,17 @@ impl fmt::Debug for Region {
 }
 
 impl Region {
-    /// Creates a fresh region: a sealed memfd of the right size, zeroed, with its header.
+    /// Creates a fresh NIC region: a sealed memfd of the right size, zeroed, with its header.
     pub fn create(geo: Geometry) -> Result<Region, RingError> {
+        Region::create_with(geo, MAGIC)
+    }
+
+    /// Creates a fresh binding region (magic [`BINDING_MAGIC`]).
+    pub fn create_binding(geo: Geometry) -> Result<Region, RingError> {
+        Region::create_with(geo, BINDING_MAGIC)
+    }
+
+    fn create_with(geo: Geometry, magic: [u8; 8]) -> Result<Region, RingError> {
         let layout = Layout::new(geo)?;
         let fd = rustix::fs::memfd_create("arrakis-nic", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
             .map_err(|e| RingError::Io("memfd_create", e.into()))?;
@@ -240,7 +268,7 @@ impl Region {
             .map_err(|e| RingError::Io("F_ADD_SEALS", e.into()))?;
         let map = MmapOptions::new().len(layout.len).map_raw(&fd).map_err(|e| RingError::Io("mmap", e))?;
         let header = Header {
-            magic: MAGIC,
+            magic,
             version: VERSION,
             header_len: HEADER_LEN as u32,
             ring_size: geo.ring_size,
@@ -255,8 +283,17 @@ impl Region {
         Ok(Region { map, fd, layout })
     }
 
-    /// Attaches to a region made by a peer, validating everything before trusting it.
+    /// Attaches to a NIC region made by a peer, validating everything before trusting it.
     pub fn attach(fd: OwnedFd) -> Result<Region, RingError> {
+        Region::attach_with(fd, MAGIC)
+    }
+
+    /// Attaches to a binding region, validating it as [`attach`](Self::attach) does.
+    pub fn attach_binding(fd: OwnedFd) -> Result<Region, RingError> {
+        Region::attach_with(fd, BINDING_MAGIC)
+    }
+
+    fn attach_with(fd: OwnedFd, magic: [u8; 8]) -> Result<Region, RingError> {
         let seals = rustix::fs::fcntl_get_seals(&fd).map_err(|e| RingError::Io("F_GET_SEALS", e.into()))?;
         if !seals.contains(SealFlags::SHRINK | SealFlags::GROW) {
             return Err(RingError::NotSealed);
@@ -273,7 +310,7 @@ impl Region {
         // sealed); `Header` is plain integers, valid for any bytes; a volatile read copies
         // whatever the peer left there without assuming it stays put.
         let h = unsafe { map.as_ptr().cast::<Header>().read_volatile() };
-        if h.magic != MAGIC {
+        if h.magic != magic {
             return Err(RingError::Magic(h.magic));
         }
         if h.version != VERSION {
@@ -303,6 +340,20 @@ impl Region {
     /// The validated geometry.
     pub fn geometry(&self) -> Geometry {
         self.layout.geo
+    }
+
+    /// Slot word `i` (`None` past [`SLOTS`]). Shared memory: the peer may write it at any
+    /// time, so read it each time it matters.
+    pub fn slot(&self, i: usize) -> Option<&AtomicU32> {
+        if i >= SLOTS {
+            return None;
+        }
+        // SAFETY: `i < SLOTS`, so the word lies in the slot array at `Layout::slots()` (320),
+        // inside the mapping (at least one page); 4-byte aligned; an atomic, valid for any
+        // bit pattern and only accessed atomically (see `ctl`). Lives as long as `self`.
+        Some(unsafe {
+            &*self.map.as_ptr().add(Layout::slots() + i * size_of::<AtomicU32>()).cast::<AtomicU32>()
+        })
     }
 
     fn ring_size(&self) -> u32 {
@@ -381,11 +432,22 @@ impl Producer {
         Producer { region, ring, head, faults: RingFaults::default() }
     }
 
+    /// The region this ring lives in.
+    pub fn region(&self) -> &Arc<Region> {
+        &self.region
+    }
+
     /// Frames in the ring not yet consumed, or `None` if the consumer's `tail` is implausible.
     fn in_flight(&self) -> Option<u32> {
         let tail = self.region.ctl(self.ring).tail.load(Ordering::Acquire);
         let used = self.head.wrapping_sub(tail);
         (used <= self.region.ring_size()).then_some(used)
+    }
+
+    /// Whether the consumer has taken every frame pushed so far (`false` if its index is
+    /// implausible).
+    pub fn is_drained(&self) -> bool {
+        self.in_flight() == Some(0)
     }
 
     /// Whether a frame can be pushed now.

@@ -50,8 +50,8 @@ fn attach_refuses_corrupt_or_foreign_regions() {
         let e = Region::attach(dup(r.fd())).unwrap_err();
         assert!(e.to_string().contains(want), "{e} should mention {want}");
     };
-    check(0, b"NOTANIC!", "not an Arrakis NIC region");
-    check(8, &2u32.to_ne_bytes(), "format version 2");
+    check(0, b"NOTANIC!", "not an Arrakis NIC or binding region");
+    check(8, &1u32.to_ne_bytes(), "format version 1");
     check(12, &32u32.to_ne_bytes(), "header length");
     check(16, &7u32.to_ne_bytes(), "ring size 7");
     check(20, &100u32.to_ne_bytes(), "buffer size 100");
@@ -61,6 +61,13 @@ fn attach_refuses_corrupt_or_foreign_regions() {
     check(32, &1u64.to_ne_bytes(), "header says");
 
     // A memfd without seals, and a plain file that is too short.
+    // A binding region is not a NIC, nor the reverse.
+    let b = Region::create_binding(Geometry { ring_size: 8, buf_size: 256 }).unwrap();
+    assert!(matches!(Region::attach(dup(b.fd())), Err(RingError::Magic(m)) if &m == b"ARRAKBND"));
+    assert!(Region::attach_binding(dup(b.fd())).is_ok());
+    let n = Region::create(Geometry { ring_size: 8, buf_size: 256 }).unwrap();
+    assert!(matches!(Region::attach_binding(dup(n.fd())), Err(RingError::Magic(_))));
+
     let fd = rustix::fs::memfd_create("x", MemfdFlags::CLOEXEC).unwrap();
     rustix::fs::ftruncate(&fd, 8192).unwrap();
     assert!(matches!(Region::attach(fd), Err(RingError::NotSealed)));
@@ -68,6 +75,23 @@ fn attach_refuses_corrupt_or_foreign_regions() {
     rustix::fs::ftruncate(&fd, 16).unwrap();
     rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW).unwrap();
     assert!(matches!(Region::attach(fd), Err(RingError::Length { file: 16, .. })));
+}
+
+#[test]
+fn slot_words_are_shared_and_bounded() {
+    let r = region(8);
+    let peer = Region::attach(dup(r.fd())).unwrap();
+    r.slot(0).unwrap().store(7, Ordering::Release);
+    r.slot(SLOTS - 1).unwrap().store(9, Ordering::Release);
+    assert_eq!(peer.slot(0).unwrap().load(Ordering::Acquire), 7);
+    assert_eq!(peer.slot(SLOTS - 1).unwrap().load(Ordering::Acquire), 9);
+    assert!(r.slot(SLOTS).is_none());
+    // The slots do not overlap the rings.
+    let (mut p, mut c) = pair(&r, Ring::Tx);
+    p.push_copy(b"x").unwrap();
+    let mut out = [0u8; 256];
+    assert_eq!(c.recv_copy(&mut out), Some(1));
+    assert_eq!(peer.slot(0).unwrap().load(Ordering::Acquire), 7);
 }
 
 #[test]
