@@ -280,10 +280,14 @@ pub fn render(resp: &Response) -> String {
                                 t.tx_bytes.to_string(),
                                 t.rx_bytes.to_string(),
                                 drops,
+                                t.bindings.to_string(),
                             ]
                         })
                         .collect();
-                    s.push_str(&table(&["PID", "TX FRAMES", "RX FRAMES", "TX BYTES", "RX BYTES", "DROPS"], &rows));
+                    s.push_str(&table(
+                        &["PID", "TX FRAMES", "RX FRAMES", "TX BYTES", "RX BYTES", "DROPS", "BINDINGS"],
+                        &rows,
+                    ));
                 }
             }
             s

@@ -6,7 +6,7 @@
 
 use std::io;
 use std::mem::MaybeUninit;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -24,6 +24,8 @@ use super::msg::{
     VolumeRole, VsaInfo,
 };
 use super::{MAX_FDS, MIN_VERSION, VERSION};
+use crate::emulator::ring::SLOTS;
+use crate::emulator::{BindingFds, BindingInfo};
 
 /// How long a client waits for the daemon to take or answer a request.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
@@ -201,6 +203,40 @@ impl Client {
         match self.call(Request::Lookup { proto, addr, port })? {
             Response::Lookup { served } => Ok(served),
             other => Err(self.unexpected(&other)),
+        }
+    }
+
+    /// A secure binding for the flow from `local` (the caller's end) to `remote`
+    /// ([`Request::Bind`], protocol version 5): which side the caller is, its NIC slot and the
+    /// binding's id, and the fds (the binding region, the peer's doorbell). A flow that
+    /// [`bind_flow`](super::msg::bind_flow) refuses is refused here without asking; a reply
+    /// whose side, slot or id is out of range, or that does not carry exactly two fds, is a
+    /// protocol error.
+    pub fn bind(
+        &mut self,
+        proto: Proto,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) -> Result<(BindingInfo, BindingFds), ClientError> {
+        if let Err(reason) = super::msg::bind_flow(local, remote) {
+            return Err(ClientError::Refused(super::error::ErrorKind::BadRequest { reason }.into()));
+        }
+        match self.call_with_fds(Request::Bind { proto, local, remote })? {
+            (Response::Bound { binding }, fds) => {
+                if binding.side > 1 || binding.slot as usize >= SLOTS || binding.id == 0 {
+                    return Err(self.proto_err(format!(
+                        "the bind reply names side {}, slot {} and id {}; it must be side 0 or 1, a \
+                         slot below {SLOTS} and an id other than 0",
+                        binding.side, binding.slot, binding.id
+                    )));
+                }
+                let n = fds.len();
+                let [region, peer_bell]: [OwnedFd; 2] = fds.try_into().map_err(|_| {
+                    self.proto_err(format!("the bind reply carried {n} fds; it must carry 2"))
+                })?;
+                Ok((binding, BindingFds { region, peer_bell }))
+            }
+            (other, _) => Err(self.unexpected(&other)),
         }
     }
 

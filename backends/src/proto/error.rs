@@ -268,6 +268,16 @@ pub enum ErrorKind {
         /// Who owns it, in words (`owned by pid 42`, `no owner`).
         owner: String,
     },
+    /// Version 5: the switch will not make a secure binding for the flow (the grants do not
+    /// allow it both ways, no other container receives at the remote end, the caller has no
+    /// NIC, a table is full, ...). The flow's frames keep going through the switch.
+    #[error("no secure binding for {flow}: {reason}; its frames keep going through the switch")]
+    NotBindable {
+        /// The flow as asked (`tcp 127.0.0.1:5000 -> 127.0.0.1:6379`).
+        flow: String,
+        /// Why, and what to do about it.
+        reason: String,
+    },
 }
 
 impl ErrorKind {
@@ -298,6 +308,7 @@ impl ErrorKind {
             ErrorKind::VsaSize { .. } => "vsa_size",
             ErrorKind::VsaStorage { .. } => "vsa_storage",
             ErrorKind::NotVolumeOwner { .. } => "not_volume_owner",
+            ErrorKind::NotBindable { .. } => "not_bindable",
         }
     }
 }

@@ -26,12 +26,13 @@ pub use frame::{FrameBuf, FrameError, MAX_FRAME};
 pub use msg::*;
 
 /// The protocol version this build speaks best (2: `nic`, `lookup`; 3: `capture`,
-/// `capture_stop`; 4: VSAs and volumes).
-pub const VERSION: u16 = 4;
+/// `capture_stop`; 4: VSAs and volumes; 5: `bind`, secure bindings).
+pub const VERSION: u16 = 5;
 /// The oldest protocol version this build still speaks.
 pub const MIN_VERSION: u16 = 1;
 
-/// How many fds a reply may carry (`SCM_RIGHTS`); [`Request::Nic`]'s carries three. A
+/// How many fds a reply may carry (`SCM_RIGHTS`); [`Request::Nic`]'s carries three,
+/// [`Request::Bind`]'s two. A
 /// request carries at most one ([`Request::Capture`]'s).
 pub const MAX_FDS: usize = 4;
 

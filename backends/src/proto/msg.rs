@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -173,6 +173,21 @@ pub enum Request {
         /// The VSA.
         name: Name,
     },
+    /// Version 5. A secure binding for one flow of the calling container (which has a NIC):
+    /// a private ring pair with the container at the other end, so the flow's frames bypass
+    /// the switch (`emulator::binding`). `local` is the caller's end, `remote` the peer's;
+    /// both are unicast with a port, of one family (a v4-mapped address counts as IPv4: see
+    /// [`bind_flow`]). The reply ([`Response::Bound`]) carries two fds as `SCM_RIGHTS`, in
+    /// this order: the binding region (a sealed memfd, magic `ARRAKBND`) and a doorbell that
+    /// wakes the peer container. Refused with `not_bindable` when the switch's checks fail.
+    Bind {
+        /// Protocol.
+        proto: Proto,
+        /// The caller's end of the flow.
+        local: SocketAddr,
+        /// The peer's end.
+        remote: SocketAddr,
+    },
 }
 
 /// What the daemon answers to each request.
@@ -284,6 +299,49 @@ pub enum Response {
         /// The VSA.
         name: Name,
     },
+    /// Answer to [`Request::Bind`]; the binding region's memfd and the peer's doorbell ride
+    /// on this frame, in that order.
+    Bound {
+        /// Which side the caller is, its NIC slot and the binding's id.
+        binding: crate::emulator::BindingInfo,
+    },
+}
+
+/// An address as frames carry it: a v4-mapped IPv6 address is its IPv4 address.
+pub fn canonical_ip(a: IpAddr) -> IpAddr {
+    match a {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(a, IpAddr::V4),
+        a => a,
+    }
+}
+
+/// Checks the two ends of a [`Request::Bind`] and returns them as frames carry them (v4-mapped
+/// addresses as IPv4): each has a port other than 0 and a unicast address (not a wildcard,
+/// multicast or broadcast), and both are of one family.
+pub fn bind_flow(local: SocketAddr, remote: SocketAddr) -> Result<(SocketAddr, SocketAddr), String> {
+    let one = |what: &str, a: SocketAddr| -> Result<SocketAddr, String> {
+        let ip = canonical_ip(a.ip());
+        if a.port() == 0 {
+            return Err(format!("the {what} end {a} has port 0; a binding is for a flow between two ports"));
+        }
+        let bad = match ip {
+            IpAddr::V4(v) => v.is_unspecified() || v.is_multicast() || v.is_broadcast(),
+            IpAddr::V6(v) => v.is_unspecified() || v.is_multicast(),
+        };
+        if bad {
+            return Err(format!(
+                "the {what} end {a} is not a unicast address; a binding is for one flow between two addresses"
+            ));
+        }
+        Ok(SocketAddr::new(ip, a.port()))
+    };
+    let (l, r) = (one("local", local)?, one("remote", remote)?);
+    if l.is_ipv4() != r.is_ipv4() {
+        return Err(format!(
+            "the local end {local} and the remote end {remote} are of different address families"
+        ));
+    }
+    Ok((l, r))
 }
 
 /// A virtual storage area as the daemon describes it.
@@ -929,6 +987,14 @@ pub struct ContainerTraffic {
     pub rx_bytes: u64,
     /// Frames dropped, by reason.
     pub drops: BTreeMap<String, u64>,
+    /// Version 5: live secure bindings the container holds a side of (left out when 0, so
+    /// older clients, which refuse unknown fields, still read the counters).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bindings: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Decodes a request frame's body.
@@ -967,6 +1033,61 @@ mod tests {
         assert_eq!(decode_request(s.as_bytes()).unwrap(), f);
         let s = r#"{"seq":1,"req":{"op":"status"}}"#;
         assert_eq!(decode_request(s.as_bytes()).unwrap().req, Request::Status {});
+    }
+
+    #[test]
+    fn bind_round_trips_and_its_flow_is_checked() {
+        let req = RequestFrame {
+            seq: 3,
+            req: Request::Bind {
+                proto: Proto::Udp,
+                local: "127.0.0.1:5000".parse().unwrap(),
+                remote: "[::ffff:127.0.0.1]:53".parse().unwrap(),
+            },
+        };
+        let s = serde_json::to_string(&req).unwrap();
+        assert_eq!(
+            s,
+            r#"{"seq":3,"req":{"op":"bind","proto":"udp","local":"127.0.0.1:5000","remote":"[::ffff:127.0.0.1]:53"}}"#
+        );
+        assert_eq!(decode_request(s.as_bytes()).unwrap(), req);
+        let reply = ReplyFrame {
+            seq: 3,
+            result: Outcome::Ok(Response::Bound {
+                binding: crate::emulator::BindingInfo { side: 1, slot: 7, id: 42 },
+            }),
+        };
+        let s = serde_json::to_string(&reply).unwrap();
+        assert_eq!(s, r#"{"seq":3,"result":{"ok":{"op":"bound","binding":{"side":1,"slot":7,"id":42}}}}"#);
+        assert_eq!(decode_reply(s.as_bytes()).unwrap(), reply);
+        assert!(
+            decode_request(br#"{"seq":1,"req":{"op":"bind","proto":"tcp","local":"127.0.0.1:1"}}"#).is_err()
+        );
+        assert!(decode_request(
+            br#"{"seq":1,"req":{"op":"bind","proto":"tcp","local":"127.0.0.1:1","remote":"127.0.0.1:2","x":1}}"#
+        )
+        .is_err());
+
+        let sa = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+        assert_eq!(
+            bind_flow(sa("[::ffff:127.0.0.1]:5000"), sa("127.0.0.1:53")),
+            Ok((sa("127.0.0.1:5000"), sa("127.0.0.1:53")))
+        );
+        assert!(bind_flow(sa("[::1]:5000"), sa("[::1]:6379")).is_ok());
+        for (l, r) in [
+            ("127.0.0.1:0", "127.0.0.1:53"),
+            ("127.0.0.1:5000", "127.0.0.1:0"),
+            ("0.0.0.0:5000", "127.0.0.1:53"),
+            ("127.0.0.1:5000", "[::]:53"),
+            ("127.0.0.1:5000", "224.0.0.1:53"),
+            ("127.0.0.1:5000", "255.255.255.255:53"),
+            ("[ff02::1]:5000", "[::1]:53"),
+            ("127.0.0.1:5000", "[::1]:53"),
+            ("[::ffff:127.0.0.1]:5000", "[::1]:53"),
+        ] {
+            let e = bind_flow(sa(l), sa(r));
+            assert!(e.is_err(), "{l} -> {r}");
+        }
     }
 
     #[test]

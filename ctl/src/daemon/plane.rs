@@ -11,8 +11,9 @@
 //! switch missed, a restart re-applies from `nics`.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -20,7 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use arrakis_backends::emulator::filter::{self as emu, Grants};
-use arrakis_backends::emulator::{create, Geometry, NicFds};
+use arrakis_backends::emulator::{create, BindingFds, BindingInfo, Geometry, NicFds};
 use arrakis_backends::proto::{ContainerTraffic, Direction, Filter, Name, Proto, SwitchStats};
 
 use super::rules::Registry;
@@ -109,6 +110,29 @@ pub fn switch_grants(reg: &Registry, pid: u32) -> Grants {
     }
 }
 
+/// Why no binding was made ([`Plane::bind`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BindError {
+    /// The container has no NIC on the switch.
+    NoNic,
+    /// The switch refused: its reason (the checks of `switch::bind`).
+    Refused(String),
+    /// The switch could not be reached or answered nonsense.
+    Failed(String),
+}
+
+impl fmt::Display for BindError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BindError::NoNic => {
+                f.write_str("the container has no NIC on the switch; ask for one (nic) before binding")
+            }
+            BindError::Refused(r) => f.write_str(r),
+            BindError::Failed(r) => write!(f, "the switch failed: {r}"),
+        }
+    }
+}
+
 /// The data plane as the sessions see it. Ports are named by their container's pid: a
 /// container has at most one NIC.
 pub trait Plane {
@@ -127,6 +151,16 @@ pub trait Plane {
     fn capture(&mut self, pid: u32, out: OwnedFd, limit: Option<u64>) -> Result<(), String>;
     /// Stops `pid`'s capture; the frames it wrote.
     fn stop_capture(&mut self, pid: u32) -> Result<Option<u64>, String>;
+    /// A secure binding for a flow of `pid`'s container (`local` is its end; both ends as
+    /// frames carry them): what the switch handed out and the two fds (binding region, the
+    /// peer's doorbell).
+    fn bind(
+        &mut self,
+        pid: u32,
+        proto: Proto,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) -> Result<(BindingInfo, BindingFds), BindError>;
     /// The switch process's pidfd and a number that changes whenever it does, to watch.
     fn switch_pidfd(&self) -> Option<(u64, BorrowedFd<'_>)> {
         None
@@ -481,6 +515,7 @@ impl Plane for SwitchLink {
             tx_bytes: p.tx_bytes,
             rx_bytes: p.rx_bytes,
             drops: p.drops,
+            bindings: p.bindings,
         };
         Some(SwitchStats {
             containers: ports.into_iter().map(traffic).collect(),
@@ -503,6 +538,29 @@ impl Plane for SwitchLink {
         match self.call(&Cmd::StopCapture { port: n.port }, &[])? {
             (Reply::Stopped { frames }, _) => Ok(frames),
             (other, _) => Err(format!("unexpected reply {other:?}")),
+        }
+    }
+
+    fn bind(
+        &mut self,
+        pid: u32,
+        proto: Proto,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) -> Result<(BindingInfo, BindingFds), BindError> {
+        let Some(n) = self.nics.get(&pid) else { return Err(BindError::NoNic) };
+        let cmd = Cmd::Bind { port: n.port, proto, local, remote };
+        match self.call(&cmd, &[]) {
+            Ok((Reply::Bound { side, slot, id }, fds)) => {
+                let Ok([region, peer_bell]) = <[OwnedFd; 2]>::try_from(fds) else {
+                    return Err(BindError::Failed("the bound reply did not carry two fds".into()));
+                };
+                Ok((BindingInfo { side, slot, id }, BindingFds { region, peer_bell }))
+            }
+            Ok((other, _)) => Err(BindError::Failed(format!("unexpected reply {other:?}"))),
+            // The connection is still up: the switch answered with a refusal.
+            Err(reason) if self.conn.is_some() => Err(BindError::Refused(reason)),
+            Err(reason) => Err(BindError::Failed(reason)),
         }
     }
 
@@ -545,6 +603,8 @@ pub mod fake {
         pub ports: BTreeMap<u32, Grants>,
         /// NICs made.
         pub attaches: u64,
+        /// Bindings handed out.
+        pub binds: u64,
     }
 
     impl Plane for FakePlane {
@@ -574,6 +634,40 @@ pub mod fake {
         }
         fn stop_capture(&mut self, pid: u32) -> Result<Option<u64>, String> {
             self.ports.contains_key(&pid).then_some(Some(0)).ok_or_else(|| "no NIC".into())
+        }
+        /// Hands out a real binding region and doorbell when the asker's grants allow the flow
+        /// both ways (the fake has no peers to check).
+        fn bind(
+            &mut self,
+            pid: u32,
+            proto: Proto,
+            local: SocketAddr,
+            remote: SocketAddr,
+        ) -> Result<(BindingInfo, BindingFds), BindError> {
+            let g = self.ports.get(&pid).ok_or(BindError::NoNic)?;
+            let proto = match proto {
+                Proto::Tcp => emu::Proto::Tcp,
+                Proto::Udp => emu::Proto::Udp,
+            };
+            let flow = emu::Flow { proto, src: local, dst: remote };
+            if !g.may_send(&flow) || !g.may_receive(&flow.reversed()) {
+                return Err(BindError::Refused("not granted".into()));
+            }
+            let region = arrakis_backends::emulator::ring::Region::create_binding(
+                arrakis_backends::emulator::binding::GEOMETRY,
+            )
+            .map_err(|e| BindError::Failed(e.to_string()))?;
+            let bell =
+                arrakis_backends::emulator::Doorbell::new().map_err(|e| BindError::Failed(e.to_string()))?;
+            self.binds += 1;
+            let id = u32::try_from(self.binds).unwrap_or(u32::MAX);
+            Ok((
+                BindingInfo { side: 0, slot: 0, id },
+                BindingFds {
+                    region: dup(region.fd()).map_err(|e| BindError::Failed(e.to_string()))?,
+                    peer_bell: bell.into(),
+                },
+            ))
         }
     }
 }

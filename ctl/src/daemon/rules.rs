@@ -257,6 +257,12 @@ impl Registry {
         }
     }
 
+    /// Whether the caller is a registered container that is still the same process (a pid
+    /// reused before the death was noticed is reclaimed here).
+    pub fn check_registered(&mut self, caller: Caller, host: &dyn Host) -> Result<(), ErrorKind> {
+        self.registered(caller, host).map(|_| ())
+    }
+
     /// The registered container of the caller, checking it is still the same process.
     fn registered(&mut self, caller: Caller, host: &dyn Host) -> Result<&ContainerRec, ErrorKind> {
         let Some(c) = self.containers.get(&caller.pid) else {
@@ -385,8 +391,9 @@ impl Registry {
             | Request::VsaDelete { .. }
             | Request::VsaList {}
             | Request::VolumeAttach { .. }
-            | Request::VolumeDetach { .. } => Err(ErrorKind::BadRequest {
-                reason: "VSA and volume requests are answered by the server".into(),
+            | Request::VolumeDetach { .. }
+            | Request::Bind { .. } => Err(ErrorKind::BadRequest {
+                reason: "VSA, volume and bind requests are answered by the server".into(),
             }),
             Request::Unregister {} => {
                 self.registered(caller, host)?;

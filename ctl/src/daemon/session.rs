@@ -3,18 +3,19 @@
 //! a frame; [`Session`] holds one connection's framing and negotiated version. Both are
 //! driven by the server's event loop and, in tests, directly with arbitrary bytes.
 
+use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use arrakis_backends::proto::frame::encode;
 use arrakis_backends::proto::{
-    decode_request, DaemonInfo, ErrorKind, ErrorReply, FrameBuf, Outcome, ReplyFrame, Request, Response,
-    MIN_VERSION, VERSION,
+    bind_flow, decode_request, DaemonInfo, ErrorKind, ErrorReply, FrameBuf, Outcome, Proto, ReplyFrame,
+    Request, Response, MIN_VERSION, VERSION,
 };
 
 use super::host::Host;
-use super::plane::{switch_grants, Plane};
+use super::plane::{switch_grants, BindError, Plane};
 use super::rules::{Caller, Registry};
 use super::store::Store;
 use super::vsa::Vsas;
@@ -251,13 +252,24 @@ impl Daemon {
                     (Ok(()), Err(e)) => Err(e),
                 }
             }
+            (Request::Bind { .. }, Some(v)) if v < 5 => {
+                let e = ErrorKind::BadRequest { reason: "bind needs protocol version 5".into() };
+                *self.registry.counters.refusals.entry(e.code().into()).or_default() += 1;
+                self.registry.counters.requests += 1;
+                Err(e)
+            }
+            (Request::Bind { proto, local, remote }, Some(_)) => {
+                let r = self.bind(caller, proto, local, remote, fx, fds);
+                self.count(&r);
+                r
+            }
             (Request::Nic {} | Request::Lookup { .. }, Some(1)) => {
                 let e = ErrorKind::BadRequest { reason: "nic and lookup need protocol version 2".into() };
                 *self.registry.counters.refusals.entry(e.code().into()).or_default() += 1;
                 self.registry.counters.requests += 1;
                 Err(e)
             }
-            (req, Some(_)) => {
+            (req, Some(v)) => {
                 let is_register = matches!(req, Request::Register { .. });
                 let removes =
                     matches!(req, Request::Unregister {} | Request::Grant { .. } | Request::Inherit { .. });
@@ -271,7 +283,7 @@ impl Daemon {
                             fx.registered = Some(caller.pid);
                         }
                         fx.removed |= removes;
-                        self.finish(caller, resp, fds)
+                        self.finish(caller, v, resp, fds)
                     }
                     (Ok(()), Err(e)) => {
                         fx.removed |= removes;
@@ -335,10 +347,44 @@ impl Daemon {
         Ok(Response::CaptureStopped { pid, frames })
     }
 
-    /// What the registry cannot do alone: the NIC itself, the switch's counters.
+    /// [`Request::Bind`]: a registered container with a NIC asks the switch for a binding;
+    /// the reply carries the binding region and the peer's doorbell.
+    fn bind(
+        &mut self,
+        caller: Caller,
+        proto: Proto,
+        local: SocketAddr,
+        remote: SocketAddr,
+        fx: &mut Effects,
+        fds: &mut Vec<OwnedFd>,
+    ) -> Result<Response, ErrorKind> {
+        let (l, r) = bind_flow(local, remote).map_err(|reason| ErrorKind::BadRequest { reason })?;
+        if let Err(e) = self.registry.check_registered(caller, self.host.as_ref()) {
+            // A pid reused before the death was noticed: the old container was reclaimed.
+            fx.removed = true;
+            self.persist()?;
+            return Err(e);
+        }
+        let (info, f) = self.plane.bind(caller.pid, proto, l, r).map_err(|e| {
+            let flow = format!("{proto} {l} -> {r}");
+            match e {
+                BindError::Failed(reason) => {
+                    eprintln!("arrakis daemon: container {}: binding {flow}: {reason}", caller.pid);
+                    ErrorKind::Internal { reason: format!("the switch failed to bind {flow}: {reason}") }
+                }
+                e => ErrorKind::NotBindable { flow, reason: e.to_string() },
+            }
+        })?;
+        fds.extend([f.region, f.peer_bell]);
+        Ok(Response::Bound { binding: info })
+    }
+
+    /// What the registry cannot do alone: the NIC itself, the switch's counters (without
+    /// the binding counts for a client older than version 5, which would refuse the field).
     fn finish(
         &mut self,
         caller: Caller,
+        version: u16,
         resp: Response,
         fds: &mut Vec<OwnedFd>,
     ) -> Result<Response, ErrorKind> {
@@ -359,7 +405,14 @@ impl Daemon {
                 }
             }
             Response::Stats { daemon, containers, switch: _ } => {
-                Ok(Response::Stats { daemon, containers, switch: self.plane.stats() })
+                let mut switch = self.plane.stats();
+                if version < 5 {
+                    for t in switch.iter_mut().flat_map(|s| s.containers.iter_mut().chain(s.uplink.as_mut()))
+                    {
+                        t.bindings = 0;
+                    }
+                }
+                Ok(Response::Stats { daemon, containers, switch })
             }
             r => Ok(r),
         }
@@ -502,8 +555,8 @@ mod tests {
                 .unwrap()
             });
         prop_oneof![
-            2 => (0u16..5, 0u16..5).prop_map(|(min, max)| Request::Hello { min, max }),
-            2 => Just(Request::Hello { min: MIN_VERSION, max: VERSION }),
+            1 => (0u16..6, 0u16..6).prop_map(|(min, max)| Request::Hello { min, max }),
+            3 => Just(Request::Hello { min: MIN_VERSION, max: VERSION }),
             3 => Just(Request::Register { name: Name::lossy("c") }),
             6 => filter.prop_map(|filter| Request::Grant { filter }),
             1 => (1u64..8).prop_map(|id| Request::Revoke { id: GrantId(id) }),
@@ -528,6 +581,17 @@ mod tests {
             3 => (vsa_name(), prop::option::of(1u64..20_000), prop::bool::weighted(0.25))
                 .prop_map(|(name, create, read_only)| Request::VolumeAttach { name, create, read_only }),
             1 => vsa_name().prop_map(|name| Request::VolumeDetach { name }),
+            3 => (
+                any::<bool>(),
+                // Mostly in the callers' ephemeral blocks (61000, 61128, ... in the order they ask).
+                prop::sample::select(vec!["127.0.0.1:61000", "127.0.0.1:61130", "127.0.0.1:61260", "127.0.0.1:61390", "[::1]:61001", "127.0.0.1:1020", "0.0.0.0:1020", "127.0.0.1:0"]),
+                prop::sample::select(vec!["127.0.0.1:1022", "[::ffff:127.0.0.1]:61001", "[::1]:1020", "224.0.0.1:1"]),
+            )
+                .prop_map(|(udp, l, r)| Request::Bind {
+                    proto: if udp { Proto::Udp } else { Proto::Tcp },
+                    local: l.parse().unwrap(),
+                    remote: r.parse().unwrap(),
+                }),
         ]
     }
 
@@ -629,6 +693,16 @@ mod tests {
                         prop_assert_eq!(nic.tcp_ports.len(), 128);
                         prop_assert!(nic.tcp_ports.lo() >= 61000 && nic.udp_ports.lo() >= 61000);
                     }
+                    if let Outcome::Ok(Response::Bound { binding }) = &reply.result {
+                        with_fds.push((off, 2));
+                        prop_assert!(binding.id != 0 && binding.side <= 1);
+                        prop_assert!(d.plane.attached().iter().any(|(pid, _)| *pid == caller.pid), "a binding without a NIC");
+                    }
+                    if let Outcome::Err(e) = &reply.result {
+                        if matches!(e.kind, ErrorKind::NotBindable { .. }) {
+                            prop_assert!(e.message.contains("no secure binding for"));
+                        }
+                    }
                     if let Outcome::Ok(Response::VolumeAttached { vsa, role }) = &reply.result {
                         prop_assert!(caller.uid == 0 || caller.uid == vsa.uid, "{caller:?} attached {vsa:?}");
                         let was = vsas_before.iter().find(|v| v.name == vsa.name).and_then(|v| v.owner.clone());
@@ -709,13 +783,74 @@ mod tests {
     }
 
     #[test]
+    fn a_container_with_a_nic_binds_and_one_without_is_refused() {
+        let mut d = daemon();
+        let mut s = Session::default();
+        let c = CALLERS[0];
+        let ask = |d: &mut Daemon, s: &mut Session, seq: u32, req: Request| {
+            let fx = feed(s, d, c, &encode(&RequestFrame { seq, req }).unwrap());
+            let r = decode_reply(&fx.reply[HEADER..]).unwrap().result;
+            (r, fx.fds.into_iter().flat_map(|f| f.1).count())
+        };
+        ask(&mut d, &mut s, 1, Request::Hello { min: MIN_VERSION, max: VERSION });
+        ask(&mut d, &mut s, 2, Request::Register { name: Name::lossy("c") });
+        let bind = Request::Bind {
+            proto: Proto::Tcp,
+            local: "127.0.0.1:61000".parse().unwrap(),
+            remote: "127.0.0.1:1022".parse().unwrap(),
+        };
+        let (r, n) = ask(&mut d, &mut s, 3, bind.clone());
+        assert!(
+            matches!(&r, Outcome::Err(e) if e.kind.code() == "not_bindable" && e.message.contains("no NIC")),
+            "{r:?}"
+        );
+        assert_eq!(n, 0);
+        let (r, _) = ask(&mut d, &mut s, 4, Request::Nic {});
+        let Outcome::Ok(Response::Nic { nic }) = r else { panic!("{r:?}") };
+        let local = std::net::SocketAddr::new("127.0.0.1".parse().unwrap(), nic.tcp_ports.lo());
+        let bind = Request::Bind { proto: Proto::Tcp, local, remote: "127.0.0.1:1022".parse().unwrap() };
+        let (r, n) = ask(&mut d, &mut s, 5, bind);
+        assert!(matches!(r, Outcome::Ok(Response::Bound { .. })), "{r:?}");
+        assert_eq!(n, 2);
+        let bad = Request::Bind { proto: Proto::Tcp, local, remote: "[::1]:1022".parse().unwrap() };
+        let (r, _) = ask(&mut d, &mut s, 6, bad);
+        assert!(matches!(&r, Outcome::Err(e) if e.kind.code() == "bad_request"), "{r:?}");
+        assert_eq!(d.registry.counters.refusals.get("not_bindable"), Some(&1));
+        // A client of version 4 cannot bind.
+        let mut old = Session::default();
+        let c2 = CALLERS[1];
+        let fx = feed(
+            &mut old,
+            &mut d,
+            c2,
+            &encode(&RequestFrame { seq: 1, req: Request::Hello { min: 1, max: 4 } }).unwrap(),
+        );
+        assert!(matches!(
+            decode_reply(&fx.reply[HEADER..]).unwrap().result,
+            Outcome::Ok(Response::Hello { version: 4, .. })
+        ));
+        let fx = feed(
+            &mut old,
+            &mut d,
+            c2,
+            &encode(&RequestFrame {
+                seq: 2,
+                req: Request::Bind { proto: Proto::Tcp, local, remote: "127.0.0.1:1022".parse().unwrap() },
+            })
+            .unwrap(),
+        );
+        let r = decode_reply(&fx.reply[HEADER..]).unwrap().result;
+        assert!(matches!(&r, Outcome::Err(e) if e.message.contains("version 5")), "{r:?}");
+    }
+
+    #[test]
     fn grants_were_exercised() {
         // Runs the property test's generator once more with a fixed seed and checks grants
         // happen at all (a test that never reaches the grant path would prove nothing).
         use proptest::strategy::ValueTree;
         let mut runner = proptest::test_runner::TestRunner::deterministic();
         let strat = prop::collection::vec(step(), 80..81);
-        let (mut made, mut nics, mut owners, mut remotes) = (0, 0, 0, 0);
+        let (mut made, mut nics, mut owners, mut remotes, mut bound) = (0, 0, 0, 0, 0);
         for _ in 0..50 {
             let steps = strat.new_tree(&mut runner).unwrap().current();
             let mut d = daemon();
@@ -729,6 +864,7 @@ mod tests {
                     match decode_reply(&fx.reply[HEADER..]).unwrap().result {
                         Outcome::Ok(Response::Granted { .. }) => made += 1,
                         Outcome::Ok(Response::Nic { .. }) => nics += fx.fds.len(),
+                        Outcome::Ok(Response::Bound { .. }) => bound += 1,
                         Outcome::Ok(Response::VolumeAttached { role: VolumeRole::Owner { .. }, .. }) => {
                             owners += 1
                         }
@@ -744,7 +880,10 @@ mod tests {
             }
         }
         assert!(made > 20, "only {made} grants made");
-        eprintln!("{made} grants, {nics} NIC fds, {owners} owners, {remotes} remote attaches");
+        eprintln!(
+            "{made} grants, {nics} NIC fds, {owners} owners, {remotes} remote attaches, {bound} bindings"
+        );
+        assert!(bound > 0, "no binding made");
         assert!(nics > 5, "only {nics} NICs made");
         assert!(owners > 10 && remotes > 2, "only {owners} owners and {remotes} remote attaches");
     }

@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::mem::MaybeUninit;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 pub const SOCKET_NAME: &str = "switch.sock";
 /// The switch's pid file in the run directory.
 pub const PID_NAME: &str = "switch.pid";
-/// Most fds one message carries.
+/// Most fds one message carries (an attach's three; a bound reply carries two).
 pub const MAX_FDS: usize = 3;
 /// Most filters of one port.
 pub const MAX_FILTERS: usize = 512;
@@ -183,6 +183,20 @@ pub enum Cmd {
     /// has attached all the NICs (after a restart, a frame forwarded before its receiver is
     /// re-attached would be dropped as `no-route`).
     Forward {},
+    /// A secure binding for a flow of `port`'s container (`local` is its end): the switch
+    /// checks both containers' grants ([`Switch::bind`](super::Switch::bind)) and answers
+    /// [`Reply::Bound`] with two fds (the binding region, the peer's doorbell), or
+    /// [`Reply::Err`] naming why not.
+    Bind {
+        /// The asker's port.
+        port: u64,
+        /// Protocol.
+        proto: Proto,
+        /// The asker's end.
+        local: SocketAddr,
+        /// The remote end.
+        remote: SocketAddr,
+    },
 }
 
 impl Cmd {
@@ -202,6 +216,9 @@ impl Cmd {
         }
         match self {
             Cmd::Attach { grants, .. } | Cmd::SetGrants { grants, .. } => grants.to_grants().map(|_| ()),
+            Cmd::Bind { local, remote, .. } => {
+                arrakis_backends::proto::bind_flow(*local, *remote).map(|_| ())
+            }
             _ => Ok(()),
         }
     }
@@ -239,6 +256,14 @@ pub struct PortCounters {
     pub drops: BTreeMap<String, u64>,
     /// Frames its running capture wrote, if one runs.
     pub capturing: Option<u64>,
+    /// Live secure bindings the container holds a side of (absent: none, or a switch that
+    /// predates bindings).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bindings: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The switch's answer to one [`Cmd`].
@@ -274,6 +299,16 @@ pub enum Reply {
         /// Frames it wrote (`None`: none was running).
         frames: Option<u64>,
     },
+    /// A binding was handed out; its region's memfd and the peer's doorbell ride on this
+    /// reply, in that order.
+    Bound {
+        /// 0: the asker produces on the region's `Tx` ring; 1: on `Rx`.
+        side: u8,
+        /// The asker's NIC slot whose word holds `id`.
+        slot: u32,
+        /// The binding's id.
+        id: u32,
+    },
 }
 
 impl Reply {
@@ -281,6 +316,7 @@ impl Reply {
     pub fn fds(&self) -> usize {
         match self {
             Reply::Fds {} => 3,
+            Reply::Bound { .. } => 2,
             _ => 0,
         }
     }
@@ -460,6 +496,23 @@ mod tests {
         assert!(decode_cmd(backwards.as_bytes(), 3).is_err());
         assert!(decode_cmd(br#"{"op":"detach","port":1,"x":2}"#, 0).is_err());
         assert!(decode_cmd(br#"{"op":"format_disk"}"#, 0).is_err());
+        let bind =
+            br#"{"op":"bind","port":1,"proto":"tcp","local":"127.0.0.1:5000","remote":"127.0.0.1:6379"}"#;
+        assert!(matches!(decode_cmd(bind, 0), Ok(Cmd::Bind { port: 1, .. })));
+        assert!(decode_cmd(bind, 1).is_err(), "a bind carries no fds");
+        for bad in [
+            r#"{"op":"bind","port":1,"proto":"tcp","local":"127.0.0.1:0","remote":"127.0.0.1:6379"}"#,
+            r#"{"op":"bind","port":1,"proto":"tcp","local":"0.0.0.0:5000","remote":"127.0.0.1:6379"}"#,
+            r#"{"op":"bind","port":1,"proto":"tcp","local":"127.0.0.1:5000","remote":"[::1]:6379"}"#,
+            r#"{"op":"bind","port":1,"proto":"tcp","local":"127.0.0.1:5000","remote":"224.0.0.1:6379"}"#,
+            r#"{"op":"bind","port":1,"proto":"icmp","local":"127.0.0.1:5000","remote":"127.0.0.1:6379"}"#,
+            r#"{"op":"bind","port":1,"proto":"tcp","local":"127.0.0.1:5000"}"#,
+        ] {
+            assert!(decode_cmd(bad.as_bytes(), 0).is_err(), "{bad}");
+        }
+        let bound = br#"{"op":"bound","side":1,"slot":3,"id":9}"#;
+        assert!(matches!(decode_reply(bound, 2), Ok(Reply::Bound { side: 1, slot: 3, id: 9 })));
+        assert!(decode_reply(bound, 0).is_err(), "a bound reply without its fds");
     }
 
     #[test]

@@ -24,17 +24,18 @@
 //! port's tx ring, checks once more and sleeps in `epoll_wait` on all the ports' doorbells
 //! (with a timeout, to notice the stop flag): an idle switch costs no CPU.
 
+pub mod bind;
 pub mod channel;
 pub mod pcap;
 pub mod service;
 
 use std::io::{self, Write};
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{self, AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use arrakis_backends::emulator::filter::{Flow, Grants, ParseError};
-use arrakis_backends::emulator::ring::PushError;
+use arrakis_backends::emulator::ring::{PushError, SLOTS};
 use arrakis_backends::emulator::tap::Tap;
 use arrakis_backends::emulator::SwitchPort;
 use rustix::event::epoll;
@@ -107,6 +108,8 @@ pub struct PortStats {
     /// Ring descriptors or indices the container corrupted (see `emulator::ring`).
     pub bad_desc: u64,
     pub bad_index: u64,
+    /// Live secure bindings the container holds a side of (its NIC slots in use).
+    pub bindings: u64,
 }
 
 /// A port's number in the switch.
@@ -120,6 +123,8 @@ struct Port {
     capture: Option<Capture>,
     /// Frames were pushed to its rx ring this pass: check whether it wants a doorbell.
     rx_dirty: bool,
+    /// Its NIC slots that hold a binding.
+    slots: bind::Slots,
 }
 
 /// A running capture: where it writes, how many frames it wrote and at most may write.
@@ -176,6 +181,8 @@ pub struct Switch {
     pub spin: Duration,
     /// Times [`run`](Self::run) went to sleep.
     pub sleeps: u64,
+    /// Secure bindings ([`bind`](Self::bind)).
+    bindings: bind::Table,
 }
 
 impl Switch {
@@ -187,6 +194,7 @@ impl Switch {
             scratch: Vec::new(),
             spin: DEFAULT_SPIN,
             sleeps: 0,
+            bindings: bind::Table::new(),
         })
     }
 
@@ -211,9 +219,18 @@ impl Switch {
         self.uplink.as_ref().map(|u| (u.tap.name(), u.stats))
     }
 
-    /// Attaches a container's NIC with its grants.
+    /// Attaches a container's NIC with its grants. Slot words an earlier switch left in the
+    /// region are cleared: this switch knows nothing of that switch's bindings, so they end
+    /// here (their containers go back to the switch and may ask again).
     pub fn attach(&mut self, name: &str, nic: SwitchPort, grants: Grants) -> io::Result<PortId> {
         let id = self.ports.iter().position(Option::is_none).unwrap_or(self.ports.len());
+        for i in 0..SLOTS {
+            if let Some(w) = nic.region().slot(i) {
+                if w.load(atomic::Ordering::Relaxed) != 0 {
+                    w.store(0, atomic::Ordering::Release);
+                }
+            }
+        }
         epoll::add(
             &self.epoll,
             nic.bell.as_fd(),
@@ -231,27 +248,35 @@ impl Switch {
             stats: PortStats::default(),
             capture: None,
             rx_dirty: false,
+            slots: bind::Slots::default(),
         };
         if id == self.ports.len() {
             self.ports.push(Some(port));
         } else {
             self.ports[id] = Some(port);
         }
+        // The new port may receive a bound flow first, which moves the switch's routing.
+        self.recheck_bindings(id);
         Ok(id)
     }
 
-    /// Detaches a port, returning its NIC end (dropping it unmaps the region).
+    /// Detaches a port, returning its NIC end (dropping it unmaps the region). Every binding
+    /// it holds a side of is revoked first.
     pub fn detach(&mut self, id: PortId) -> Option<SwitchPort> {
+        self.ports.get(id)?.as_ref()?;
+        self.revoke_port_bindings(id);
         let port = self.ports.get_mut(id)?.take()?;
         let _ = epoll::delete(&self.epoll, port.nic.bell.as_fd());
         Some(port.nic)
     }
 
     /// Replaces a port's grants (a grant or a revocation); takes effect with the next frame.
+    /// Bindings whose checks no longer pass are revoked before this returns.
     pub fn set_grants(&mut self, id: PortId, grants: Grants) -> bool {
         match self.ports.get_mut(id).and_then(Option::as_mut) {
             Some(p) => {
                 p.grants = grants;
+                self.recheck_bindings(id);
                 true
             }
             None => false,
@@ -262,7 +287,7 @@ impl Switch {
     pub fn stats(&self, id: PortId) -> Option<PortStats> {
         let p = self.ports.get(id)?.as_ref()?;
         let f = p.nic.faults();
-        Some(PortStats { bad_desc: f.bad_desc, bad_index: f.bad_index, ..p.stats })
+        Some(PortStats { bad_desc: f.bad_desc, bad_index: f.bad_index, bindings: p.slots.count(), ..p.stats })
     }
 
     /// A port's name.
@@ -522,6 +547,7 @@ impl Switch {
             fired.clear();
             self.sleep(SLEEP_CAP, &mut fired)?;
             last_work = Instant::now();
+            self.maybe_gc_bindings();
         }
         Ok(())
     }

@@ -17,6 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -25,9 +26,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arrakis_backends::emulator::filter::{self as emu, Flow};
 use arrakis_backends::emulator::ring::{Consumer, Doorbell, Producer, Region, Ring};
 use arrakis_backends::emulator::SwitchPort;
-use arrakis_backends::proto::Name;
+use arrakis_backends::proto::{Name, Proto};
 use rustix::event::{poll, PollFd, PollFlags};
 
 use super::channel::{self, ChannelError, Cmd, PortCounters, PortEntry, Received, Receiver, Reply};
@@ -159,6 +161,9 @@ impl Service {
                     _ => {}
                 }
             }
+            // Closed and lonely bindings: at most every 100 ms, nothing without bindings (an
+            // idle switch wakes no more often than its sleep cap).
+            self.sw.maybe_gc_bindings();
             if let Some(limit) = alone_exit {
                 if last_alone_check.elapsed() >= SLEEP_CAP {
                     last_alone_check = Instant::now();
@@ -244,7 +249,10 @@ impl Service {
                 Cmd::Fds { port } => Some(port),
                 _ => None,
             };
-            let reply = self.handle(cmd, fds);
+            let (reply, out_fds) = match self.handle(cmd, fds) {
+                Handled::Reply(r) => (r, Vec::new()),
+                Handled::WithFds(r, f) => (r, f),
+            };
             let Some((stream, _)) = self.conn.as_ref() else { return };
             let sent = match (&reply, fds_of.and_then(|p| self.ports.get(&p))) {
                 (Reply::Fds {}, Some(a)) => {
@@ -253,7 +261,10 @@ impl Service {
                 (Reply::Fds {}, None) => {
                     channel::send(stream, &Reply::Err { reason: "no such port".into() }, &[])
                 }
-                (r, _) => channel::send(stream, r, &[]),
+                (r, _) => {
+                    let borrowed: Vec<BorrowedFd<'_>> = out_fds.iter().map(|f| f.as_fd()).collect();
+                    channel::send(stream, r, &borrowed)
+                }
             };
             if let Err(e) = sent {
                 return self.drop_conn(Some(format!("cannot reply: {e}")));
@@ -261,7 +272,32 @@ impl Service {
         }
     }
 
-    fn handle(&mut self, cmd: Cmd, fds: Vec<OwnedFd>) -> Reply {
+    fn handle(&mut self, cmd: Cmd, fds: Vec<OwnedFd>) -> Handled {
+        if let Cmd::Bind { port, proto, local, remote } = cmd {
+            return self.bind(port, proto, local, remote);
+        }
+        Handled::Reply(self.handle_plain(cmd, fds))
+    }
+
+    /// [`Cmd::Bind`]: the switch's checks and the binding's fds.
+    fn bind(&mut self, port: u64, proto: Proto, local: SocketAddr, remote: SocketAddr) -> Handled {
+        let Some(a) = self.ports.get(&port) else {
+            return Handled::Reply(Reply::Err { reason: format!("no port {port}") });
+        };
+        let proto = match proto {
+            Proto::Tcp => emu::Proto::Tcp,
+            Proto::Udp => emu::Proto::Udp,
+        };
+        match self.sw.bind(a.id, Flow { proto, src: local, dst: remote }) {
+            Ok((info, f)) => Handled::WithFds(
+                Reply::Bound { side: info.side, slot: info.slot, id: info.id },
+                vec![f.region, f.peer_bell],
+            ),
+            Err(e) => Handled::Reply(Reply::Err { reason: e.to_string() }),
+        }
+    }
+
+    fn handle_plain(&mut self, cmd: Cmd, fds: Vec<OwnedFd>) -> Reply {
         let err = |reason: String| Reply::Err { reason };
         let id_of = |s: &Service, port: u64| s.ports.get(&port).map(|a| a.id);
         match cmd {
@@ -328,6 +364,7 @@ impl Service {
                             rx_bytes: s.rx_bytes,
                             drops: drops_by_reason(&s),
                             capturing: self.sw.capturing(a.id),
+                            bindings: s.bindings,
                         })
                     })
                     .collect(),
@@ -340,6 +377,7 @@ impl Service {
                     rx_bytes: s.rx_bytes,
                     drops: drops_by_reason(&s),
                     capturing: None,
+                    bindings: 0,
                 }),
             },
             Cmd::Capture { port, limit } => {
@@ -378,8 +416,15 @@ impl Service {
                 self.forwarding = true;
                 Reply::Ok {}
             }
+            Cmd::Bind { .. } => err("bind is answered apart".into()),
         }
     }
+}
+
+/// What [`Service::handle`] answers: a reply, and fds that ride on it.
+enum Handled {
+    Reply(Reply),
+    WithFds(Reply, Vec<OwnedFd>),
 }
 
 /// Binds the switch's socket (0600: only the daemon's user talks to the switch), replacing a
@@ -484,6 +529,29 @@ mod tests {
                     }],
                 },
             }),
+            // Binds, valid or not (port 0, a wildcard, mixed families).
+            (
+                0u64..6,
+                any::<bool>(),
+                prop::sample::select(vec![
+                    "127.0.0.1:5000",
+                    "127.0.0.1:0",
+                    "0.0.0.0:1",
+                    "[::1]:7",
+                    "[::ffff:127.0.0.1]:9"
+                ]),
+                prop::sample::select(vec!["127.0.0.1:6379", "[::1]:6379", "224.0.0.1:5"]),
+            )
+                .prop_map(|(port, udp, l, r)| Cmd::Bind {
+                    port,
+                    proto: if udp {
+                        arrakis_backends::proto::Proto::Udp
+                    } else {
+                        arrakis_backends::proto::Proto::Tcp
+                    },
+                    local: l.parse().unwrap(),
+                    remote: r.parse().unwrap(),
+                }),
             // An attach without its fds: invalid.
             (0u64..6).prop_map(|port| Cmd::Attach {
                 port,
@@ -561,6 +629,91 @@ mod tests {
             prop_assert!(s.ports.len() <= valid_attaches.len());
             let _ = std::fs::remove_dir_all(dir);
         }
+    }
+
+    /// Reads one reply from the daemon's end.
+    fn reply(ours: &UnixStream) -> (Reply, Vec<OwnedFd>) {
+        ours.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut rx = Receiver::new();
+        for _ in 0..8 {
+            if let Received::Frame(body, fds) = rx.read(ours, false).unwrap() {
+                let n = fds.len();
+                return (channel::decode_reply(&body, n).unwrap(), fds);
+            }
+        }
+        panic!("no reply");
+    }
+
+    #[test]
+    fn a_bind_over_the_channel_hands_out_both_sides_and_stats_count_them() {
+        use arrakis_backends::proto::{Direction, Proto};
+        let (mut s, dir) = service("bind");
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        theirs.set_nonblocking(true).unwrap();
+        s.conn = Some((theirs, Receiver::new()));
+        let grants = |lo, hi| GrantsMsg {
+            addrs: vec!["127.0.0.1".parse().unwrap()],
+            filters: vec![channel::FilterMsg {
+                dir: Direction::Both,
+                proto: Proto::Tcp,
+                local: None,
+                lo,
+                hi,
+                peers: vec![],
+            }],
+        };
+        let mut nics = Vec::new();
+        for (port, g) in [(1u64, grants(40000, 40999)), (2, grants(80, 80))] {
+            let (fds, _end) = create(Geometry::default()).unwrap();
+            let c = Cmd::Attach { port, pid: 1, name: Name::lossy("n"), grants: g };
+            channel::send(&ours, &c, &[fds.region.as_fd(), fds.to_container.as_fd(), fds.to_switch.as_fd()])
+                .unwrap();
+            s.serve_conn();
+            assert_eq!(reply(&ours).0, Reply::Ok {});
+            nics.push(fds);
+        }
+        let bind = |port, local: &str, remote: &str| Cmd::Bind {
+            port,
+            proto: Proto::Tcp,
+            local: local.parse().unwrap(),
+            remote: remote.parse().unwrap(),
+        };
+        channel::send(&ours, &bind(1, "127.0.0.1:40001", "127.0.0.1:80"), &[]).unwrap();
+        s.serve_conn();
+        let (r0, f0) = reply(&ours);
+        let Reply::Bound { side: 0, slot, id } = r0 else { panic!("{r0:?}") };
+        assert_eq!(f0.len(), 2);
+        let nic_a = Region::attach(dup(nics[0].region.as_fd()).unwrap()).unwrap();
+        assert_eq!(nic_a.slot(slot as usize).unwrap().load(Ordering::Acquire), id);
+        assert!(Region::attach_binding(f0.into_iter().next().unwrap()).is_ok());
+
+        channel::send(&ours, &bind(2, "127.0.0.1:80", "127.0.0.1:40001"), &[]).unwrap();
+        s.serve_conn();
+        let (r1, f1) = reply(&ours);
+        assert!(matches!(r1, Reply::Bound { side: 1, id: i, .. } if i == id), "{r1:?}");
+        assert_eq!(f1.len(), 2);
+
+        // A refusal is a reply, and the channel stays.
+        channel::send(&ours, &bind(2, "127.0.0.1:80", "127.0.0.1:41000"), &[]).unwrap();
+        s.serve_conn();
+        let (r, f) = reply(&ours);
+        assert!(matches!(&r, Reply::Err { reason } if reason.contains("no container")), "{r:?}");
+        assert!(f.is_empty() && s.conn.is_some());
+        channel::send(&ours, &bind(9, "127.0.0.1:80", "127.0.0.1:40001"), &[]).unwrap();
+        s.serve_conn();
+        assert!(matches!(reply(&ours).0, Reply::Err { .. }));
+
+        channel::send(&ours, &Cmd::Stats {}, &[]).unwrap();
+        s.serve_conn();
+        let Reply::Stats { ports, .. } = reply(&ours).0 else { panic!("no stats") };
+        assert_eq!(ports.iter().map(|p| p.bindings).collect::<Vec<_>>(), vec![1, 1]);
+
+        // Detaching B revokes the binding in A's NIC.
+        channel::send(&ours, &Cmd::Detach { port: 2 }, &[]).unwrap();
+        s.serve_conn();
+        assert_eq!(reply(&ours).0, Reply::Ok {});
+        assert_eq!(nic_a.slot(slot as usize).unwrap().load(Ordering::Acquire), 0);
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

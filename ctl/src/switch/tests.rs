@@ -304,3 +304,311 @@ fn ports_detach_and_their_slots_are_reused() {
     .into();
     assert_eq!(names, ["src-not-granted", "no-route", "malformed", "unsupported", "queue-full"]);
 }
+
+// Secure bindings.
+
+use arrakis_backends::emulator::binding::{self, BindingFds, BindingInfo};
+use arrakis_backends::emulator::filter::Flow;
+use arrakis_backends::emulator::ring::{Consumer as RingConsumer, Producer as RingProducer, Region, Ring};
+use arrakis_backends::emulator::{Doorbell, NicFds};
+use bind::BindRefusal;
+
+const LO: [u8; 4] = [127, 0, 0, 1];
+
+/// A switch with containers A (TCP 40000-40999 both ways) and B (TCP 80 both ways), both on
+/// loopback, and the container ends of their NICs.
+fn bind_setup(a: Vec<Filter>, b: Vec<Filter>) -> (Switch, NicFds, NicFds, PortId, PortId) {
+    let mut sw = Switch::new().unwrap();
+    let (fa, pa) = create(Geometry::default()).unwrap();
+    let (fb, pb) = create(Geometry::default()).unwrap();
+    let ia = sw.attach("a", pa, Grants { addrs: vec![ip(LO)], filters: a }).unwrap();
+    let ib = sw.attach("b", pb, Grants { addrs: vec![ip(LO)], filters: b }).unwrap();
+    (sw, fa, fb, ia, ib)
+}
+
+fn a_range() -> Filter {
+    Filter { direction: Direction::Both, proto: Proto::Tcp, local: None, ports: 40000..=40999, peers: vec![] }
+}
+
+fn tcp(src: u16, dst: u16) -> Flow {
+    Flow { proto: Proto::Tcp, src: (ip(LO), src).into(), dst: (ip(LO), dst).into() }
+}
+
+/// The container's view of its NIC's slot word `i`.
+fn word(nic_region: &Region, i: u32) -> u32 {
+    nic_region.slot(i as usize).unwrap().load(Ordering::Acquire)
+}
+
+fn container_region(fds: &NicFds) -> Region {
+    Region::attach(rustix::io::fcntl_dupfd_cloexec(&fds.region, 0).unwrap()).unwrap()
+}
+
+fn inode(fd: &OwnedFd) -> u64 {
+    rustix::fs::fstat(fd).unwrap().st_ino
+}
+
+fn ok(r: Result<(BindingInfo, BindingFds), BindRefusal>) -> (BindingInfo, BindingFds) {
+    r.unwrap_or_else(|e| panic!("refused: {e}"))
+}
+
+#[test]
+fn both_sides_get_one_region_and_their_slots_hold_the_id() {
+    let (mut sw, fa, fb, ia, ib) = bind_setup(vec![a_range()], vec![Filter::port(Proto::Tcp, 80)]);
+    let (ra, rb) = (container_region(&fa), container_region(&fb));
+    let flow = tcp(40001, 80);
+
+    let (i0, f0) = ok(sw.bind(ia, flow));
+    assert_eq!(i0.side, 0);
+    assert_ne!(i0.id, 0);
+    assert_eq!(word(&ra, i0.slot), i0.id);
+    assert_eq!(sw.stats(ia).unwrap().bindings, 1);
+    assert_eq!(sw.stats(ib).unwrap().bindings, 0, "B has not asked yet");
+
+    // Asked again: the same side, slot and id (fresh fds).
+    let (again, f0b) = ok(sw.bind(ia, flow));
+    assert_eq!(again, i0);
+    assert_eq!(inode(&f0b.region), inode(&f0.region));
+    assert_eq!(sw.stats(ia).unwrap().bindings, 1);
+
+    // B asks for the same flow from its end: side 1 of the same binding.
+    let (i1, f1) = ok(sw.bind(ib, flow.reversed()));
+    assert_eq!((i1.side, i1.id), (1, i0.id));
+    assert_eq!(word(&rb, i1.slot), i0.id);
+    assert_eq!(inode(&f1.region), inode(&f0.region));
+    assert_eq!(sw.stats(ib).unwrap().bindings, 1);
+    assert_eq!(sw.bindings(), 1);
+    let (i1b, _) = ok(sw.bind(ib, flow.reversed()));
+    assert_eq!(i1b, i1);
+
+    // Each side's peer bell wakes the other container (its NIC's `to_container`).
+    let a_bell = Doorbell::from_fd(rustix::io::fcntl_dupfd_cloexec(&fa.to_container, 0).unwrap());
+    let b_bell = Doorbell::from_fd(rustix::io::fcntl_dupfd_cloexec(&fb.to_container, 0).unwrap());
+    a_bell.drain();
+    b_bell.drain();
+    Doorbell::from_fd(f0.peer_bell).ring();
+    assert!(b_bell.drain() && !a_bell.drain());
+    Doorbell::from_fd(f1.peer_bell).ring();
+    assert!(a_bell.drain() && !b_bell.drain());
+
+    // Frames side 0 pushes on Tx arrive at side 1's consumer of Tx, and back on Rx.
+    let r0 = Arc::new(Region::attach_binding(f0.region).unwrap());
+    let r1 = Arc::new(Region::attach_binding(f1.region).unwrap());
+    assert_eq!(r0.geometry(), binding::GEOMETRY);
+    let (mut tx0, mut rx1) =
+        (RingProducer::new(r0.clone(), Ring::Tx), RingConsumer::new(r1.clone(), Ring::Tx));
+    let (mut tx1, mut rx0) = (RingProducer::new(r1, Ring::Rx), RingConsumer::new(r0, Ring::Rx));
+    let mut out = [0u8; 2048];
+    for i in 0..200u32 {
+        tx0.push_copy(&i.to_le_bytes()).unwrap();
+        assert_eq!(rx1.recv_copy(&mut out), Some(4));
+        assert_eq!(out[..4], i.to_le_bytes());
+        tx1.push_copy(b"back").unwrap();
+        assert_eq!(rx0.recv_copy(&mut out), Some(4));
+        assert_eq!(&out[..4], b"back");
+    }
+    assert_eq!(rx1.recv_copy(&mut out), None);
+}
+
+#[test]
+fn v4_mapped_ends_bind_the_ipv4_flow() {
+    let (mut sw, _fa, _fb, ia, ib) = bind_setup(vec![a_range()], vec![Filter::port(Proto::Tcp, 80)]);
+    let (i0, _) = ok(sw.bind(ia, tcp(40001, 80)));
+    let mapped = |p: u16| std::net::SocketAddr::new("::ffff:127.0.0.1".parse().unwrap(), p);
+    let (i1, _) = ok(sw.bind(ib, Flow { proto: Proto::Tcp, src: mapped(80), dst: mapped(40001) }));
+    assert_eq!((i1.side, i1.id), (1, i0.id));
+}
+
+#[test]
+fn bindings_the_grants_do_not_allow_both_ways_are_refused() {
+    let b80 = || vec![Filter::port(Proto::Tcp, 80)];
+    let egress =
+        |ports| Filter { direction: Direction::Egress, proto: Proto::Tcp, local: None, ports, peers: vec![] };
+    let ingress = |ports| Filter {
+        direction: Direction::Ingress,
+        proto: Proto::Tcp,
+        local: None,
+        ports,
+        peers: vec![],
+    };
+
+    let (mut sw, _fa, _fb, ia, _) = bind_setup(vec![], b80());
+    assert_eq!(sw.bind(ia, tcp(40001, 80)).unwrap_err(), BindRefusal::AskerMayNotSend);
+    assert_eq!(sw.bind(99, tcp(40001, 80)).unwrap_err(), BindRefusal::NoPort);
+
+    let (mut sw, _fa, _fb, ia, _) = bind_setup(vec![egress(40000..=40999)], b80());
+    assert_eq!(sw.bind(ia, tcp(40001, 80)).unwrap_err(), BindRefusal::AskerMayNotReceive);
+
+    let (mut sw, _fa, _fb, ia, _) = bind_setup(vec![a_range()], b80());
+    assert_eq!(sw.bind(ia, tcp(40001, 81)).unwrap_err(), BindRefusal::NoReceiver);
+    assert_eq!(sw.bind(ia, tcp(40001, 40002)).unwrap_err(), BindRefusal::ReceiverIsAsker);
+    // UDP on the same ports: not granted.
+    let udp = Flow { proto: Proto::Udp, ..tcp(40001, 80) };
+    assert_eq!(sw.bind(ia, udp).unwrap_err(), BindRefusal::AskerMayNotSend);
+
+    let (mut sw, _fa, _fb, ia, _) = bind_setup(vec![a_range()], vec![ingress(80..=80)]);
+    assert_eq!(sw.bind(ia, tcp(40001, 80)).unwrap_err(), BindRefusal::ReceiverMayNotReply);
+
+    // B may not ask for a flow A does not receive.
+    let (mut sw, _fa, _fb, _, ib) = bind_setup(vec![egress(40000..=40999)], b80());
+    assert_eq!(sw.bind(ib, tcp(80, 40001)).unwrap_err(), BindRefusal::NoReceiver);
+    assert_eq!(sw.bindings(), 0);
+    for e in [BindRefusal::NoSlot, BindRefusal::Taken, BindRefusal::NoReceiver] {
+        assert!(e.to_string().len() > 30, "{e}");
+    }
+}
+
+#[test]
+fn a_full_slot_table_refuses_and_a_revoked_slot_is_reused() {
+    let (mut sw, fa, _fb, ia, _) = bind_setup(vec![a_range()], vec![Filter::port(Proto::Tcp, 80)]);
+    let ra = container_region(&fa);
+    let mut slots = std::collections::BTreeSet::new();
+    let mut ids = std::collections::BTreeSet::new();
+    let mut first = None;
+    for p in 0..256u16 {
+        let (i, f) = ok(sw.bind(ia, tcp(40000 + p, 80)));
+        assert_eq!(word(&ra, i.slot), i.id);
+        slots.insert(i.slot);
+        ids.insert(i.id);
+        first.get_or_insert((i, f));
+    }
+    assert_eq!((slots.len(), ids.len()), (256, 256));
+    assert_eq!(sw.bind(ia, tcp(40300, 80)).unwrap_err(), BindRefusal::NoSlot);
+    assert_eq!(sw.stats(ia).unwrap().bindings, 256);
+    // Nothing half-made is left by the refusal, and a closed binding frees its slot.
+    assert_eq!(sw.bindings(), 256);
+    let (i, f) = first.unwrap();
+    Region::attach_binding(f.region).unwrap().slot(binding::CLOSED).unwrap().store(1, Ordering::Release);
+    let (again, _) = ok(sw.bind(ia, tcp(40300, 80)));
+    assert_eq!(again.slot, i.slot);
+    assert_eq!(word(&ra, i.slot), again.id);
+    assert!(!ids.contains(&again.id));
+}
+
+#[test]
+fn a_grant_change_revokes_in_both_nics() {
+    let (mut sw, fa, fb, ia, ib) = bind_setup(vec![a_range()], vec![Filter::port(Proto::Tcp, 80)]);
+    let (ra, rb) = (container_region(&fa), container_region(&fb));
+    let (i0, _) = ok(sw.bind(ia, tcp(40001, 80)));
+    let (i1, _) = ok(sw.bind(ib, tcp(80, 40001)));
+    // Another grant of B changes nothing.
+    let more = vec![Filter::port(Proto::Tcp, 80), Filter::port(Proto::Udp, 53)];
+    sw.set_grants(ib, Grants { addrs: vec![ip(LO)], filters: more });
+    assert_eq!((word(&ra, i0.slot), word(&rb, i1.slot)), (i0.id, i0.id));
+    // B loses port 80: revoked on both sides.
+    sw.set_grants(ib, Grants { addrs: vec![ip(LO)], filters: vec![Filter::port(Proto::Udp, 53)] });
+    assert_eq!((word(&ra, i0.slot), word(&rb, i1.slot)), (0, 0));
+    assert_eq!((sw.stats(ia).unwrap().bindings, sw.stats(ib).unwrap().bindings, sw.bindings()), (0, 0, 0));
+    // Granted again: a new binding with a new id.
+    sw.set_grants(ib, Grants { addrs: vec![ip(LO)], filters: vec![Filter::port(Proto::Tcp, 80)] });
+    let (again, _) = ok(sw.bind(ia, tcp(40001, 80)));
+    assert_ne!(again.id, i0.id);
+    assert_eq!(word(&ra, again.slot), again.id);
+    // The asker's own grant shrinks: revoked too.
+    sw.set_grants(ia, Grants { addrs: vec![ip(LO)], filters: vec![Filter::port(Proto::Tcp, 40002)] });
+    assert_eq!(word(&ra, again.slot), 0);
+    assert_eq!(sw.bindings(), 0);
+}
+
+#[test]
+fn a_detach_revokes_the_ports_bindings() {
+    let (mut sw, fa, fb, ia, ib) = bind_setup(vec![a_range()], vec![Filter::port(Proto::Tcp, 80)]);
+    let (ra, rb) = (container_region(&fa), container_region(&fb));
+    let (i0, _) = ok(sw.bind(ia, tcp(40001, 80)));
+    let (i1, _) = ok(sw.bind(ib, tcp(80, 40001)));
+    let (lonely, _) = ok(sw.bind(ia, tcp(40002, 80)));
+    assert_eq!(sw.bindings(), 2);
+    assert!(sw.detach(ib).is_some());
+    assert_eq!((word(&ra, i0.slot), word(&rb, i1.slot), word(&ra, lonely.slot)), (0, 0, 0));
+    assert_eq!((sw.bindings(), sw.stats(ia).unwrap().bindings), (0, 0));
+}
+
+#[test]
+fn closed_and_lonely_bindings_are_collected() {
+    let (mut sw, fa, fb, ia, ib) = bind_setup(vec![a_range()], vec![Filter::port(Proto::Tcp, 80)]);
+    let (ra, rb) = (container_region(&fa), container_region(&fb));
+
+    // Side 1 closes: revoked at the next collection.
+    let (i0, _) = ok(sw.bind(ia, tcp(40001, 80)));
+    let (i1, f1) = ok(sw.bind(ib, tcp(80, 40001)));
+    let r1 = Region::attach_binding(f1.region).unwrap();
+    r1.slot(binding::ATTACHED + 1).unwrap().store(1, Ordering::Release);
+    assert_eq!(sw.gc_bindings(Instant::now()), 0, "attached is not closed");
+    r1.slot(binding::CLOSED + 1).unwrap().store(1, Ordering::Release);
+    assert_eq!(sw.gc_bindings(Instant::now()), 1);
+    assert_eq!((word(&ra, i0.slot), word(&rb, i1.slot)), (0, 0));
+
+    // Only side 0 asked: kept until the pending timeout, then revoked.
+    let (lonely, _) = ok(sw.bind(ia, tcp(40002, 80)));
+    assert_eq!(sw.gc_bindings(Instant::now()), 0);
+    assert_eq!(sw.gc_bindings(Instant::now() + binding::PENDING_TIMEOUT / 2), 0);
+    assert_eq!(sw.gc_bindings(Instant::now() + binding::PENDING_TIMEOUT + Duration::from_secs(1)), 1);
+    assert_eq!(word(&ra, lonely.slot), 0);
+
+    // `bind` collects first, and a short pending timeout is honoured by it.
+    sw.set_pending_timeout(Duration::ZERO);
+    let (x, _) = ok(sw.bind(ia, tcp(40003, 80)));
+    let (y, _) = ok(sw.bind(ia, tcp(40004, 80)));
+    assert_eq!(sw.bindings(), 1, "the lonely binding went when the next bind came");
+    assert_eq!(x.slot, y.slot, "and its slot was free for the next");
+    assert_eq!(word(&ra, y.slot), y.id);
+}
+
+#[test]
+fn the_run_loop_collects_closed_bindings() {
+    let (mut sw, fa, _fb, ia, ib) = bind_setup(vec![a_range()], vec![Filter::port(Proto::Tcp, 80)]);
+    let ra = container_region(&fa);
+    let (i0, f0) = ok(sw.bind(ia, tcp(40001, 80)));
+    ok(sw.bind(ib, tcp(80, 40001)));
+    let r0 = Region::attach_binding(f0.region).unwrap();
+    r0.slot(binding::CLOSED).unwrap().store(1, Ordering::Release);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(350));
+            stop.store(true, Ordering::Relaxed);
+        });
+        sw.run(&stop).unwrap();
+    });
+    assert_eq!(word(&ra, i0.slot), 0);
+    assert_eq!(sw.bindings(), 0);
+}
+
+#[test]
+fn a_switch_clears_slot_words_an_earlier_switch_left() {
+    let mut sw = Switch::new().unwrap();
+    let (fa, pa) = create(Geometry::default()).unwrap();
+    let ra = container_region(&fa);
+    ra.slot(3).unwrap().store(77, Ordering::Release);
+    sw.attach("a", pa, Grants::default()).unwrap();
+    assert_eq!(word(&ra, 3), 0);
+}
+
+#[test]
+fn a_port_that_takes_over_the_route_revokes_the_binding() {
+    // X comes first in the switch's order and receives nothing yet.
+    let mut sw = Switch::new().unwrap();
+    let (_fx, px) = create(Geometry::default()).unwrap();
+    let (fa, pa) = create(Geometry::default()).unwrap();
+    let (_fb, pb) = create(Geometry::default()).unwrap();
+    let ix = sw.attach("x", px, Grants { addrs: vec![ip(LO)], filters: vec![] }).unwrap();
+    let ia = sw.attach("a", pa, Grants { addrs: vec![ip(LO)], filters: vec![a_range()] }).unwrap();
+    let ib = sw
+        .attach("b", pb, Grants { addrs: vec![ip(LO)], filters: vec![Filter::port(Proto::Tcp, 80)] })
+        .unwrap();
+    let ra = container_region(&fa);
+    let (i0, _) = ok(sw.bind(ia, tcp(40001, 80)));
+    ok(sw.bind(ib, tcp(80, 40001)));
+    // A grant of X elsewhere changes nothing.
+    sw.set_grants(ix, Grants { addrs: vec![ip(LO)], filters: vec![Filter::port(Proto::Tcp, 81)] });
+    assert_eq!(word(&ra, i0.slot), i0.id);
+    // X now receives on port 80 and comes first: the switch would route the flow to X, so
+    // the binding (to B) no longer matches the switch's routing.
+    sw.set_grants(ix, Grants { addrs: vec![ip(LO)], filters: vec![Filter::port(Proto::Tcp, 80)] });
+    assert_eq!(word(&ra, i0.slot), 0);
+    assert_eq!(sw.bindings(), 0);
+    assert_eq!(sw.bind(ib, tcp(80, 40001)).map(|_| ()).unwrap_err(), BindRefusal::RepliesElsewhere);
+    // A's flow now binds with X, where the switch sends it.
+    let (x0, _) = ok(sw.bind(ia, tcp(40001, 80)));
+    let (x1, _) = ok(sw.bind(ix, tcp(80, 40001)));
+    assert_eq!((x0.side, x1.side, x0.id), (0, 1, x1.id));
+}
