@@ -23,6 +23,11 @@
 //! [`Switch::run`] polls while there is work and for a short spin after, then arms every
 //! port's tx ring, checks once more and sleeps in `epoll_wait` on all the ports' doorbells
 //! (with a timeout, to notice the stop flag): an idle switch costs no CPU.
+//!
+//! Secure bindings ([`bind`]: a private ring pair between two containers for one flow the
+//! switch checked against both containers' grants) are made by [`Switch::bind`] and revoked
+//! by [`Switch::set_grants`], [`Switch::attach`] (a port that takes over a bound flow's
+//! route), [`Switch::detach`] and the run loops' collection of closed and lonely bindings.
 
 pub mod bind;
 pub mod channel;
@@ -536,6 +541,7 @@ impl Switch {
         let mut last_work = Instant::now();
         let mut fired = Vec::new();
         while !stop.load(Ordering::Relaxed) {
+            self.maybe_gc_bindings();
             if self.poll() > 0 {
                 last_work = Instant::now();
                 continue;
@@ -547,7 +553,6 @@ impl Switch {
             fired.clear();
             self.sleep(SLEEP_CAP, &mut fired)?;
             last_work = Instant::now();
-            self.maybe_gc_bindings();
         }
         Ok(())
     }
