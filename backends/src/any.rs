@@ -34,7 +34,7 @@ impl From<EmulatorNic> for AnyDevice {
 impl AnyDevice {
     /// A probe of the receive ring, for a device whose frames arrive from another process
     /// (the emulator's NIC); `None` for the loopback.
-    pub fn rx_probe(&self) -> Option<crate::emulator::ring::RingProbe> {
+    pub fn rx_probe(&self) -> Option<crate::emulator::nic::DeviceProbe> {
         match self {
             AnyDevice::Loopback(_) => None,
             AnyDevice::Emulator(n) => Some(n.rx_probe()),

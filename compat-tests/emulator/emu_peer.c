@@ -13,6 +13,10 @@
  *                          pattern and checks the echo byte by byte; then 16 UDP datagrams
  *                          to 127.0.0.1:UDP and back. Prints "#lib=N" for the first
  *                          connection, "tcp ok N BYTES", "udp ok 16".
+ *   pingpong TCP UDP N     one connection to 127.0.0.1:TCP and one UDP socket: N echo round
+ *                          trips of a short message on each (a long-lived flow: under the
+ *                          emulator it gets a secure binding and leaves the switch); prints
+ *                          "pingpong ok N".
  *   connect PORT           connects to 127.0.0.1:PORT (a server not under the shim), sends
  *                          "hello", prints the answer and "#lib=N" after the connect.
  *   bind PROTO PORT        binds a tcp or udp socket to 127.0.0.1:PORT; prints "bind ok" or
@@ -352,6 +356,40 @@ static int echo_once(int fd, const char *msg)
     return memcmp(buf, msg, n) == 0 ? 0 : -1;
 }
 
+static int pingpong(int tport, int uport, int n)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = lo(tport);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) < 0)
+        die("pingpong connect");
+    timeouts(fd, 10);
+    int u = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in ua = lo(uport);
+    if (u < 0 || connect(u, (struct sockaddr *)&ua, sizeof ua) < 0)
+        die("pingpong udp connect");
+    timeouts(u, 10);
+    for (int i = 0; i < n; i++) {
+        char msg[32];
+        snprintf(msg, sizeof msg, "ping %d", i);
+        if (echo_once(fd, msg) < 0) {
+            printf("pingpong tcp failed at %d\n", i);
+            return 1;
+        }
+        size_t len = strlen(msg);
+        char buf[64];
+        ssize_t r;
+        if (send(u, msg, len, 0) != (ssize_t)len || (r = recv(u, buf, sizeof buf, 0)) != (ssize_t)len ||
+            memcmp(buf, msg, len) != 0) {
+            printf("pingpong udp failed at %d\n", i);
+            return 1;
+        }
+    }
+    close(fd);
+    close(u);
+    printf("pingpong ok %d\n", n);
+    return 0;
+}
+
 static int fork_test(int port)
 {
     alarm(60);
@@ -392,6 +430,8 @@ int main(int argc, char **argv)
         return server(atoi(argv[2]), atoi(argv[3]));
     if (argc >= 6 && strcmp(argv[1], "client") == 0)
         return client(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), (size_t)atol(argv[5]));
+    if (argc >= 5 && strcmp(argv[1], "pingpong") == 0)
+        return pingpong(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]));
     if (argc >= 3 && strcmp(argv[1], "connect") == 0)
         return connect_kernel(atoi(argv[2]));
     if (argc >= 4 && strcmp(argv[1], "bind") == 0)

@@ -77,6 +77,10 @@ pub struct Config {
     /// (`core::net::shadow`); `0` does not. Unset: the backend's default
     /// ([`Config::kernel_clients`]).
     pub kernel_clients_set: Option<bool>,
+    /// `ARRAKIS_BINDINGS`: `1` (the default) lets flows between two processes on the
+    /// emulator backend ask for a secure binding (a private ring pair, so their frames bypass
+    /// the switch); `0` keeps every frame on the switch.
+    pub bindings: bool,
     /// `ARRAKIS_VOLUMES`: `NAME:/abs/path[:ro],...`, the mounts served by the library OS
     /// (`core::fs::mount`). Default none.
     pub volumes: Vec<crate::fs::mount::Spec>,
@@ -90,6 +94,7 @@ impl Default for Config {
             backend: Backend::Kernel,
             spin_us: crate::net::world::DEFAULT_SPIN_US,
             kernel_clients_set: None,
+            bindings: true,
             volumes: Vec::new(),
         }
     }
@@ -124,6 +129,11 @@ impl Config {
             Some("0") => cfg.kernel_clients_set = Some(false),
             Some("1") => cfg.kernel_clients_set = Some(true),
             Some(v) => errors.push(ConfigError::BadSwitch("ARRAKIS_KERNEL_CLIENTS", v.to_string())),
+        }
+        match get("ARRAKIS_BINDINGS").as_deref().map(str::trim) {
+            None | Some("") | Some("1") => {}
+            Some("0") => cfg.bindings = false,
+            Some(v) => errors.push(ConfigError::BadSwitch("ARRAKIS_BINDINGS", v.to_string())),
         }
         if let Some(v) = get("ARRAKIS_VOLUMES") {
             match crate::fs::mount::parse_volumes(&v) {

@@ -43,6 +43,7 @@ pub(crate) fn configure(cfg: &Config) {
     };
     MODE.store(mode, Ordering::Release);
     arrakis_core::net::set_kernel_clients(cfg.kernel_clients());
+    arrakis_core::net::set_bindings(cfg.bindings);
 }
 
 /// Registers with the daemon and takes this process's NIC (`core::net::control::start`).

@@ -111,6 +111,12 @@ impl Flow {
     /// Reads the 5-tuple of an IP frame. Checks lengths, not checksums (the receiving stack
     /// does that). IPv6 extension headers are not walked: such frames are `Unsupported`.
     pub fn parse(frame: &[u8]) -> Result<Flow, ParseError> {
+        Flow::parse_with_flags(frame).map(|(f, _)| f)
+    }
+
+    /// [`parse`](Self::parse), and the TCP header's flags byte (FIN 0x01, SYN 0x02, RST 0x04,
+    /// ACK 0x10; 0 for UDP).
+    pub fn parse_with_flags(frame: &[u8]) -> Result<(Flow, u8), ParseError> {
         let (proto, src, dst, payload): (IpProtocol, IpAddr, IpAddr, &[u8]) =
             match frame.first().map(|b| b >> 4) {
                 Some(4) => {
@@ -129,18 +135,22 @@ impl Flow {
                 }
                 _ => return Err(ParseError::Malformed),
             };
-        let (proto, sport, dport) = match proto {
+        let (proto, sport, dport, flags) = match proto {
             IpProtocol::Tcp => {
                 let t = TcpPacket::new_checked(payload).map_err(|_| ParseError::Malformed)?;
-                (Proto::Tcp, t.src_port(), t.dst_port())
+                let flags = u8::from(t.fin())
+                    | u8::from(t.syn()) << 1
+                    | u8::from(t.rst()) << 2
+                    | u8::from(t.ack()) << 4;
+                (Proto::Tcp, t.src_port(), t.dst_port(), flags)
             }
             IpProtocol::Udp => {
                 let u = UdpPacket::new_checked(payload).map_err(|_| ParseError::Malformed)?;
-                (Proto::Udp, u.src_port(), u.dst_port())
+                (Proto::Udp, u.src_port(), u.dst_port(), 0)
             }
             _ => return Err(ParseError::Unsupported),
         };
-        Ok(Flow { proto, src: SocketAddr::new(src, sport), dst: SocketAddr::new(dst, dport) })
+        Ok((Flow { proto, src: SocketAddr::new(src, sport), dst: SocketAddr::new(dst, dport) }, flags))
     }
 }
 

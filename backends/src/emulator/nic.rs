@@ -10,14 +10,21 @@
 //! The container's end lends shared buffers to smoltcp without a copy: received frames are
 //! read in place, transmitted frames are built in place.
 
+use std::collections::HashMap;
+use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
 
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
-use super::ring::{Consumer, Doorbell, Geometry, Producer, Region, Ring, RingError, RingFaults};
+use super::binding::{self, BindingFds, BindingInfo};
+use super::filter::Flow;
+use super::ring::{
+    Consumer, Doorbell, Geometry, Producer, Region, Ring, RingError, RingFaults, RingProbe, SLOTS,
+};
 use crate::NetDevice;
 
 /// The fds that make a NIC, as they cross the daemon's Unix socket: the region's memfd and
@@ -78,20 +85,346 @@ pub fn create(geo: Geometry) -> io::Result<(NicFds, SwitchPort)> {
     Ok((fds, port))
 }
 
+/// Frames a flow sends through the switch before the NIC asks for a binding for it: short
+/// exchanges (a lookup, a one-request connection) never cost the daemon a call.
+pub const BIND_AFTER: u32 = 4;
+/// A flow (bound or not) with no frame sent for this long is forgotten (UDP has no end).
+const FLOW_IDLE_MS: i64 = 60_000;
+/// A TCP flow that sent its FIN (or a RST) and then nothing for this long is forgotten.
+const FLOW_CLOSING_MS: i64 = 2_000;
+/// Flows tracked at most; past it the unbound ones are forgotten.
+const MAX_FLOWS: usize = 4096;
+/// Bindings held at most (the switch's slot table has [`SLOTS`]).
+const MAX_BOUND: usize = SLOTS;
+/// Looks for idle flows at most this often (ms of the stack's clock).
+const SWEEP_MS: i64 = 1_000;
+
+/// What the NIC knows about a flow that is not bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FlowState {
+    /// Frames sent so far.
+    Counting(u32),
+    /// A binding was asked for ([`EmulatorNic::take_wanted`]).
+    Requested,
+    /// The switch said no: the flow stays on the switch.
+    Refused,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Tracked {
+    state: FlowState,
+    last: Instant,
+    closing: bool,
+}
+
+/// One flow's private ring pair (see [`binding`](super::binding)).
+#[derive(Debug)]
+struct Bound {
+    /// The flow as this container sends it.
+    flow: Flow,
+    info: BindingInfo,
+    region: Arc<Region>,
+    tx: Producer,
+    rx: Consumer,
+    /// Wakes the peer container.
+    peer: Doorbell,
+    /// Frames of the flow go on the binding now (it started once the NIC's tx ring was empty,
+    /// so nothing sent earlier through the switch arrives after them).
+    active: bool,
+    last: Instant,
+    closing: bool,
+}
+
+impl Bound {
+    fn other(&self) -> usize {
+        1 - usize::from(self.info.side)
+    }
+
+    fn word(&self, i: usize) -> u32 {
+        self.region.slot(i).map_or(0, |w| w.load(Ordering::Acquire))
+    }
+
+    /// The peer mapped the binding and has not closed it.
+    fn peer_ready(&self) -> bool {
+        self.word(binding::ATTACHED + self.other()) != 0 && self.word(binding::CLOSED + self.other()) == 0
+    }
+
+    /// Tells the switch (and the peer) this side is done with it.
+    fn close(&self) {
+        if let Some(w) = self.region.slot(binding::CLOSED + usize::from(self.info.side)) {
+            w.store(1, Ordering::Release);
+        }
+    }
+}
+
+/// What the NIC's bindings did (for tests and `arrakis`'s own counters).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BindStats {
+    /// Bindings installed.
+    pub installed: u64,
+    /// Bindings dropped because the switch revoked them (slot word no longer the id).
+    pub revoked: u64,
+    /// Bindings closed by this side (its flow ended or went idle).
+    pub closed: u64,
+    /// Frames sent on bindings.
+    pub tx_frames: u64,
+    /// Frames that found their binding's ring full and went through the switch.
+    pub tx_full: u64,
+    /// Frames received on bindings.
+    pub rx_frames: u64,
+    /// Frames on a binding that were not of its flow, dropped.
+    pub rx_foreign: u64,
+}
+
+/// Why [`EmulatorNic::install_binding`] did not install a binding.
+#[derive(Debug)]
+pub enum BindError {
+    /// The region is not a valid binding region.
+    Region(RingError),
+    /// The reply's side or slot is out of range, or the slot does not hold the id (the switch
+    /// revoked it already).
+    Info(BindingInfo),
+    /// The flow was not waiting for a binding any more (it ended meanwhile, or is bound).
+    Stale,
+    /// This NIC holds [`SLOTS`] bindings already.
+    Full,
+}
+
+impl fmt::Display for BindError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BindError::Region(e) => write!(f, "binding region refused: {e}"),
+            BindError::Info(i) => write!(f, "binding {i:?} is not (or no longer) valid on this NIC"),
+            BindError::Stale => write!(f, "the flow no longer waits for a binding"),
+            BindError::Full => write!(f, "this NIC holds {MAX_BOUND} bindings already"),
+        }
+    }
+}
+
+impl std::error::Error for BindError {}
+
+/// The rings waiting threads poll without the NIC ([`EmulatorNic::rx_probe`]): the NIC's rx
+/// ring and every binding's.
+#[derive(Debug)]
+struct ProbeSet {
+    nic: RingProbe,
+    bound: RwLock<Vec<RingProbe>>,
+}
+
+/// A probe of every ring frames reach this container on; see [`RingProbe`].
+#[derive(Debug, Clone)]
+pub struct DeviceProbe(Arc<ProbeSet>);
+
+impl DeviceProbe {
+    fn bound(&self) -> std::sync::RwLockReadGuard<'_, Vec<RingProbe>> {
+        self.0.bound.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether frames wait on any ring.
+    pub fn pending(&self) -> bool {
+        self.0.nic.pending() || self.bound().iter().any(RingProbe::pending)
+    }
+
+    /// While this thread polls, producers need not ring (see [`RingProbe::suppress`]).
+    pub fn suppress(&self) {
+        self.0.nic.suppress();
+        self.bound().iter().for_each(RingProbe::suppress);
+    }
+
+    /// The poller stops: producers ring again; `true` if a frame came in meanwhile.
+    pub fn rearm(&self) -> bool {
+        let mut any = self.0.nic.rearm();
+        for p in self.bound().iter() {
+            any |= p.rearm();
+        }
+        any
+    }
+}
+
+/// The sending side of the NIC: its tx ring, and everything that decides where a frame goes
+/// (the bindings and the flows that may get one).
+#[derive(Debug)]
+struct Links {
+    /// The NIC's own region: the switch writes the bindings' slot words there.
+    nic: Arc<Region>,
+    kicks: u64,
+    enabled: bool,
+    flows: HashMap<Flow, Tracked>,
+    /// Bindings by slot of `slots`; `index` maps a flow (as sent) to its slot.
+    slots: Vec<Option<Bound>>,
+    index: HashMap<Flow, usize>,
+    /// Where the next scan of the bindings' rx rings starts (fairness).
+    cursor: usize,
+    wanted: Vec<Flow>,
+    probes: Arc<ProbeSet>,
+    stats: BindStats,
+    last_sweep: Instant,
+}
+
+impl Links {
+    fn live(&self, b: &Bound) -> bool {
+        self.nic.slot(b.info.slot as usize).is_some_and(|w| w.load(Ordering::Acquire) == b.info.id)
+    }
+
+    fn refresh_probes(&self) {
+        let v = self.slots.iter().flatten().map(|b| b.rx.probe()).collect();
+        *self.probes.bound.write().unwrap_or_else(|e| e.into_inner()) = v;
+    }
+
+    /// Drops binding `i`; `close` tells the switch this side is done (else it was revoked).
+    fn drop_binding(&mut self, i: usize, close: bool) {
+        if let Some(b) = self.slots.get_mut(i).and_then(Option::take) {
+            self.index.remove(&b.flow);
+            if close {
+                b.close();
+                self.stats.closed += 1;
+            } else {
+                self.stats.revoked += 1;
+            }
+            self.refresh_probes();
+        }
+    }
+
+    /// Sends `frame` (built in the NIC's tx buffer) on its flow's binding if it has a usable
+    /// one; `true` if it did (the NIC slot is then not published). Otherwise notes the flow,
+    /// which may ask for a binding.
+    fn send_bound(&mut self, frame: &[u8], now: Instant, nic_drained: bool) -> bool {
+        if !self.enabled {
+            return false;
+        }
+        let Ok((flow, flags)) = Flow::parse_with_flags(frame) else { return false };
+        let ends = flags & (FIN | RST) != 0;
+        self.sweep(now);
+        if let Some(&i) = self.index.get(&flow) {
+            let live = self.slots[i].as_ref().is_some_and(|b| self.live(b));
+            if !live {
+                self.drop_binding(i, false);
+                return false;
+            }
+            let Some(b) = self.slots[i].as_mut() else { return false };
+            b.last = now;
+            b.closing |= ends;
+            let mut sent = false;
+            if b.peer_ready() && (b.active || nic_drained) {
+                match b.tx.push_copy(frame) {
+                    Ok(()) => {
+                        b.active = true;
+                        sent = true;
+                        self.stats.tx_frames += 1;
+                        if b.tx.kick_needed() {
+                            b.peer.ring();
+                        }
+                    }
+                    Err(_) => self.stats.tx_full += 1,
+                }
+            }
+            return sent;
+        }
+        if self.flows.len() >= MAX_FLOWS && !self.flows.contains_key(&flow) {
+            self.flows.retain(|_, t| t.state == FlowState::Requested);
+        }
+        let t = self.flows.entry(flow).or_insert(Tracked {
+            state: FlowState::Counting(0),
+            last: now,
+            closing: false,
+        });
+        t.last = now;
+        t.closing |= ends;
+        if let FlowState::Counting(n) = t.state {
+            // A connection's opening segments are not traffic yet.
+            let n = if flags & SYN != 0 { n } else { n + 1 };
+            t.state = if n >= BIND_AFTER && !t.closing {
+                self.wanted.push(flow);
+                FlowState::Requested
+            } else {
+                FlowState::Counting(n)
+            };
+        }
+        false
+    }
+
+    /// Forgets flows and closes bindings that ended or went idle, at most once a second.
+    fn sweep(&mut self, now: Instant) {
+        if (now - self.last_sweep).total_millis() < SWEEP_MS as u64 && now >= self.last_sweep {
+            return;
+        }
+        self.last_sweep = now;
+        let done = |last: Instant, closing: bool| {
+            let idle = if now >= last { (now - last).total_millis() as i64 } else { 0 };
+            idle >= if closing { FLOW_CLOSING_MS } else { FLOW_IDLE_MS }
+        };
+        self.flows.retain(|_, t| !done(t.last, t.closing));
+        let ended: Vec<usize> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| b.as_ref().filter(|b| done(b.last, b.closing)).map(|_| i))
+            .collect();
+        for i in ended {
+            self.drop_binding(i, true);
+        }
+    }
+
+    /// Takes the next frame waiting on a binding into `out` (a valid frame of that binding's
+    /// flow); its length.
+    fn recv_bound(&mut self, out: &mut [u8]) -> Option<usize> {
+        let n = self.slots.len();
+        for k in 0..n {
+            let i = (self.cursor + k) % n;
+            while let Some(b) = self.slots[i].as_ref() {
+                if !b.rx.pending() {
+                    break;
+                }
+                let (live, want) = (self.live(b), b.flow.reversed());
+                if !live {
+                    // Revoked: nothing more is taken from it.
+                    self.drop_binding(i, false);
+                    break;
+                }
+                let Some(b) = self.slots[i].as_mut() else { break };
+                let Some(len) = b.rx.recv_copy(out) else { break };
+                if b.rx.kick_needed() {
+                    b.peer.ring();
+                }
+                if Flow::parse(&out[..len]).ok() == Some(want) {
+                    self.stats.rx_frames += 1;
+                    self.cursor = (i + 1) % n;
+                    return Some(len);
+                }
+                self.stats.rx_foreign += 1;
+            }
+        }
+        None
+    }
+}
+
+const FIN: u8 = 0x01;
+const SYN: u8 = 0x02;
+const RST: u8 = 0x04;
+
 /// The container's end of a virtual NIC: IP medium, MTU = the buffer size, checksums
 /// computed and verified by the stack (frames may leave the host through the uplink).
+///
+/// Besides the NIC's own ring pair it holds the container's secure bindings
+/// ([`binding`](super::binding)): a frame whose flow has a usable binding goes on it instead
+/// of the tx ring, and frames are taken from the bindings' rings after the rx ring's. Flows
+/// that have sent [`BIND_AFTER`] frames are offered to the library OS
+/// ([`take_wanted`](Self::take_wanted)), which asks the daemon and installs what it gets
+/// ([`install_binding`](Self::install_binding)).
 #[derive(Debug)]
 pub struct EmulatorNic {
     tx: Producer,
     rx: Consumer,
     bell: Doorbell,
-    peer: Doorbell,
+    /// Rings the switch.
+    switch: Doorbell,
     mtu: usize,
+    /// Boxed: the device lives in an enum with the (small) loopback.
+    links: Box<Links>,
+    /// A frame copied out of a binding's ring, lent to the stack.
+    scratch: Vec<u8>,
     /// Frames smoltcp built that did not fit the ring (never, unless the switch misbehaves).
     pub tx_dropped: u64,
-    /// Doorbell writes made after transmitting (the rest were suppressed because the switch
-    /// was polling).
-    pub tx_kicks: u64,
     /// Doorbell writes made after receiving (the switch waited for rx space).
     pub rx_kicks: u64,
 }
@@ -101,26 +434,158 @@ impl EmulatorNic {
     pub fn from_fds(fds: NicFds) -> Result<EmulatorNic, RingError> {
         let region = Arc::new(Region::attach(fds.region)?);
         let mtu = region.geometry().buf_size as usize;
+        let rx = Consumer::new(region.clone(), Ring::Rx);
+        let probes = Arc::new(ProbeSet { nic: rx.probe(), bound: RwLock::new(Vec::new()) });
         Ok(EmulatorNic {
             tx: Producer::new(region.clone(), Ring::Tx),
-            rx: Consumer::new(region, Ring::Rx),
+            rx,
             bell: Doorbell::from_fd(fds.to_container),
-            peer: Doorbell::from_fd(fds.to_switch),
+            switch: Doorbell::from_fd(fds.to_switch),
             mtu,
+            links: Box::new(Links {
+                nic: region,
+                kicks: 0,
+                enabled: true,
+                flows: HashMap::new(),
+                slots: Vec::new(),
+                index: HashMap::new(),
+                cursor: 0,
+                wanted: Vec::new(),
+                probes,
+                stats: BindStats::default(),
+                last_sweep: Instant::from_millis(0),
+            }),
+            scratch: vec![0; mtu.max(binding::GEOMETRY.buf_size as usize)],
             tx_dropped: 0,
-            tx_kicks: 0,
             rx_kicks: 0,
         })
     }
 
-    /// A probe of the rx ring for threads that poll it without the NIC ([`RingProbe`]).
-    pub fn rx_probe(&self) -> super::ring::RingProbe {
-        self.rx.probe()
+    /// A probe of the rings frames arrive on (the rx ring and the bindings'), for threads
+    /// that poll them without the NIC.
+    pub fn rx_probe(&self) -> DeviceProbe {
+        DeviceProbe(self.links.probes.clone())
     }
 
     /// Faults the switch committed (a bug there, never a container's doing).
     pub fn faults(&self) -> RingFaults {
         self.rx.faults
+    }
+
+    /// Doorbell writes made after transmitting (the rest were suppressed because the switch
+    /// was polling).
+    pub fn tx_kicks(&self) -> u64 {
+        self.links.kicks
+    }
+
+    /// Turns secure bindings on or off (on by default). Off, every frame goes through the
+    /// switch and no binding is asked for; bindings held stay until their flows end.
+    pub fn set_bindings(&mut self, on: bool) {
+        self.links.enabled = on;
+    }
+
+    /// What the bindings did.
+    pub fn bind_stats(&self) -> BindStats {
+        self.links.stats
+    }
+
+    /// Bindings held now.
+    pub fn bindings(&self) -> usize {
+        self.links.index.len()
+    }
+
+    /// Flows that should ask the daemon for a binding (each once); the caller answers each
+    /// with [`install_binding`](Self::install_binding) or [`binding_refused`](Self::binding_refused).
+    pub fn take_wanted(&mut self) -> Vec<Flow> {
+        std::mem::take(&mut self.links.wanted)
+    }
+
+    /// Whether [`take_wanted`](Self::take_wanted) has anything.
+    pub fn wants_bindings(&self) -> bool {
+        !self.links.wanted.is_empty()
+    }
+
+    /// The switch refused a binding for `flow` (or it could not be asked): the flow stays on
+    /// the switch until it ends.
+    pub fn binding_refused(&mut self, flow: Flow) {
+        if let Some(t) = self.links.flows.get_mut(&flow) {
+            if t.state == FlowState::Requested {
+                t.state = FlowState::Refused;
+            }
+        }
+    }
+
+    /// Installs the binding the daemon gave for `flow` (as this container sends it). A flow
+    /// that no longer waits for one gets its binding closed at once, so the switch frees it.
+    pub fn install_binding(
+        &mut self,
+        flow: Flow,
+        info: BindingInfo,
+        fds: BindingFds,
+    ) -> Result<(), BindError> {
+        let region = Arc::new(Region::attach_binding(fds.region).map_err(BindError::Region)?);
+        let side = usize::from(info.side);
+        let set = |i: usize| {
+            if let Some(w) = region.slot(i) {
+                w.store(1, Ordering::Release);
+            }
+        };
+        let l = &mut self.links;
+        let waiting = l.flows.get(&flow).is_some_and(|t| t.state == FlowState::Requested);
+        let valid = side <= 1
+            && info.id != 0
+            && l.nic.slot(info.slot as usize).is_some_and(|w| w.load(Ordering::Acquire) == info.id);
+        if !waiting || !valid || l.index.len() >= MAX_BOUND {
+            if side <= 1 {
+                set(binding::CLOSED + side);
+            }
+            if waiting {
+                if let Some(t) = l.flows.get_mut(&flow) {
+                    t.state = FlowState::Refused;
+                }
+            }
+            return Err(if !valid {
+                BindError::Info(info)
+            } else if !waiting {
+                BindError::Stale
+            } else {
+                BindError::Full
+            });
+        }
+        set(binding::ATTACHED + side);
+        let (out, inn) = if side == 0 { (Ring::Tx, Ring::Rx) } else { (Ring::Rx, Ring::Tx) };
+        let t = l.flows.remove(&flow);
+        let b = Bound {
+            flow,
+            info,
+            tx: Producer::new(region.clone(), out),
+            rx: Consumer::new(region.clone(), inn),
+            region,
+            peer: Doorbell::from_fd(fds.peer_bell),
+            active: false,
+            last: t.map_or(Instant::from_millis(0), |t| t.last),
+            closing: false,
+        };
+        let i = match l.slots.iter().position(Option::is_none) {
+            Some(i) => i,
+            None => {
+                l.slots.push(None);
+                l.slots.len() - 1
+            }
+        };
+        l.slots[i] = Some(b);
+        l.index.insert(flow, i);
+        l.stats.installed += 1;
+        l.refresh_probes();
+        Ok(())
+    }
+
+    /// Closes every binding (the switch frees them) and forgets every flow.
+    pub fn close_bindings(&mut self) {
+        for i in 0..self.links.slots.len() {
+            self.links.drop_binding(i, true);
+        }
+        self.links.flows.clear();
     }
 }
 
@@ -135,30 +600,37 @@ impl phy::Device for EmulatorNic {
         caps
     }
 
-    fn receive(&mut self, _now: Instant) -> Option<(RxToken<'_>, TxToken<'_>)> {
-        if !self.rx.has_frame() {
+    fn receive(&mut self, now: Instant) -> Option<(RxToken<'_>, TxToken<'_>)> {
+        let from = if self.rx.has_frame() {
+            From::Nic { rx: &mut self.rx, kicks: &mut self.rx_kicks }
+        } else if !self.links.slots.is_empty() {
+            let len = self.links.recv_bound(&mut self.scratch)?;
+            From::Binding(&self.scratch[..len])
+        } else {
             return None;
-        }
-        let rx = RxToken { rx: &mut self.rx, peer: &self.peer, kicks: &mut self.rx_kicks };
+        };
+        let rx = RxToken { from, peer: &self.switch };
         let tx = TxToken {
             tx: &mut self.tx,
-            peer: &self.peer,
-            kicks: &mut self.tx_kicks,
+            links: &mut self.links,
+            switch: &self.switch,
             dropped: &mut self.tx_dropped,
+            now,
         };
         Some((rx, tx))
     }
 
-    fn transmit(&mut self, _now: Instant) -> Option<TxToken<'_>> {
+    fn transmit(&mut self, now: Instant) -> Option<TxToken<'_>> {
         // Full: ask the switch for a doorbell when it frees a slot, unless one freed meanwhile.
         if !self.tx.has_space() && self.tx.arm() {
             return None;
         }
         Some(TxToken {
             tx: &mut self.tx,
-            peer: &self.peer,
-            kicks: &mut self.tx_kicks,
+            links: &mut self.links,
+            switch: &self.switch,
             dropped: &mut self.tx_dropped,
+            now,
         })
     }
 }
@@ -172,50 +644,75 @@ impl NetDevice for EmulatorNic {
         self.bell.drain();
         self.rx.disarm();
         self.tx.disarm();
+        for b in self.links.slots.iter().flatten() {
+            b.rx.disarm();
+        }
     }
 
     fn prepare_sleep(&mut self) -> bool {
-        self.rx.arm()
+        let mut idle = self.rx.arm();
+        for b in self.links.slots.iter_mut().flatten() {
+            idle &= b.rx.arm();
+        }
+        idle
     }
 }
 
-/// A received frame, read in place; its slot goes back to the switch when consumed.
+enum From<'a> {
+    /// In place in the NIC's rx ring.
+    Nic { rx: &'a mut Consumer, kicks: &'a mut u64 },
+    /// Copied out of a binding's ring.
+    Binding(&'a [u8]),
+}
+
+/// A received frame: read in place from the rx ring (its slot goes back to the switch when
+/// consumed), or a copy of one from a binding.
 pub struct RxToken<'a> {
-    rx: &'a mut Consumer,
+    from: From<'a>,
     peer: &'a Doorbell,
-    kicks: &'a mut u64,
 }
 
 impl phy::RxToken for RxToken<'_> {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        let (rx, kicks) = match self.from {
+            From::Binding(frame) => return f(frame),
+            From::Nic { rx, kicks } => (rx, kicks),
+        };
         let mut f = Some(f);
-        let r = self.rx.recv_with(|b| f.take().map(|f| f(b)));
+        let r = rx.recv_with(|b| f.take().map(|f| f(b)));
         // `receive` saw a valid frame; only a misbehaving switch could take it away since.
         let r = match (r.flatten(), f) {
             (Some(r), _) => r,
             (None, Some(f)) => f(&[]),
             (None, None) => unreachable!("the closure ran, so it returned Some"),
         };
-        if self.rx.kick_needed() {
+        if rx.kick_needed() {
             self.peer.ring();
-            *self.kicks += 1;
+            *kicks += 1;
         }
         r
     }
 }
 
-/// Room for one frame on tx, built in place.
+/// Room for one frame, built in place in the tx ring; sent there, or copied onto its flow's
+/// binding.
 pub struct TxToken<'a> {
     tx: &'a mut Producer,
-    peer: &'a Doorbell,
-    kicks: &'a mut u64,
+    links: &'a mut Links,
+    switch: &'a Doorbell,
     dropped: &'a mut u64,
+    now: Instant,
 }
 
 impl phy::TxToken for TxToken<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let (links, now) = (self.links, self.now);
+        let drained = self.tx.is_drained();
         let mut f = Some(f);
-        let r = self.tx.push_with(len, |b| f.take().map(|f| f(b)));
+        let r = self.tx.fill_with(len, |b| {
+            let r = f.take().map(|f| f(b));
+            (r, !links.send_bound(b, now, drained))
+        });
         let r = match (r.flatten(), f) {
             (Some(r), _) => r,
             // Too long, or the ring filled since `transmit` (a reply token handed out with a
@@ -227,8 +724,8 @@ impl phy::TxToken for TxToken<'_> {
             (None, None) => unreachable!("the closure ran, so it returned Some"),
         };
         if self.tx.kick_needed() {
-            self.peer.ring();
-            *self.kicks += 1;
+            self.switch.ring();
+            links.kicks += 1;
         }
         r
     }
@@ -284,6 +781,259 @@ mod tests {
         port.tx.recv_copy(&mut out).unwrap();
         assert!(port.tx.kick_needed(), "the container asked for space");
         assert!(nic.transmit(t).is_some());
+    }
+
+    /// An IPv4 TCP frame from `src` to `dst` (ports) with `flags` and `payload`.
+    fn tcp(src: u16, dst: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let total = 40 + payload.len();
+        let mut f = vec![0u8; total];
+        f[0] = 0x45;
+        f[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        f[8] = 64;
+        f[9] = 6;
+        f[12..16].copy_from_slice(&[127, 0, 0, 1]);
+        f[16..20].copy_from_slice(&[127, 0, 0, 1]);
+        f[20..22].copy_from_slice(&src.to_be_bytes());
+        f[22..24].copy_from_slice(&dst.to_be_bytes());
+        f[32] = 0x50;
+        f[33] = flags;
+        f[40..].copy_from_slice(payload);
+        f
+    }
+
+    fn flow(src: u16, dst: u16) -> Flow {
+        Flow::parse(&tcp(src, dst, 0x10, b"")).unwrap()
+    }
+
+    fn send(nic: &mut EmulatorNic, t: Instant, frame: &[u8]) {
+        nic.transmit(t).unwrap().consume(frame.len(), |b| b.copy_from_slice(frame));
+    }
+
+    fn recv(nic: &mut EmulatorNic, t: Instant) -> Option<Vec<u8>> {
+        nic.receive(t).map(|(rx, _tx)| rx.consume(|b| b.to_vec()))
+    }
+
+    /// Two NICs (each with its switch end) and, as the switch would, one binding between
+    /// them for `a_flow` (a's side 0, b's side 1) with slot words set.
+    struct Pair {
+        a: EmulatorNic,
+        pa: SwitchPort,
+        b: EmulatorNic,
+        pb: SwitchPort,
+        region: Arc<Region>,
+    }
+
+    fn bound_pair(a_flow: Flow) -> Pair {
+        let (fa, mut pa) = create(Geometry { ring_size: 8, buf_size: 2048 }).unwrap();
+        let (fb, mut pb) = create(Geometry { ring_size: 8, buf_size: 2048 }).unwrap();
+        let (mut a, mut b) = (EmulatorNic::from_fds(fa).unwrap(), EmulatorNic::from_fds(fb).unwrap());
+        let t = Instant::from_millis(1);
+        // Enough traffic through the switch for both to want a binding.
+        for i in 0..BIND_AFTER {
+            send(&mut a, t, &tcp(a_flow.src.port(), a_flow.dst.port(), 0x10, &[i as u8]));
+            send(&mut b, t, &tcp(a_flow.dst.port(), a_flow.src.port(), 0x10, &[i as u8]));
+        }
+        assert_eq!(a.take_wanted(), vec![a_flow]);
+        assert_eq!(b.take_wanted(), vec![a_flow.reversed()]);
+        let mut out = [0u8; 2048];
+        while pa.tx.recv_copy(&mut out).is_some() {}
+        while pb.tx.recv_copy(&mut out).is_some() {}
+        let region = Arc::new(Region::create_binding(binding::GEOMETRY).unwrap());
+        pa.region().slot(3).unwrap().store(77, Ordering::Release);
+        pb.region().slot(5).unwrap().store(77, Ordering::Release);
+        let fds = |peer: &SwitchPort| BindingFds {
+            region: dup(region.fd()).unwrap(),
+            peer_bell: dup(peer.peer.as_fd()).unwrap(),
+        };
+        a.install_binding(a_flow, BindingInfo { side: 0, slot: 3, id: 77 }, fds(&pb)).unwrap();
+        b.install_binding(a_flow.reversed(), BindingInfo { side: 1, slot: 5, id: 77 }, fds(&pa)).unwrap();
+        Pair { a, pa, b, pb, region }
+    }
+
+    #[test]
+    fn a_flow_asks_for_a_binding_once_after_enough_frames_and_not_for_its_handshake() {
+        let (fds, mut port) = create(Geometry { ring_size: 16, buf_size: 2048 }).unwrap();
+        let mut nic = EmulatorNic::from_fds(fds).unwrap();
+        let t = Instant::from_millis(1);
+        send(&mut nic, t, &tcp(1000, 2000, 0x02, b""));
+        for _ in 0..BIND_AFTER - 1 {
+            send(&mut nic, t, &tcp(1000, 2000, 0x10, b"x"));
+        }
+        assert!(!nic.wants_bindings(), "a SYN and {} frames are not enough", BIND_AFTER - 1);
+        send(&mut nic, t, &tcp(1000, 2000, 0x10, b"x"));
+        assert_eq!(nic.take_wanted(), vec![flow(1000, 2000)]);
+        send(&mut nic, t, &tcp(1000, 2000, 0x10, b"x"));
+        assert!(!nic.wants_bindings(), "asked once");
+        // Everything went to the switch meanwhile.
+        let mut out = [0u8; 2048];
+        let mut n = 0;
+        while port.tx.recv_copy(&mut out).is_some() {
+            n += 1;
+        }
+        assert_eq!(n, BIND_AFTER + 2);
+        // Refused: never asked again for that flow; a flow that ends is not asked for.
+        nic.binding_refused(flow(1000, 2000));
+        for _ in 0..10 {
+            send(&mut nic, t, &tcp(1000, 2000, 0x10, b"x"));
+            send(&mut nic, t, &tcp(1001, 2000, 0x11, b"x"));
+            while port.tx.recv_copy(&mut out).is_some() {}
+        }
+        assert!(!nic.wants_bindings());
+        // Bindings off: nothing is asked for.
+        nic.set_bindings(false);
+        for _ in 0..10 {
+            send(&mut nic, t, &tcp(1002, 2000, 0x10, b"x"));
+            while port.tx.recv_copy(&mut out).is_some() {}
+        }
+        assert!(!nic.wants_bindings());
+    }
+
+    #[test]
+    fn bound_frames_bypass_the_switch_both_ways_and_ring_a_sleeping_peer() {
+        let f = flow(1000, 2000);
+        let mut p = bound_pair(f);
+        let t = Instant::from_millis(2);
+        assert_eq!(p.a.bindings(), 1);
+        assert!(p.b.prepare_sleep(), "nothing for b yet");
+        send(&mut p.a, t, &tcp(1000, 2000, 0x18, b"hello"));
+        let mut out = [0u8; 2048];
+        assert_eq!(p.pa.tx.recv_copy(&mut out), None, "not through the switch");
+        assert!(p.pb.peer.drain(), "b slept, so a rang b's doorbell");
+        p.b.ack_doorbell();
+        assert!(p.b.rx_probe().pending());
+        let got = recv(&mut p.b, t).unwrap();
+        assert_eq!(&got[40..], b"hello");
+        assert!(recv(&mut p.b, t).is_none());
+        send(&mut p.b, t, &tcp(2000, 1000, 0x18, b"world"));
+        assert_eq!(p.pb.tx.recv_copy(&mut out), None);
+        assert_eq!(&recv(&mut p.a, t).unwrap()[40..], b"world");
+        assert_eq!(p.a.bind_stats().tx_frames, 1);
+        assert_eq!(p.a.bind_stats().rx_frames, 1);
+        // Another flow still goes through the switch.
+        send(&mut p.a, t, &tcp(1000, 2001, 0x10, b""));
+        assert!(p.pa.tx.recv_copy(&mut out).is_some());
+    }
+
+    #[test]
+    fn frames_not_of_the_flow_are_dropped_by_the_receiver() {
+        let f = flow(1000, 2000);
+        let mut p = bound_pair(f);
+        let t = Instant::from_millis(2);
+        // A lying peer writes other flows, garbage and then a real frame onto the binding.
+        let mut evil = Producer::new(p.region.clone(), Ring::Tx);
+        evil.push_copy(&tcp(1001, 2000, 0x18, b"spoofed port")).unwrap();
+        evil.push_copy(&tcp(2000, 1000, 0x18, b"wrong way")).unwrap();
+        evil.push_copy(b"garbage").unwrap();
+        evil.push_copy(&tcp(1000, 2000, 0x18, b"real")).unwrap();
+        assert_eq!(&recv(&mut p.b, t).unwrap()[40..], b"real");
+        assert!(recv(&mut p.b, t).is_none());
+        assert_eq!(p.b.bind_stats().rx_foreign, 3);
+    }
+
+    #[test]
+    fn a_revoked_binding_sends_through_the_switch_and_receives_nothing() {
+        let f = flow(1000, 2000);
+        let mut p = bound_pair(f);
+        let t = Instant::from_millis(2);
+        send(&mut p.a, t, &tcp(1000, 2000, 0x18, b"one"));
+        // The switch revokes: zero in both slot words.
+        p.pa.region().slot(3).unwrap().store(0, Ordering::Release);
+        send(&mut p.a, t, &tcp(1000, 2000, 0x18, b"two"));
+        let mut out = [0u8; 2048];
+        let n = p.pa.tx.recv_copy(&mut out).expect("through the switch now");
+        assert_eq!(&out[40..n], b"two");
+        assert_eq!(p.a.bindings(), 0);
+        assert_eq!(p.a.bind_stats().revoked, 1);
+        // b's slot revoked too: "one", already on the binding, is not taken.
+        p.pb.region().slot(5).unwrap().store(0, Ordering::Release);
+        assert!(recv(&mut p.b, t).is_none());
+        assert_eq!(p.b.bindings(), 0);
+    }
+
+    #[test]
+    fn a_sender_waits_for_the_peer_to_attach_and_for_its_switch_queue_to_drain() {
+        let (fa, mut pa) = create(Geometry { ring_size: 8, buf_size: 2048 }).unwrap();
+        let mut a = EmulatorNic::from_fds(fa).unwrap();
+        let t = Instant::from_millis(1);
+        for _ in 0..BIND_AFTER {
+            send(&mut a, t, &tcp(1000, 2000, 0x10, b""));
+        }
+        assert_eq!(a.take_wanted().len(), 1);
+        let region = Arc::new(Region::create_binding(binding::GEOMETRY).unwrap());
+        pa.region().slot(0).unwrap().store(9, Ordering::Release);
+        let peer = Doorbell::new().unwrap();
+        let fds = BindingFds { region: dup(region.fd()).unwrap(), peer_bell: dup(peer.as_fd()).unwrap() };
+        a.install_binding(flow(1000, 2000), BindingInfo { side: 0, slot: 0, id: 9 }, fds).unwrap();
+        assert_eq!(region.slot(binding::ATTACHED).unwrap().load(Ordering::Acquire), 1);
+        // The peer has not attached: through the switch.
+        let mut out = [0u8; 2048];
+        send(&mut a, t, &tcp(1000, 2000, 0x10, b"1"));
+        assert_eq!(a.bind_stats().tx_frames, 0);
+        // Attached, but earlier frames still wait in the tx ring: still the switch.
+        region.slot(binding::ATTACHED + 1).unwrap().store(1, Ordering::Release);
+        send(&mut a, t, &tcp(1000, 2000, 0x10, b"2"));
+        assert_eq!(a.bind_stats().tx_frames, 0);
+        while pa.tx.recv_copy(&mut out).is_some() {}
+        send(&mut a, t, &tcp(1000, 2000, 0x10, b"3"));
+        assert_eq!(a.bind_stats().tx_frames, 1);
+        // Once on the binding it stays there, even with switch frames queued.
+        send(&mut a, t, &tcp(1000, 2001, 0x10, b"other flow"));
+        send(&mut a, t, &tcp(1000, 2000, 0x10, b"4"));
+        assert_eq!(a.bind_stats().tx_frames, 2);
+        // The peer closes: back to the switch.
+        region.slot(binding::CLOSED + 1).unwrap().store(1, Ordering::Release);
+        send(&mut a, t, &tcp(1000, 2000, 0x10, b"5"));
+        assert_eq!(a.bind_stats().tx_frames, 2);
+    }
+
+    #[test]
+    fn stale_or_forged_bindings_are_refused_and_closed() {
+        let (fa, pa) = create(Geometry { ring_size: 8, buf_size: 2048 }).unwrap();
+        let mut a = EmulatorNic::from_fds(fa).unwrap();
+        let region = Arc::new(Region::create_binding(binding::GEOMETRY).unwrap());
+        let fds =
+            || BindingFds { region: dup(region.fd()).unwrap(), peer_bell: Doorbell::new().unwrap().into() };
+        // Never asked for.
+        pa.region().slot(0).unwrap().store(9, Ordering::Release);
+        let r = a.install_binding(flow(1, 2), BindingInfo { side: 0, slot: 0, id: 9 }, fds());
+        assert!(matches!(r, Err(BindError::Stale)));
+        assert_eq!(region.slot(binding::CLOSED).unwrap().load(Ordering::Acquire), 1);
+        // Asked for, but the slot word does not hold the id (revoked before it arrived),
+        // a side out of range, a NIC region instead of a binding region.
+        let t = Instant::from_millis(1);
+        for _ in 0..BIND_AFTER {
+            send(&mut a, t, &tcp(1, 2, 0x10, b""));
+        }
+        assert_eq!(a.take_wanted().len(), 1);
+        let r = a.install_binding(flow(1, 2), BindingInfo { side: 0, slot: 0, id: 8 }, fds());
+        assert!(matches!(r, Err(BindError::Info(_))));
+        let r = a.install_binding(flow(1, 2), BindingInfo { side: 2, slot: 0, id: 9 }, fds());
+        assert!(r.is_err());
+        let (nic_fds, _p) = create(Geometry::default()).unwrap();
+        let r = a.install_binding(
+            flow(1, 2),
+            BindingInfo { side: 0, slot: 0, id: 9 },
+            BindingFds { region: nic_fds.region, peer_bell: nic_fds.to_container },
+        );
+        assert!(matches!(r, Err(BindError::Region(_))));
+        assert_eq!(a.bindings(), 0);
+    }
+
+    #[test]
+    fn ended_and_idle_flows_close_their_bindings() {
+        let f = flow(1000, 2000);
+        let mut p = bound_pair(f);
+        send(&mut p.a, Instant::from_millis(2), &tcp(1000, 2000, 0x11, b""));
+        assert_eq!(p.a.bindings(), 1);
+        // Two seconds after its FIN with nothing sent, the flow is done.
+        send(&mut p.a, Instant::from_millis(5_000), &tcp(1000, 2001, 0x10, b""));
+        assert_eq!(p.a.bindings(), 0);
+        assert_eq!(p.a.bind_stats().closed, 1);
+        assert_eq!(p.region.slot(binding::CLOSED).unwrap().load(Ordering::Acquire), 1);
+        // b never saw traffic of its own after the binding: idle for a minute, closed.
+        send(&mut p.b, Instant::from_millis(2), &tcp(2000, 1000, 0x10, b""));
+        send(&mut p.b, Instant::from_millis(70_000), &tcp(2000, 1001, 0x10, b""));
+        assert_eq!(p.b.bindings(), 0);
     }
 
     #[test]

@@ -512,6 +512,24 @@ impl Producer {
         Some(r)
     }
 
+    /// [`push_with`](Self::push_with), but `f` decides whether the slot is published: its
+    /// `bool` is `false` when it sent the bytes elsewhere (the slot stays free for the next
+    /// frame). `None` if the ring is full or `len` too long.
+    pub fn fill_with<R>(&mut self, len: usize, f: impl FnOnce(&mut [u8]) -> (R, bool)) -> Option<R> {
+        if len > self.max_frame() || !self.has_space() {
+            return None;
+        }
+        let buf = self.next_buf();
+        // SAFETY: as in `push_with`: the free slot's buffer, in bounds, untouched by the
+        // (trusted) consumer until we publish it.
+        let slice = unsafe { std::slice::from_raw_parts_mut(self.region.buf_ptr(buf), len) };
+        let (r, publish) = f(slice);
+        if publish {
+            self.publish(buf, len);
+        }
+        Some(r)
+    }
+
     /// After publishing: whether the consumer asked for a doorbell.
     pub fn kick_needed(&self) -> bool {
         fence(Ordering::SeqCst);

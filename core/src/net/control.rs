@@ -20,12 +20,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use arrakis_backends::any::AnyDevice;
-use arrakis_backends::emulator::{EmulatorNic, NicFds};
+use arrakis_backends::emulator::filter::{Flow, Proto as EmuProto};
+use arrakis_backends::emulator::{BindingFds, EmulatorNic, NicFds};
 use arrakis_backends::proto::{
     self, client::WireError, Direction, ErrorKind, Filter, GrantId, Name, NicInfo, Outcome, PortRange, Proto,
     Request, Response,
@@ -275,11 +276,23 @@ struct Control {
     blocks: Ephemeral,
     conn: Mutex<Option<Conn>>,
     book: Mutex<GrantBook>,
-    revokes: Mutex<Vec<GrantId>>,
+    /// Work for the background thread: revocations, and flows to ask a binding for.
+    revokes: Mutex<Vec<Job>>,
     revoke_cv: Condvar,
-    /// Pid whose revoker thread runs.
+    /// Pid whose background thread runs.
     revoker: AtomicU32,
+    /// The daemon does not know `bind` (an older one): stop asking.
+    no_bind: AtomicBool,
 }
+
+/// Work for the background thread ([`Control::revoker`]).
+enum Job {
+    Revoke(GrantId),
+    Bind(Flow),
+}
+
+/// Secure bindings asked for (`ARRAKIS_BINDINGS`, [`super::set_bindings`]).
+pub(crate) static BINDINGS: AtomicBool = AtomicBool::new(true);
 
 static CONTROL: OnceLock<Control> = OnceLock::new();
 
@@ -331,8 +344,9 @@ pub fn start(name: &str, path: &Path) -> Result<NicInfo, StartError> {
         (info.udp_ports.lo(), info.udp_ports.hi()),
     )
     .ok_or_else(|| refused("the nic reply's port blocks are empty".into()))?;
-    let nic = EmulatorNic::from_fds(NicFds { region, to_container, to_switch })
+    let mut nic = EmulatorNic::from_fds(NicFds { region, to_container, to_switch })
         .map_err(|e| refused(format!("the NIC's region is not usable: {e}")))?;
+    nic.set_bindings(BINDINGS.load(SeqCst));
     if let Some(&u) = info.addrs.first() {
         super::world::set_uplink(u);
     }
@@ -349,6 +363,7 @@ pub fn start(name: &str, path: &Path) -> Result<NicInfo, StartError> {
         revokes: Mutex::new(Vec::new()),
         revoke_cv: Condvar::new(),
         revoker: AtomicU32::new(0),
+        no_bind: AtomicBool::new(false),
     };
     if CONTROL.set(c).is_err() {
         return Err(refused("already attached".into()));
@@ -408,24 +423,29 @@ impl Control {
     }
 
     fn queue_revoke(&'static self, id: GrantId) {
-        self.revokes.lock().unwrap_or_else(|e| e.into_inner()).push(id);
+        self.queue(std::iter::once(Job::Revoke(id)));
+    }
+
+    fn queue(&'static self, jobs: impl Iterator<Item = Job>) {
+        self.revokes.lock().unwrap_or_else(|e| e.into_inner()).extend(jobs);
         self.revoke_cv.notify_one();
         let pid = std::process::id();
         if self.revoker.swap(pid, SeqCst) == pid {
             return;
         }
         let spawned = std::thread::Builder::new()
-            .name("arrakis-revoke".into())
+            .name("arrakis-control".into())
             .stack_size(128 * 1024)
             .spawn(move || self.revoker());
         if let Err(e) = spawned {
             self.revoker.store(0, SeqCst);
-            tracing::warn!(error = %e, "no revoker thread: grants stay until the process exits");
+            tracing::warn!(error = %e, "no control thread: grants stay until the process exits, flows stay on the switch");
         }
     }
 
-    /// The revoker thread: sends queued revocations, one attempt each (a failed one is fine:
-    /// the daemon reclaims a container's grants when it exits).
+    /// The background thread: sends queued revocations, one attempt each (a failed one is
+    /// fine: the daemon reclaims a container's grants when it exits), and asks for bindings,
+    /// installing each in the NIC.
     fn revoker(&self) {
         let _ = nix::sys::signal::pthread_sigmask(
             nix::sys::signal::SigmaskHow::SIG_SETMASK,
@@ -433,7 +453,7 @@ impl Control {
             None,
         );
         loop {
-            let ids = {
+            let jobs = {
                 let mut q = self.revokes.lock().unwrap_or_else(|e| e.into_inner());
                 while q.is_empty() {
                     q = self
@@ -444,14 +464,80 @@ impl Control {
                 }
                 std::mem::take(&mut *q)
             };
-            for id in ids {
-                let r = self
-                    .with_conn(SHORT_TIMEOUT, |c| c.call(Request::Revoke { id }, SHORT_TIMEOUT).map(|_| ()));
-                if let Err(e) = r {
-                    tracing::debug!(grant = id.0, error = %e, "revocation failed; the daemon reclaims it when the process exits");
+            for job in jobs {
+                match job {
+                    Job::Revoke(id) => {
+                        let r = self.with_conn(SHORT_TIMEOUT, |c| {
+                            c.call(Request::Revoke { id }, SHORT_TIMEOUT).map(|_| ())
+                        });
+                        if let Err(e) = r {
+                            tracing::debug!(grant = id.0, error = %e, "revocation failed; the daemon reclaims it when the process exits");
+                        }
+                    }
+                    Job::Bind(flow) => self.bind(flow),
                 }
             }
         }
+    }
+}
+
+impl Control {
+    /// Asks the daemon for a secure binding of `flow` (as this process sends it) and
+    /// installs it in the NIC; a refusal leaves the flow on the switch.
+    fn bind(&self, flow: Flow) {
+        let refused = |why: &dyn std::fmt::Display| {
+            tracing::debug!(?flow, "no binding: {why}");
+            super::world::with_emulator(|n| n.binding_refused(flow));
+        };
+        if self.no_bind.load(SeqCst) {
+            return refused(&"the daemon does not make bindings");
+        }
+        let proto = match flow.proto {
+            EmuProto::Tcp => Proto::Tcp,
+            EmuProto::Udp => Proto::Udp,
+        };
+        let r = self.with_conn(SHORT_TIMEOUT, |c| {
+            match c.call(Request::Bind { proto, local: flow.src, remote: flow.dst }, SHORT_TIMEOUT)? {
+                (Response::Bound { binding }, fds) => Ok((binding, fds)),
+                (other, _) => Err(CallError::Protocol(format!("unexpected answer to bind: {other:?}"))),
+            }
+        });
+        match r {
+            Ok((info, fds)) => {
+                let Ok([region, peer_bell]) = <[OwnedFd; 2]>::try_from(fds) else {
+                    return refused(&"the reply did not carry its 2 fds");
+                };
+                let mut res = None;
+                super::world::with_emulator(|n| {
+                    res = Some(n.install_binding(flow, info, BindingFds { region, peer_bell }))
+                });
+                match res {
+                    Some(Err(e)) => tracing::debug!(?flow, "binding not installed: {e}"),
+                    Some(Ok(())) => tracing::debug!(?flow, ?info, "bound"),
+                    None => {}
+                }
+            }
+            Err(CallError::Refused(e)) => {
+                if matches!(e.kind, ErrorKind::BadRequest { .. }) && e.message.contains("unknown") {
+                    self.no_bind.store(true, SeqCst);
+                }
+                refused(&e.message)
+            }
+            Err(e) => refused(&e),
+        }
+    }
+}
+
+/// Flows the NIC wants bindings for, from the world's pump (under the world lock): queued
+/// for the background thread. Returns the flows it could not queue (no daemon attachment,
+/// bindings off): the caller marks them refused.
+pub(crate) fn queue_bindings(flows: Vec<Flow>) -> Vec<Flow> {
+    match control() {
+        Some(c) if BINDINGS.load(Relaxed) && !c.no_bind.load(Relaxed) => {
+            c.queue(flows.into_iter().map(Job::Bind));
+            Vec::new()
+        }
+        _ => flows,
     }
 }
 

@@ -13,6 +13,12 @@ pub mod tuple;
 pub mod udp;
 pub mod world;
 
+/// Whether flows to other processes on the emulator backend may ask for secure bindings
+/// (`ARRAKIS_BINDINGS`); read when the NIC is attached.
+pub fn set_bindings(on: bool) {
+    control::BINDINGS.store(on, std::sync::atomic::Ordering::SeqCst);
+}
+
 /// Whether library-OS TCP sockets get a kernel half for clients not under the shim
 /// (`ARRAKIS_KERNEL_CLIENTS`, see [`shadow`]).
 pub fn set_kernel_clients(on: bool) {

@@ -19,7 +19,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant as StdInstant};
 
 use arrakis_backends::any::AnyDevice;
-use arrakis_backends::emulator::ring::RingProbe;
+use arrakis_backends::emulator::nic::DeviceProbe;
+use arrakis_backends::emulator::EmulatorNic;
 use arrakis_backends::loopback::Loopback;
 use arrakis_backends::NetDevice;
 use rustix::thread::futex;
@@ -100,7 +101,7 @@ impl Wait {
             }
             // A frame for the device: run the stack here (it bumps the word if the frame
             // concerns this waiter) rather than ring the progress thread.
-            if probe.is_some_and(RingProbe::pending) {
+            if probe.is_some_and(DeviceProbe::pending) {
                 drop(net().lock());
             }
             if self.gen.load(SeqCst) != seen {
@@ -111,7 +112,7 @@ impl Wait {
                 break false;
             }
         };
-        if probe.is_some_and(RingProbe::rearm) {
+        if probe.is_some_and(DeviceProbe::rearm) {
             drop(net().lock());
             if self.gen.load(SeqCst) != seen {
                 self.misses.store(0, Relaxed);
@@ -167,7 +168,7 @@ const SPIN_PROBE: u32 = 256;
 /// the pid of the process that owns it (a forked child must not touch it): waiting threads
 /// poll it while they spin, so that a frame that arrives is taken by the thread that waits
 /// for it, with no doorbell and no wake-up of the progress thread.
-static PROBE: OnceLock<(u32, RingProbe)> = OnceLock::new();
+static PROBE: OnceLock<(u32, DeviceProbe)> = OnceLock::new();
 
 /// A thread is in [`device_spin`]: one poller is enough (fifty threads of one program
 /// spinning on one ring only take the CPUs from the threads that would answer them).
@@ -180,7 +181,7 @@ static DEVICE_MISSES: AtomicU32 = AtomicU32::new(0);
 static PROBE_OFF: AtomicBool = AtomicBool::new(false);
 
 /// The device's rx probe, if this process owns one.
-fn probe() -> Option<&'static RingProbe> {
+fn probe() -> Option<&'static DeviceProbe> {
     if PROBE_OFF.load(Relaxed) {
         return None;
     }
@@ -377,6 +378,13 @@ impl Inner {
         }
         let now = self.now;
         self.stack.poll(now);
+        if let AnyDevice::Emulator(n) = self.stack.device_mut() {
+            if n.wants_bindings() {
+                for f in super::control::queue_bindings(n.take_wanted()) {
+                    n.binding_refused(f);
+                }
+            }
+        }
         let mut touched = std::mem::take(&mut self.touched);
         self.stack.take_touched(&mut touched);
         touched.sort_unstable();
@@ -476,6 +484,8 @@ static DEVICE: Mutex<Option<(AnyDevice, Ephemeral)>> = Mutex::new(None);
 /// Makes the process's network world run over `dev` (an emulator NIC attached to a switch)
 /// instead of the in-process loopback. Must come before the world exists (the first socket);
 /// afterwards the device is handed back.
+// The device comes back whole on the (start-up only) error path.
+#[allow(clippy::result_large_err)]
 pub fn attach_device(dev: AnyDevice) -> Result<(), AnyDevice> {
     attach_device_with(dev, Ephemeral::default())
 }
@@ -483,6 +493,8 @@ pub fn attach_device(dev: AnyDevice) -> Result<(), AnyDevice> {
 /// [`attach_device`] with the local port ranges the stack picks ephemeral ports from (the
 /// blocks the daemon gave the container: the switch drops frames from other ports unless a
 /// grant covers them).
+// The device comes back whole on the (start-up only) error path.
+#[allow(clippy::result_large_err)]
 pub fn attach_device_with(dev: AnyDevice, ephemeral: Ephemeral) -> Result<(), AnyDevice> {
     if NET.get().is_some() {
         return Err(dev);
@@ -512,6 +524,18 @@ pub fn uplink() -> Option<arrakis_backends::proto::IfAddr> {
 
 /// Loopback addresses the library OS serves.
 pub const LOOPBACK_V4: std::net::Ipv4Addr = std::net::Ipv4Addr::LOCALHOST;
+
+/// Runs `f` on the emulator's NIC under the world lock (nothing over another device, or in
+/// a forked child, whose world is detached).
+pub(crate) fn with_emulator(f: impl FnOnce(&mut EmulatorNic)) {
+    let mut g = net().lock();
+    if g.detached {
+        return;
+    }
+    if let AnyDevice::Emulator(n) = g.stack.device_mut() {
+        f(n);
+    }
+}
 
 /// The process's network world, created on first use.
 pub fn net() -> &'static Net {

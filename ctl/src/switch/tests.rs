@@ -159,7 +159,9 @@ fn tcp_and_udp_cross_the_switch_while_it_sleeps_between_bursts() {
     let (sa, sb) = (sw.stats(ia).unwrap(), sw.stats(ib).unwrap());
     eprintln!(
         "a: {sa:?}\nb: {sb:?}\nswitch sleeps: {}, kicks a/b: {}/{}",
-        sw.sleeps, ha.nic.tx_kicks, hb.nic.tx_kicks
+        sw.sleeps,
+        ha.nic.tx_kicks(),
+        hb.nic.tx_kicks()
     );
     assert_eq!(sa.drops, Drops::default());
     assert_eq!(sb.drops.src_not_granted + sb.drops.no_route + sb.drops.malformed, 0);
