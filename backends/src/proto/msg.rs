@@ -991,6 +991,10 @@ pub struct ContainerTraffic {
     /// older clients, which refuse unknown fields, still read the counters).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub bindings: u64,
+    /// Version 5: secure binding sides ever handed to the container (left out when 0). Its
+    /// flows' frames on them bypass the switch and are not in the frame counters.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bound: u64,
 }
 
 fn is_zero(n: &u64) -> bool {

@@ -516,6 +516,7 @@ impl Plane for SwitchLink {
             rx_bytes: p.rx_bytes,
             drops: p.drops,
             bindings: p.bindings,
+            bound: p.bound,
         };
         Some(SwitchStats {
             containers: ports.into_iter().map(traffic).collect(),

@@ -410,6 +410,7 @@ impl Daemon {
                     for t in switch.iter_mut().flat_map(|s| s.containers.iter_mut().chain(s.uplink.as_mut()))
                     {
                         t.bindings = 0;
+                        t.bound = 0;
                     }
                 }
                 Ok(Response::Stats { daemon, containers, switch })

@@ -300,7 +300,9 @@ impl Switch {
     /// Takes a free slot of `port`'s NIC region.
     fn take_slot(&mut self, port: PortId) -> Result<usize, BindRefusal> {
         let p = self.ports.get_mut(port).and_then(Option::as_mut).ok_or(BindRefusal::NoPort)?;
-        p.slots.take_free().ok_or(BindRefusal::NoSlot)
+        let slot = p.slots.take_free().ok_or(BindRefusal::NoSlot)?;
+        p.stats.bound += 1;
+        Ok(slot)
     }
 
     /// Sets side `side`'s slot word and returns what its container gets.

@@ -260,6 +260,9 @@ pub struct PortCounters {
     /// predates bindings).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub bindings: u64,
+    /// Secure binding sides ever handed to the container (absent: none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bound: u64,
 }
 
 fn is_zero(n: &u64) -> bool {

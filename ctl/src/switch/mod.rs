@@ -115,6 +115,8 @@ pub struct PortStats {
     pub bad_index: u64,
     /// Live secure bindings the container holds a side of (its NIC slots in use).
     pub bindings: u64,
+    /// Secure binding sides ever handed to the container.
+    pub bound: u64,
 }
 
 /// A port's number in the switch.

@@ -365,6 +365,7 @@ impl Service {
                             drops: drops_by_reason(&s),
                             capturing: self.sw.capturing(a.id),
                             bindings: s.bindings,
+                            bound: s.bound,
                         })
                     })
                     .collect(),
@@ -378,6 +379,7 @@ impl Service {
                     drops: drops_by_reason(&s),
                     capturing: None,
                     bindings: 0,
+                    bound: 0,
                 }),
             },
             Cmd::Capture { port, limit } => {
