@@ -58,6 +58,10 @@ pub struct BindingInfo {
     pub slot: u32,
     /// The binding's id, never 0, unique for the life of the switch.
     pub id: u32,
+    /// The switch's number for the peer's NIC: bindings with one peer share its doorbell, so
+    /// a container rings it once for frames it sent on several of them in one pass.
+    #[serde(default)]
+    pub peer: u32,
 }
 
 /// The fds of one binding as they cross the daemon's socket: the binding region's memfd and

@@ -96,6 +96,11 @@ const FLOW_CLOSING_MS: i64 = 2_000;
 const MAX_FLOWS: usize = 4096;
 /// Bindings held at most (the switch's slot table has [`SLOTS`]).
 const MAX_BOUND: usize = SLOTS;
+/// With more flows than this (bound or not, until they end or go idle) a NIC closes its
+/// bindings and asks for none: measured on two vCPUs, a server polling fifty binding rings
+/// (and taking fifty peers' doorbells) serves less than with the switch batching its frames
+/// into one ring, while one or a few long-lived flows gain the most (see BENCHMARKS.md).
+pub const MANY_FLOWS: usize = 16;
 /// Looks for idle flows at most this often (ms of the stack's clock).
 const SWEEP_MS: i64 = 1_000;
 
@@ -256,6 +261,8 @@ struct Links {
     /// Where the next scan of the bindings' rx rings starts (fairness).
     cursor: usize,
     wanted: Vec<Flow>,
+    /// Peers to ring at [`EmulatorNic::flush_kicks`]: (the peer's number, a binding to it).
+    peer_kicks: Vec<(u32, usize)>,
     probes: Arc<ProbeSet>,
     stats: BindStats,
     last_sweep: Instant,
@@ -264,6 +271,11 @@ struct Links {
 impl Links {
     fn live(&self, b: &Bound) -> bool {
         self.nic.slot(b.info.slot as usize).is_some_and(|w| w.load(Ordering::Acquire) == b.info.id)
+    }
+
+    /// Whether this NIC has too many flows for bindings to pay ([`MANY_FLOWS`]).
+    fn many(&self) -> bool {
+        self.flows.len() + self.index.len() > MANY_FLOWS
     }
 
     fn refresh_probes(&self) {
@@ -311,8 +323,11 @@ impl Links {
                         b.active = true;
                         sent = true;
                         self.stats.tx_frames += 1;
-                        if b.tx.kick_needed() {
-                            b.peer.ring();
+                        // Rung once per peer after the stack's pass (`flush_kicks`): fifty
+                        // connections to one server would otherwise write its doorbell fifty
+                        // times for one burst of requests.
+                        if b.tx.kick_needed() && !self.peer_kicks.iter().any(|&(p, _)| p == b.info.peer) {
+                            self.peer_kicks.push((b.info.peer, i));
                         }
                     }
                     Err(_) => self.stats.tx_full += 1,
@@ -322,6 +337,17 @@ impl Links {
         }
         if self.flows.len() >= MAX_FLOWS && !self.flows.contains_key(&flow) {
             self.flows.retain(|_, t| t.state == FlowState::Requested);
+        }
+        let many = self.many();
+        if many && !self.index.is_empty() {
+            for i in 0..self.slots.len() {
+                if let Some(b) = self.slots[i].as_ref() {
+                    // Still a flow of this NIC (it counts), on the switch from now on.
+                    let t = Tracked { state: FlowState::Refused, last: b.last, closing: b.closing };
+                    self.flows.insert(b.flow, t);
+                }
+                self.drop_binding(i, true);
+            }
         }
         let t = self.flows.entry(flow).or_insert(Tracked {
             state: FlowState::Counting(0),
@@ -333,7 +359,7 @@ impl Links {
         if let FlowState::Counting(n) = t.state {
             // A connection's opening segments are not traffic yet.
             let n = if flags & SYN != 0 { n } else { n + 1 };
-            t.state = if n >= BIND_AFTER && !t.closing {
+            t.state = if n >= BIND_AFTER && !t.closing && !many {
                 self.wanted.push(flow);
                 FlowState::Requested
             } else {
@@ -451,6 +477,7 @@ impl EmulatorNic {
                 index: HashMap::new(),
                 cursor: 0,
                 wanted: Vec::new(),
+                peer_kicks: Vec::new(),
                 probes,
                 stats: BindStats::default(),
                 last_sweep: Instant::from_millis(0),
@@ -535,7 +562,7 @@ impl EmulatorNic {
         let valid = side <= 1
             && info.id != 0
             && l.nic.slot(info.slot as usize).is_some_and(|w| w.load(Ordering::Acquire) == info.id);
-        if !waiting || !valid || l.index.len() >= MAX_BOUND {
+        if !waiting || !valid || l.index.len() >= MAX_BOUND || l.many() {
             if side <= 1 {
                 set(binding::CLOSED + side);
             }
@@ -566,6 +593,11 @@ impl EmulatorNic {
             last: t.map_or(Instant::from_millis(0), |t| t.last),
             closing: false,
         };
+        // Ask the peer for a doorbell at once: a thread of ours may already sleep (armed
+        // before this ring existed), and only a doorbell would wake it for the ring's first
+        // frame. A ring armed while nobody sleeps costs a spare doorbell at most.
+        let mut b = b;
+        b.rx.arm();
         let i = match l.slots.iter().position(Option::is_none) {
             Some(i) => i,
             None => {
@@ -578,6 +610,17 @@ impl EmulatorNic {
         l.stats.installed += 1;
         l.refresh_probes();
         Ok(())
+    }
+
+    /// Rings the peers that frames were sent to on bindings since the last call (once per
+    /// peer, and only those that asked for a doorbell). The library OS calls it after each
+    /// pass of its stack.
+    pub fn flush_kicks(&mut self) {
+        for (_, i) in self.links.peer_kicks.drain(..) {
+            if let Some(b) = self.links.slots.get(i).and_then(Option::as_ref) {
+                b.peer.ring();
+            }
+        }
     }
 
     /// Closes every binding (the switch frees them) and forgets every flow.
@@ -709,9 +752,11 @@ impl phy::TxToken for TxToken<'_> {
         let (links, now) = (self.links, self.now);
         let drained = self.tx.is_drained();
         let mut f = Some(f);
+        let mut published = false;
         let r = self.tx.fill_with(len, |b| {
             let r = f.take().map(|f| f(b));
-            (r, !links.send_bound(b, now, drained))
+            published = !links.send_bound(b, now, drained);
+            (r, published)
         });
         let r = match (r.flatten(), f) {
             (Some(r), _) => r,
@@ -723,7 +768,8 @@ impl phy::TxToken for TxToken<'_> {
             }
             (None, None) => unreachable!("the closure ran, so it returned Some"),
         };
-        if self.tx.kick_needed() {
+        // Only a frame put on the tx ring concerns the switch (one sent on a binding does not).
+        if published && self.tx.kick_needed() {
             self.switch.ring();
             links.kicks += 1;
         }
@@ -807,6 +853,7 @@ mod tests {
 
     fn send(nic: &mut EmulatorNic, t: Instant, frame: &[u8]) {
         nic.transmit(t).unwrap().consume(frame.len(), |b| b.copy_from_slice(frame));
+        nic.flush_kicks();
     }
 
     fn recv(nic: &mut EmulatorNic, t: Instant) -> Option<Vec<u8>> {
@@ -845,8 +892,9 @@ mod tests {
             region: dup(region.fd()).unwrap(),
             peer_bell: dup(peer.peer.as_fd()).unwrap(),
         };
-        a.install_binding(a_flow, BindingInfo { side: 0, slot: 3, id: 77 }, fds(&pb)).unwrap();
-        b.install_binding(a_flow.reversed(), BindingInfo { side: 1, slot: 5, id: 77 }, fds(&pa)).unwrap();
+        a.install_binding(a_flow, BindingInfo { side: 0, slot: 3, id: 77, peer: 1 }, fds(&pb)).unwrap();
+        b.install_binding(a_flow.reversed(), BindingInfo { side: 1, slot: 5, id: 77, peer: 1 }, fds(&pa))
+            .unwrap();
         Pair { a, pa, b, pb, region }
     }
 
@@ -915,6 +963,53 @@ mod tests {
     }
 
     #[test]
+    fn a_binding_installed_while_its_nic_sleeps_rings_on_its_first_frame() {
+        // b's threads went to sleep before the binding existed (nothing armed its ring then).
+        let mut p = bound_pair(flow(1000, 2000));
+        let _ = p.pb.peer.drain();
+        send(&mut p.a, Instant::from_millis(2), &tcp(1000, 2000, 0x18, b"first"));
+        assert!(p.pb.peer.drain(), "the first frame on a fresh binding rings its receiver");
+    }
+
+    #[test]
+    fn frames_on_several_bindings_to_one_peer_ring_it_once_per_pass() {
+        let mut p = bound_pair(flow(1000, 2000));
+        assert!(p.pa.tx.arm(), "the switch sleeps");
+        let _ = p.pa.bell.drain();
+        let t = Instant::from_millis(2);
+        let _ = p.pb.peer.drain();
+        for i in 0..3u8 {
+            p.a.transmit(t).unwrap().consume(41, |b| b.copy_from_slice(&tcp(1000, 2000, 0x18, &[i])));
+        }
+        assert!(!p.pb.peer.drain(), "nothing rung before the pass ends");
+        assert!(!p.pa.bell.drain(), "nor the switch, though it sleeps");
+        p.a.flush_kicks();
+        let mut n = [0u8; 8];
+        assert_eq!(rustix::io::read(&p.pb.peer, &mut n).unwrap(), 8);
+        assert_eq!(u64::from_ne_bytes(n), 1, "one doorbell write for three frames");
+        p.a.flush_kicks();
+        assert!(!p.pb.peer.drain());
+    }
+
+    #[test]
+    fn a_nic_with_many_flows_closes_its_bindings_and_asks_for_none() {
+        let mut p = bound_pair(flow(1000, 2000));
+        let t = Instant::from_millis(2);
+        for port in 3000..3000 + MANY_FLOWS as u16 {
+            for _ in 0..BIND_AFTER {
+                send(&mut p.a, t, &tcp(1000, port, 0x10, b""));
+                while p.pa.tx.recv_copy(&mut [0u8; 2048]).is_some() {}
+            }
+        }
+        assert_eq!(p.a.bindings(), 0, "closed");
+        assert_eq!(p.region.slot(binding::CLOSED).unwrap().load(Ordering::Acquire), 1);
+        // Only the flows counted before there were too many asked.
+        assert!(p.a.take_wanted().len() < MANY_FLOWS);
+        send(&mut p.a, t, &tcp(1000, 3000 + MANY_FLOWS as u16, 0x10, b""));
+        assert!(!p.a.wants_bindings());
+    }
+
+    #[test]
     fn frames_not_of_the_flow_are_dropped_by_the_receiver() {
         let f = flow(1000, 2000);
         let mut p = bound_pair(f);
@@ -963,7 +1058,7 @@ mod tests {
         pa.region().slot(0).unwrap().store(9, Ordering::Release);
         let peer = Doorbell::new().unwrap();
         let fds = BindingFds { region: dup(region.fd()).unwrap(), peer_bell: dup(peer.as_fd()).unwrap() };
-        a.install_binding(flow(1000, 2000), BindingInfo { side: 0, slot: 0, id: 9 }, fds).unwrap();
+        a.install_binding(flow(1000, 2000), BindingInfo { side: 0, slot: 0, id: 9, peer: 1 }, fds).unwrap();
         assert_eq!(region.slot(binding::ATTACHED).unwrap().load(Ordering::Acquire), 1);
         // The peer has not attached: through the switch.
         let mut out = [0u8; 2048];
@@ -995,7 +1090,7 @@ mod tests {
             || BindingFds { region: dup(region.fd()).unwrap(), peer_bell: Doorbell::new().unwrap().into() };
         // Never asked for.
         pa.region().slot(0).unwrap().store(9, Ordering::Release);
-        let r = a.install_binding(flow(1, 2), BindingInfo { side: 0, slot: 0, id: 9 }, fds());
+        let r = a.install_binding(flow(1, 2), BindingInfo { side: 0, slot: 0, id: 9, peer: 1 }, fds());
         assert!(matches!(r, Err(BindError::Stale)));
         assert_eq!(region.slot(binding::CLOSED).unwrap().load(Ordering::Acquire), 1);
         // Asked for, but the slot word does not hold the id (revoked before it arrived),
@@ -1005,14 +1100,14 @@ mod tests {
             send(&mut a, t, &tcp(1, 2, 0x10, b""));
         }
         assert_eq!(a.take_wanted().len(), 1);
-        let r = a.install_binding(flow(1, 2), BindingInfo { side: 0, slot: 0, id: 8 }, fds());
+        let r = a.install_binding(flow(1, 2), BindingInfo { side: 0, slot: 0, id: 8, peer: 1 }, fds());
         assert!(matches!(r, Err(BindError::Info(_))));
-        let r = a.install_binding(flow(1, 2), BindingInfo { side: 2, slot: 0, id: 9 }, fds());
+        let r = a.install_binding(flow(1, 2), BindingInfo { side: 2, slot: 0, id: 9, peer: 1 }, fds());
         assert!(r.is_err());
         let (nic_fds, _p) = create(Geometry::default()).unwrap();
         let r = a.install_binding(
             flow(1, 2),
-            BindingInfo { side: 0, slot: 0, id: 9 },
+            BindingInfo { side: 0, slot: 0, id: 9, peer: 1 },
             BindingFds { region: nic_fds.region, peer_bell: nic_fds.to_container },
         );
         assert!(matches!(r, Err(BindError::Region(_))));

@@ -1058,7 +1058,7 @@ mod tests {
         let reply = ReplyFrame {
             seq: 3,
             result: Outcome::Ok(Response::Bound {
-                binding: crate::emulator::BindingInfo { side: 1, slot: 7, id: 42 },
+                binding: crate::emulator::BindingInfo { side: 1, slot: 7, id: 42, peer: 3 },
             }),
         };
         let s = serde_json::to_string(&reply).unwrap();

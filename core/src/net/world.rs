@@ -379,6 +379,7 @@ impl Inner {
         let now = self.now;
         self.stack.poll(now);
         if let AnyDevice::Emulator(n) = self.stack.device_mut() {
+            n.flush_kicks();
             if n.wants_bindings() {
                 for f in super::control::queue_bindings(n.take_wanted()) {
                     n.binding_refused(f);

@@ -552,11 +552,11 @@ impl Plane for SwitchLink {
         let Some(n) = self.nics.get(&pid) else { return Err(BindError::NoNic) };
         let cmd = Cmd::Bind { port: n.port, proto, local, remote };
         match self.call(&cmd, &[]) {
-            Ok((Reply::Bound { side, slot, id }, fds)) => {
+            Ok((Reply::Bound { side, slot, id, peer }, fds)) => {
                 let Ok([region, peer_bell]) = <[OwnedFd; 2]>::try_from(fds) else {
                     return Err(BindError::Failed("the bound reply did not carry two fds".into()));
                 };
-                Ok((BindingInfo { side, slot, id }, BindingFds { region, peer_bell }))
+                Ok((BindingInfo { side, slot, id, peer }, BindingFds { region, peer_bell }))
             }
             Ok((other, _)) => Err(BindError::Failed(format!("unexpected reply {other:?}"))),
             // The connection is still up: the switch answered with a refusal.
@@ -663,7 +663,7 @@ pub mod fake {
             self.binds += 1;
             let id = u32::try_from(self.binds).unwrap_or(u32::MAX);
             Ok((
-                BindingInfo { side: 0, slot: 0, id },
+                BindingInfo { side: 0, slot: 0, id, peer: 0 },
                 BindingFds {
                     region: dup(region.fd()).map_err(|e| BindError::Failed(e.to_string()))?,
                     peer_bell: bell.into(),

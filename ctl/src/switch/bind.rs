@@ -315,7 +315,7 @@ impl Switch {
         let fds = BindingFds { region: dup(b.region.fd())?, peer_bell: dup(&peer.nic.peer)? };
         let word = mine.nic.region().slot(s.slot).ok_or(BindRefusal::NoSlot)?;
         word.store(id, Ordering::Release);
-        Ok((BindingInfo { side: side as u8, slot: s.slot as u32, id }, fds))
+        Ok((BindingInfo { side: side as u8, slot: s.slot as u32, id, peer: b.ports[1 - side] as u32 }, fds))
     }
 
     /// Ends a binding: 0 in every handed-out side's slot word (the containers stop at their

@@ -311,6 +311,9 @@ pub enum Reply {
         slot: u32,
         /// The binding's id.
         id: u32,
+        /// The switch's number for the peer's NIC.
+        #[serde(default)]
+        peer: u32,
     },
 }
 
@@ -514,7 +517,7 @@ mod tests {
             assert!(decode_cmd(bad.as_bytes(), 0).is_err(), "{bad}");
         }
         let bound = br#"{"op":"bound","side":1,"slot":3,"id":9}"#;
-        assert!(matches!(decode_reply(bound, 2), Ok(Reply::Bound { side: 1, slot: 3, id: 9 })));
+        assert!(matches!(decode_reply(bound, 2), Ok(Reply::Bound { side: 1, slot: 3, id: 9, .. })));
         assert!(decode_reply(bound, 0).is_err(), "a bound reply without its fds");
     }
 

@@ -290,7 +290,7 @@ impl Service {
         };
         match self.sw.bind(a.id, Flow { proto, src: local, dst: remote }) {
             Ok((info, f)) => Handled::WithFds(
-                Reply::Bound { side: info.side, slot: info.slot, id: info.id },
+                Reply::Bound { side: info.side, slot: info.slot, id: info.id, peer: info.peer },
                 vec![f.region, f.peer_bell],
             ),
             Err(e) => Handled::Reply(Reply::Err { reason: e.to_string() }),
@@ -683,7 +683,7 @@ mod tests {
         channel::send(&ours, &bind(1, "127.0.0.1:40001", "127.0.0.1:80"), &[]).unwrap();
         s.serve_conn();
         let (r0, f0) = reply(&ours);
-        let Reply::Bound { side: 0, slot, id } = r0 else { panic!("{r0:?}") };
+        let Reply::Bound { side: 0, slot, id, .. } = r0 else { panic!("{r0:?}") };
         assert_eq!(f0.len(), 2);
         let nic_a = Region::attach(dup(nics[0].region.as_fd()).unwrap()).unwrap();
         assert_eq!(nic_a.slot(slot as usize).unwrap().load(Ordering::Acquire), id);
