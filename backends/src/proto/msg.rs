@@ -1062,7 +1062,10 @@ mod tests {
             }),
         };
         let s = serde_json::to_string(&reply).unwrap();
-        assert_eq!(s, r#"{"seq":3,"result":{"ok":{"op":"bound","binding":{"side":1,"slot":7,"id":42,"peer":3}}}}"#);
+        assert_eq!(
+            s,
+            r#"{"seq":3,"result":{"ok":{"op":"bound","binding":{"side":1,"slot":7,"id":42,"peer":3}}}}"#
+        );
         assert_eq!(decode_reply(s.as_bytes()).unwrap(), reply);
         assert!(
             decode_request(br#"{"seq":1,"req":{"op":"bind","proto":"tcp","local":"127.0.0.1:1"}}"#).is_err()
