@@ -85,6 +85,12 @@ impl Grants {
     }
 }
 
+/// TCP flags as [`Flow::parse_with_flags`] reports them (the header's own bits).
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
 /// The 5-tuple of a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Flow {
@@ -114,8 +120,8 @@ impl Flow {
         Flow::parse_with_flags(frame).map(|(f, _)| f)
     }
 
-    /// [`parse`](Self::parse), and the TCP header's flags byte (FIN 0x01, SYN 0x02, RST 0x04,
-    /// ACK 0x10; 0 for UDP).
+    /// [`parse`](Self::parse), and the TCP header's flags ([`TCP_FIN`], [`TCP_SYN`],
+    /// [`TCP_RST`], [`TCP_ACK`]; 0 for UDP).
     pub fn parse_with_flags(frame: &[u8]) -> Result<(Flow, u8), ParseError> {
         let (proto, src, dst, payload): (IpProtocol, IpAddr, IpAddr, &[u8]) =
             match frame.first().map(|b| b >> 4) {
@@ -138,10 +144,11 @@ impl Flow {
         let (proto, sport, dport, flags) = match proto {
             IpProtocol::Tcp => {
                 let t = TcpPacket::new_checked(payload).map_err(|_| ParseError::Malformed)?;
-                let flags = u8::from(t.fin())
-                    | u8::from(t.syn()) << 1
-                    | u8::from(t.rst()) << 2
-                    | u8::from(t.ack()) << 4;
+                let bit = |on: bool, b: u8| if on { b } else { 0 };
+                let flags = bit(t.fin(), TCP_FIN)
+                    | bit(t.syn(), TCP_SYN)
+                    | bit(t.rst(), TCP_RST)
+                    | bit(t.ack(), TCP_ACK);
                 (Proto::Tcp, t.src_port(), t.dst_port(), flags)
             }
             IpProtocol::Udp => {

@@ -21,7 +21,7 @@ use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
 use super::binding::{self, BindingFds, BindingInfo};
-use super::filter::Flow;
+use super::filter::{Flow, TCP_FIN as FIN, TCP_RST as RST, TCP_SYN as SYN};
 use super::ring::{
     Consumer, Doorbell, Geometry, Producer, Region, Ring, RingError, RingFaults, RingProbe, SLOTS,
 };
@@ -424,10 +424,6 @@ impl Links {
     }
 }
 
-const FIN: u8 = 0x01;
-const SYN: u8 = 0x02;
-const RST: u8 = 0x04;
-
 /// The container's end of a virtual NIC: IP medium, MTU = the buffer size, checksums
 /// computed and verified by the stack (frames may leave the host through the uplink).
 ///
@@ -582,7 +578,7 @@ impl EmulatorNic {
         set(binding::ATTACHED + side);
         let (out, inn) = if side == 0 { (Ring::Tx, Ring::Rx) } else { (Ring::Rx, Ring::Tx) };
         let t = l.flows.remove(&flow);
-        let b = Bound {
+        let mut b = Bound {
             flow,
             info,
             tx: Producer::new(region.clone(), out),
@@ -596,7 +592,6 @@ impl EmulatorNic {
         // Ask the peer for a doorbell at once: a thread of ours may already sleep (armed
         // before this ring existed), and only a doorbell would wake it for the ring's first
         // frame. A ring armed while nobody sleeps costs a spare doorbell at most.
-        let mut b = b;
         b.rx.arm();
         let i = match l.slots.iter().position(Option::is_none) {
             Some(i) => i,
@@ -621,14 +616,6 @@ impl EmulatorNic {
                 b.peer.ring();
             }
         }
-    }
-
-    /// Closes every binding (the switch frees them) and forgets every flow.
-    pub fn close_bindings(&mut self) {
-        for i in 0..self.links.slots.len() {
-            self.links.drop_binding(i, true);
-        }
-        self.links.flows.clear();
     }
 }
 

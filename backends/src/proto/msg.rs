@@ -621,6 +621,24 @@ impl fmt::Display for Proto {
     }
 }
 
+impl From<Proto> for crate::emulator::filter::Proto {
+    fn from(p: Proto) -> Self {
+        match p {
+            Proto::Tcp => crate::emulator::filter::Proto::Tcp,
+            Proto::Udp => crate::emulator::filter::Proto::Udp,
+        }
+    }
+}
+
+impl From<crate::emulator::filter::Proto> for Proto {
+    fn from(p: crate::emulator::filter::Proto) -> Self {
+        match p {
+            crate::emulator::filter::Proto::Tcp => Proto::Tcp,
+            crate::emulator::filter::Proto::Udp => Proto::Udp,
+        }
+    }
+}
+
 /// An inclusive, non-empty range of ports that excludes 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "PortRangeWire", into = "PortRangeWire")]

@@ -25,7 +25,7 @@ use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use arrakis_backends::any::AnyDevice;
-use arrakis_backends::emulator::filter::{Flow, Proto as EmuProto};
+use arrakis_backends::emulator::filter::Flow;
 use arrakis_backends::emulator::{BindingFds, EmulatorNic, NicFds};
 use arrakis_backends::proto::{
     self, client::WireError, Direction, ErrorKind, Filter, GrantId, Name, NicInfo, Outcome, PortRange, Proto,
@@ -103,6 +103,8 @@ impl std::fmt::Display for CallError {
 struct Conn {
     stream: UnixStream,
     seq: u32,
+    /// The protocol version the daemon agreed to in `hello`.
+    version: u16,
 }
 
 fn io_err(e: rustix::io::Errno) -> io::Error {
@@ -129,9 +131,12 @@ impl Conn {
             }
         }
         let stream = UnixStream::from(fd);
-        let mut c = Conn { stream, seq: 0 };
+        let mut c = Conn { stream, seq: 0, version: 0 };
         match c.call(Request::Hello { min: proto::MIN_VERSION, max: proto::VERSION }, timeout)?.0 {
-            Response::Hello { version, .. } if version >= 2 => Ok(c),
+            Response::Hello { version, .. } if version >= 2 => {
+                c.version = version;
+                Ok(c)
+            }
             Response::Hello { version, daemon } => Err(CallError::Protocol(format!(
                 "the daemon ({daemon}) speaks protocol {version}; the emulator backend needs 2 \
                  (update the daemon)"
@@ -492,37 +497,34 @@ impl Control {
         if self.no_bind.load(SeqCst) {
             return refused(&"the daemon does not make bindings");
         }
-        let proto = match flow.proto {
-            EmuProto::Tcp => Proto::Tcp,
-            EmuProto::Udp => Proto::Udp,
-        };
+        let proto = Proto::from(flow.proto);
         let r = self.with_conn(SHORT_TIMEOUT, |c| {
+            // `bind` is protocol 5: an older daemon is not asked (again).
+            if c.version < 5 {
+                return Ok(None);
+            }
             match c.call(Request::Bind { proto, local: flow.src, remote: flow.dst }, SHORT_TIMEOUT)? {
-                (Response::Bound { binding }, fds) => Ok((binding, fds)),
+                (Response::Bound { binding }, fds) => Ok(Some((binding, fds))),
                 (other, _) => Err(CallError::Protocol(format!("unexpected answer to bind: {other:?}"))),
             }
         });
         match r {
-            Ok((info, fds)) => {
+            Ok(Some((info, fds))) => {
                 let Ok([region, peer_bell]) = <[OwnedFd; 2]>::try_from(fds) else {
                     return refused(&"the reply did not carry its 2 fds");
                 };
-                let mut res = None;
-                super::world::with_emulator(|n| {
-                    res = Some(n.install_binding(flow, info, BindingFds { region, peer_bell }))
-                });
-                match res {
+                let fds = BindingFds { region, peer_bell };
+                match super::world::with_emulator(|n| n.install_binding(flow, info, fds)) {
                     Some(Err(e)) => tracing::debug!(?flow, "binding not installed: {e}"),
                     Some(Ok(())) => tracing::debug!(?flow, ?info, "bound"),
                     None => {}
                 }
             }
-            Err(CallError::Refused(e)) => {
-                if matches!(e.kind, ErrorKind::BadRequest { .. }) && e.message.contains("unknown") {
-                    self.no_bind.store(true, SeqCst);
-                }
-                refused(&e.message)
+            Ok(None) => {
+                self.no_bind.store(true, SeqCst);
+                refused(&"the daemon speaks a protocol older than 5, without bindings")
             }
+            Err(CallError::Refused(e)) => refused(&e.message),
             Err(e) => refused(&e),
         }
     }

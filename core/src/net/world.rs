@@ -528,13 +528,14 @@ pub const LOOPBACK_V4: std::net::Ipv4Addr = std::net::Ipv4Addr::LOCALHOST;
 
 /// Runs `f` on the emulator's NIC under the world lock (nothing over another device, or in
 /// a forked child, whose world is detached).
-pub(crate) fn with_emulator(f: impl FnOnce(&mut EmulatorNic)) {
+pub(crate) fn with_emulator<R>(f: impl FnOnce(&mut EmulatorNic) -> R) -> Option<R> {
     let mut g = net().lock();
     if g.detached {
-        return;
+        return None;
     }
-    if let AnyDevice::Emulator(n) = g.stack.device_mut() {
-        f(n);
+    match g.stack.device_mut() {
+        AnyDevice::Emulator(n) => Some(f(n)),
+        _ => None,
     }
 }
 

@@ -84,10 +84,7 @@ pub fn switch_filter(f: &Filter) -> Result<emu::Filter, String> {
             Direction::Out => emu::Direction::Egress,
             Direction::Both => emu::Direction::Both,
         },
-        proto: match f.proto() {
-            Proto::Tcp => emu::Proto::Tcp,
-            Proto::Udp => emu::Proto::Udp,
-        },
+        proto: f.proto().into(),
         local,
         ports: f.ports().lo()..=f.ports().hi(),
         peers,
@@ -646,11 +643,7 @@ pub mod fake {
             remote: SocketAddr,
         ) -> Result<(BindingInfo, BindingFds), BindError> {
             let g = self.ports.get(&pid).ok_or(BindError::NoNic)?;
-            let proto = match proto {
-                Proto::Tcp => emu::Proto::Tcp,
-                Proto::Udp => emu::Proto::Udp,
-            };
-            let flow = emu::Flow { proto, src: local, dst: remote };
+            let flow = emu::Flow { proto: proto.into(), src: local, dst: remote };
             if !g.may_send(&flow) || !g.may_receive(&flow.reversed()) {
                 return Err(BindError::Refused("not granted".into()));
             }

@@ -82,10 +82,7 @@ impl GrantsMsg {
                         emu::Direction::Egress => Direction::Out,
                         emu::Direction::Both => Direction::Both,
                     },
-                    proto: match f.proto {
-                        emu::Proto::Tcp => Proto::Tcp,
-                        emu::Proto::Udp => Proto::Udp,
-                    },
+                    proto: f.proto.into(),
                     local: f.local,
                     lo: *f.ports.start(),
                     hi: *f.ports.end(),
@@ -115,10 +112,7 @@ impl GrantsMsg {
                     Direction::Out => emu::Direction::Egress,
                     Direction::Both => emu::Direction::Both,
                 },
-                proto: match f.proto {
-                    Proto::Tcp => emu::Proto::Tcp,
-                    Proto::Udp => emu::Proto::Udp,
-                },
+                proto: f.proto.into(),
                 local: f.local,
                 ports: f.lo..=f.hi,
                 peers: f.peers.clone(),

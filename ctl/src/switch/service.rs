@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrakis_backends::emulator::filter::{self as emu, Flow};
+use arrakis_backends::emulator::filter::Flow;
 use arrakis_backends::emulator::ring::{Consumer, Doorbell, Producer, Region, Ring};
 use arrakis_backends::emulator::SwitchPort;
 use arrakis_backends::proto::{Name, Proto};
@@ -284,11 +284,7 @@ impl Service {
         let Some(a) = self.ports.get(&port) else {
             return Handled::Reply(Reply::Err { reason: format!("no port {port}") });
         };
-        let proto = match proto {
-            Proto::Tcp => emu::Proto::Tcp,
-            Proto::Udp => emu::Proto::Udp,
-        };
-        match self.sw.bind(a.id, Flow { proto, src: local, dst: remote }) {
+        match self.sw.bind(a.id, Flow { proto: proto.into(), src: local, dst: remote }) {
             Ok((info, f)) => Handled::WithFds(
                 Reply::Bound { side: info.side, slot: info.slot, id: info.id, peer: info.peer },
                 vec![f.region, f.peer_bell],
