@@ -51,6 +51,13 @@ pub enum ConfigError {
         default = crate::net::world::DEFAULT_SPIN_US
     )]
     BadSpin(String),
+    /// `ARRAKIS_SPIN_MAX_US` is not a number of microseconds.
+    #[error(
+        "ARRAKIS_SPIN_MAX_US={0:?} is not a number of microseconds (0 to 1000000); \
+         using the default, {default}",
+        default = crate::net::world::DEFAULT_SPIN_MAX_US
+    )]
+    BadSpinMax(String),
     /// An on/off variable that is neither `0` nor `1`.
     #[error("{0}={1:?} is neither 0 nor 1; using 0")]
     BadSwitch(&'static str, String),
@@ -72,6 +79,11 @@ pub struct Config {
     /// `ARRAKIS_SPIN_US`: how long a blocking library-OS call busy-polls before it sleeps,
     /// in microseconds; 0 sleeps at once. Default [`crate::net::world::DEFAULT_SPIN_US`].
     pub spin_us: u32,
+    /// `ARRAKIS_SPIN_MAX_US`: how long the poll of the emulator's rx ring before an
+    /// `epoll_wait`, `poll` or `select` sleeps may grow when recent waits took longer than
+    /// `ARRAKIS_SPIN_US` (`net::world::device_waited`); at or below `ARRAKIS_SPIN_US` it does
+    /// not grow. Default [`crate::net::world::DEFAULT_SPIN_MAX_US`].
+    pub spin_max_us: u32,
     /// `ARRAKIS_KERNEL_CLIENTS`: `1` gives every library-OS TCP socket a kernel half at
     /// `bind`/`listen`, so listeners also accept clients not under the shim
     /// (`core::net::shadow`); `0` does not. Unset: the backend's default
@@ -93,6 +105,7 @@ impl Default for Config {
             log_file: None,
             backend: Backend::Kernel,
             spin_us: crate::net::world::DEFAULT_SPIN_US,
+            spin_max_us: crate::net::world::DEFAULT_SPIN_MAX_US,
             kernel_clients_set: None,
             bindings: true,
             volumes: Vec::new(),
@@ -147,6 +160,12 @@ impl Config {
                 _ => errors.push(ConfigError::BadSpin(v)),
             }
         }
+        if let Some(v) = get("ARRAKIS_SPIN_MAX_US") {
+            match v.trim().parse::<u32>() {
+                Ok(us) if us <= 1_000_000 => cfg.spin_max_us = us,
+                _ => errors.push(ConfigError::BadSpinMax(v)),
+            }
+        }
         (cfg, errors)
     }
 }
@@ -173,9 +192,11 @@ mod tests {
             ("ARRAKIS_LOG_FILE", "/tmp/x.log"),
             ("ARRAKIS_BACKEND", "kernel"),
             ("ARRAKIS_SPIN_US", "0"),
+            ("ARRAKIS_SPIN_MAX_US", "200"),
         ]));
         assert!(errs.is_empty());
         assert_eq!(cfg.spin_us, 0);
+        assert_eq!(cfg.spin_max_us, 200);
         assert_eq!(cfg.log_filter, "arrakis=debug");
         assert_eq!(cfg.log_file, Some(PathBuf::from("/tmp/x.log")));
         assert_eq!(cfg.backend, Backend::Kernel);
@@ -214,6 +235,10 @@ mod tests {
             assert_eq!(cfg.spin_us, crate::net::world::DEFAULT_SPIN_US);
             assert_eq!(errs, vec![ConfigError::BadSpin(bad.into())]);
             assert!(errs[0].to_string().contains("ARRAKIS_SPIN_US"));
+            let (cfg, errs) = Config::from_env(env(&[("ARRAKIS_SPIN_MAX_US", bad)]));
+            assert_eq!(cfg.spin_max_us, crate::net::world::DEFAULT_SPIN_MAX_US);
+            assert_eq!(errs, vec![ConfigError::BadSpinMax(bad.into())]);
+            assert!(errs[0].to_string().contains("ARRAKIS_SPIN_MAX_US"));
         }
     }
 }

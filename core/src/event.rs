@@ -242,7 +242,17 @@ fn internal_eventfd() -> SysResult<OwnedFd> {
 #[derive(Debug)]
 pub struct Epoll {
     id: usize,
+    /// Device spins of waits on this instance in a row whose frames were for other threads
+    /// (see [`Epoll::may_spin`]).
+    spins_for_others: std::sync::atomic::AtomicU32,
+    /// Waits that skipped the spin because of `spins_for_others`.
+    spins_skipped: std::sync::atomic::AtomicU32,
 }
+
+/// Spins in a row that only served other instances before an instance stops spinning.
+const SPINS_FOR_OTHERS: u32 = 2;
+/// While stopped, one wait in this many spins again, to notice when that changes.
+const SPIN_RETRY: u32 = 64;
 
 impl FdObject for Epoll {
     fn kind(&self) -> FdKind {
@@ -320,7 +330,40 @@ impl Epoll {
         };
         drop(g);
         n.ensure_progress();
-        Ok((Arc::new(Epoll { id }), raw))
+        Ok((
+            Arc::new(Epoll { id, spins_for_others: Default::default(), spins_skipped: Default::default() }),
+            raw,
+        ))
+    }
+
+    /// Whether a wait on this instance should poll the device before sleeping
+    /// (`net::world::device_spin`). Only one thread of a process spins at a time, and frames
+    /// for any socket end a spin; a thread whose spins keep taking frames that concern other
+    /// threads' instances (memcached's listener thread, taking each request for the worker
+    /// that serves its connection) only hands them over with a wake-up, and keeps the worker
+    /// itself from spinning. After [`SPINS_FOR_OTHERS`] such spins in a row the instance
+    /// stops spinning, but for one wait in [`SPIN_RETRY`], until a spin brings it events
+    /// again.
+    pub fn may_spin(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.spins_for_others.load(Relaxed) < SPINS_FOR_OTHERS {
+            return true;
+        }
+        self.spins_skipped.fetch_add(1, Relaxed) % SPIN_RETRY == SPIN_RETRY - 1
+    }
+
+    /// A device spin of a wait on this instance took frames: `mine` if the instance then had
+    /// events (see [`Epoll::may_spin`]).
+    pub fn spun(&self, mine: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if mine {
+            if self.spins_for_others.load(Relaxed) != 0 {
+                self.spins_for_others.store(0, Relaxed);
+            }
+        } else {
+            let n = self.spins_for_others.load(Relaxed);
+            self.spins_for_others.store(n.saturating_add(1), Relaxed);
+        }
     }
 
     /// `epoll_ctl` for a library-OS socket (or bookkeeping for a kernel fd).

@@ -68,6 +68,7 @@ fn start() {
         tracing::error!("panic in the library OS: {info}");
     }));
     arrakis_core::net::world::set_spin_us(cfg.spin_us);
+    arrakis_core::net::world::set_spin_max_us(cfg.spin_max_us);
     crate::libos::configure(&cfg);
     arrakis_core::fs::mount::configure(&cfg.volumes, cfg.backend);
     let carry = record_carry();

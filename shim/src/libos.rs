@@ -1457,9 +1457,17 @@ unsafe fn wait_common(
     }
     let deadline = timeout.map(|t| std::time::Instant::now() + t);
     let max_u = max as usize;
+    // When the call first found nothing ready: how long it then waited teaches the device
+    // spin how long to poll (`device_waited`).
+    let mut waited: Option<std::time::Instant> = None;
+    // The last pass's device spin took frames (were they for this instance?).
+    let mut spun = false;
     loop {
         // Library-OS events first.
         let lib_evs = lib::guarded("epoll_wait", || Ok(ep.collect(max_u)));
+        if std::mem::take(&mut spun) {
+            ep.spun(!lib_evs.is_empty());
+        }
         let mut n = 0usize;
         for (events, data) in &lib_evs {
             // SAFETY: n < max, within the caller's array.
@@ -1476,6 +1484,9 @@ unsafe fn wait_common(
                     n += unsafe { strip_wake(evs.add(n), k as usize) }.0;
                 }
             }
+            if let Some(t0) = waited {
+                arrakis_core::net::world::device_waited(t0.elapsed(), true);
+            }
             return n as c_int;
         }
         let left = match deadline {
@@ -1486,10 +1497,14 @@ unsafe fn wait_common(
                 l.as_micros().div_ceil(1000).min(c_int::MAX as u128) as c_int
             }
         };
+        if left != 0 && waited.is_none() {
+            waited = Some(std::time::Instant::now());
+        }
         // Over the emulator's NIC: poll its rx ring for a moment before sleeping in the
         // kernel, so a frame that comes in is taken here with no wake-up (kernel fds are
         // looked at when the spin ends).
-        if left != 0 && arrakis_core::net::world::device_spin(deadline) {
+        if left != 0 && ep.may_spin() && arrakis_core::net::world::device_spin(deadline) {
+            spun = true;
             continue;
         }
         let slept = left != 0 && ep.sleep_begin();
@@ -1507,6 +1522,10 @@ unsafe fn wait_common(
         // SAFETY: `k` entries were written.
         let (kept, woke) = unsafe { strip_wake(evs, k as usize) };
         if kept > 0 {
+            // Kernel fds: the device spin does not watch them, so it must not grow for them.
+            if let Some(t0) = waited {
+                arrakis_core::net::world::device_waited(t0.elapsed(), false);
+            }
             return kept as c_int;
         }
         if left == 0 || (!woke && deadline.is_some_and(|d| std::time::Instant::now() >= d)) {
@@ -1645,6 +1664,10 @@ pub(crate) unsafe fn poll_mixed(
             .collect()
     };
     let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    // When the call first found nothing ready (see `wait_common`).
+    let mut waited: Option<std::time::Instant> = None;
+    // Whether to spin before the next sleep.
+    let mut spin = true;
     loop {
         let lib_rev: Vec<u32> = lib::guarded("poll", || Ok(cev::poll_lib(&list(true), p.as_ref())));
         let ready_lib = lib_rev.iter().any(|&r| r != 0);
@@ -1653,18 +1676,25 @@ pub(crate) unsafe fn poll_mixed(
             Some(d) => d.saturating_duration_since(std::time::Instant::now()).as_nanos() as i64,
         };
         let wait_ns = if ready_lib { 0 } else { left };
+        if wait_ns != 0 && waited.is_none() {
+            waited = Some(std::time::Instant::now());
+        }
+        // Over the emulator's NIC: poll its rx ring for a moment before sleeping (before the
+        // eventfd is made: a wait that the spin ends costs no system call).
+        if wait_ns != 0 && spin && arrakis_core::net::world::device_spin(deadline) {
+            continue;
+        }
         if wait_ns != 0 && p.is_none() {
-            // About to sleep: make the eventfd and check again with it registered.
+            // About to sleep: make the eventfd and check again with it registered (without
+            // another spin: this one came up empty).
             match Poller::new() {
                 Ok(n) => p = Some(n),
                 Err(e) => return crate::errno::fail(e),
             }
+            spin = false;
             continue;
         }
-        // Over the emulator's NIC: poll its rx ring for a moment before sleeping.
-        if wait_ns != 0 && arrakis_core::net::world::device_spin(deadline) {
-            continue;
-        }
+        spin = true;
         if let Some(p) = &p {
             kset.push(libc::pollfd {
                 fd: rustix::fd::AsRawFd::as_raw_fd(&p.fd()),
@@ -1721,6 +1751,9 @@ pub(crate) unsafe fn poll_mixed(
             if pfd.revents != 0 {
                 count += 1;
             }
+        }
+        if let (Some(t0), true) = (waited, count > 0) {
+            arrakis_core::net::world::device_waited(t0.elapsed(), lib_rev.iter().any(|&x| x != 0));
         }
         if count > 0 || wait_ns == 0 || deadline.is_some_and(|d| std::time::Instant::now() >= d) {
             return count;

@@ -1625,7 +1625,12 @@ fn apply_tcp_opts(g: &mut Inner, id: usize) {
         .other
         .get(&(IPPROTO_TCP, TCP_KEEPIDLE))
         .map_or(7200, |v| i32::from_ne_bytes([v[0], v[1], v[2], v[3]]).max(1) as u64);
+    // TCP_QUICKACK on: every ACK at once. (Linux leaves quick-ACK mode again by itself after
+    // a while; here it lasts until the option is cleared.)
+    let quickack = s.opts.other.get(&(IPPROTO_TCP, TCP_QUICKACK)).is_some_and(|v| v[..4] != [0; 4]);
+    let ack_delay = if quickack { None } else { g.stack.defaults_mut().ack_delay };
     if let Ok(t) = g.stack.tcp_mut(c) {
+        t.set_ack_delay(ack_delay);
         t.set_nagle_enabled(!nodelay);
         t.set_keep_alive(keepalive.then(|| smoltcp::time::Duration::from_secs(idle)));
     }

@@ -90,9 +90,10 @@ impl Wait {
     /// wait on a word whose recent spins succeeded; signals during the `FUTEX_WAIT` that
     /// follows behave as before, and `ARRAKIS_SPIN_US=0` restores the exact behaviour.
     pub fn spin(&self, seen: u32, deadline: Option<StdInstant>) -> bool {
-        let Some(end) = spin_end(&self.misses, deadline) else { return false };
+        let Some(end) = spin_end(&self.misses, deadline, spin_time()) else { return false };
         let probe = probe();
         if let Some(p) = probe {
+            RING_POLLERS.fetch_add(1, SeqCst);
             p.suppress();
         }
         let moved = loop {
@@ -112,6 +113,10 @@ impl Wait {
                 break false;
             }
         };
+        if probe.is_some() {
+            // Before the rearm (see `RING_POLLERS`).
+            RING_POLLERS.fetch_sub(1, SeqCst);
+        }
         if probe.is_some_and(DeviceProbe::rearm) {
             drop(net().lock());
             if self.gen.load(SeqCst) != seen {
@@ -159,6 +164,59 @@ pub const DEFAULT_SPIN_US: u32 = 50;
 /// The busy-poll time; [`set_spin_us`] changes it (`ARRAKIS_SPIN_US`), 0 disables polling.
 static SPIN_US: AtomicU32 = AtomicU32::new(DEFAULT_SPIN_US);
 
+/// Default ceiling of the device spin's learnt length ([`device_waited`]), in microseconds:
+/// above a flush of these VMs' disks (≈120–190 µs), so a client whose server answers after an
+/// `fsync` still catches the answer in its spin.
+pub const DEFAULT_SPIN_MAX_US: u32 = 500;
+
+/// The ceiling of the learnt device spin; [`set_spin_max_us`] changes it
+/// (`ARRAKIS_SPIN_MAX_US`).
+static SPIN_MAX_US: AtomicU32 = AtomicU32::new(DEFAULT_SPIN_MAX_US);
+
+/// The device spin's learnt length in nanoseconds ([`device_waited`]); 0: the spin time.
+static DEVICE_BUDGET_NS: AtomicU64 = AtomicU64::new(0);
+
+/// The busy-poll time of [`Wait::spin`]: `ARRAKIS_SPIN_US`.
+fn spin_time() -> Duration {
+    Duration::from_micros(u64::from(SPIN_US.load(Relaxed)))
+}
+
+/// The busy-poll time of [`device_spin`]: what the last waits took ([`device_waited`]),
+/// never below `ARRAKIS_SPIN_US` nor above `ARRAKIS_SPIN_MAX_US`.
+fn device_spin_time() -> Duration {
+    let base = u64::from(SPIN_US.load(Relaxed)) * 1000;
+    let max = (u64::from(SPIN_MAX_US.load(Relaxed)) * 1000).max(base);
+    let learnt = DEVICE_BUDGET_NS.load(Relaxed);
+    Duration::from_nanos(if learnt == 0 { base } else { learnt.clamp(base, max) })
+}
+
+/// A library-OS `epoll_wait`, `poll` or `select` that found nothing ready at once ended after
+/// `took`, with library-OS events (`lib`) or without (kernel fds, a timeout): the next
+/// [`device_spin`] of the process lasts about as long as this wait did — a quarter more and
+/// 2 µs — between `ARRAKIS_SPIN_US` and `ARRAKIS_SPIN_MAX_US`. A wait longer than the ceiling,
+/// or one that ended for a kernel fd (which the spin does not watch: spinning longer would
+/// only delay it), sets it back to `ARRAKIS_SPIN_US`.
+///
+/// This is what lets a client whose server takes longer than the spin time to answer (redis
+/// with `appendfsync always` flushes a disk before every reply) keep catching the answer in
+/// its spin, instead of sleeping in the kernel and paying a cross-CPU wake-up per request.
+/// Only waits the spin could have caught teach it; spins that keep missing still back off
+/// ([`SPIN_MISSES`]).
+pub fn device_waited(took: Duration, lib: bool) {
+    let t = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+    let max = u64::from(SPIN_MAX_US.load(Relaxed)) * 1000;
+    let b = if !lib || t > max { 0 } else { t + t / 4 + 2_000 };
+    if DEVICE_BUDGET_NS.load(Relaxed) != b {
+        DEVICE_BUDGET_NS.store(b, Relaxed);
+    }
+}
+
+/// Sets the ceiling of the device spin's learnt length, in microseconds (at or below
+/// `ARRAKIS_SPIN_US`: no learning).
+pub fn set_spin_max_us(us: u32) {
+    SPIN_MAX_US.store(us, Relaxed);
+}
+
 /// Spins in a row on one word that ended without a change before polling backs off.
 const SPIN_MISSES: u32 = 2;
 /// While backed off, one wait in this many polls.
@@ -174,6 +232,15 @@ static PROBE: OnceLock<(u32, DeviceProbe)> = OnceLock::new();
 /// spinning on one ring only take the CPUs from the threads that would answer them).
 static DEVICE_SPINNER: AtomicBool = AtomicBool::new(false);
 
+/// Threads polling the device's rx rings ([`device_spin`], [`Wait::spin`]): while there are
+/// any, the producers need not ring and the progress thread does not arm the rings when it
+/// goes to sleep (it would undo their suppression, and every frame would then ring it awake
+/// for nothing — once per request of a client and server both polling). A poller counts
+/// itself before it suppresses the doorbells and uncounts itself before it re-arms them, so
+/// the progress thread that finds none is sure to arm them itself, and one that finds one
+/// can leave the arming to it.
+static RING_POLLERS: AtomicU32 = AtomicU32::new(0);
+
 /// Spins of [`device_spin`] in a row that ended with nothing before it backs off.
 static DEVICE_MISSES: AtomicU32 = AtomicU32::new(0);
 
@@ -188,22 +255,24 @@ fn probe() -> Option<&'static DeviceProbe> {
     PROBE.get().map(|(_, p)| p)
 }
 
-/// Busy-polls the device's rx ring for at most the spin time (`ARRAKIS_SPIN_US`) and never
-/// past `deadline`, before a caller that found nothing ready sleeps in the kernel (an epoll
-/// or poll wait): returns `true` after a frame came in and the stack ran on it (the caller
-/// looks again), `false` when the time is up (the caller sleeps; the rx ring rings the
-/// progress thread again, as before the spin). While it polls, the switch does not ring the
-/// doorbell. Backs off as [`Wait::spin`] does when spins find nothing. Over a device without
-/// a probe (the loopback), returns `false` at once.
+/// Busy-polls the device's rx ring for at most the spin time (`ARRAKIS_SPIN_US`, or longer
+/// when recent waits took longer: [`device_waited`]) and never past `deadline`, before a
+/// caller that found nothing ready sleeps in the kernel (an epoll or poll wait): returns
+/// `true` after a frame came in and the stack ran on it (the caller looks again), `false`
+/// when the time is up (the caller sleeps; the rx ring rings the progress thread again, as
+/// before the spin). While it polls, the producers do not ring the doorbell. Backs off when
+/// spins find nothing ([`device_spin_end`]). Over a device without a probe (the loopback),
+/// returns `false` at once.
 pub fn device_spin(deadline: Option<StdInstant>) -> bool {
     let Some(p) = probe() else { return false };
     if DEVICE_SPINNER.swap(true, SeqCst) {
         return false;
     }
-    let Some(end) = spin_end(&DEVICE_MISSES, deadline) else {
+    let Some(end) = device_spin_end(deadline) else {
         DEVICE_SPINNER.store(false, SeqCst);
         return false;
     };
+    RING_POLLERS.fetch_add(1, SeqCst);
     p.suppress();
     let mut hit = false;
     'spin: loop {
@@ -218,10 +287,12 @@ pub fn device_spin(deadline: Option<StdInstant>) -> bool {
             break;
         }
     }
+    RING_POLLERS.fetch_sub(1, SeqCst);
     hit |= p.rearm();
     DEVICE_SPINNER.store(false, SeqCst);
     if hit {
         DEVICE_MISSES.store(0, Relaxed);
+        DEVICE_BACKOFF_UNTIL.store(0, Relaxed);
         // Runs the stack on the frames and wakes whoever they concern.
         drop(net().lock());
     }
@@ -255,14 +326,13 @@ static BELL_TAKEN: AtomicBool = AtomicBool::new(false);
 /// The device's doorbell fd (it lives as long as the world; -1 without one).
 static DOORBELL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
 
-/// When a busy-poll that may start now must end: the spin time (`ARRAKIS_SPIN_US`) from now,
-/// never past `deadline`. `None` when it must not start: polling is off, `deadline` has
+/// When a busy-poll that may start now must end: `time` from now, never past `deadline`.
+/// `None` when it must not start: polling is off (`ARRAKIS_SPIN_US=0`), `deadline` has
 /// passed (the caller's sleep reports it), or the last [`SPIN_MISSES`] polls counted in
 /// `misses` found nothing (then only every [`SPIN_PROBE`]th wait polls, until one succeeds and
 /// the caller resets `misses`). Counts this poll in `misses`.
-fn spin_end(misses: &AtomicU32, deadline: Option<StdInstant>) -> Option<StdInstant> {
-    let us = SPIN_US.load(Relaxed);
-    if us == 0 {
+fn spin_end(misses: &AtomicU32, deadline: Option<StdInstant>, time: Duration) -> Option<StdInstant> {
+    if SPIN_US.load(Relaxed) == 0 {
         return None;
     }
     let m = misses.fetch_add(1, Relaxed);
@@ -270,7 +340,53 @@ fn spin_end(misses: &AtomicU32, deadline: Option<StdInstant>) -> Option<StdInsta
         return None;
     }
     let now = StdInstant::now();
-    let end = now + Duration::from_micros(u64::from(us));
+    let end = now + time;
+    match deadline {
+        Some(d) if now >= d => None,
+        Some(d) => Some(end.min(d)),
+        None => Some(end),
+    }
+}
+
+/// A device spin that finds no frame makes the next ones wait this many times its length
+/// once [`SPIN_MISSES`] spins in a row have missed: at most one spin in this many is wasted
+/// while the threads that would answer share this thread's CPU.
+const DEVICE_BACKOFF: u32 = 20;
+
+/// Until when device spins back off, in nanoseconds after [`backoff_base`].
+static DEVICE_BACKOFF_UNTIL: AtomicU64 = AtomicU64::new(0);
+
+fn backoff_base() -> StdInstant {
+    static BASE: OnceLock<StdInstant> = OnceLock::new();
+    *BASE.get_or_init(StdInstant::now)
+}
+
+/// When a [`device_spin`] that may start now must end (as [`spin_end`], with the learnt
+/// length). Its back-off is measured in time rather than in waits: after [`SPIN_MISSES`]
+/// misses in a row no spin starts for [`DEVICE_BACKOFF`] times the spin's length, and the
+/// first spin after that backs off again at once if it misses too. A server whose answers
+/// are sometimes slower than the spin (a disk flush's jitter) thus loses its polling for a
+/// few milliseconds, not for hundreds of requests, while threads sharing one CPU waste at
+/// most one spin in [`DEVICE_BACKOFF`].
+fn device_spin_end(deadline: Option<StdInstant>) -> Option<StdInstant> {
+    if SPIN_US.load(Relaxed) == 0 {
+        return None;
+    }
+    let now = StdInstant::now();
+    let since = u64::try_from(now.saturating_duration_since(backoff_base()).as_nanos()).unwrap_or(u64::MAX);
+    if since < DEVICE_BACKOFF_UNTIL.load(Relaxed) {
+        return None;
+    }
+    let time = device_spin_time();
+    if DEVICE_MISSES.fetch_add(1, Relaxed) + 1 >= SPIN_MISSES {
+        // This spin is the last chance: if it misses too, the next back off (the misses are
+        // reset by a hit).
+        let off = u64::try_from((time * DEVICE_BACKOFF).as_nanos()).unwrap_or(u64::MAX);
+        DEVICE_BACKOFF_UNTIL.store(since.saturating_add(off), Relaxed);
+        DEVICE_MISSES.store(SPIN_MISSES, Relaxed);
+        // The spin itself still runs; a hit lifts the back-off.
+    }
+    let end = now + time;
     match deadline {
         Some(d) if now >= d => None,
         Some(d) => Some(end.min(d)),
@@ -539,11 +655,18 @@ pub(crate) fn with_emulator<R>(f: impl FnOnce(&mut EmulatorNic) -> R) -> Option<
     }
 }
 
+/// How long TCP over the emulator's NIC may hold back the ACK of received data, hoping to
+/// send it with data of its own (smoltcp's default; Linux waits 40 ms or more once a
+/// connection looks interactive). It still acknowledges every full segment's worth of data
+/// at once, and `TCP_QUICKACK` turns the delay off for a socket. Over the in-process loopback
+/// a separate ACK costs nothing and every ACK goes out at once.
+pub const EMULATOR_ACK_DELAY: smoltcp::time::Duration = smoltcp::time::Duration::from_millis(10);
+
 /// The process's network world, created on first use.
 pub fn net() -> &'static Net {
     NET.get_or_init(|| {
         let epoch = StdInstant::now();
-        let bufs = Buffers { tcp_rx: 256 * 1024, tcp_tx: 256 * 1024, nagle: true, ack_delay: None };
+        let mut bufs = Buffers { tcp_rx: 256 * 1024, tcp_tx: 256 * 1024, nagle: true, ack_delay: None };
         let mut addrs = vec![
             IpCidr::new(IpAddress::Ipv4(LOOPBACK_V4), 8),
             IpCidr::new(IpAddress::Ipv6(std::net::Ipv6Addr::LOCALHOST), 128),
@@ -553,6 +676,9 @@ pub fn net() -> &'static Net {
         let (dev, ephemeral) =
             dev.unwrap_or_else(|| (AnyDevice::from(Loopback::default()), Ephemeral::default()));
         if let Some(p) = dev.rx_probe() {
+            // Another process's stack at the other end: delay ACKs (as Linux does), so a
+            // request's ACK rides on its answer instead of ringing the peer on its own.
+            bufs.ack_delay = Some(EMULATOR_ACK_DELAY);
             let _ = PROBE.set((std::process::id(), p));
             if let Some(fd) = dev.doorbell() {
                 DOORBELL.store(std::os::fd::AsRawFd::as_raw_fd(&fd), Relaxed);
@@ -753,7 +879,8 @@ impl Net {
                 let mut g = self.lock();
                 g.stack.device_mut().ack_doorbell();
                 g.pump();
-                g.stack.device_mut().prepare_sleep()
+                // A thread polls the rings and re-arms them when it stops.
+                RING_POLLERS.load(SeqCst) != 0 || g.stack.device_mut().prepare_sleep()
             };
             if !idle {
                 continue;
@@ -851,4 +978,32 @@ pub fn detached() -> bool {
 /// Whether the network world exists (any socket was ever created).
 pub fn started() -> bool {
     NET.get().is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_device_spin_learns_how_long_waits_take_within_its_bounds() {
+        // The spin time is the default here (no test of this binary changes it).
+        let base = Duration::from_micros(u64::from(DEFAULT_SPIN_US));
+        let max = Duration::from_micros(u64::from(DEFAULT_SPIN_MAX_US));
+        assert_eq!(device_spin_time(), base, "nothing learnt yet");
+        // A server that answers after a disk flush: the spin covers the wait, and a little.
+        device_waited(Duration::from_micros(140), true);
+        assert_eq!(device_spin_time(), Duration::from_micros(140 + 35 + 2));
+        // Quick answers never take the spin below the spin time.
+        device_waited(Duration::from_micros(3), true);
+        assert_eq!(device_spin_time(), base);
+        // Near the ceiling: clamped to it.
+        device_waited(max - Duration::from_micros(1), true);
+        assert_eq!(device_spin_time(), max);
+        // A wait past the ceiling, or one a kernel fd ended, starts over.
+        device_waited(max + Duration::from_micros(1), true);
+        assert_eq!(device_spin_time(), base);
+        device_waited(Duration::from_micros(140), true);
+        device_waited(Duration::from_micros(140), false);
+        assert_eq!(device_spin_time(), base);
+    }
 }
