@@ -4,7 +4,9 @@
 # kernel loopback sockets; on the emulator path both run under `arrakis run --backend
 # emulator` (the library OS's TCP/UDP, frames through the software switch in shared memory).
 #   redis    redis-server; redis-benchmark -t set,get at 1 and 50 connections (rps, p50)
-#   memcached  memcached -t 4; memcslap --test=set/get at 1 and 50 concurrency (keys/s)
+#   memcached  memcached -t 4; memcslap --test=set/get at 1 and 50 concurrency (keys/s);
+#              examples/bench/mclat.c at 1 connection: set and get latency (p50), as memcslap
+#              reports none
 #   udp      examples/bench/udpecho.c: 64-byte datagram round trips (p50, mean)
 # Runs alternate between the paths (kernel emulator, emulator kernel, ...) so the noise of a
 # shared machine falls on both; the table gives medians over the rounds. CPU per request is
@@ -17,6 +19,7 @@
 #   REDIS_N=20000       requests per redis-benchmark test (at 1 connection: REDIS_N / 4)
 #   MC_N=50000          keys per memcslap run (at concurrency 50: MC_N / 50 per thread)
 #   UDP_N=20000         timed datagram round trips (after 2000 untimed)
+#   MCLAT_N=20000       timed mclat sets, and as many gets (after 1000 untimed of each)
 #   BENCH_MAX_SECONDS=1800   stop with an error if the runs take longer
 #   PATHS="kernel emulator"  the paths to run (one alone gives no ratios: a check of the script)
 set -euo pipefail
@@ -28,8 +31,9 @@ ROUNDS=${ROUNDS:-3}
 REDIS_N=${REDIS_N:-20000}
 MC_N=${MC_N:-50000}
 UDP_N=${UDP_N:-20000}
+MCLAT_N=${MCLAT_N:-20000}
 BENCH_MAX_SECONDS=${BENCH_MAX_SECONDS:-1800}
-for v in ROUNDS REDIS_N MC_N UDP_N BENCH_MAX_SECONDS; do
+for v in ROUNDS REDIS_N MC_N UDP_N MCLAT_N BENCH_MAX_SECONDS; do
   [[ ${!v} =~ ^[0-9]+$ ]] && [ "${!v}" -ge 1 ] || die "$v=${!v} is not a positive number"
 done
 [ "$ROUNDS" -le 20 ] || die "ROUNDS=$ROUNDS: use 1..20"
@@ -44,6 +48,8 @@ else
 fi
 UDPECHO=$WORK/udpecho
 cc -O2 -Wall -Wextra -o "$UDPECHO" "$ROOT/examples/bench/udpecho.c" || die "cannot compile udpecho.c"
+MCLAT=$WORK/mclat
+cc -O2 -Wall -Wextra -o "$MCLAT" "$ROOT/examples/bench/mclat.c" || die "cannot compile mclat.c"
 
 export ARRAKIS_RUN_DIR=$WORK/run
 unset ARRAKIS_SOCKET ARRAKIS_STATE_DIR ARRAKIS_BACKEND ARRAKIS_KERNEL_CLIENTS
@@ -141,6 +147,23 @@ run_memcached() {
   pid=$BG_PID
   wait_tcp "$port" "$pid" 20 || { tail "$WORK/mc.$path.log" >&2; die "memcached ($path) did not start"; }
   check_path "$path" "$pid" memcached
+  # Latency at one connection, first (after memcslap's 50 connections the server's NIC would
+  # for a while have too many flows to ask for secure bindings): mclat's sets, then its gets.
+  c0=$(cpu_of "$pid")
+  p0=$(cpu_of $(plane_pids))
+  cpu=$(client "$path" "$WORK/mclat.out" "$MCLAT" "$port" -n "$MCLAT_N") ||
+    { cat "$WORK/mclat.out" >&2; die "mclat ($path) failed"; }
+  c1=$(cpu_of "$pid")
+  p1=$(cpu_of $(plane_pids))
+  local lib
+  lib=$(awk -F= '$1 == "#lib" { print $2 }' "$WORK/mclat.out")
+  if [ "$path" = emulator ]; then [ "$lib" = 1 ] || die "mclat under the emulator used a kernel socket"
+  else [ "$lib" = 0 ] || die "mclat on the kernel path used a library socket"; fi
+  for t in set get; do
+    record "mc_${t}_c1_p50.$path" "$(awk -v k="${t}_us_p50" '$1 == k { print $2 }' "$WORK/mclat.out")"
+  done
+  record "mclat_cpu_us.$path" "$(awk -v a="$cpu" -v b="$c0" -v c="$c1" -v d="$p0" -v e="$p1" \
+    -v n="$((2 * (MCLAT_N + 1000)))" 'BEGIN { printf "%.2f", (a + c - b + e - d) * 1e6 / n }')"
   for conc in 1 50; do
     n=$MC_N
     [ "$conc" = 50 ] && n=$((MC_N / 50))
@@ -244,6 +267,9 @@ $(row "redis CPU per request, 50 conns (µs)" redis_c50_cpu_us lower)
 $(row "memcached set, 1 conn (keys/s)" mc_set_c1_kps higher)
 $(row "memcached get, 1 conn (keys/s)" mc_get_c1_kps higher)
 $(row "memcached CPU per get request, 1 conn (µs)" mc_get_c1_cpu_us lower)
+$(row "memcached set, 1 conn, p50 (µs, mclat)" mc_set_c1_p50 lower)
+$(row "memcached get, 1 conn, p50 (µs, mclat)" mc_get_c1_p50 lower)
+$(row "memcached CPU per request, 1 conn (µs, mclat)" mclat_cpu_us lower)
 $(row "memcached set, 50 conns (keys/s)" mc_set_c50_kps higher)
 $(row "memcached get, 50 conns (keys/s)" mc_get_c50_kps higher)
 $(row "memcached CPU per get request, 50 conns (µs)" mc_get_c50_cpu_us lower)
