@@ -23,6 +23,7 @@ use arrakis_backends::emulator::nic::DeviceProbe;
 use arrakis_backends::emulator::EmulatorNic;
 use arrakis_backends::loopback::Loopback;
 use arrakis_backends::NetDevice;
+use rustix::event::epoll;
 use rustix::thread::futex;
 use smoltcp::time::Instant;
 use smoltcp::wire::{IpAddress, IpCidr};
@@ -873,6 +874,12 @@ impl Net {
             Some(k) => k,
             None => self.kick.get_or_init(|| kick),
         };
+        // Sleeps in an epoll of its own, the kick in it for good and the doorbell added
+        // before each sleep (see below); a plain `poll` if that cannot be set up.
+        let pep = epoll::create(epoll::CreateFlags::CLOEXEC)
+            .ok()
+            .map(crate::event::hide)
+            .filter(|ep| epoll::add(ep, kick, epoll::EventData::new_u64(1), epoll::EventFlags::IN).is_ok());
         loop {
             self.armed.store(u64::MAX, SeqCst);
             let idle = {
@@ -900,11 +907,25 @@ impl Net {
                 tv_sec: left.as_secs() as i64,
                 tv_nsec: i64::from(left.subsec_nanos()),
             };
-            let mut fds = [
-                rustix::event::PollFd::new(&bell, rustix::event::PollFlags::IN),
-                rustix::event::PollFd::new(kick, rustix::event::PollFlags::IN),
-            ];
-            let _ = rustix::event::poll(&mut fds, Some(&ts));
+            match &pep {
+                Some(ep) => {
+                    // The doorbell joins last in its wait queue, exclusively: a frame wakes one
+                    // sleeper, a program thread asleep in its epoll (which registered earlier)
+                    // before this one.
+                    let flags = epoll::EventFlags::IN | epoll::EventFlags::ET | epoll::EventFlags::EXCLUSIVE;
+                    let _ = epoll::add(ep, &bell, epoll::EventData::new_u64(0), flags);
+                    let mut evs = Vec::with_capacity(2);
+                    let _ = epoll::wait(ep, rustix::buffer::spare_capacity(&mut evs), Some(&ts));
+                    let _ = epoll::delete(ep, &bell);
+                }
+                None => {
+                    let mut fds = [
+                        rustix::event::PollFd::new(&bell, rustix::event::PollFlags::IN),
+                        rustix::event::PollFd::new(kick, rustix::event::PollFlags::IN),
+                    ];
+                    let _ = rustix::event::poll(&mut fds, Some(&ts));
+                }
+            }
             self.timer.waiters.fetch_sub(1, SeqCst);
             let mut b = [0u8; 8];
             let _ = rustix::io::read(kick, &mut b);
