@@ -41,23 +41,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench.h"
+
 #define MSG 64
 #define CHUNK (128 * 1024)
 
 static int kernel_socks, lib_socks; /* touched under classify_lock */
 static pthread_mutex_t classify_lock = PTHREAD_MUTEX_INITIALIZER;
-
-__attribute__((format(printf, 1, 2), noreturn)) static void die(const char *fmt, ...)
-{
-	char msg[512];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof msg, fmt, ap);
-	va_end(ap);
-	fflush(stdout);
-	fprintf(stderr, "echo: %s\n", msg);
-	_exit(1);
-}
 
 #define DIE_ERRNO(what) die("%s: %s", what, strerror(errno))
 
@@ -68,13 +58,6 @@ static void on_alarm(int sig)
 	ssize_t r = write(2, m, sizeof m - 1);
 	(void)r;
 	_exit(1);
-}
-
-static double now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1e9 + ts.tv_nsec;
 }
 
 static void classify(int fd)
@@ -209,12 +192,6 @@ static int connect_mode(char mode)
 	nodelay(fd);
 	write_all(fd, &mode, 1);
 	return fd;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return (x > y) - (x < y);
 }
 
 static unsigned long long parse(const char *s, int suffixes)
