@@ -1625,14 +1625,27 @@ fn apply_tcp_opts(g: &mut Inner, id: usize) {
         .other
         .get(&(IPPROTO_TCP, TCP_KEEPIDLE))
         .map_or(7200, |v| i32::from_ne_bytes([v[0], v[1], v[2], v[3]]).max(1) as u64);
-    // TCP_QUICKACK on: every ACK at once. (Linux leaves quick-ACK mode again by itself after
-    // a while; here it lasts until the option is cleared.)
-    let quickack = s.opts.other.get(&(IPPROTO_TCP, TCP_QUICKACK)).is_some_and(|v| v[..4] != [0; 4]);
-    let ack_delay = if quickack { None } else { g.stack.defaults_mut().ack_delay };
+    let quickack = s.opts.other.get(&(IPPROTO_TCP, TCP_QUICKACK)).cloned();
+    let ack_delay = ack_delay(quickack.as_deref(), g.stack.defaults_mut().ack_delay);
     if let Ok(t) = g.stack.tcp_mut(c) {
         t.set_ack_delay(ack_delay);
         t.set_nagle_enabled(!nodelay);
         t.set_keep_alive(keepalive.then(|| smoltcp::time::Duration::from_secs(idle)));
+    }
+}
+
+/// The ACK delay of a TCP socket: the stack's (`stack_default`), or none while `TCP_QUICKACK`
+/// (its stored value `quickack`) is set to a non-zero value — every ACK at once. Linux leaves
+/// quick-ACK mode again by itself after a while; here it lasts until the option is cleared.
+fn ack_delay(
+    quickack: Option<&[u8]>,
+    stack_default: Option<smoltcp::time::Duration>,
+) -> Option<smoltcp::time::Duration> {
+    let on = quickack.is_some_and(|v| v.iter().take(4).any(|&b| b != 0));
+    if on {
+        None
+    } else {
+        stack_default
     }
 }
 
@@ -2475,6 +2488,15 @@ mod tests {
         );
         assert_eq!(tx_params(&v4, true, &[Cmsg::int(IPPROTO_IP, IP_TTL, 0)]), Err(Errno::EINVAL));
         assert_eq!(tx_params(&v4, true, &[Cmsg::int(IPPROTO_TCP, 1, 1)]).unwrap().hop_limit, 64);
+    }
+
+    #[test]
+    fn tcp_quickack_turns_the_ack_delay_off_until_cleared() {
+        let ten = Some(smoltcp::time::Duration::from_millis(10));
+        assert_eq!(ack_delay(None, ten), ten, "the stack's delay by default");
+        assert_eq!(ack_delay(Some(&1i32.to_ne_bytes()), ten), None);
+        assert_eq!(ack_delay(Some(&0i32.to_ne_bytes()), ten), ten, "cleared");
+        assert_eq!(ack_delay(None, None), None, "no delay over the loopback");
     }
 
     #[test]
