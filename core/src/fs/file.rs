@@ -99,6 +99,20 @@ pub const W_OK: u32 = 2;
 /// Execute/search.
 pub const X_OK: u32 = 1;
 
+/// The `R_OK|W_OK` bits an open with access mode `acc` (and `O_TRUNC` if `truncates`) needs.
+fn access_wanted(acc: i32, truncates: bool) -> u32 {
+    let mode = match acc {
+        O_RDONLY => R_OK,
+        O_WRONLY => W_OK,
+        _ => R_OK | W_OK,
+    };
+    if truncates {
+        mode | W_OK
+    } else {
+        mode
+    }
+}
+
 /// Whether `cred` may do `want` (`R_OK|W_OK|X_OK` bits) on an inode with `attr`, as Linux's
 /// `generic_permission` (root may do anything but execute a file with no x bit).
 pub fn permitted(attr: &Attr, cred: &Cred, want: u32) -> bool {
@@ -303,15 +317,8 @@ pub fn open(loc: &Loc, oflags: i32, mode: u32, cred: &Cred) -> SysResult<Opened>
             if oflags & O_DIRECTORY != 0 {
                 return Err(Errno::ENOTDIR);
             }
-            if !path_only && !created {
-                let want = match acc {
-                    O_RDONLY => R_OK,
-                    O_WRONLY => W_OK,
-                    _ => R_OK | W_OK,
-                } | if truncates { W_OK } else { 0 };
-                if !permitted(&attr, cred, want) {
-                    return Err(Errno::EACCES);
-                }
+            if !path_only && !created && !permitted(&attr, cred, access_wanted(acc, truncates)) {
+                return Err(Errno::EACCES);
             }
             if writes || truncates {
                 rofs(loc)?;
@@ -534,12 +541,7 @@ impl OpenFile {
         let attr = fs.getattr(self.ino)?;
         let truncates = oflags & O_TRUNC != 0;
         let writes = acc != O_RDONLY || truncates;
-        let want = match acc {
-            O_RDONLY => R_OK,
-            O_WRONLY => W_OK,
-            _ => R_OK | W_OK,
-        } | if truncates { W_OK } else { 0 };
-        if !permitted(&attr, cred, want) {
+        if !permitted(&attr, cred, access_wanted(acc, truncates)) {
             return Err(Errno::EACCES);
         }
         if writes && self.mount.read_only {

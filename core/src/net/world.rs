@@ -91,7 +91,7 @@ impl Wait {
     /// wait on a word whose recent spins succeeded; signals during the `FUTEX_WAIT` that
     /// follows behave as before, and `ARRAKIS_SPIN_US=0` restores the exact behaviour.
     pub fn spin(&self, seen: u32, deadline: Option<StdInstant>) -> bool {
-        let Some(end) = spin_end(&self.misses, deadline, spin_time()) else { return false };
+        let Some(end) = spin_end(&self.misses, deadline) else { return false };
         let probe = probe();
         if let Some(p) = probe {
             RING_POLLERS.fetch_add(1, SeqCst);
@@ -327,12 +327,12 @@ static BELL_TAKEN: AtomicBool = AtomicBool::new(false);
 /// The device's doorbell fd (it lives as long as the world; -1 without one).
 static DOORBELL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
 
-/// When a busy-poll that may start now must end: `time` from now, never past `deadline`.
+/// When a busy-poll that may start now must end: the spin time from now, never past `deadline`.
 /// `None` when it must not start: polling is off (`ARRAKIS_SPIN_US=0`), `deadline` has
 /// passed (the caller's sleep reports it), or the last [`SPIN_MISSES`] polls counted in
 /// `misses` found nothing (then only every [`SPIN_PROBE`]th wait polls, until one succeeds and
 /// the caller resets `misses`). Counts this poll in `misses`.
-fn spin_end(misses: &AtomicU32, deadline: Option<StdInstant>, time: Duration) -> Option<StdInstant> {
+fn spin_end(misses: &AtomicU32, deadline: Option<StdInstant>) -> Option<StdInstant> {
     if SPIN_US.load(Relaxed) == 0 {
         return None;
     }
@@ -340,7 +340,12 @@ fn spin_end(misses: &AtomicU32, deadline: Option<StdInstant>, time: Duration) ->
     if m >= SPIN_MISSES && !(m - SPIN_MISSES).is_multiple_of(SPIN_PROBE) {
         return None;
     }
-    let now = StdInstant::now();
+    spin_until(StdInstant::now(), spin_time(), deadline)
+}
+
+/// The end of a spin of length `time` starting `now`, never past `deadline`; `None` if the
+/// deadline has passed.
+fn spin_until(now: StdInstant, time: Duration, deadline: Option<StdInstant>) -> Option<StdInstant> {
     let end = now + time;
     match deadline {
         Some(d) if now >= d => None,
@@ -387,12 +392,7 @@ fn device_spin_end(deadline: Option<StdInstant>) -> Option<StdInstant> {
         DEVICE_MISSES.store(SPIN_MISSES, Relaxed);
         // The spin itself still runs; a hit lifts the back-off.
     }
-    let end = now + time;
-    match deadline {
-        Some(d) if now >= d => None,
-        Some(d) => Some(end.min(d)),
-        None => Some(end),
-    }
+    spin_until(now, time, deadline)
 }
 
 /// Sets the busy-poll time of blocking calls, in microseconds (0: sleep at once).
