@@ -17,6 +17,8 @@
 //! fds plus that eventfd.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::AtomicU32;
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 
 use rustix::fd::{AsFd, OwnedFd};
@@ -134,7 +136,9 @@ struct EpState {
     /// registered, as Linux keys by file *and* fd).
     interest: HashMap<usize, Vec<Entry>>,
     ready: VecDeque<(usize, i32)>,
-    sleepers: u32,
+    /// Threads asleep in the kernel half (shared with the [`Epoll`], which leaves the count
+    /// without the lock).
+    sleepers: Arc<AtomicU32>,
     wake: OwnedFd,
     /// Pollers and parents watching this instance's library half.
     watchers: Vec<Watcher>,
@@ -171,7 +175,10 @@ impl Registry {
                     }
                 }
                 if queued {
-                    if e.sleepers > 0 || e.nested {
+                    // A sleeper needs one write (it drains nothing before it looks at the
+                    // ready list: `sleep_begin` made sure the eventfd was empty, and `quiet`
+                    // empties it with the list); a nesting kernel wait sees every one.
+                    if (e.sleepers.load(SeqCst) > 0 && !e.rung) || e.nested {
                         let _ = rustix::io::write(&e.wake, &1u64.to_ne_bytes());
                         e.rung = true;
                     }
@@ -212,6 +219,7 @@ impl Registry {
             if let Some(Some(e)) = self.epolls.get_mut(*ep) {
                 e.interest.remove(&sock);
                 e.ready.retain(|(s, _)| *s != sock);
+                quiet(e);
             }
         }
     }
@@ -244,9 +252,11 @@ pub struct Epoll {
     id: usize,
     /// Device spins of waits on this instance in a row whose frames were for other threads
     /// (see [`Epoll::may_spin`]).
-    spins_for_others: std::sync::atomic::AtomicU32,
+    spins_for_others: AtomicU32,
     /// Waits that skipped the spin because of `spins_for_others`.
-    spins_skipped: std::sync::atomic::AtomicU32,
+    spins_skipped: AtomicU32,
+    /// Threads asleep in the kernel half (the registry's [`EpState`] holds the same count).
+    sleepers: Arc<AtomicU32>,
 }
 
 /// Spins in a row that only served other instances before an instance stops spinning.
@@ -308,10 +318,11 @@ impl Epoll {
         let raw = rustix::fd::AsRawFd::as_raw_fd(&wake);
         let n = net();
         let mut g = n.lock();
+        let sleepers = Arc::new(AtomicU32::new(0));
         let st = EpState {
             interest: HashMap::new(),
             ready: VecDeque::new(),
-            sleepers: 0,
+            sleepers: sleepers.clone(),
             wake,
             watchers: Vec::new(),
             nested: false,
@@ -331,7 +342,12 @@ impl Epoll {
         drop(g);
         n.ensure_progress();
         Ok((
-            Arc::new(Epoll { id, spins_for_others: Default::default(), spins_skipped: Default::default() }),
+            Arc::new(Epoll {
+                id,
+                spins_for_others: Default::default(),
+                spins_skipped: Default::default(),
+                sleepers,
+            }),
             raw,
         ))
     }
@@ -457,16 +473,16 @@ impl Epoll {
         if !e.ready.is_empty() {
             return false;
         }
-        e.sleepers += 1;
+        // The next readiness must write the eventfd (see `signal`).
+        quiet(e);
+        e.sleepers.fetch_add(1, SeqCst);
         true
     }
 
-    /// Back from the kernel wait.
+    /// Back from the kernel wait. Without the lock: taking it runs the stack, and frames it
+    /// took would each ring the eventfd for this thread, which is awake and looks next.
     pub fn sleep_end(&self) {
-        let mut g = net().lock();
-        if let Ok(e) = g.ev.get(self.id) {
-            e.sleepers = e.sleepers.saturating_sub(1);
-        }
+        let _ = self.sleepers.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1));
     }
 
     /// This instance was put in another epoll or a poll set through the kernel: ring the wake
@@ -534,6 +550,12 @@ fn collect(g: &mut Inner, ep: usize, max: usize) -> Vec<Event> {
     }
     if let Ok(e) = g.ev.get(ep) {
         quiet(e);
+        // More ready than this caller took while others sleep: wake one of them, as Linux's
+        // `ep_poll` passes a wake-up on (the eventfd's edge this caller consumed was the only).
+        if !e.ready.is_empty() && e.sleepers.load(SeqCst) > 0 {
+            let _ = rustix::io::write(&e.wake, &1u64.to_ne_bytes());
+            e.rung = true;
+        }
     }
     out
 }

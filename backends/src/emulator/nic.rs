@@ -756,7 +756,9 @@ impl phy::TxToken for TxToken<'_> {
             (None, None) => unreachable!("the closure ran, so it returned Some"),
         };
         // Only a frame put on the tx ring concerns the switch (one sent on a binding does not).
-        if published && self.tx.kick_needed() {
+        // The switch asks again before each sleep: the frames that follow this one until it
+        // runs need no doorbell.
+        if published && self.tx.take_kick() {
             self.switch.ring();
             links.kicks += 1;
         }

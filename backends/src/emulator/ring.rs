@@ -536,6 +536,17 @@ impl Producer {
         self.region.ctl(self.ring).consumer_waiting.load(Ordering::Relaxed) != 0
     }
 
+    /// After publishing: whether the consumer asked for a doorbell, withdrawing the request
+    /// (one doorbell per request, not one per frame until the consumer runs). Only for a ring
+    /// whose one consumer thread asks again before each sleep and takes every frame when it
+    /// wakes (the switch's tx side); where several threads may sleep on the doorbell, the
+    /// request must stay for the others ([`kick_needed`](Self::kick_needed)).
+    pub fn take_kick(&self) -> bool {
+        fence(Ordering::SeqCst);
+        let w = &self.region.ctl(self.ring).consumer_waiting;
+        w.load(Ordering::Relaxed) != 0 && w.swap(0, Ordering::Relaxed) != 0
+    }
+
     /// Asks for a doorbell when space frees up, then checks again: `true` means the ring is
     /// still full (or broken) and the caller may sleep; `false` means push again.
     pub fn arm(&mut self) -> bool {

@@ -190,6 +190,43 @@ fn doorbells_are_suppressed_unless_the_other_side_armed() {
 }
 
 #[test]
+fn a_taken_kick_rings_once_per_request() {
+    let r = region(8);
+    let (mut p, mut c) = pair(&r, Ring::Tx);
+    p.push_copy(&[1]).unwrap();
+    assert!(!p.take_kick(), "consumer polling: no kick");
+    let mut out = [0u8; 256];
+    c.recv_copy(&mut out).unwrap();
+    assert!(c.arm());
+    p.push_copy(&[2]).unwrap();
+    assert!(p.take_kick(), "armed consumer: kick");
+    p.push_copy(&[3]).unwrap();
+    assert!(!p.take_kick(), "the request was answered: no second kick");
+    assert!(!p.kick_needed());
+    // The consumer wakes, takes both, and asks again before it sleeps.
+    assert_eq!(c.recv_copy(&mut out), Some(1));
+    assert_eq!(c.recv_copy(&mut out), Some(1));
+    assert!(c.arm());
+    p.push_copy(&[4]).unwrap();
+    assert!(p.take_kick());
+}
+
+#[test]
+fn two_threads_exchange_with_taken_kicks_without_lost_wake_ups() {
+    const N: u32 = 100_000;
+    let r = region(8);
+    let (p, c) = pair(&r, Ring::Tx);
+    let (to_p, to_c) = (Doorbell::new().unwrap(), Doorbell::new().unwrap());
+    let (pk, ck) = std::thread::scope(|s| {
+        let prod = s.spawn(|| produce(p, &to_p, &to_c, N, true));
+        let ck = consume(c, &to_c, &to_p, N);
+        (prod.join().unwrap(), ck)
+    });
+    // A lost wake-up fails `consume` (its wait times out with a frame pending).
+    eprintln!("taken kicks: producer kicks/sleeps {pk:?}, consumer {ck:?}");
+}
+
+#[test]
 fn bad_descriptors_are_skipped_and_counted() {
     let r = region(4);
     let (mut p, mut c) = pair(&r, Ring::Tx);
@@ -227,7 +264,9 @@ fn implausible_indices_read_as_empty_or_full() {
 /// One side of an exchange over `ring`: sends `n` numbered frames, sleeping on `mine` when
 /// the ring is full and ringing `theirs` when asked. A wait that times out with work pending
 /// is a lost wake-up.
-fn produce(mut p: Producer, mine: &Doorbell, theirs: &Doorbell, n: u32) -> (u64, u64) {
+/// With `take`, the producer withdraws each request it answers ([`Producer::take_kick`], as
+/// the NIC does towards the switch).
+fn produce(mut p: Producer, mine: &Doorbell, theirs: &Doorbell, n: u32, take: bool) -> (u64, u64) {
     let (mut kicks, mut sleeps) = (0, 0);
     let mut i = 0u32;
     while i < n {
@@ -239,7 +278,7 @@ fn produce(mut p: Producer, mine: &Doorbell, theirs: &Doorbell, n: u32) -> (u64,
         .is_some()
         {
             i += 1;
-            if p.kick_needed() {
+            if if take { p.take_kick() } else { p.kick_needed() } {
                 theirs.ring();
                 kicks += 1;
             }
@@ -293,7 +332,7 @@ fn two_threads_exchange_without_lost_wake_ups() {
     let (to_p, to_c) = (Doorbell::new().unwrap(), Doorbell::new().unwrap());
     let start = Instant::now();
     let (pk, ck) = std::thread::scope(|s| {
-        let prod = s.spawn(|| produce(p, &to_p, &to_c, N));
+        let prod = s.spawn(|| produce(p, &to_p, &to_c, N, false));
         let ck = consume(c, &to_c, &to_p, N);
         (prod.join().unwrap(), ck)
     });
@@ -343,7 +382,7 @@ fn two_processes_exchange_without_lost_wake_ups() {
         .unwrap();
     drop((mem, c_fd, p_fd));
     let start = Instant::now();
-    let pk = produce(Producer::new(r.clone(), Ring::Tx), &to_p, &to_c, PROCESS_FRAMES);
+    let pk = produce(Producer::new(r.clone(), Ring::Tx), &to_p, &to_c, PROCESS_FRAMES, false);
     // Bounded wait for the child.
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
@@ -435,7 +474,7 @@ fn ring_throughput() {
     let (to_p, to_c) = (Doorbell::new().unwrap(), Doorbell::new().unwrap());
     let start = Instant::now();
     let (pk, ck) = std::thread::scope(|s| {
-        let prod = s.spawn(|| produce(p, &to_p, &to_c, N));
+        let prod = s.spawn(|| produce(p, &to_p, &to_c, N, false));
         let ck = consume(c, &to_c, &to_p, N);
         (prod.join().unwrap(), ck)
     });
