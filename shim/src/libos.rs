@@ -1507,12 +1507,22 @@ unsafe fn wait_common(
             spun = true;
             continue;
         }
+        // Asks the device for a doorbell (this thread sleeps on it), unless a frame came.
+        let asleep = if left != 0 {
+            match arrakis_core::net::world::device_sleep_begin() {
+                Some(a) => Some(a),
+                None => continue,
+            }
+        } else {
+            None
+        };
         let slept = left != 0 && ep.sleep_begin();
         if left != 0 && !slept {
             continue;
         }
         // SAFETY: the caller's array of `max` events.
         let k = unsafe { kernel_wait(epfd, evs, max, left, mask) };
+        drop(asleep);
         if slept {
             ep.sleep_end();
         }
@@ -1694,6 +1704,16 @@ pub(crate) unsafe fn poll_mixed(
             spin = false;
             continue;
         }
+        // Asks the device for a doorbell (this thread, or the progress thread, wakes on it and
+        // runs the stack), unless a frame came.
+        let asleep = if wait_ns != 0 {
+            match arrakis_core::net::world::device_sleep_begin() {
+                Some(a) => Some(a),
+                None => continue,
+            }
+        } else {
+            None
+        };
         spin = true;
         if let Some(p) = &p {
             kset.push(libc::pollfd {
@@ -1716,6 +1736,7 @@ pub(crate) unsafe fn poll_mixed(
         let kn = kset.len() as libc::nfds_t;
         let r = real!(ppoll(kset.as_mut_ptr(), kn, tsp, mask));
         let err = crate::errno::get();
+        drop(asleep);
         if let Some(fd) = bell {
             // Drained here (level-triggered, it would wake the next ppoll at once); this thread
             // runs the stack on the frame just below, so the progress thread need not.

@@ -145,9 +145,12 @@ impl Wait {
                 })
             }
         };
+        // Frames this sleep waits for reach the progress thread by the doorbell: ask for it.
+        let Some(asleep) = device_sleep_begin() else { return Ok(()) };
         self.waiters.fetch_add(1, SeqCst);
         let r = futex::wait(&self.gen, futex::Flags::PRIVATE, seen, ts.as_ref());
         self.waiters.fetch_sub(1, SeqCst);
+        drop(asleep);
         match r {
             Ok(()) => Ok(()),
             Err(e) if e == rustix::io::Errno::AGAIN => Ok(()),
@@ -241,6 +244,58 @@ static DEVICE_SPINNER: AtomicBool = AtomicBool::new(false);
 /// the progress thread that finds none is sure to arm them itself, and one that finds one
 /// can leave the arming to it.
 static RING_POLLERS: AtomicU32 = AtomicU32::new(0);
+
+/// Program threads asleep in the kernel until frames come (epoll, poll, a blocking call's
+/// futex) that asked the rings for a doorbell first ([`device_sleep_begin`]): while there are
+/// any, the progress thread keeps the rings armed when it sleeps, even in its quiet mode.
+static DEVICE_SLEEPERS: AtomicU32 = AtomicU32::new(0);
+
+/// A program thread counted in [`DEVICE_SLEEPERS`]; uncounts it when dropped.
+#[must_use]
+pub struct DeviceSleep(bool);
+
+impl Drop for DeviceSleep {
+    fn drop(&mut self) {
+        if self.0 {
+            DEVICE_SLEEPERS.fetch_sub(1, SeqCst);
+        }
+    }
+}
+
+/// A program thread is about to sleep in the kernel until something the device brings: it
+/// counts itself and asks the rings for a doorbell (unless a poller polls them: it asks when
+/// it stops), so a frame wakes it — or the progress thread, which then runs the stack and
+/// wakes it — whatever the progress thread's mode ([`PROGRESS_QUIET`]). `None` if a frame
+/// is waiting already: the stack ran on it, look again instead of sleeping. Over a device
+/// without a doorbell, nothing to do.
+pub fn device_sleep_begin() -> Option<DeviceSleep> {
+    let Some(p) = probe() else { return Some(DeviceSleep(false)) };
+    DEVICE_SLEEPERS.fetch_add(1, SeqCst);
+    let asleep = DeviceSleep(true);
+    if RING_POLLERS.load(SeqCst) == 0 && p.rearm() {
+        drop(asleep);
+        drop(net().lock());
+        return None;
+    }
+    Some(asleep)
+}
+
+/// How long after a program thread last ran the stack the progress thread stays in its quiet
+/// mode: it leaves the rings unarmed (frames wait in them for the program's next call, with
+/// no doorbell per frame and no wake-up of this thread to take them while the program is busy
+/// elsewhere, e.g. in a server's `fsync`) and wakes only for the stack's deadlines, a kick, a
+/// doorbell that a sleeping thread asked for, or the end of the quiet time. So a program
+/// that stops calling has its frames taken at most this late; one that sleeps waiting for
+/// them asks for the doorbell itself ([`device_sleep_begin`]).
+pub const PROGRESS_QUIET: Duration = Duration::from_micros(200);
+
+/// The shortest sleep of the progress thread in its quiet mode.
+const QUIET_SLEEP_MIN: Duration = Duration::from_micros(20);
+
+thread_local! {
+    /// This thread is the progress thread (its runs of the stack are not the program's).
+    static IS_PROGRESS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
 
 /// Spins of [`device_spin`] in a row that ended with nothing before it backs off.
 static DEVICE_MISSES: AtomicU32 = AtomicU32::new(0);
@@ -593,6 +648,9 @@ pub struct Net {
     /// With a device that has a doorbell (the emulator's NIC), the progress thread sleeps in
     /// `ppoll` on it and on this eventfd, which a call arming an earlier deadline writes.
     kick: OnceLock<rustix::fd::OwnedFd>,
+    /// When a program thread (not the progress thread) last took the lock, µs since `epoch`
+    /// ([`PROGRESS_QUIET`]).
+    app_pump: AtomicU64,
 }
 
 /// A device for the world other than the loopback, and its ephemeral port ranges, given
@@ -707,6 +765,7 @@ pub fn net() -> &'static Net {
             armed: AtomicU64::new(u64::MAX),
             progress_pid: AtomicU32::new(0),
             kick: OnceLock::new(),
+            app_pump: AtomicU64::new(0),
         }
     })
 }
@@ -788,6 +847,9 @@ impl Net {
     pub(crate) fn lock(&self) -> Guard<'_> {
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         g.now = self.now();
+        if !IS_PROGRESS.try_with(std::cell::Cell::get).unwrap_or(false) {
+            self.app_pump.store(g.now.total_micros().max(0) as u64, Relaxed);
+        }
         g.pump();
         Guard { g, net: self, after: Wakes { net: self, words: Vec::new(), timer: false } }
     }
@@ -821,6 +883,7 @@ impl Net {
     /// it earlier), then runs the stack, so retransmissions, delayed ACKs, keep-alives and
     /// window updates go out while the program computes or sleeps elsewhere.
     fn progress(&self) {
+        let _ = IS_PROGRESS.try_with(|p| p.set(true));
         // Signals are for the program's threads, never this one.
         let _ = nix::sys::signal::pthread_sigmask(
             nix::sys::signal::SigmaskHow::SIG_SETMASK,
@@ -880,29 +943,39 @@ impl Net {
             .ok()
             .map(crate::event::hide)
             .filter(|ep| epoll::add(ep, kick, epoll::EventData::new_u64(1), epoll::EventFlags::IN).is_ok());
+        // Whether to run the stack on waking (not after a quiet sleep that only timed out
+        // while the program still runs it itself).
+        let mut run = true;
         loop {
-            self.armed.store(u64::MAX, SeqCst);
-            let idle = {
-                let mut g = self.lock();
-                g.stack.device_mut().ack_doorbell();
-                g.pump();
-                // A thread polls the rings and re-arms them when it stops.
-                RING_POLLERS.load(SeqCst) != 0 || g.stack.device_mut().prepare_sleep()
-            };
-            if !idle {
-                continue;
+            if run {
+                self.armed.store(u64::MAX, SeqCst);
+                let idle = {
+                    let mut g = self.lock();
+                    g.stack.device_mut().ack_doorbell();
+                    g.pump();
+                    // A thread polls the rings and re-arms them when it stops; in the quiet
+                    // mode, the rings stay unarmed unless a thread sleeps on them.
+                    RING_POLLERS.load(SeqCst) != 0
+                        || self.quiet_left().is_some()
+                        || g.stack.device_mut().prepare_sleep()
+                };
+                if !idle {
+                    continue;
+                }
             }
             // Counted as a sleeper, so a call arming an earlier deadline writes the kick;
             // `armed` is read after, so a deadline armed before that is seen here.
             self.timer.waiters.fetch_add(1, SeqCst);
             let at = self.armed.load(SeqCst);
-            let left = if at == u64::MAX {
+            let due = if at == u64::MAX {
                 Duration::from_secs(1)
             } else {
                 (self.epoch + Duration::from_micros(at))
                     .saturating_duration_since(StdInstant::now())
                     .clamp(Duration::from_micros(100), Duration::from_secs(1))
             };
+            let quiet = self.quiet_left();
+            let left = quiet.map_or(due, |q| due.min(q.max(QUIET_SLEEP_MIN)));
             let ts = rustix::time::Timespec {
                 tv_sec: left.as_secs() as i64,
                 tv_nsec: i64::from(left.subsec_nanos()),
@@ -915,8 +988,13 @@ impl Net {
                     let flags = epoll::EventFlags::IN | epoll::EventFlags::ET | epoll::EventFlags::EXCLUSIVE;
                     let _ = epoll::add(ep, &bell, epoll::EventData::new_u64(0), flags);
                     let mut evs = Vec::with_capacity(2);
-                    let _ = epoll::wait(ep, rustix::buffer::spare_capacity(&mut evs), Some(&ts));
+                    let woke = epoll::wait(ep, rustix::buffer::spare_capacity(&mut evs), Some(&ts));
                     let _ = epoll::delete(ep, &bell);
+                    // Run the stack unless only a quiet sleep's own time ran out while the
+                    // program still runs it (a deadline, a kick or a doorbell: run it).
+                    run = !matches!(woke, Ok(0))
+                        || quiet.is_none_or(|q| q >= due)
+                        || self.quiet_left().is_none();
                 }
                 None => {
                     let mut fds = [
@@ -924,12 +1002,25 @@ impl Net {
                         rustix::event::PollFd::new(kick, rustix::event::PollFlags::IN),
                     ];
                     let _ = rustix::event::poll(&mut fds, Some(&ts));
+                    run = true;
                 }
             }
             self.timer.waiters.fetch_sub(1, SeqCst);
             let mut b = [0u8; 8];
             let _ = rustix::io::read(kick, &mut b);
         }
+    }
+
+    /// In the quiet mode ([`PROGRESS_QUIET`]): a program thread ran the stack less than the
+    /// quiet time ago and none sleeps waiting for the device; how much of the time is left.
+    fn quiet_left(&self) -> Option<Duration> {
+        if DEVICE_SLEEPERS.load(SeqCst) != 0 {
+            return None;
+        }
+        let last = self.app_pump.load(Relaxed);
+        let now = self.epoch.elapsed().as_micros() as u64;
+        let since = Duration::from_micros(now.saturating_sub(last));
+        (last != 0 && since < PROGRESS_QUIET).then(|| PROGRESS_QUIET - since)
     }
 
     /// Before `fork`: hold the lock so the child's copy is consistent.
