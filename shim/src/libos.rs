@@ -1507,9 +1507,10 @@ unsafe fn wait_common(
             spun = true;
             continue;
         }
-        // Asks the device for a doorbell (this thread sleeps on it), unless a frame came.
+        // Asks the device for a doorbell (this thread sleeps on it, in its kernel instance),
+        // unless a frame came.
         let asleep = if left != 0 {
-            match arrakis_core::net::world::device_sleep_begin() {
+            match arrakis_core::net::world::device_sleep_begin(false) {
                 Some(a) => Some(a),
                 None => continue,
             }
@@ -1704,12 +1705,20 @@ pub(crate) unsafe fn poll_mixed(
             spin = false;
             continue;
         }
-        // Asks the device for a doorbell (this thread, or the progress thread, wakes on it and
-        // runs the stack), unless a frame came.
+        // And its doorbell: a frame wakes this thread, which runs the stack when it looks
+        // again (rather than waiting for the progress thread to take the frame).
+        let bell = if wait_ns != 0 { arrakis_core::net::world::take_doorbell() } else { None };
+        // Asks the device for a doorbell (this thread, or without the doorbell the progress
+        // thread, wakes on it and runs the stack), unless a frame came.
         let asleep = if wait_ns != 0 {
-            match arrakis_core::net::world::device_sleep_begin() {
+            match arrakis_core::net::world::device_sleep_begin(bell.is_none()) {
                 Some(a) => Some(a),
-                None => continue,
+                None => {
+                    if bell.is_some() {
+                        arrakis_core::net::world::give_doorbell();
+                    }
+                    continue;
+                }
             }
         } else {
             None
@@ -1722,9 +1731,6 @@ pub(crate) unsafe fn poll_mixed(
                 revents: 0,
             });
         }
-        // And its doorbell: a frame wakes this thread, which runs the stack when it looks
-        // again (rather than waiting for the progress thread to take the frame).
-        let bell = if wait_ns != 0 { arrakis_core::net::world::take_doorbell() } else { None };
         if let Some(fd) = bell {
             kset.push(libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
         }

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
@@ -132,7 +132,7 @@ struct Bound {
     tx: Producer,
     rx: Consumer,
     /// Wakes the peer container.
-    peer: Doorbell,
+    peer: Arc<Doorbell>,
     /// Frames of the flow go on the binding now (it started once the NIC's tx ring was empty,
     /// so nothing sent earlier through the switch arrives after them).
     active: bool,
@@ -409,8 +409,10 @@ impl Links {
                 }
                 let Some(b) = self.slots[i].as_mut() else { break };
                 let Some(len) = b.rx.recv_copy(out) else { break };
-                if b.rx.kick_needed() {
-                    b.peer.ring();
+                if b.rx.kick_needed() && !self.peer_kicks.iter().any(|&(p, _)| p == b.info.peer) {
+                    // The peer waits for room on this binding: rung with the others after
+                    // the pass.
+                    self.peer_kicks.push((b.info.peer, i));
                 }
                 if Flow::parse(&out[..len]).ok() == Some(want) {
                     self.stats.rx_frames += 1;
@@ -439,7 +441,10 @@ pub struct EmulatorNic {
     rx: Consumer,
     bell: Doorbell,
     /// Rings the switch.
-    switch: Doorbell,
+    switch: Arc<Doorbell>,
+    /// The switch asked for a doorbell and a frame (or room) is there for it: rung by
+    /// [`take_rings`](Self::take_rings)'s caller, after the pass.
+    switch_due: AtomicBool,
     mtu: usize,
     /// Boxed: the device lives in an enum with the (small) loopback.
     links: Box<Links>,
@@ -462,7 +467,8 @@ impl EmulatorNic {
             tx: Producer::new(region.clone(), Ring::Tx),
             rx,
             bell: Doorbell::from_fd(fds.to_container),
-            switch: Doorbell::from_fd(fds.to_switch),
+            switch: Arc::new(Doorbell::from_fd(fds.to_switch)),
+            switch_due: AtomicBool::new(false),
             mtu,
             links: Box::new(Links {
                 nic: region,
@@ -584,7 +590,7 @@ impl EmulatorNic {
             tx: Producer::new(region.clone(), out),
             rx: Consumer::new(region.clone(), inn),
             region,
-            peer: Doorbell::from_fd(fds.peer_bell),
+            peer: Arc::new(Doorbell::from_fd(fds.peer_bell)),
             active: false,
             last: t.map_or(Instant::from_millis(0), |t| t.last),
             closing: false,
@@ -607,15 +613,27 @@ impl EmulatorNic {
         Ok(())
     }
 
-    /// Rings the peers that frames were sent to on bindings since the last call (once per
-    /// peer, and only those that asked for a doorbell). The library OS calls it after each
-    /// pass of its stack.
-    pub fn flush_kicks(&mut self) {
+    /// The doorbells due since the last call, appended to `out`: the switch's, if a frame
+    /// for it (or room it waited for) came and it asked, and those of the peers frames were
+    /// sent to on bindings (once per peer, and only those that asked). The library OS takes
+    /// them after each pass of its stack and rings them once it has released its lock, so a
+    /// peer woken on this thread's CPU does not preempt a lock holder.
+    pub fn take_rings(&mut self, out: &mut Vec<Arc<Doorbell>>) {
+        if self.switch_due.swap(false, Ordering::Relaxed) {
+            out.push(self.switch.clone());
+        }
         for (_, i) in self.links.peer_kicks.drain(..) {
             if let Some(b) = self.links.slots.get(i).and_then(Option::as_ref) {
-                b.peer.ring();
+                out.push(b.peer.clone());
             }
         }
+    }
+
+    /// Rings at once the doorbells [`take_rings`](Self::take_rings) would return.
+    pub fn flush_kicks(&mut self) {
+        let mut due = Vec::new();
+        self.take_rings(&mut due);
+        due.iter().for_each(|d| d.ring());
     }
 }
 
@@ -639,11 +657,11 @@ impl phy::Device for EmulatorNic {
         } else {
             return None;
         };
-        let rx = RxToken { from, peer: &self.switch };
+        let rx = RxToken { from, switch_due: &self.switch_due };
         let tx = TxToken {
             tx: &mut self.tx,
             links: &mut self.links,
-            switch: &self.switch,
+            switch_due: &self.switch_due,
             dropped: &mut self.tx_dropped,
             now,
         };
@@ -658,7 +676,7 @@ impl phy::Device for EmulatorNic {
         Some(TxToken {
             tx: &mut self.tx,
             links: &mut self.links,
-            switch: &self.switch,
+            switch_due: &self.switch_due,
             dropped: &mut self.tx_dropped,
             now,
         })
@@ -699,7 +717,7 @@ enum From<'a> {
 /// consumed), or a copy of one from a binding.
 pub struct RxToken<'a> {
     from: From<'a>,
-    peer: &'a Doorbell,
+    switch_due: &'a AtomicBool,
 }
 
 impl phy::RxToken for RxToken<'_> {
@@ -717,7 +735,7 @@ impl phy::RxToken for RxToken<'_> {
             (None, None) => unreachable!("the closure ran, so it returned Some"),
         };
         if rx.kick_needed() {
-            self.peer.ring();
+            self.switch_due.store(true, Ordering::Relaxed);
             *kicks += 1;
         }
         r
@@ -729,7 +747,7 @@ impl phy::RxToken for RxToken<'_> {
 pub struct TxToken<'a> {
     tx: &'a mut Producer,
     links: &'a mut Links,
-    switch: &'a Doorbell,
+    switch_due: &'a AtomicBool,
     dropped: &'a mut u64,
     now: Instant,
 }
@@ -759,7 +777,7 @@ impl phy::TxToken for TxToken<'_> {
         // The switch asks again before each sleep: the frames that follow this one until it
         // runs need no doorbell.
         if published && self.tx.take_kick() {
-            self.switch.ring();
+            self.switch_due.store(true, Ordering::Relaxed);
             links.kicks += 1;
         }
         r
@@ -781,15 +799,27 @@ mod tests {
 
         // Container → switch, switch polling: no doorbell.
         nic.transmit(t).unwrap().consume(3, |b| b.copy_from_slice(b"abc"));
+        nic.flush_kicks();
         assert!(!port.bell.drain());
         let mut out = [0u8; 256];
         assert_eq!(port.tx.recv_copy(&mut out), Some(3));
         assert_eq!(&out[..3], b"abc");
-        // Switch armed: the next frame rings.
+        // Switch armed: the next frame rings, once the pass is over (the caller's lock is
+        // released by then), and once for the frames that follow until the switch runs.
         assert!(port.tx.arm());
         nic.transmit(t).unwrap().consume(1, |b| b[0] = 7);
+        assert!(!port.bell.drain(), "not during the pass");
+        nic.transmit(t).unwrap().consume(1, |b| b[0] = 8);
+        let mut due = Vec::new();
+        nic.take_rings(&mut due);
+        assert_eq!(due.len(), 1, "one doorbell for two frames");
+        due[0].ring();
         assert!(port.bell.drain());
+        nic.take_rings(&mut due);
+        assert_eq!(due.len(), 1, "nothing more due");
         port.tx.disarm();
+        assert_eq!(port.tx.recv_copy(&mut out), Some(1));
+        assert_eq!(port.tx.recv_copy(&mut out), Some(1));
 
         // Switch → container: the container armed before sleeping, so it is rung.
         assert!(nic.prepare_sleep());

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant as StdInstant};
 
 use arrakis_backends::any::AnyDevice;
 use arrakis_backends::emulator::nic::DeviceProbe;
+use arrakis_backends::emulator::ring::Doorbell;
 use arrakis_backends::emulator::EmulatorNic;
 use arrakis_backends::loopback::Loopback;
 use arrakis_backends::NetDevice;
@@ -146,7 +147,7 @@ impl Wait {
             }
         };
         // Frames this sleep waits for reach the progress thread by the doorbell: ask for it.
-        let Some(asleep) = device_sleep_begin() else { return Ok(()) };
+        let Some(asleep) = device_sleep_begin(true) else { return Ok(()) };
         self.waiters.fetch_add(1, SeqCst);
         let r = futex::wait(&self.gen, futex::Flags::PRIVATE, seen, ts.as_ref());
         self.waiters.fetch_sub(1, SeqCst);
@@ -252,15 +253,33 @@ static DEVICE_SLEEPERS: AtomicU32 = AtomicU32::new(0);
 
 /// A program thread counted in [`DEVICE_SLEEPERS`]; uncounts it when dropped.
 #[must_use]
-pub struct DeviceSleep(bool);
+pub struct DeviceSleep(bool, bool);
 
 impl Drop for DeviceSleep {
     fn drop(&mut self) {
+        if self.1 {
+            NEEDS_PROGRESS.fetch_sub(1, SeqCst);
+        }
         if self.0 {
             DEVICE_SLEEPERS.fetch_sub(1, SeqCst);
         }
     }
 }
+
+/// Of [`DEVICE_SLEEPERS`], those that hold no doorbell of their own (a blocking call's futex
+/// sleep, a `poll` without the doorbell): a frame reaches them only through the progress
+/// thread, which must listen to the doorbell while there are any.
+static NEEDS_PROGRESS: AtomicU32 = AtomicU32::new(0);
+
+/// The progress thread sleeps deaf: without the doorbell in its set, because the program ran
+/// the stack less than [`PROGRESS_QUIET`] ago and no sleeper needs it ([`NEEDS_PROGRESS`]).
+/// A frame that rings then wakes no one but a program thread asleep in its own epoll or
+/// `poll` with the doorbell; one the program is too busy to sleep for waits (its doorbell
+/// write stays in the eventfd) for the program's next call, and without one, for the end of
+/// the deaf sleep. Before this, every ring that found the program's threads awake woke the
+/// progress thread, which on a shared CPU then ran in the program's place (or fought it for
+/// the lock). A sleeper that needs the thread and sees the flag writes the kick.
+static PROGRESS_DEAF: AtomicBool = AtomicBool::new(false);
 
 /// A program thread is about to sleep in the kernel until something the device brings: it
 /// counts itself and asks the rings for a doorbell (unless a poller polls them: it asks when
@@ -268,10 +287,20 @@ impl Drop for DeviceSleep {
 /// wakes it — whatever the progress thread's mode ([`PROGRESS_QUIET`]). `None` if a frame
 /// is waiting already: the stack ran on it, look again instead of sleeping. Over a device
 /// without a doorbell, nothing to do.
-pub fn device_sleep_begin() -> Option<DeviceSleep> {
-    let Some(p) = probe() else { return Some(DeviceSleep(false)) };
+pub fn device_sleep_begin(needs_progress: bool) -> Option<DeviceSleep> {
+    let Some(p) = probe() else { return Some(DeviceSleep(false, false)) };
     DEVICE_SLEEPERS.fetch_add(1, SeqCst);
-    let asleep = DeviceSleep(true);
+    if needs_progress {
+        NEEDS_PROGRESS.fetch_add(1, SeqCst);
+        // Counted first, then the flag: a progress thread that went deaf before the count
+        // is kicked awake to listen.
+        if PROGRESS_DEAF.load(SeqCst) {
+            if let Some(k) = NET.get().and_then(|n| n.kick.get()) {
+                let _ = rustix::io::write(k, &1u64.to_ne_bytes());
+            }
+        }
+    }
+    let asleep = DeviceSleep(true, needs_progress);
     if RING_POLLERS.load(SeqCst) == 0 && p.rearm() {
         drop(asleep);
         drop(net().lock());
@@ -475,6 +504,9 @@ pub(crate) struct Inner {
     wakes: Vec<Arc<Wait>>,
     /// The progress thread's word needs a wake after the lock is released.
     wake_timer: bool,
+    /// Doorbells of other processes (the switch, binding peers) the stack's passes owe:
+    /// rung after the lock is released (see [`EmulatorNic::take_rings`]).
+    bells: Vec<Arc<Doorbell>>,
     /// A forked child's copy of a world over the emulator's NIC: the rings belong to the
     /// parent (two producers on one ring would corrupt it), so the device was swapped for an
     /// idle loopback, the stack never runs again and every inherited socket answers
@@ -551,7 +583,7 @@ impl Inner {
         let now = self.now;
         self.stack.poll(now);
         if let AnyDevice::Emulator(n) = self.stack.device_mut() {
-            n.flush_kicks();
+            n.take_rings(&mut self.bells);
             if n.wants_bindings() {
                 for f in super::control::queue_bindings(n.take_wanted()) {
                     n.binding_refused(f);
@@ -758,6 +790,7 @@ pub fn net() -> &'static Net {
                 now: Instant::from_micros(0),
                 wakes: Vec::new(),
                 wake_timer: false,
+                bells: Vec::new(),
                 detached: false,
             }),
             epoch,
@@ -786,10 +819,19 @@ struct Wakes<'a> {
     net: &'a Net,
     words: Vec<Arc<Wait>>,
     timer: bool,
+    bells: Vec<Arc<Doorbell>>,
 }
 
 impl Drop for Wakes<'_> {
     fn drop(&mut self) {
+        // Other processes first; a peer woken on this CPU may run before the lines below, but
+        // no longer while this thread holds the lock.
+        for (i, b) in self.bells.iter().enumerate() {
+            if !self.bells[..i].iter().any(|o| Arc::ptr_eq(o, b)) {
+                b.ring();
+            }
+        }
+        self.bells.clear();
         for w in self.words.drain(..) {
             w.wake();
         }
@@ -835,6 +877,9 @@ impl Drop for Guard<'_> {
             self.after.words = std::mem::replace(&mut self.g.wakes, spare);
         }
         self.after.timer = std::mem::take(&mut self.g.wake_timer);
+        if !self.g.bells.is_empty() {
+            std::mem::swap(&mut self.after.bells, &mut self.g.bells);
+        }
     }
 }
 
@@ -851,7 +896,7 @@ impl Net {
             self.app_pump.store(g.now.total_micros().max(0) as u64, Relaxed);
         }
         g.pump();
-        Guard { g, net: self, after: Wakes { net: self, words: Vec::new(), timer: false } }
+        Guard { g, net: self, after: Wakes { net: self, words: Vec::new(), timer: false, bells: Vec::new() } }
     }
 
     /// Makes sure the progress thread will wake for the stack's next deadline.
@@ -943,9 +988,9 @@ impl Net {
             .ok()
             .map(crate::event::hide)
             .filter(|ep| epoll::add(ep, kick, epoll::EventData::new_u64(1), epoll::EventFlags::IN).is_ok());
-        // Whether to run the stack on waking (not after a quiet sleep that only timed out
-        // while the program still runs it itself).
-        let mut run = true;
+        // Whether to run the stack on waking (not after a deaf sleep that only timed out while
+        // the program still runs it itself), and whether the rings were armed when it last ran.
+        let (mut run, mut armed) = (true, false);
         loop {
             if run {
                 self.armed.store(u64::MAX, SeqCst);
@@ -955,9 +1000,9 @@ impl Net {
                     g.pump();
                     // A thread polls the rings and re-arms them when it stops; in the quiet
                     // mode, the rings stay unarmed unless a thread sleeps on them.
-                    RING_POLLERS.load(SeqCst) != 0
-                        || self.quiet_left().is_some()
-                        || g.stack.device_mut().prepare_sleep()
+                    let quiet = self.quiet_left().is_some();
+                    armed = !quiet;
+                    RING_POLLERS.load(SeqCst) != 0 || quiet || g.stack.device_mut().prepare_sleep()
                 };
                 if !idle {
                     continue;
@@ -974,8 +1019,20 @@ impl Net {
                     .saturating_duration_since(StdInstant::now())
                     .clamp(Duration::from_micros(100), Duration::from_secs(1))
             };
-            let quiet = self.quiet_left();
-            let left = quiet.map_or(due, |q| due.min(q.max(QUIET_SLEEP_MIN)));
+            // Deaf (see `PROGRESS_DEAF`): announced before the check, so a sleeper that needs
+            // this thread and counts itself meanwhile sees the flag and kicks.
+            PROGRESS_DEAF.store(true, SeqCst);
+            let deaf = self.active_left().filter(|_| NEEDS_PROGRESS.load(SeqCst) == 0);
+            if deaf.is_none() {
+                PROGRESS_DEAF.store(false, SeqCst);
+                if !(armed || RING_POLLERS.load(SeqCst) != 0) {
+                    // About to listen with the rings unarmed: run the stack and arm them first.
+                    self.timer.waiters.fetch_sub(1, SeqCst);
+                    run = true;
+                    continue;
+                }
+            }
+            let left = deaf.map_or(due, |d| due.min(d.max(QUIET_SLEEP_MIN)));
             let ts = rustix::time::Timespec {
                 tv_sec: left.as_secs() as i64,
                 tv_nsec: i64::from(left.subsec_nanos()),
@@ -984,19 +1041,26 @@ impl Net {
                 Some(ep) => {
                     // The doorbell joins last in its wait queue, exclusively: a frame wakes one
                     // sleeper, a program thread asleep in its epoll (which registered earlier)
-                    // before this one.
+                    // before this one. A deaf sleep leaves it out.
                     let flags = epoll::EventFlags::IN | epoll::EventFlags::ET | epoll::EventFlags::EXCLUSIVE;
-                    let _ = epoll::add(ep, &bell, epoll::EventData::new_u64(0), flags);
+                    if deaf.is_none() {
+                        let _ = epoll::add(ep, &bell, epoll::EventData::new_u64(0), flags);
+                    }
                     let mut evs = Vec::with_capacity(2);
                     let woke = epoll::wait(ep, rustix::buffer::spare_capacity(&mut evs), Some(&ts));
-                    let _ = epoll::delete(ep, &bell);
-                    // Run the stack unless only a quiet sleep's own time ran out while the
+                    if deaf.is_none() {
+                        let _ = epoll::delete(ep, &bell);
+                    }
+                    PROGRESS_DEAF.store(false, SeqCst);
+                    // Run the stack unless only a deaf sleep's own time ran out while the
                     // program still runs it (a deadline, a kick or a doorbell: run it).
                     run = !matches!(woke, Ok(0))
-                        || quiet.is_none_or(|q| q >= due)
-                        || self.quiet_left().is_none();
+                        || deaf.is_none_or(|d| d >= due)
+                        || self.active_left().is_none()
+                        || NEEDS_PROGRESS.load(SeqCst) != 0;
                 }
                 None => {
+                    PROGRESS_DEAF.store(false, SeqCst);
                     let mut fds = [
                         rustix::event::PollFd::new(&bell, rustix::event::PollFlags::IN),
                         rustix::event::PollFd::new(kick, rustix::event::PollFlags::IN),
@@ -1011,16 +1075,22 @@ impl Net {
         }
     }
 
+    /// A program thread ran the stack less than [`PROGRESS_QUIET`] ago: how much of that
+    /// time is left.
+    fn active_left(&self) -> Option<Duration> {
+        let last = self.app_pump.load(Relaxed);
+        let now = self.epoch.elapsed().as_micros() as u64;
+        let since = Duration::from_micros(now.saturating_sub(last));
+        (last != 0 && since < PROGRESS_QUIET).then(|| PROGRESS_QUIET - since)
+    }
+
     /// In the quiet mode ([`PROGRESS_QUIET`]): a program thread ran the stack less than the
     /// quiet time ago and none sleeps waiting for the device; how much of the time is left.
     fn quiet_left(&self) -> Option<Duration> {
         if DEVICE_SLEEPERS.load(SeqCst) != 0 {
             return None;
         }
-        let last = self.app_pump.load(Relaxed);
-        let now = self.epoch.elapsed().as_micros() as u64;
-        let since = Duration::from_micros(now.saturating_sub(last));
-        (last != 0 && since < PROGRESS_QUIET).then(|| PROGRESS_QUIET - since)
+        self.active_left()
     }
 
     /// Before `fork`: hold the lock so the child's copy is consistent.
@@ -1043,6 +1113,8 @@ impl ForkGuard {
                 // parent's are untouched (nothing is written to the shared region).
                 *g.stack.device_mut() = AnyDevice::from(Loopback::default());
                 g.detached = true;
+                // Owed by the parent's passes, to the parent's peers: not the child's to ring.
+                g.bells.clear();
                 PROBE_OFF.store(true, SeqCst);
             }
         }
