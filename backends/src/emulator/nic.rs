@@ -261,7 +261,7 @@ struct Links {
     /// Where the next scan of the bindings' rx rings starts (fairness).
     cursor: usize,
     wanted: Vec<Flow>,
-    /// Peers to ring at [`EmulatorNic::flush_kicks`]: (the peer's number, a binding to it).
+    /// Peers to ring after the pass ([`EmulatorNic::take_rings`]): (the peer's number, a binding to it).
     peer_kicks: Vec<(u32, usize)>,
     probes: Arc<ProbeSet>,
     stats: BindStats,
@@ -323,7 +323,7 @@ impl Links {
                         b.active = true;
                         sent = true;
                         self.stats.tx_frames += 1;
-                        // Rung once per peer after the stack's pass (`flush_kicks`): fifty
+                        // Rung once per peer after the stack's pass (`take_rings`): fifty
                         // connections to one server would otherwise write its doorbell fifty
                         // times for one burst of requests.
                         if b.tx.kick_needed() && !self.peer_kicks.iter().any(|&(p, _)| p == b.info.peer) {
@@ -629,8 +629,10 @@ impl EmulatorNic {
         }
     }
 
-    /// Rings at once the doorbells [`take_rings`](Self::take_rings) would return.
-    pub fn flush_kicks(&mut self) {
+    /// Rings at once the doorbells [`take_rings`](Self::take_rings) would return (the tests'
+    /// stand-in for the library OS's ringing after its lock).
+    #[cfg(test)]
+    fn flush_kicks(&mut self) {
         let mut due = Vec::new();
         self.take_rings(&mut due);
         due.iter().for_each(|d| d.ring());

@@ -1051,7 +1051,6 @@ impl Net {
                     if deaf.is_none() {
                         let _ = epoll::delete(ep, &bell);
                     }
-                    PROGRESS_DEAF.store(false, SeqCst);
                     // Run the stack unless only a deaf sleep's own time ran out while the
                     // program still runs it (a deadline, a kick or a doorbell: run it).
                     run = !matches!(woke, Ok(0))
@@ -1060,7 +1059,6 @@ impl Net {
                         || NEEDS_PROGRESS.load(SeqCst) != 0;
                 }
                 None => {
-                    PROGRESS_DEAF.store(false, SeqCst);
                     let mut fds = [
                         rustix::event::PollFd::new(&bell, rustix::event::PollFlags::IN),
                         rustix::event::PollFd::new(kick, rustix::event::PollFlags::IN),
@@ -1069,6 +1067,7 @@ impl Net {
                     run = true;
                 }
             }
+            PROGRESS_DEAF.store(false, SeqCst);
             self.timer.waiters.fetch_sub(1, SeqCst);
             let mut b = [0u8; 8];
             let _ = rustix::io::read(kick, &mut b);
