@@ -58,6 +58,13 @@ pub enum ConfigError {
         default = crate::net::world::DEFAULT_SPIN_MAX_US
     )]
     BadSpinMax(String),
+    /// `ARRAKIS_KEEPER_US` is not a number of microseconds.
+    #[error(
+        "ARRAKIS_KEEPER_US={0:?} is not a number of microseconds (0 to 1000000; 0 turns the CPU \
+         keeper off); using the default, {default}",
+        default = crate::keeper::DEFAULT_KEEPER_US
+    )]
+    BadKeeper(String),
     /// An on/off variable that is neither `0` nor `1`.
     #[error("{0}={1:?} is neither 0 nor 1; using 0")]
     BadSwitch(&'static str, String),
@@ -84,6 +91,10 @@ pub struct Config {
     /// `ARRAKIS_SPIN_US` (`net::world::device_waited`); at or below `ARRAKIS_SPIN_US` it does
     /// not grow. Default [`crate::net::world::DEFAULT_SPIN_MAX_US`].
     pub spin_max_us: u32,
+    /// `ARRAKIS_KEEPER_US`: how long, at most, the CPU keeper polls on the CPU of a thread
+    /// that waits for a flush of a VSA (`crate::keeper`), in microseconds; 0: no keeper.
+    /// Default [`crate::keeper::DEFAULT_KEEPER_US`].
+    pub keeper_us: u32,
     /// `ARRAKIS_KERNEL_CLIENTS`: `1` gives every library-OS TCP socket a kernel half at
     /// `bind`/`listen`, so listeners also accept clients not under the shim
     /// (`core::net::shadow`); `0` does not. Unset: the backend's default
@@ -106,6 +117,7 @@ impl Default for Config {
             backend: Backend::Kernel,
             spin_us: crate::net::world::DEFAULT_SPIN_US,
             spin_max_us: crate::net::world::DEFAULT_SPIN_MAX_US,
+            keeper_us: crate::keeper::DEFAULT_KEEPER_US,
             kernel_clients_set: None,
             bindings: true,
             volumes: Vec::new(),
@@ -166,6 +178,12 @@ impl Config {
                 _ => errors.push(ConfigError::BadSpinMax(v)),
             }
         }
+        if let Some(v) = get("ARRAKIS_KEEPER_US") {
+            match v.trim().parse::<u32>() {
+                Ok(us) if us <= 1_000_000 => cfg.keeper_us = us,
+                _ => errors.push(ConfigError::BadKeeper(v)),
+            }
+        }
         (cfg, errors)
     }
 }
@@ -193,10 +211,12 @@ mod tests {
             ("ARRAKIS_BACKEND", "kernel"),
             ("ARRAKIS_SPIN_US", "0"),
             ("ARRAKIS_SPIN_MAX_US", "200"),
+            ("ARRAKIS_KEEPER_US", "0"),
         ]));
         assert!(errs.is_empty());
         assert_eq!(cfg.spin_us, 0);
         assert_eq!(cfg.spin_max_us, 200);
+        assert_eq!(cfg.keeper_us, 0);
         assert_eq!(cfg.log_filter, "arrakis=debug");
         assert_eq!(cfg.log_file, Some(PathBuf::from("/tmp/x.log")));
         assert_eq!(cfg.backend, Backend::Kernel);
@@ -239,6 +259,10 @@ mod tests {
             assert_eq!(cfg.spin_max_us, crate::net::world::DEFAULT_SPIN_MAX_US);
             assert_eq!(errs, vec![ConfigError::BadSpinMax(bad.into())]);
             assert!(errs[0].to_string().contains("ARRAKIS_SPIN_MAX_US"));
+            let (cfg, errs) = Config::from_env(env(&[("ARRAKIS_KEEPER_US", bad)]));
+            assert_eq!(cfg.keeper_us, crate::keeper::DEFAULT_KEEPER_US);
+            assert_eq!(errs, vec![ConfigError::BadKeeper(bad.into())]);
+            assert!(errs[0].to_string().contains("ARRAKIS_KEEPER_US"));
         }
     }
 }

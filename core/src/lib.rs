@@ -22,6 +22,7 @@ pub mod event;
 pub mod exec;
 pub mod fd;
 pub mod fs;
+pub mod keeper;
 pub mod log;
 pub mod net;
 

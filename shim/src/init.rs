@@ -69,11 +69,21 @@ fn start() {
     }));
     arrakis_core::net::world::set_spin_us(cfg.spin_us);
     arrakis_core::net::world::set_spin_max_us(cfg.spin_max_us);
+    arrakis_core::keeper::set_keeper_us(cfg.keeper_us);
+    arrakis_core::keeper::set_idle_priority(idle_priority);
     crate::libos::configure(&cfg);
     arrakis_core::fs::mount::configure(&cfg.volumes, cfg.backend);
     let carry = record_carry();
     tracing::debug!(shim = ?carry.shim_path, backend = ?cfg.backend, "arrakis shim loaded");
     let _ = CARRY.set(carry);
+}
+
+/// Gives the calling thread the idle scheduling class (`SCHED_IDLE`): the CPU keeper's
+/// (`arrakis_core::keeper`), which must never take a CPU from anything else.
+fn idle_priority() -> bool {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param for the call.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) == 0 }
 }
 
 fn init_logging(cfg: &Config) {

@@ -150,7 +150,8 @@ impl BlockDev for MemDev {
 }
 
 /// A preallocated file or a block device, by fd: `pread`/`pwrite` at `block * BLOCK`, `flush`
-/// is `fdatasync`. The fd's size is not changed.
+/// is `fdatasync` (with the CPU keeper polling on this CPU meanwhile, `crate::keeper`). The
+/// fd's size is not changed.
 pub struct FileDev {
     fd: OwnedFd,
     blocks: u64,
@@ -221,6 +222,8 @@ impl BlockDev for FileDev {
     }
 
     fn flush(&self) -> FsResult<()> {
+        // The CPU keeper polls on this CPU while the flush is in flight (crate::keeper).
+        let _kept = crate::keeper::flushing();
         loop {
             match rustix::fs::fdatasync(&self.fd) {
                 Ok(()) => return Ok(()),
