@@ -71,9 +71,21 @@ cpu_of() {
   done
   awk -v t="$t" -v h="$TCK" 'BEGIN { printf "%.4f\n", t / h }'
 }
-# plane_pids: the arrakis daemon and switch processes (the emulator path's control and data
-# plane outside the two ends); none on the kernel path.
-plane_pids() { pgrep -x arrakis || true; }
+# plane_pids PATH: the arrakis daemon and switch processes (the emulator path's control and
+# data plane outside the two ends); none on the kernel path, even while the emulator round's
+# daemon and switch linger (they exit on their own, and one exiting between the two readings
+# of a kernel run once made its CPU per request negative). Read once per run, so both
+# readings sum the same processes.
+plane_pids() { [ "$1" = emulator ] && pgrep -x arrakis || true; }
+# plane_cpu PIDS...: cpu_of the plane processes; stops the benchmark if one of them has gone
+# (its CPU would be lost from the second reading).
+plane_cpu() {
+  local pid
+  for pid in "$@"; do
+    [ -e "/proc/$pid/stat" ] || die "arrakis process $pid (daemon or switch) exited during a run"
+  done
+  cpu_of "$@"
+}
 
 # client PATH OUT CMD...: runs CMD (under the shim on the emulator path) with stdout to OUT;
 # prints the CPU seconds it used (getrusage of the waited-for child).
@@ -112,7 +124,7 @@ check_path() {
 }
 
 run_redis() {
-  local path=$1 port pid c0 p0 c1 p1 cpu out n conns t
+  local path=$1 port pid c0 p0 c1 p1 pp cpu out n conns t
   port=$(free_port)
   launch "$path" "$WORK/redis.$path.log" redis-server --port "$port" --bind 127.0.0.1 --save '' \
     --appendonly no --daemonize no --logfile '' --dir "$WORK"
@@ -123,11 +135,12 @@ run_redis() {
     n=$REDIS_N
     [ "$conns" = 1 ] && n=$((REDIS_N / 4))
     c0=$(cpu_of "$pid")
-    p0=$(cpu_of $(plane_pids))
+    pp=$(plane_pids "$path")
+    p0=$(plane_cpu $pp)
     cpu=$(client "$path" "$WORK/rb.out" redis-benchmark -h 127.0.0.1 -p "$port" --csv -t set,get \
       -n "$n" -c "$conns") || die "redis-benchmark ($path, $conns conns) failed"
     c1=$(cpu_of "$pid")
-    p1=$(cpu_of $(plane_pids))
+    p1=$(plane_cpu $pp)
     out=$(cat "$WORK/rb.out")
     for t in SET GET; do
       record "redis_${t}_c${conns}_rps.$path" "$(csv_field "$out" "$t" rps)"
@@ -140,7 +153,7 @@ run_redis() {
 }
 
 run_memcached() {
-  local path=$1 port pid user=() c0 c1 p0 p1 cpu conc n t secs keys
+  local path=$1 port pid user=() c0 c1 p0 p1 pp cpu conc n t secs keys
   port=$(free_port)
   [ "$(id -u)" -eq 0 ] && user=(-u root)
   launch "$path" "$WORK/mc.$path.log" memcached -l 127.0.0.1 -p "$port" -U 0 -t 4 -m 64 -c 1024 "${user[@]}"
@@ -150,11 +163,12 @@ run_memcached() {
   # Latency at one connection, first (after memcslap's 50 connections the server's NIC would
   # for a while have too many flows to ask for secure bindings): mclat's sets, then its gets.
   c0=$(cpu_of "$pid")
-  p0=$(cpu_of $(plane_pids))
+  pp=$(plane_pids "$path")
+  p0=$(plane_cpu $pp)
   cpu=$(client "$path" "$WORK/mclat.out" "$MCLAT" "$port" -n "$MCLAT_N") ||
     { cat "$WORK/mclat.out" >&2; die "mclat ($path) failed"; }
   c1=$(cpu_of "$pid")
-  p1=$(cpu_of $(plane_pids))
+  p1=$(plane_cpu $pp)
   local lib
   lib=$(awk -F= '$1 == "#lib" { print $2 }' "$WORK/mclat.out")
   if [ "$path" = emulator ]; then [ "$lib" = 1 ] || die "mclat under the emulator used a kernel socket"
@@ -169,11 +183,12 @@ run_memcached() {
     [ "$conc" = 50 ] && n=$((MC_N / 50))
     for t in set get; do
       c0=$(cpu_of "$pid")
-      p0=$(cpu_of $(plane_pids))
+      pp=$(plane_pids "$path")
+      p0=$(plane_cpu $pp)
       cpu=$(client "$path" "$WORK/slap.out" memcslap --servers="127.0.0.1:$port" --test="$t" \
         --concurrency="$conc" --execute-number="$n" --tcp-nodelay) || die "memcslap ($path) failed"
       c1=$(cpu_of "$pid")
-      p1=$(cpu_of $(plane_pids))
+      p1=$(plane_cpu $pp)
       grep -Eqi 'error|fail' "$WORK/slap.out" && { cat "$WORK/slap.out" >&2; die "memcslap ($path) reported errors"; }
       # "Time to get 24762 keys by 1 threads: 4.142 seconds." (a get run asks for a random
       # subset of the keys it set first).
@@ -191,17 +206,18 @@ run_memcached() {
 }
 
 run_udp() {
-  local path=$1 port pid c0 c1 p0 p1 cpu lib
+  local path=$1 port pid c0 c1 p0 p1 pp cpu lib
   port=$(free_port)
   launch "$path" "$WORK/udp.$path.log" "$UDPECHO" server "$port" 600
   pid=$BG_PID
   poll 20 grep -q ready "$WORK/udp.$path.log" || { cat "$WORK/udp.$path.log" >&2; die "udpecho server ($path) did not start"; }
   c0=$(cpu_of "$pid")
-  p0=$(cpu_of $(plane_pids))
+  pp=$(plane_pids "$path")
+  p0=$(plane_cpu $pp)
   cpu=$(client "$path" "$WORK/udp.out" "$UDPECHO" client "$port" -n "$UDP_N" -q) ||
     { cat "$WORK/udp.out" >&2; die "udpecho client ($path) failed"; }
   c1=$(cpu_of "$pid")
-  p1=$(cpu_of $(plane_pids))
+  p1=$(plane_cpu $pp)
   lib=$(awk -F= '$1 == "#lib" { print $2 }' "$WORK/udp.out")
   if [ "$path" = emulator ]; then [ "$lib" = 1 ] || die "udpecho client under the emulator used a kernel socket"
   else [ "$lib" = 0 ] || die "udpecho client on the kernel path used a library socket"; fi
