@@ -26,7 +26,7 @@ use rustix::fd::{AsFd, OwnedFd};
 use crate::error::{Errno, SysResult};
 use crate::fd::{FdKind, FdObject};
 use crate::net::socket::{self, Socket};
-use crate::net::world::{net, Inner};
+use crate::net::world::{net, Inner, Wait};
 
 /// `poll`/`epoll` event bits (the same values for both on Linux).
 pub mod ev {
@@ -73,32 +73,81 @@ pub const WAKE_DATUM: u64 = 0xA77A_C1D5_0000_0001;
 /// thread to take the frame and ring the instance's wake eventfd.
 pub const DEVICE_DATUM: u64 = 0xA77A_C1D5_0000_0002;
 
-/// A thread's wake-up eventfd for `poll`/`select`.
+/// A thread's wake-up for `poll`/`select`: an eventfd the thread includes in its kernel wait,
+/// or, for a wait with nothing of the kernel's to watch, a futex word (no fd to make and
+/// close per sleep, and the wake-up happens after the world lock is released).
 #[derive(Debug)]
 pub struct Poller {
-    fd: OwnedFd,
+    how: PollerWake,
+}
+
+#[derive(Debug)]
+enum PollerWake {
+    Eventfd(OwnedFd),
+    Futex(Arc<Wait>),
 }
 
 impl Poller {
     /// A new poller (an eventfd placed out of the program's way).
     pub fn new() -> SysResult<Arc<Poller>> {
         let fd = internal_eventfd()?;
-        Ok(Arc::new(Poller { fd }))
+        Ok(Arc::new(Poller { how: PollerWake::Eventfd(fd) }))
     }
 
-    /// The eventfd to include in the kernel wait.
-    pub fn fd(&self) -> rustix::fd::BorrowedFd<'_> {
-        self.fd.as_fd()
+    /// A poller that sleeps on a futex word ([`Poller::seen`], [`Poller::sleep`]): for a wait
+    /// on library-OS fds only, without the device's doorbell and without a signal mask.
+    pub fn new_futex() -> Arc<Poller> {
+        Arc::new(Poller { how: PollerWake::Futex(Arc::new(Wait::default())) })
     }
 
-    fn wake(&self) {
-        let _ = rustix::io::write(&self.fd, &1u64.to_ne_bytes());
+    /// The eventfd to include in the kernel wait (`None` for a futex poller).
+    pub fn fd(&self) -> Option<rustix::fd::BorrowedFd<'_>> {
+        match &self.how {
+            PollerWake::Eventfd(fd) => Some(fd.as_fd()),
+            PollerWake::Futex(_) => None,
+        }
     }
 
-    /// Empties the eventfd after a wait.
+    /// A futex poller's generation, to read before looking at readiness and pass to
+    /// [`Poller::sleep`] (0 for an eventfd poller).
+    pub fn seen(&self) -> u32 {
+        match &self.how {
+            PollerWake::Eventfd(_) => 0,
+            PollerWake::Futex(w) => w.seen(),
+        }
+    }
+
+    /// Sleeps on a futex poller until a watched fd signals after generation `seen`, a
+    /// signal handler runs (`EINTR`) or `deadline` (`ETIMEDOUT`); an eventfd poller returns
+    /// at once (it sleeps in the kernel wait).
+    pub fn sleep(&self, seen: u32, deadline: Option<std::time::Instant>) -> SysResult<()> {
+        match &self.how {
+            PollerWake::Eventfd(_) => Ok(()),
+            PollerWake::Futex(w) => w.sleep(seen, deadline),
+        }
+    }
+
+    /// A watched fd signalled (under the world lock): an eventfd is written now; a futex
+    /// word moves now and its sleeper is woken once the lock is released (`later`).
+    fn wake(&self, later: &mut Vec<Arc<Wait>>) {
+        match &self.how {
+            PollerWake::Eventfd(fd) => {
+                let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
+            }
+            PollerWake::Futex(w) => {
+                if w.bump() && !later.iter().any(|o| Arc::ptr_eq(o, w)) {
+                    later.push(w.clone());
+                }
+            }
+        }
+    }
+
+    /// Empties the eventfd after a wait (nothing for a futex poller).
     pub fn drain(&self) {
-        let mut b = [0u8; 8];
-        let _ = rustix::io::read(&self.fd, &mut b);
+        if let PollerWake::Eventfd(fd) = &self.how {
+            let mut b = [0u8; 8];
+            let _ = rustix::io::read(fd, &mut b);
+        }
     }
 }
 
@@ -156,13 +205,15 @@ struct EpState {
 pub(crate) struct Registry {
     epolls: Vec<Option<EpState>>,
     free: Vec<usize>,
+    /// Futex pollers to wake once the world lock is released (the world's guard takes them).
+    pub(crate) wake_later: Vec<Arc<Wait>>,
 }
 
 impl Registry {
     /// A socket with readiness `events` changed; `w` watches it.
     pub(crate) fn signal(&mut self, w: Watcher, sock: usize, events: u32) {
         match w {
-            Watcher::Poller(p) => p.wake(),
+            Watcher::Poller(p) => p.wake(&mut self.wake_later),
             Watcher::Epoll(ep) => {
                 let Some(Some(e)) = self.epolls.get_mut(ep) else { return };
                 let Some(entries) = e.interest.get_mut(&sock) else { return };
@@ -182,9 +233,9 @@ impl Registry {
                         let _ = rustix::io::write(&e.wake, &1u64.to_ne_bytes());
                         e.rung = true;
                     }
-                    for w in e.watchers.clone() {
+                    for w in &e.watchers {
                         if let Watcher::Poller(p) = w {
-                            p.wake();
+                            p.wake(&mut self.wake_later);
                         }
                     }
                 }

@@ -15,8 +15,11 @@ use std::time::{Duration, Instant};
 
 use arrakis_backends::any::AnyDevice;
 use arrakis_backends::emulator::{self, EmulatorNic, Geometry};
+use arrakis_core::event::{poll_end, poll_lib, PollObj, Poller};
 use arrakis_core::net::socket::{Accepted, Family, Kind, Socket};
 use arrakis_core::net::world::attach_device;
+
+const POLLIN: u32 = 1;
 
 #[test]
 fn sockets_over_an_emulator_nic() {
@@ -111,6 +114,34 @@ fn sockets_over_an_emulator_nic() {
     assert_eq!(&b[..r.n], b"over the switch");
     assert!(t0.elapsed() >= Duration::from_millis(40), "the datagram was held back, the recv slept");
     eprintln!("udp recv waited {:?}", t0.elapsed());
+
+    // A `poll` of library sockets only, on a futex poller (no eventfd): registered, nothing
+    // ready, asleep until the held-back datagram arrives and the progress thread's stack run
+    // signals it (the wake-up comes after the world lock is released).
+    let p = Poller::new_futex();
+    assert!(p.fd().is_none(), "a futex poller has no fd");
+    let watched = [(PollObj::Socket(&u1), POLLIN)];
+    let seen = p.seen();
+    assert_eq!(poll_lib(&watched, Some(&p)), vec![0], "nothing to read yet");
+    u2.send(&[b"poll me"], 0, Some(to)).expect("sendto");
+    let t0 = Instant::now();
+    let mut slept = 0;
+    let mut seen = seen;
+    // The generation is read before each look, as poll does.
+    while poll_lib(&watched, None)[0] & POLLIN == 0 {
+        assert_eq!(
+            p.sleep(seen, Some(Instant::now() + Duration::from_secs(20))),
+            Ok(()),
+            "woken, not timed out"
+        );
+        slept += 1;
+        seen = p.seen();
+        assert!(t0.elapsed() < Duration::from_secs(20), "the poller was never woken");
+    }
+    poll_end(&watched, &p);
+    assert!(slept >= 1 && t0.elapsed() >= Duration::from_millis(40), "it slept until the datagram came");
+    let r = u1.recv(&mut [&mut b[..]], 0).expect("recvfrom");
+    assert_eq!(&b[..r.n], b"poll me");
 
     stop.store(true, Ordering::Relaxed);
     let reflected = reflector.join().expect("reflector");

@@ -1680,6 +1680,8 @@ pub(crate) unsafe fn poll_mixed(
     // Whether to spin before the next sleep.
     let mut spin = true;
     loop {
+        // A futex poller's generation before the look (a signal after it moves the word).
+        let seen = p.as_ref().map_or(0, |p| p.seen());
         let lib_rev: Vec<u32> = lib::guarded("poll", || Ok(cev::poll_lib(&list(true), p.as_ref())));
         let ready_lib = lib_rev.iter().any(|&r| r != 0);
         let left = match deadline {
@@ -1696,13 +1698,34 @@ pub(crate) unsafe fn poll_mixed(
             continue;
         }
         if wait_ns != 0 && p.is_none() {
-            // About to sleep: make the eventfd and check again with it registered (without
-            // another spin: this one came up empty).
-            match Poller::new() {
-                Ok(n) => p = Some(n),
-                Err(e) => return crate::errno::fail(e),
-            }
+            // About to sleep: make the poller and check again with it registered (without
+            // another spin: this one came up empty). With nothing of the kernel's to watch,
+            // no signal mask to set and the device's doorbell in another thread's hands (or
+            // none), the thread sleeps on a futex word: no eventfd to make and close.
+            p = if kset.is_empty() && mask.is_null() && !arrakis_core::net::world::doorbell_free() {
+                Some(Poller::new_futex())
+            } else {
+                match Poller::new() {
+                    Ok(n) => Some(n),
+                    Err(e) => return crate::errno::fail(e),
+                }
+            };
             spin = false;
+            continue;
+        }
+        if let Some(fp) = p.as_ref().filter(|p| p.fd().is_none() && wait_ns != 0) {
+            // The futex poller (its sleep asks the device for the progress thread's doorbell).
+            // Always with a time-out: the kernel restarts a `FUTEX_WAIT` without one after a
+            // handler with `SA_RESTART`, and `poll` must fail with `EINTR` after any handler
+            // (Linux never restarts it); one with a time-out fails with `EINTR`.
+            spin = true;
+            let until =
+                deadline.unwrap_or_else(|| std::time::Instant::now() + std::time::Duration::from_secs(3600));
+            let r = fp.sleep(seen, Some(until));
+            if r == Err(Errno::EINTR) {
+                cev::poll_end(&list(false), fp);
+                return crate::errno::fail(Errno::EINTR);
+            }
             continue;
         }
         // And its doorbell: a frame wakes this thread, which runs the stack when it looks
@@ -1724,12 +1747,9 @@ pub(crate) unsafe fn poll_mixed(
             None
         };
         spin = true;
-        if let Some(p) = &p {
-            kset.push(libc::pollfd {
-                fd: rustix::fd::AsRawFd::as_raw_fd(&p.fd()),
-                events: libc::POLLIN,
-                revents: 0,
-            });
+        let pfd = p.as_ref().and_then(|p| p.fd().map(|fd| rustix::fd::AsRawFd::as_raw_fd(&fd)));
+        if let Some(fd) = pfd {
+            kset.push(libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
         }
         if let Some(fd) = bell {
             kset.push(libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
@@ -1740,7 +1760,12 @@ pub(crate) unsafe fn poll_mixed(
         });
         let tsp = ts.as_ref().map_or(std::ptr::null(), |t| t as *const timespec);
         let kn = kset.len() as libc::nfds_t;
-        let r = real!(ppoll(kset.as_mut_ptr(), kn, tsp, mask));
+        // Nothing of the kernel's to look at and nothing to wait for: no system call.
+        let r = if kn == 0 && wait_ns == 0 && mask.is_null() {
+            0
+        } else {
+            real!(ppoll(kset.as_mut_ptr(), kn, tsp, mask))
+        };
         let err = crate::errno::get();
         drop(asleep);
         if let Some(fd) = bell {
@@ -1753,7 +1778,7 @@ pub(crate) unsafe fn poll_mixed(
             }
             arrakis_core::net::world::give_doorbell();
         }
-        if let Some(p) = &p {
+        if let (Some(p), Some(_)) = (&p, pfd) {
             if kset.pop().is_some_and(|e| e.revents != 0) {
                 p.drain();
             }

@@ -61,7 +61,7 @@ impl Wait {
     /// to) on the word and needs [`Wait::wake`]. A sleeper that registers after this reads
     /// the new generation in `FUTEX_WAIT` and does not sleep, so the wake may come later,
     /// after the world lock is released (see [`Guard`]).
-    fn bump(&self) -> bool {
+    pub(crate) fn bump(&self) -> bool {
         self.gen.fetch_add(1, SeqCst);
         self.waiters.load(SeqCst) != 0
     }
@@ -399,6 +399,12 @@ pub fn device_doorbell() -> Option<std::os::fd::RawFd> {
 pub fn take_doorbell() -> Option<std::os::fd::RawFd> {
     let fd = device_doorbell()?;
     (!BELL_TAKEN.swap(true, SeqCst)).then_some(fd)
+}
+
+/// Whether the device's doorbell is there for [`take_doorbell`] now (a device with one, and
+/// no thread holds it).
+pub fn doorbell_free() -> bool {
+    device_doorbell().is_some() && !BELL_TAKEN.load(SeqCst)
 }
 
 /// Gives back the doorbell taken with [`take_doorbell`].
@@ -871,6 +877,12 @@ impl Drop for Guard<'_> {
         self.g.now = self.net.now();
         self.g.pump();
         self.net.arm(&mut self.g);
+        // Futex pollers the registry signalled join the socket sleepers.
+        while let Some(w) = self.g.ev.wake_later.pop() {
+            if !self.g.wakes.iter().any(|o| Arc::ptr_eq(o, &w)) {
+                self.g.wakes.push(w);
+            }
+        }
         // The fields drop next, in order: the mutex first, then the wakes.
         if !self.g.wakes.is_empty() {
             let spare = WAKES_SPARE.try_with(std::cell::Cell::take).unwrap_or_default();
