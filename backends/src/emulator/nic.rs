@@ -97,12 +97,25 @@ const MAX_FLOWS: usize = 4096;
 /// Bindings held at most (the switch's slot table has [`SLOTS`]).
 const MAX_BOUND: usize = SLOTS;
 /// With more flows than this (bound or not, until they end or go idle) a NIC closes its
-/// bindings and asks for none: measured on two vCPUs, a server polling fifty binding rings
-/// (and taking fifty peers' doorbells) serves less than with the switch batching its frames
-/// into one ring, while one or a few long-lived flows gain the most (see BENCHMARKS.md).
-pub const MANY_FLOWS: usize = 16;
+/// bindings and asks for none. It was 16 while every frame paid the switch's doorbells and
+/// the poll sleepers' eventfds (a server polling fifty binding rings served less than with
+/// the switch batching its frames then); with those gone, fifty bound connections beat the
+/// switch: memcslap at 50 against memcached 0.52–0.58× → 0.69–0.74× the kernel path, redis
+/// SET at 50 with `appendfsync always` on a VSA 51–61k → 92–100k req/s (BENCHMARKS.md). The
+/// bound: a pass of the stack looks at every binding's ring (a load of the peer's index each).
+pub const MANY_FLOWS: usize = 128;
 /// Looks for idle flows at most this often (ms of the stack's clock).
 const SWEEP_MS: i64 = 1_000;
+/// A binding whose flow both ends closed (FIN or RST each way), with nothing waiting on it
+/// and nothing sent for this long, is closed at once rather than after [`FLOW_CLOSING_MS`]:
+/// every pass of the stack looks at each binding's ring, and a program that opens fifty
+/// connections just after closing fifty (redis-benchmark's GET after its SET) paid for the
+/// fifty dead rings on every call (half the client's CPU). A late frame of the flow goes
+/// through the switch; one the peer put on the ring just as it closed is lost, and TCP sends
+/// it again (after both FINs, only a last ACK or a FIN again).
+const BOUND_CLOSED_MS: i64 = 20;
+/// With such bindings, the sweep for them runs at most this often (ms).
+const CLOSED_SWEEP_MS: i64 = 10;
 
 /// What the NIC knows about a flow that is not bound.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,6 +151,8 @@ struct Bound {
     active: bool,
     last: Instant,
     closing: bool,
+    /// The peer sent its FIN or a RST on the binding.
+    peer_closing: bool,
 }
 
 impl Bound {
@@ -266,6 +281,8 @@ struct Links {
     probes: Arc<ProbeSet>,
     stats: BindStats,
     last_sweep: Instant,
+    /// The last sweep of bindings closed at both ends ([`BOUND_CLOSED_MS`]).
+    last_closed_sweep: Instant,
 }
 
 impl Links {
@@ -369,9 +386,33 @@ impl Links {
         false
     }
 
+    /// Closes the bindings whose flow both ends closed, with nothing waiting on them and
+    /// nothing sent for [`BOUND_CLOSED_MS`]; at most every [`CLOSED_SWEEP_MS`].
+    fn sweep_closed(&mut self, now: Instant) {
+        if (now - self.last_closed_sweep).total_millis() < CLOSED_SWEEP_MS as u64
+            && now >= self.last_closed_sweep
+        {
+            return;
+        }
+        self.last_closed_sweep = now;
+        let done = |b: &Bound| {
+            b.closing
+                && b.peer_closing
+                && now >= b.last
+                && (now - b.last).total_millis() >= BOUND_CLOSED_MS as u64
+                && !b.rx.pending()
+        };
+        for i in 0..self.slots.len() {
+            if self.slots[i].as_ref().is_some_and(done) {
+                self.drop_binding(i, true);
+            }
+        }
+    }
+
     /// Forgets flows and closes bindings that ended or went idle, at most once a second.
     fn sweep(&mut self, now: Instant) {
         if (now - self.last_sweep).total_millis() < SWEEP_MS as u64 && now >= self.last_sweep {
+            self.sweep_closed(now);
             return;
         }
         self.last_sweep = now;
@@ -395,8 +436,10 @@ impl Links {
     /// flow); its length.
     fn recv_bound(&mut self, out: &mut [u8]) -> Option<usize> {
         let n = self.slots.len();
-        for k in 0..n {
-            let i = (self.cursor + k) % n;
+        let start = self.cursor.min(n);
+        // From the cursor to the end, then from the start to the cursor (no division per slot:
+        // this runs on every pass of the stack).
+        for i in (start..n).chain(0..start) {
             while let Some(b) = self.slots[i].as_ref() {
                 if !b.rx.pending() {
                     break;
@@ -414,10 +457,17 @@ impl Links {
                     // the pass.
                     self.peer_kicks.push((b.info.peer, i));
                 }
-                if Flow::parse(&out[..len]).ok() == Some(want) {
-                    self.stats.rx_frames += 1;
-                    self.cursor = (i + 1) % n;
-                    return Some(len);
+                if let Ok((flow, flags)) = Flow::parse_with_flags(&out[..len]) {
+                    if flow == want {
+                        if flags & (FIN | RST) != 0 {
+                            if let Some(b) = self.slots[i].as_mut() {
+                                b.peer_closing = true;
+                            }
+                        }
+                        self.stats.rx_frames += 1;
+                        self.cursor = if i + 1 == n { 0 } else { i + 1 };
+                        return Some(len);
+                    }
                 }
                 self.stats.rx_foreign += 1;
             }
@@ -483,6 +533,7 @@ impl EmulatorNic {
                 probes,
                 stats: BindStats::default(),
                 last_sweep: Instant::from_millis(0),
+                last_closed_sweep: Instant::from_millis(0),
             }),
             scratch: vec![0; mtu.max(binding::GEOMETRY.buf_size as usize)],
             tx_dropped: 0,
@@ -594,6 +645,7 @@ impl EmulatorNic {
             active: false,
             last: t.map_or(Instant::from_millis(0), |t| t.last),
             closing: false,
+            peer_closing: false,
         };
         // Ask the peer for a doorbell at once: a thread of ours may already sleep (armed
         // before this ring existed), and only a doorbell would wake it for the ring's first
@@ -1150,6 +1202,37 @@ mod tests {
         send(&mut p.b, Instant::from_millis(2), &tcp(2000, 1000, 0x10, b""));
         send(&mut p.b, Instant::from_millis(70_000), &tcp(2000, 1001, 0x10, b""));
         assert_eq!(p.b.bindings(), 0);
+    }
+
+    #[test]
+    fn a_binding_closed_at_both_ends_goes_soon_but_not_with_a_frame_waiting() {
+        let f = flow(1000, 2000);
+        let mut p = bound_pair(f);
+        // a closes; b's FIN comes back on the binding and waits there, unread.
+        send(&mut p.a, Instant::from_millis(2), &tcp(1000, 2000, 0x11, b""));
+        send(&mut p.b, Instant::from_millis(2), &tcp(2000, 1000, 0x11, b""));
+        // Only a's FIN: one end closed, the binding stays past the short delay.
+        send(&mut p.a, Instant::from_millis(100), &tcp(1000, 2001, 0x10, b""));
+        assert_eq!(p.a.bindings(), 1, "b's FIN is not read yet");
+        // a reads b's FIN (and ACKs it on the binding): both ends closed.
+        assert!(recv(&mut p.a, Instant::from_millis(100)).is_some());
+        send(&mut p.a, Instant::from_millis(100), &tcp(1000, 2000, 0x10, b""));
+        // b's own binding holds a's last ACK: b keeps its binding while the frame waits.
+        assert_eq!(p.b.bindings(), 1);
+        send(&mut p.b, Instant::from_millis(300), &tcp(2000, 1001, 0x10, b""));
+        assert_eq!(p.b.bindings(), 1, "a frame waits on it");
+        // a: nothing sent on the flow for the delay, nothing waiting: closed, long before
+        // the two seconds of a flow that only one end closed.
+        send(&mut p.a, Instant::from_millis(100 + BOUND_CLOSED_MS - 1), &tcp(1000, 2001, 0x10, b""));
+        assert_eq!(p.a.bindings(), 1, "not before the delay");
+        send(
+            &mut p.a,
+            Instant::from_millis(100 + BOUND_CLOSED_MS + CLOSED_SWEEP_MS),
+            &tcp(1000, 2001, 0x10, b""),
+        );
+        assert_eq!(p.a.bindings(), 0);
+        assert_eq!(p.a.bind_stats().closed, 1);
+        assert_eq!(p.region.slot(binding::CLOSED).unwrap().load(Ordering::Acquire), 1);
     }
 
     #[test]
