@@ -888,7 +888,15 @@ impl std::ops::DerefMut for Guard<'_> {
 impl Drop for Guard<'_> {
     fn drop(&mut self) {
         self.g.now = self.net.now();
+        // This pass sends what the call queued; the bindings' rings were read as the lock was
+        // taken, and are read again by the next taker, a poller or a sleeper's last look.
+        if let AnyDevice::Emulator(n) = self.g.stack.device_mut() {
+            n.set_binding_rx(false);
+        }
         self.g.pump();
+        if let AnyDevice::Emulator(n) = self.g.stack.device_mut() {
+            n.set_binding_rx(true);
+        }
         self.net.arm(&mut self.g);
         // Futex pollers the registry signalled join the socket sleepers.
         while let Some(w) = self.g.ev.wake_later.pop() {
