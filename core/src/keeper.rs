@@ -221,6 +221,14 @@ mod tests {
         Box::leak(Box::new(Keeper::new()))
     }
 
+    /// A keeper that gets its (pretend) idle priority and polls at most `us` per flush.
+    fn keeper_polling(us: u32) -> &'static Keeper {
+        let k = keeper();
+        let _ = k.idle.set(|| true);
+        k.us.store(us, SeqCst);
+        k
+    }
+
     #[test]
     fn without_the_idle_priority_or_with_no_time_there_is_no_keeper() {
         let k = keeper();
@@ -238,10 +246,8 @@ mod tests {
 
     #[test]
     fn the_keeper_polls_on_the_flushing_cpu_while_a_flush_is_in_flight_then_sleeps() {
-        let k = keeper();
-        let _ = k.idle.set(|| true);
         // A keeper time long enough that only the end of the flush stops the poll.
-        k.us.store(10_000_000, SeqCst);
+        let k = keeper_polling(10_000_000);
         let g = k.flushing().expect("a keeper");
         wait_for("the keeper to start", || k.tid.load(SeqCst) > 0);
         wait_for("the keeper to poll", || k.polled.load(SeqCst) == 1);
@@ -264,9 +270,7 @@ mod tests {
 
     #[test]
     fn a_flush_longer_than_the_keeper_time_is_polled_that_long_only() {
-        let k = keeper();
-        let _ = k.idle.set(|| true);
-        k.us.store(1000, SeqCst);
+        let k = keeper_polling(1000);
         let g = k.flushing().expect("a keeper");
         // The flush goes on, the keeper stops after its time and sleeps.
         wait_for("the keeper to give up", || k.polled.load(SeqCst) > 0 && k.asleep.load(SeqCst));

@@ -588,6 +588,20 @@ impl Inner {
         self.now
     }
 
+    /// The pass as the lock is released: it sends what the call queued. The bindings' rings
+    /// were read as the lock was taken and are read again by the next taker, a poller or a
+    /// sleeper's last look, so this pass reads the NIC's own rx ring only
+    /// (`EmulatorNic::set_binding_rx`).
+    fn pump_release(&mut self) {
+        if let AnyDevice::Emulator(n) = self.stack.device_mut() {
+            n.set_binding_rx(false);
+        }
+        self.pump();
+        if let AnyDevice::Emulator(n) = self.stack.device_mut() {
+            n.set_binding_rx(true);
+        }
+    }
+
     /// Runs the stack and tells everyone whose sockets may have changed.
     pub(crate) fn pump(&mut self) {
         if self.detached {
@@ -888,22 +902,12 @@ impl std::ops::DerefMut for Guard<'_> {
 impl Drop for Guard<'_> {
     fn drop(&mut self) {
         self.g.now = self.net.now();
-        // This pass sends what the call queued; the bindings' rings were read as the lock was
-        // taken, and are read again by the next taker, a poller or a sleeper's last look.
-        if let AnyDevice::Emulator(n) = self.g.stack.device_mut() {
-            n.set_binding_rx(false);
-        }
-        self.g.pump();
-        if let AnyDevice::Emulator(n) = self.g.stack.device_mut() {
-            n.set_binding_rx(true);
-        }
+        self.g.pump_release();
         self.net.arm(&mut self.g);
-        // Futex pollers the registry signalled join the socket sleepers.
-        while let Some(w) = self.g.ev.wake_later.pop() {
-            if !self.g.wakes.iter().any(|o| Arc::ptr_eq(o, &w)) {
-                self.g.wakes.push(w);
-            }
-        }
+        // Futex pollers the registry signalled (each once; never a socket's word) join the
+        // socket sleepers.
+        let g = &mut *self.g;
+        g.wakes.append(&mut g.ev.wake_later);
         // The fields drop next, in order: the mutex first, then the wakes.
         if !self.g.wakes.is_empty() {
             let spare = WAKES_SPARE.try_with(std::cell::Cell::take).unwrap_or_default();
