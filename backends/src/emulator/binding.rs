@@ -10,7 +10,11 @@
 //! binding region (side 0); the other container, when it asks for the same flow seen from
 //! its end, gets the same region (side 1). Each also gets a doorbell to ring the peer (a dup
 //! of the peer NIC's `to_container` eventfd, so the peer's existing waits wake for both), and
-//! a slot in its *own* NIC region whose word the switch sets to the binding's id.
+//! a slot in its *own* NIC region whose word the switch sets to the binding's id. And each
+//! gets the pair's *summary page* (`ring::Summary`: one per pair of containers with bindings,
+//! made with the pair's first binding and dropped with its last), its role in it and the
+//! binding's bit there: a side that puts a frame on a binding sets the bit in the peer's
+//! role, so the peer reads only the rings whose bits it finds set.
 //!
 //! **Using it.** Side 0 produces on the region's `Tx` ring and consumes `Rx`; side 1 the
 //! reverse. A side sends a flow's frames on the binding only while (a) its NIC slot word
@@ -62,12 +66,22 @@ pub struct BindingInfo {
     /// a container rings it once for frames it sent on several of them in one pass.
     #[serde(default)]
     pub peer: u32,
+    /// This container's role in the pair's summary page (`ring::Summary`): 0 or 1. It marks
+    /// frames it sends in the other role's bitmap and takes its own.
+    #[serde(default)]
+    pub role: u8,
+    /// The binding's bit in the summary page's bitmaps (below `ring::SLOTS`), the same for
+    /// both containers.
+    #[serde(default)]
+    pub bit: u32,
 }
 
-/// The fds of one binding as they cross the daemon's socket: the binding region's memfd and
-/// a doorbell that wakes the peer container.
+/// The fds of one binding as they cross the daemon's socket: the binding region's memfd, a
+/// doorbell that wakes the peer container, and the pair's summary page (one per pair of
+/// containers, the same file with every binding between them).
 #[derive(Debug)]
 pub struct BindingFds {
     pub region: OwnedFd,
     pub peer_bell: OwnedFd,
+    pub summary: OwnedFd,
 }

@@ -25,6 +25,7 @@ use super::filter::{Flow, TCP_FIN as FIN, TCP_RST as RST, TCP_SYN as SYN};
 use super::ring::{
     Consumer, Doorbell, Geometry, Producer, Region, Ring, RingError, RingFaults, RingProbe, SLOTS,
 };
+use super::ring::{Summary, SUMMARY_WORDS};
 use crate::NetDevice;
 
 /// The fds that make a NIC, as they cross the daemon's Unix socket: the region's memfd and
@@ -146,6 +147,10 @@ struct Bound {
     rx: Consumer,
     /// Wakes the peer container.
     peer: Arc<Doorbell>,
+    /// The pair's summary page, this container's role in it and the binding's bit.
+    pair: Arc<Summary>,
+    role: usize,
+    bit: usize,
     /// Frames of the flow go on the binding now (it started once the NIC's tx ring was empty,
     /// so nothing sent earlier through the switch arrives after them).
     active: bool,
@@ -223,12 +228,13 @@ impl fmt::Display for BindError {
 
 impl std::error::Error for BindError {}
 
-/// The rings waiting threads poll without the NIC ([`EmulatorNic::rx_probe`]): the NIC's rx
-/// ring and every binding's.
+/// What waiting threads poll without the NIC ([`EmulatorNic::rx_probe`]): the NIC's rx ring,
+/// and the summary pages of the pairs it has bindings in (with this container's role), which
+/// announce every frame put on a binding.
 #[derive(Debug)]
 struct ProbeSet {
     nic: RingProbe,
-    bound: RwLock<Vec<RingProbe>>,
+    pages: RwLock<Vec<(Arc<Summary>, usize)>>,
 }
 
 /// A probe of every ring frames reach this container on; see [`RingProbe`].
@@ -236,29 +242,65 @@ struct ProbeSet {
 pub struct DeviceProbe(Arc<ProbeSet>);
 
 impl DeviceProbe {
-    fn bound(&self) -> std::sync::RwLockReadGuard<'_, Vec<RingProbe>> {
-        self.0.bound.read().unwrap_or_else(|e| e.into_inner())
+    fn pages(&self) -> std::sync::RwLockReadGuard<'_, Vec<(Arc<Summary>, usize)>> {
+        self.0.pages.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether frames wait on any ring.
+    /// Whether frames wait on the rx ring or were announced on a binding.
     pub fn pending(&self) -> bool {
-        self.0.nic.pending() || self.bound().iter().any(RingProbe::pending)
+        self.0.nic.pending() || self.pages().iter().any(|(p, role)| p.any(*role))
     }
 
-    /// While this thread polls, producers need not ring (see [`RingProbe::suppress`]).
+    /// While this thread polls, producers need not ring (see [`RingProbe::suppress`] and
+    /// [`Summary::set_waiting`]).
     pub fn suppress(&self) {
         self.0.nic.suppress();
-        self.bound().iter().for_each(RingProbe::suppress);
+        self.pages().iter().for_each(|(p, role)| p.set_waiting(*role, false));
     }
 
     /// The poller stops: producers ring again; `true` if a frame came in meanwhile.
     pub fn rearm(&self) -> bool {
         let mut any = self.0.nic.rearm();
-        for p in self.bound().iter() {
-            any |= p.rearm();
+        for (p, role) in self.pages().iter() {
+            p.set_waiting(*role, true);
+            any |= p.any(*role);
         }
         any
     }
+}
+
+/// A pair's summary page as this NIC holds it (see [`Summary`]).
+#[derive(Debug)]
+struct PairPage {
+    page: Arc<Summary>,
+    /// The file's identity: later bindings with the same pair bring the same page again.
+    id: Option<(u64, u64)>,
+    /// This container's role in the page.
+    role: usize,
+    /// Bits taken from the page whose bindings may still hold frames.
+    taken: [u64; SUMMARY_WORDS],
+    /// The binding (index into `Links::slots`) of each bit; [`NO_BINDING`] for none.
+    slot_of: Vec<usize>,
+    /// Where the next look at `taken` starts (fairness between the pair's bindings).
+    cursor: usize,
+    /// Bindings of this NIC that use the page.
+    users: usize,
+}
+
+/// No binding at this bit of a [`PairPage`].
+const NO_BINDING: usize = usize::MAX;
+
+/// The first bit set in `bits` at or after `from`, else the first one; `None` if none is.
+fn next_bit(bits: &[u64; SUMMARY_WORDS], from: usize) -> Option<usize> {
+    let from = if from >= SUMMARY_WORDS * 64 { 0 } else { from };
+    let (w0, b0) = (from / 64, from % 64);
+    let first = bits[w0] & (u64::MAX << b0);
+    if first != 0 {
+        return Some(w0 * 64 + first.trailing_zeros() as usize);
+    }
+    (1..=SUMMARY_WORDS)
+        .map(|k| (w0 + k) % SUMMARY_WORDS)
+        .find_map(|w| (bits[w] != 0).then(|| w * 64 + bits[w].trailing_zeros() as usize))
 }
 
 /// The sending side of the NIC: its tx ring, and everything that decides where a frame goes
@@ -272,12 +314,17 @@ struct Links {
     /// [`EmulatorNic::receive`] looks at the bindings' rings (see
     /// [`EmulatorNic::set_binding_rx`]).
     scan: bool,
+    /// A scan of the bindings' rings in this pass of the stack found nothing: the pass's
+    /// later rounds read the NIC's rx ring only ([`EmulatorNic::begin_pass`]).
+    swept: bool,
+    /// The summary pages of the pairs this NIC has bindings in.
+    pairs: Vec<PairPage>,
+    /// The page the next scan starts with.
+    pair_cursor: usize,
     flows: HashMap<Flow, Tracked>,
     /// Bindings by slot of `slots`; `index` maps a flow (as sent) to its slot.
     slots: Vec<Option<Bound>>,
     index: HashMap<Flow, usize>,
-    /// Where the next scan of the bindings' rx rings starts (fairness).
-    cursor: usize,
     wanted: Vec<Flow>,
     /// Peers to ring after the pass ([`EmulatorNic::take_rings`]): (the peer's number, a binding to it).
     peer_kicks: Vec<(u32, usize)>,
@@ -299,14 +346,24 @@ impl Links {
     }
 
     fn refresh_probes(&self) {
-        let v = self.slots.iter().flatten().map(|b| b.rx.probe()).collect();
-        *self.probes.bound.write().unwrap_or_else(|e| e.into_inner()) = v;
+        let v = self.pairs.iter().map(|p| (p.page.clone(), p.role)).collect();
+        *self.probes.pages.write().unwrap_or_else(|e| e.into_inner()) = v;
     }
 
     /// Drops binding `i`; `close` tells the switch this side is done (else it was revoked).
     fn drop_binding(&mut self, i: usize, close: bool) {
         if let Some(b) = self.slots.get_mut(i).and_then(Option::take) {
             self.index.remove(&b.flow);
+            if let Some(k) = self.pairs.iter().position(|p| Arc::ptr_eq(&p.page, &b.pair)) {
+                let p = &mut self.pairs[k];
+                if p.slot_of.get(b.bit) == Some(&i) {
+                    p.slot_of[b.bit] = NO_BINDING;
+                }
+                p.users -= 1;
+                if p.users == 0 {
+                    self.pairs.remove(k);
+                }
+            }
             if close {
                 b.close();
                 self.stats.closed += 1;
@@ -343,10 +400,15 @@ impl Links {
                         b.active = true;
                         sent = true;
                         self.stats.tx_frames += 1;
-                        // Rung once per peer after the stack's pass (`take_rings`): fifty
-                        // connections to one server would otherwise write its doorbell fifty
-                        // times for one burst of requests.
-                        if b.tx.kick_needed() && !self.peer_kicks.iter().any(|&(p, _)| p == b.info.peer) {
+                        // Announced in the peer's bitmap of the pair's page (after the ring's
+                        // head), then rung once per peer after the stack's pass (`take_rings`)
+                        // if it asked: fifty connections to one server would otherwise write
+                        // its doorbell fifty times for one burst of requests.
+                        let peer_role = 1 - b.role;
+                        b.pair.mark(peer_role, b.bit);
+                        if b.pair.waiting(peer_role)
+                            && !self.peer_kicks.iter().any(|&(p, _)| p == b.info.peer)
+                        {
                             self.peer_kicks.push((b.info.peer, i));
                         }
                     }
@@ -436,44 +498,77 @@ impl Links {
     }
 
     /// Takes the next frame waiting on a binding into `out` (a valid frame of that binding's
-    /// flow); its length.
+    /// flow); its length. Looks only at the bindings whose bits the pairs' summary pages
+    /// announced (taken into each page's `taken`; a bit stays there until its ring is found
+    /// empty), page after page and bit after bit from where the last frame came, so no
+    /// binding starves the others.
     fn recv_bound(&mut self, out: &mut [u8]) -> Option<usize> {
-        let n = self.slots.len();
-        let start = self.cursor.min(n);
-        // From the cursor to the end, then from the start to the cursor (no division per slot:
-        // this runs on every pass of the stack).
-        for i in (start..n).chain(0..start) {
-            while let Some(b) = self.slots[i].as_ref() {
-                if !b.rx.pending() {
+        let np = self.pairs.len();
+        for k in 0..np {
+            let p = if self.pair_cursor + k >= np { self.pair_cursor + k - np } else { self.pair_cursor + k };
+            let Some(pp) = self.pairs.get_mut(p) else { break };
+            let page = Arc::as_ptr(&pp.page);
+            for w in 0..SUMMARY_WORDS {
+                pp.taken[w] |= pp.page.take(pp.role, w);
+            }
+            // Bounded: each round takes a frame (and returns) or clears a bit. The page is gone
+            // if the binding just looked at was its last one.
+            while let Some(pp) = self.pairs.get_mut(p).filter(|pp| Arc::as_ptr(&pp.page) == page) {
+                let Some(bit) = next_bit(&pp.taken, pp.cursor) else { break };
+                let i = pp.slot_of.get(bit).copied().unwrap_or(NO_BINDING);
+                let got = if i == NO_BINDING { None } else { self.take_from(i, out) };
+                let Some(pp) = self.pairs.get_mut(p).filter(|pp| Arc::as_ptr(&pp.page) == page) else {
+                    if got.is_some() {
+                        return got;
+                    }
                     break;
-                }
-                let (live, want) = (self.live(b), b.flow.reversed());
-                if !live {
-                    // Revoked: nothing more is taken from it.
-                    self.drop_binding(i, false);
-                    break;
-                }
-                let Some(b) = self.slots[i].as_mut() else { break };
-                let Some(len) = b.rx.recv_copy(out) else { break };
-                if b.rx.kick_needed() && !self.peer_kicks.iter().any(|&(p, _)| p == b.info.peer) {
-                    // The peer waits for room on this binding: rung with the others after
-                    // the pass.
-                    self.peer_kicks.push((b.info.peer, i));
-                }
-                if let Ok((flow, flags)) = Flow::parse_with_flags(&out[..len]) {
-                    if flow == want {
-                        if flags & (FIN | RST) != 0 {
-                            if let Some(b) = self.slots[i].as_mut() {
-                                b.peer_closing = true;
-                            }
-                        }
-                        self.stats.rx_frames += 1;
-                        self.cursor = if i + 1 == n { 0 } else { i + 1 };
+                };
+                match got {
+                    Some(len) => {
+                        pp.cursor = bit + 1;
+                        self.pair_cursor = p;
                         return Some(len);
                     }
+                    None => pp.taken[bit / 64] &= !(1 << (bit % 64)),
                 }
-                self.stats.rx_foreign += 1;
             }
+        }
+        None
+    }
+
+    /// Takes the next valid frame of binding `i`'s flow from its ring (frames not of the flow
+    /// are dropped and counted); `None` once the ring is empty, or the binding was revoked
+    /// (then dropped).
+    fn take_from(&mut self, i: usize, out: &mut [u8]) -> Option<usize> {
+        while let Some(b) = self.slots.get(i)?.as_ref() {
+            if !b.rx.pending() {
+                return None;
+            }
+            let (live, want) = (self.live(b), b.flow.reversed());
+            if !live {
+                // Revoked: nothing more is taken from it.
+                self.drop_binding(i, false);
+                return None;
+            }
+            let b = self.slots[i].as_mut()?;
+            let len = b.rx.recv_copy(out)?;
+            if b.rx.kick_needed() && !self.peer_kicks.iter().any(|&(p, _)| p == b.info.peer) {
+                // The peer waits for room on this binding: rung with the others after the
+                // pass.
+                self.peer_kicks.push((b.info.peer, i));
+            }
+            if let Ok((flow, flags)) = Flow::parse_with_flags(&out[..len]) {
+                if flow == want {
+                    if flags & (FIN | RST) != 0 {
+                        if let Some(b) = self.slots[i].as_mut() {
+                            b.peer_closing = true;
+                        }
+                    }
+                    self.stats.rx_frames += 1;
+                    return Some(len);
+                }
+            }
+            self.stats.rx_foreign += 1;
         }
         None
     }
@@ -515,7 +610,7 @@ impl EmulatorNic {
         let region = Arc::new(Region::attach(fds.region)?);
         let mtu = region.geometry().buf_size as usize;
         let rx = Consumer::new(region.clone(), Ring::Rx);
-        let probes = Arc::new(ProbeSet { nic: rx.probe(), bound: RwLock::new(Vec::new()) });
+        let probes = Arc::new(ProbeSet { nic: rx.probe(), pages: RwLock::new(Vec::new()) });
         Ok(EmulatorNic {
             tx: Producer::new(region.clone(), Ring::Tx),
             rx,
@@ -528,10 +623,12 @@ impl EmulatorNic {
                 kicks: 0,
                 enabled: true,
                 scan: true,
+                swept: false,
+                pairs: Vec::new(),
+                pair_cursor: 0,
                 flows: HashMap::new(),
                 slots: Vec::new(),
                 index: HashMap::new(),
-                cursor: 0,
                 wanted: Vec::new(),
                 peer_kicks: Vec::new(),
                 probes,
@@ -614,10 +711,22 @@ impl EmulatorNic {
                 w.store(1, Ordering::Release);
             }
         };
+        let summary = match Summary::attach(fds.summary) {
+            Ok(s) => s,
+            Err(e) => {
+                if side <= 1 {
+                    set(binding::CLOSED + side);
+                }
+                self.binding_refused(flow);
+                return Err(BindError::Region(e));
+            }
+        };
         let l = &mut self.links;
         let waiting = l.flows.get(&flow).is_some_and(|t| t.state == FlowState::Requested);
         let valid = side <= 1
             && info.id != 0
+            && info.role <= 1
+            && (info.bit as usize) < SUMMARY_WORDS * 64
             && l.nic.slot(info.slot as usize).is_some_and(|w| w.load(Ordering::Acquire) == info.id);
         if !waiting || !valid || l.index.len() >= MAX_BOUND || l.many() {
             if side <= 1 {
@@ -639,22 +748,45 @@ impl EmulatorNic {
         set(binding::ATTACHED + side);
         let (out, inn) = if side == 0 { (Ring::Tx, Ring::Rx) } else { (Ring::Rx, Ring::Tx) };
         let t = l.flows.remove(&flow);
-        let mut b = Bound {
+        let (role, bit) = (usize::from(info.role), info.bit as usize);
+        // The pair's page: the one this NIC holds already if it is the same file.
+        let id = summary.identity();
+        let k = match l.pairs.iter().position(|p| p.id.is_some() && p.id == id && p.role == role) {
+            Some(k) => k,
+            None => {
+                let page = Arc::new(summary);
+                // Ask the peer for a doorbell at once: a thread of ours may already sleep
+                // (armed before this page existed), and only a doorbell would wake it for the
+                // binding's first frame. A page armed while nobody sleeps costs a spare
+                // doorbell at most.
+                page.set_waiting(role, true);
+                l.pairs.push(PairPage {
+                    page,
+                    id,
+                    role,
+                    taken: [0; SUMMARY_WORDS],
+                    slot_of: vec![NO_BINDING; SUMMARY_WORDS * 64],
+                    cursor: 0,
+                    users: 0,
+                });
+                l.pairs.len() - 1
+            }
+        };
+        let b = Bound {
             flow,
             info,
             tx: Producer::new(region.clone(), out),
             rx: Consumer::new(region.clone(), inn),
             region,
             peer: Arc::new(Doorbell::from_fd(fds.peer_bell)),
+            pair: l.pairs[k].page.clone(),
+            role,
+            bit,
             active: false,
             last: t.map_or(Instant::from_millis(0), |t| t.last),
             closing: false,
             peer_closing: false,
         };
-        // Ask the peer for a doorbell at once: a thread of ours may already sleep (armed
-        // before this ring existed), and only a doorbell would wake it for the ring's first
-        // frame. A ring armed while nobody sleeps costs a spare doorbell at most.
-        b.rx.arm();
         let i = match l.slots.iter().position(Option::is_none) {
             Some(i) => i,
             None => {
@@ -663,6 +795,8 @@ impl EmulatorNic {
             }
         };
         l.slots[i] = Some(b);
+        l.pairs[k].slot_of[bit] = i;
+        l.pairs[k].users += 1;
         l.index.insert(flow, i);
         l.stats.installed += 1;
         l.refresh_probes();
@@ -677,6 +811,15 @@ impl EmulatorNic {
     /// sleepers' last look (`DeviceProbe`) all still read them.
     pub fn set_binding_rx(&mut self, on: bool) {
         self.links.scan = on;
+    }
+
+    /// A pass of the stack begins: [`receive`](smoltcp::phy::Device::receive) scans the
+    /// bindings' rings until one scan finds nothing, and not again in this pass (its later
+    /// rounds look for the replies of the loopback through the switch, which come on the NIC's
+    /// own rx ring; a frame that reaches a binding meanwhile is read by the next pass, as one
+    /// that comes just after the pass).
+    pub fn begin_pass(&mut self) {
+        self.links.swept = false;
     }
 
     /// The doorbells due since the last call, appended to `out`: the switch's, if a frame
@@ -719,8 +862,11 @@ impl phy::Device for EmulatorNic {
     fn receive(&mut self, now: Instant) -> Option<(RxToken<'_>, TxToken<'_>)> {
         let from = if self.rx.has_frame() {
             From::Nic { rx: &mut self.rx, kicks: &mut self.rx_kicks }
-        } else if self.links.scan && !self.links.slots.is_empty() {
-            let len = self.links.recv_bound(&mut self.scratch)?;
+        } else if self.links.scan && !self.links.swept && !self.links.pairs.is_empty() {
+            let Some(len) = self.links.recv_bound(&mut self.scratch) else {
+                self.links.swept = true;
+                return None;
+            };
             From::Binding(&self.scratch[..len])
         } else {
             return None;
@@ -760,15 +906,16 @@ impl NetDevice for EmulatorNic {
         self.bell.drain();
         self.rx.disarm();
         self.tx.disarm();
-        for b in self.links.slots.iter().flatten() {
-            b.rx.disarm();
+        for p in &self.links.pairs {
+            p.page.set_waiting(p.role, false);
         }
     }
 
     fn prepare_sleep(&mut self) -> bool {
         let mut idle = self.rx.arm();
-        for b in self.links.slots.iter_mut().flatten() {
-            idle &= b.rx.arm();
+        for p in &self.links.pairs {
+            p.page.set_waiting(p.role, true);
+            idle &= !p.page.any(p.role) && p.taken.iter().all(|&w| w == 0);
         }
         idle
     }
@@ -934,6 +1081,11 @@ mod tests {
         f
     }
 
+    /// A binding's info for side `side` with id `id` in slot 0 (role 0, bit 0).
+    fn info(side: u8, id: u32) -> BindingInfo {
+        BindingInfo { side, slot: 0, id, peer: 1, role: 0, bit: 0 }
+    }
+
     fn flow(src: u16, dst: u16) -> Flow {
         Flow::parse(&tcp(src, dst, 0x10, b"")).unwrap()
     }
@@ -943,7 +1095,9 @@ mod tests {
         nic.flush_kicks();
     }
 
+    /// One frame, as a pass of the library OS's stack of its own would take it.
     fn recv(nic: &mut EmulatorNic, t: Instant) -> Option<Vec<u8>> {
+        nic.begin_pass();
         nic.receive(t).map(|(rx, _tx)| rx.consume(|b| b.to_vec()))
     }
 
@@ -955,6 +1109,7 @@ mod tests {
         b: EmulatorNic,
         pb: SwitchPort,
         region: Arc<Region>,
+        summary: Summary,
     }
 
     fn bound_pair(a_flow: Flow) -> Pair {
@@ -975,14 +1130,16 @@ mod tests {
         let region = Arc::new(Region::create_binding(binding::GEOMETRY).unwrap());
         pa.region().slot(3).unwrap().store(77, Ordering::Release);
         pb.region().slot(5).unwrap().store(77, Ordering::Release);
+        let summary = Summary::create().unwrap();
         let fds = |peer: &SwitchPort| BindingFds {
             region: dup(region.fd()).unwrap(),
             peer_bell: dup(peer.peer.as_fd()).unwrap(),
+            summary: dup(summary.fd()).unwrap(),
         };
-        a.install_binding(a_flow, BindingInfo { side: 0, slot: 3, id: 77, peer: 1 }, fds(&pb)).unwrap();
-        b.install_binding(a_flow.reversed(), BindingInfo { side: 1, slot: 5, id: 77, peer: 1 }, fds(&pa))
-            .unwrap();
-        Pair { a, pa, b, pb, region }
+        let info = |side, slot, role| BindingInfo { side, slot, id: 77, peer: 1, role, bit: 70 };
+        a.install_binding(a_flow, info(0, 3, 1), fds(&pb)).unwrap();
+        b.install_binding(a_flow.reversed(), info(1, 5, 0), fds(&pa)).unwrap();
+        Pair { a, pa, b, pb, region, summary }
     }
 
     #[test]
@@ -1107,6 +1264,10 @@ mod tests {
         evil.push_copy(&tcp(2000, 1000, 0x18, b"wrong way")).unwrap();
         evil.push_copy(b"garbage").unwrap();
         evil.push_copy(&tcp(1000, 2000, 0x18, b"real")).unwrap();
+        // Unannounced in the pair's summary page, nothing is looked at (a peer hides only its
+        // own frames that way); announced, everything is, and only the real frame stays.
+        assert!(recv(&mut p.b, t).is_none());
+        p.summary.mark(0, 70);
         assert_eq!(&recv(&mut p.b, t).unwrap()[40..], b"real");
         assert!(recv(&mut p.b, t).is_none());
         assert_eq!(p.b.bind_stats().rx_foreign, 3);
@@ -1144,8 +1305,12 @@ mod tests {
         let region = Arc::new(Region::create_binding(binding::GEOMETRY).unwrap());
         pa.region().slot(0).unwrap().store(9, Ordering::Release);
         let peer = Doorbell::new().unwrap();
-        let fds = BindingFds { region: dup(region.fd()).unwrap(), peer_bell: dup(peer.as_fd()).unwrap() };
-        a.install_binding(flow(1000, 2000), BindingInfo { side: 0, slot: 0, id: 9, peer: 1 }, fds).unwrap();
+        let fds = BindingFds {
+            region: dup(region.fd()).unwrap(),
+            peer_bell: dup(peer.as_fd()).unwrap(),
+            summary: dup(Summary::create().unwrap().fd()).unwrap(),
+        };
+        a.install_binding(flow(1000, 2000), info(0, 9), fds).unwrap();
         assert_eq!(region.slot(binding::ATTACHED).unwrap().load(Ordering::Acquire), 1);
         // The peer has not attached: through the switch.
         let mut out = [0u8; 2048];
@@ -1173,11 +1338,15 @@ mod tests {
         let (fa, pa) = create(Geometry { ring_size: 8, buf_size: 2048 }).unwrap();
         let mut a = EmulatorNic::from_fds(fa).unwrap();
         let region = Arc::new(Region::create_binding(binding::GEOMETRY).unwrap());
-        let fds =
-            || BindingFds { region: dup(region.fd()).unwrap(), peer_bell: Doorbell::new().unwrap().into() };
+        let summary = Summary::create().unwrap();
+        let fds = || BindingFds {
+            region: dup(region.fd()).unwrap(),
+            peer_bell: Doorbell::new().unwrap().into(),
+            summary: dup(summary.fd()).unwrap(),
+        };
         // Never asked for.
         pa.region().slot(0).unwrap().store(9, Ordering::Release);
-        let r = a.install_binding(flow(1, 2), BindingInfo { side: 0, slot: 0, id: 9, peer: 1 }, fds());
+        let r = a.install_binding(flow(1, 2), info(0, 9), fds());
         assert!(matches!(r, Err(BindError::Stale)));
         assert_eq!(region.slot(binding::CLOSED).unwrap().load(Ordering::Acquire), 1);
         // Asked for, but the slot word does not hold the id (revoked before it arrived),
@@ -1187,17 +1356,39 @@ mod tests {
             send(&mut a, t, &tcp(1, 2, 0x10, b""));
         }
         assert_eq!(a.take_wanted().len(), 1);
-        let r = a.install_binding(flow(1, 2), BindingInfo { side: 0, slot: 0, id: 8, peer: 1 }, fds());
+        let r = a.install_binding(flow(1, 2), info(0, 8), fds());
         assert!(matches!(r, Err(BindError::Info(_))));
-        let r = a.install_binding(flow(1, 2), BindingInfo { side: 2, slot: 0, id: 9, peer: 1 }, fds());
+        let r = a.install_binding(flow(1, 2), info(2, 9), fds());
         assert!(r.is_err());
+        // A role or a bit out of range.
+        let r = a.install_binding(flow(1, 2), BindingInfo { role: 2, ..info(0, 9) }, fds());
+        assert!(matches!(r, Err(BindError::Info(_))), "{r:?}");
+        let r = a.install_binding(flow(1, 2), BindingInfo { bit: 1 << 20, ..info(0, 9) }, fds());
+        assert!(matches!(r, Err(BindError::Info(_))), "{r:?}");
         let (nic_fds, _p) = create(Geometry::default()).unwrap();
         let r = a.install_binding(
             flow(1, 2),
-            BindingInfo { side: 0, slot: 0, id: 9, peer: 1 },
-            BindingFds { region: nic_fds.region, peer_bell: nic_fds.to_container },
+            info(0, 9),
+            BindingFds {
+                region: nic_fds.region,
+                peer_bell: nic_fds.to_container,
+                summary: dup(summary.fd()).unwrap(),
+            },
         );
         assert!(matches!(r, Err(BindError::Region(_))));
+        // A summary page that is not a sealed page: refused, the binding closed.
+        let unsealed = rustix::fs::memfd_create("x", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&unsealed, 4096).unwrap();
+        let r = a.install_binding(
+            flow(1, 2),
+            info(0, 9),
+            BindingFds {
+                region: dup(region.fd()).unwrap(),
+                peer_bell: Doorbell::new().unwrap().into(),
+                summary: unsealed,
+            },
+        );
+        assert!(matches!(r, Err(BindError::Region(RingError::NotSealed))), "{r:?}");
         assert_eq!(a.bindings(), 0);
     }
 

@@ -689,40 +689,226 @@ impl Consumer {
 /// waiting threads, which poll the rx ring without the world lock and run the stack only when
 /// a frame is there). It reads the producer's `head` and the consumer's own published `tail`,
 /// and sets the consumer's doorbell request; it never consumes.
+///
+/// It keeps the address of the ring's control block and the ring's size next to each other,
+/// so a scan of many probes (a library OS with fifty bindings looks at every binding's ring
+/// several times per request) reads one small array and the rings' own cache lines, not the
+/// regions' bookkeeping.
 #[derive(Debug, Clone)]
 pub struct RingProbe {
-    region: Arc<Region>,
-    ring: Ring,
+    ctl: std::ptr::NonNull<RingCtl>,
+    size: u32,
+    /// Keeps the mapping `ctl` points into.
+    _region: Arc<Region>,
 }
 
+// SAFETY: `ctl` points into the mapping that `_region` keeps alive for the probe's life, and
+// every access through it is atomic (see `Region::ctl`), as through `Region` itself, which is
+// `Send` and `Sync`.
+unsafe impl Send for RingProbe {}
+// SAFETY: as for `Send`: shared access is only atomic loads and stores.
+unsafe impl Sync for RingProbe {}
+
 impl RingProbe {
+    fn ctl(&self) -> &RingCtl {
+        // SAFETY: `ctl` came from `Region::ctl` of the region `_region` holds, so it is valid,
+        // aligned and mapped for as long as `self` lives (see there).
+        unsafe { self.ctl.as_ref() }
+    }
+
     /// Whether frames (valid or not) wait in the ring.
+    #[inline]
     pub fn pending(&self) -> bool {
-        let ctl = self.region.ctl(self.ring);
+        let ctl = self.ctl();
         let head = ctl.head.load(Ordering::Acquire);
         let used = head.wrapping_sub(ctl.tail.load(Ordering::Relaxed));
-        used != 0 && used <= self.region.ring_size()
+        used != 0 && used <= self.size
     }
 
     /// While this thread polls: the producer need not ring (its doorbell would only wake a
     /// sleeper for a frame the poller takes anyway).
     pub fn suppress(&self) {
-        self.region.ctl(self.ring).consumer_waiting.store(0, Ordering::Relaxed);
+        set_word(&self.ctl().consumer_waiting, 0);
     }
 
     /// The poller stops: the producer rings again for the next frame. Then looks once more:
     /// `true` if a frame came in between (the caller must see that it is consumed).
     pub fn rearm(&self) -> bool {
-        self.region.ctl(self.ring).consumer_waiting.store(1, Ordering::Relaxed);
+        set_word(&self.ctl().consumer_waiting, 1);
         fence(Ordering::SeqCst);
         self.pending()
+    }
+}
+
+/// Stores `v` in a wake-up word unless it holds `v` already: the word shares its cache line
+/// with the consumer's `tail`, which threads on other CPUs read on every scan, so a store
+/// that changes nothing would only take the line away from them.
+fn set_word(w: &AtomicU32, v: u32) {
+    if w.load(Ordering::Relaxed) != v {
+        w.store(v, Ordering::Relaxed);
     }
 }
 
 impl Consumer {
     /// A [`RingProbe`] of this consumer's ring.
     pub fn probe(&self) -> RingProbe {
-        RingProbe { region: self.region.clone(), ring: self.ring }
+        RingProbe {
+            ctl: std::ptr::NonNull::from(self.region.ctl(self.ring)),
+            size: self.region.ring_size(),
+            _region: self.region.clone(),
+        }
+    }
+}
+
+/// Words of one role's half of a [`Summary`]: a bit per binding the pair may hold.
+pub const SUMMARY_WORDS: usize = SLOTS / 64;
+/// Bytes between the two roles' halves of a [`Summary`]: the bitmap's cache line, then the
+/// line of the role's `waiting` word.
+const SUMMARY_STRIDE: usize = 128;
+/// Offset of a role's `waiting` word in its half.
+const SUMMARY_WAITING: usize = 64;
+const _: () = assert!(SUMMARY_WORDS * 8 <= SUMMARY_WAITING && SUMMARY_WAITING + 8 <= SUMMARY_STRIDE);
+
+/// The summary page of the secure bindings between two containers (one page per pair, made
+/// by the switch and handed to both with each binding): for each of the pair's two *roles*, a
+/// bitmap with one bit per binding (its `bit`, given by the switch). A producer that has put
+/// a frame on a binding sets the binding's bit in the *consumer's* role; the consumer takes
+/// its whole bitmap (an atomic swap with 0) and reads only the rings whose bits were set,
+/// instead of the head of every binding's ring on every pass of its stack.
+///
+/// Order: the producer publishes the ring's `head`, then sets the bit with a `SeqCst`
+/// read-modify-write; the consumer swaps the word (`SeqCst`), then reads the heads. A bit set
+/// after the swap stays for the next look, so no frame is left unannounced.
+///
+/// Each role also has a `waiting` word, the pair's notification suppression for all its
+/// bindings at once (the rings' own `consumer_waiting` words are not used on bindings): the
+/// consumer stores 1 before it sleeps and then looks at its bitmap again (after a `SeqCst`
+/// fence); the producer, after setting a bit, rings the consumer's doorbell only if the word
+/// is 1. One of the two sees the other's store, as with a ring's words. Only the two
+/// containers of the pair map the page, so a lying peer can hide or invent only frames of
+/// its own bindings with this container (an invented bit costs one look at an empty ring).
+/// The creator seals the size; the attacher refuses an unsealed or short memfd.
+pub struct Summary {
+    map: MmapRaw,
+    fd: OwnedFd,
+}
+
+impl fmt::Debug for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Summary").finish_non_exhaustive()
+    }
+}
+
+impl Summary {
+    /// A fresh, zeroed, sealed summary page.
+    pub fn create() -> Result<Summary, RingError> {
+        let fd = rustix::fs::memfd_create("arrakis-summary", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+            .map_err(|e| RingError::Io("memfd_create", e.into()))?;
+        rustix::fs::ftruncate(&fd, PAGE as u64).map_err(|e| RingError::Io("ftruncate", e.into()))?;
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
+            .map_err(|e| RingError::Io("F_ADD_SEALS", e.into()))?;
+        Summary::map(fd)
+    }
+
+    /// Attaches to a summary page the switch made: a sealed memfd of at least a page.
+    pub fn attach(fd: OwnedFd) -> Result<Summary, RingError> {
+        let seals = rustix::fs::fcntl_get_seals(&fd).map_err(|e| RingError::Io("F_GET_SEALS", e.into()))?;
+        if !seals.contains(SealFlags::SHRINK | SealFlags::GROW) {
+            return Err(RingError::NotSealed);
+        }
+        let len = rustix::fs::fstat(&fd).map_err(|e| RingError::Io("fstat", e.into()))?.st_size as u64;
+        if len < PAGE as u64 {
+            return Err(RingError::Length { header: PAGE as u64, file: len });
+        }
+        Summary::map(fd)
+    }
+
+    fn map(fd: OwnedFd) -> Result<Summary, RingError> {
+        let map = MmapOptions::new().len(PAGE).map_raw(&fd).map_err(|e| RingError::Io("mmap", e))?;
+        Ok(Summary { map, fd })
+    }
+
+    /// The memfd, to hand to the pair.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// The file's identity (device, inode): two fds of one page name the same one.
+    pub fn identity(&self) -> Option<(u64, u64)> {
+        let st = rustix::fs::fstat(&self.fd).ok()?;
+        Some((st.st_dev, st.st_ino))
+    }
+
+    /// Word `w` of role `role`'s bitmap (`None` out of range).
+    fn word(&self, role: usize, w: usize) -> Option<&std::sync::atomic::AtomicU64> {
+        if role > 1 || w >= SUMMARY_WORDS {
+            return None;
+        }
+        // SAFETY: `role * SUMMARY_STRIDE + w * 8 < 2 * SUMMARY_STRIDE <= PAGE`, the mapping's
+        // length (sealed, checked at attach); 8-byte aligned (the mapping is page-aligned).
+        // `AtomicU64` is valid for any bits, and every access is atomic, so the peer's
+        // concurrent writes are not data races. The reference lives no longer than `self`.
+        Some(unsafe {
+            &*self.map.as_ptr().add(role * SUMMARY_STRIDE + w * 8).cast::<std::sync::atomic::AtomicU64>()
+        })
+    }
+
+    /// A frame was put on binding `bit` for the container of role `role` (after the ring's
+    /// `head` was published).
+    pub fn mark(&self, role: usize, bit: usize) {
+        if let Some(w) = self.word(role, bit / 64) {
+            w.fetch_or(1 << (bit % 64), Ordering::SeqCst);
+        }
+    }
+
+    /// Role `role`'s `waiting` word (`None` for a role out of range).
+    fn waiting_word(&self, role: usize) -> Option<&std::sync::atomic::AtomicU64> {
+        if role > 1 {
+            return None;
+        }
+        // SAFETY: as in `word`: `role * SUMMARY_STRIDE + SUMMARY_WAITING + 8 <= PAGE`, aligned.
+        Some(unsafe {
+            &*self
+                .map
+                .as_ptr()
+                .add(role * SUMMARY_STRIDE + SUMMARY_WAITING)
+                .cast::<std::sync::atomic::AtomicU64>()
+        })
+    }
+
+    /// The consumer of role `role` asks for a doorbell on the next frame (`true`) or polls
+    /// and needs none (`false`). Stores only a change: the line is read by the producer after
+    /// every frame. Arming is followed by a `SeqCst` fence; look at [`any`](Self::any) then.
+    pub fn set_waiting(&self, role: usize, on: bool) {
+        if let Some(w) = self.waiting_word(role) {
+            if (w.load(Ordering::Relaxed) != 0) != on {
+                w.store(u64::from(on), Ordering::Relaxed);
+            }
+            if on {
+                fence(Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// After setting a bit of role `role`: whether its consumer asked for a doorbell.
+    pub fn waiting(&self, role: usize) -> bool {
+        self.waiting_word(role).is_some_and(|w| w.load(Ordering::SeqCst) != 0)
+    }
+
+    /// Takes word `w` of role `role`'s bitmap (the bits set since the last take).
+    pub fn take(&self, role: usize, w: usize) -> u64 {
+        self.word(role, w).map_or(0, |w| {
+            if w.load(Ordering::Relaxed) == 0 {
+                0
+            } else {
+                w.swap(0, Ordering::SeqCst)
+            }
+        })
+    }
+
+    /// Whether any bit of role `role` is set (a frame was announced and not yet taken).
+    pub fn any(&self, role: usize) -> bool {
+        (0..SUMMARY_WORDS).any(|w| self.word(role, w).is_some_and(|w| w.load(Ordering::SeqCst) != 0))
     }
 }
 

@@ -207,11 +207,11 @@ impl Client {
     }
 
     /// A secure binding for the flow from `local` (the caller's end) to `remote`
-    /// ([`Request::Bind`], protocol version 5): which side the caller is, its NIC slot and the
-    /// binding's id, and the fds (the binding region, the peer's doorbell). A flow that
-    /// [`bind_flow`](super::msg::bind_flow) refuses is refused here without asking; a reply
-    /// whose side, slot or id is out of range, or that does not carry exactly two fds, is a
-    /// protocol error.
+    /// ([`Request::Bind`], protocol version 6): which side the caller is, its NIC slot and the
+    /// binding's id, and the fds (the binding region, the peer's doorbell, the pair's summary
+    /// page). A flow that [`bind_flow`](super::msg::bind_flow) refuses is refused here without
+    /// asking; a reply whose side, slot or id is out of range, or that does not carry exactly
+    /// three fds, is a protocol error.
     pub fn bind(
         &mut self,
         proto: Proto,
@@ -231,10 +231,10 @@ impl Client {
                     )));
                 }
                 let n = fds.len();
-                let [region, peer_bell]: [OwnedFd; 2] = fds.try_into().map_err(|_| {
-                    self.proto_err(format!("the bind reply carried {n} fds; it must carry 2"))
+                let [region, peer_bell, summary]: [OwnedFd; 3] = fds.try_into().map_err(|_| {
+                    self.proto_err(format!("the bind reply carried {n} fds; it must carry 3"))
                 })?;
-                Ok((binding, BindingFds { region, peer_bell }))
+                Ok((binding, BindingFds { region, peer_bell, summary }))
             }
             (other, _) => Err(self.unexpected(&other)),
         }

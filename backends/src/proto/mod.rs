@@ -26,13 +26,14 @@ pub use frame::{FrameBuf, FrameError, MAX_FRAME};
 pub use msg::*;
 
 /// The protocol version this build speaks best (2: `nic`, `lookup`; 3: `capture`,
-/// `capture_stop`; 4: VSAs and volumes; 5: `bind`, secure bindings).
-pub const VERSION: u16 = 5;
+/// `capture_stop`; 4: VSAs and volumes; 5: `bind`, secure bindings; 6: `bind`'s reply also
+/// carries the pair's summary page, and `bind` needs version 6).
+pub const VERSION: u16 = 6;
 /// The oldest protocol version this build still speaks.
 pub const MIN_VERSION: u16 = 1;
 
-/// How many fds a reply may carry (`SCM_RIGHTS`); [`Request::Nic`]'s carries three,
-/// [`Request::Bind`]'s two. A
+/// How many fds a reply may carry (`SCM_RIGHTS`); [`Request::Nic`]'s and [`Request::Bind`]'s
+/// carry three. A
 /// request carries at most one ([`Request::Capture`]'s).
 pub const MAX_FDS: usize = 4;
 

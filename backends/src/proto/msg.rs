@@ -177,9 +177,9 @@ pub enum Request {
     /// a private ring pair with the container at the other end, so the flow's frames bypass
     /// the switch (`emulator::binding`). `local` is the caller's end, `remote` the peer's;
     /// both are unicast with a port, of one family (a v4-mapped address counts as IPv4: see
-    /// [`bind_flow`]). The reply ([`Response::Bound`]) carries two fds as `SCM_RIGHTS`, in
-    /// this order: the binding region (a sealed memfd, magic `ARRAKBND`) and a doorbell that
-    /// wakes the peer container. Refused with `not_bindable` when the switch's checks fail.
+    /// [`bind_flow`]). The reply ([`Response::Bound`]) carries three fds as `SCM_RIGHTS`, in
+    /// this order: the binding region (a sealed memfd, magic `ARRAKBND`), a doorbell that
+    /// wakes the peer container and the pair's summary page (a sealed memfd of a page). Refused with `not_bindable` when the switch's checks fail.
     Bind {
         /// Protocol.
         proto: Proto,
@@ -299,8 +299,8 @@ pub enum Response {
         /// The VSA.
         name: Name,
     },
-    /// Answer to [`Request::Bind`]; the binding region's memfd and the peer's doorbell ride
-    /// on this frame, in that order.
+    /// Answer to [`Request::Bind`]; the binding region's memfd, the peer's doorbell and the
+    /// pair's summary page ride on this frame, in that order.
     Bound {
         /// Which side the caller is, its NIC slot and the binding's id.
         binding: crate::emulator::BindingInfo,
@@ -1076,13 +1076,13 @@ mod tests {
         let reply = ReplyFrame {
             seq: 3,
             result: Outcome::Ok(Response::Bound {
-                binding: crate::emulator::BindingInfo { side: 1, slot: 7, id: 42, peer: 3 },
+                binding: crate::emulator::BindingInfo { side: 1, slot: 7, id: 42, peer: 3, role: 1, bit: 5 },
             }),
         };
         let s = serde_json::to_string(&reply).unwrap();
         assert_eq!(
             s,
-            r#"{"seq":3,"result":{"ok":{"op":"bound","binding":{"side":1,"slot":7,"id":42,"peer":3}}}}"#
+            r#"{"seq":3,"result":{"ok":{"op":"bound","binding":{"side":1,"slot":7,"id":42,"peer":3,"role":1,"bit":5}}}}"#
         );
         assert_eq!(decode_reply(s.as_bytes()).unwrap(), reply);
         assert!(

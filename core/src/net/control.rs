@@ -499,8 +499,9 @@ impl Control {
         }
         let proto = Proto::from(flow.proto);
         let r = self.with_conn(SHORT_TIMEOUT, |c| {
-            // `bind` is protocol 5: an older daemon is not asked (again).
-            if c.version < 5 {
+            // `bind` is protocol 6 (5's reply had no summary page): an older daemon is not
+            // asked (again).
+            if c.version < 6 {
                 return Ok(None);
             }
             match c.call(Request::Bind { proto, local: flow.src, remote: flow.dst }, SHORT_TIMEOUT)? {
@@ -510,10 +511,10 @@ impl Control {
         });
         match r {
             Ok(Some((info, fds))) => {
-                let Ok([region, peer_bell]) = <[OwnedFd; 2]>::try_from(fds) else {
-                    return refused(&"the reply did not carry its 2 fds");
+                let Ok([region, peer_bell, summary]) = <[OwnedFd; 3]>::try_from(fds) else {
+                    return refused(&"the reply did not carry its 3 fds");
                 };
-                let fds = BindingFds { region, peer_bell };
+                let fds = BindingFds { region, peer_bell, summary };
                 match super::world::with_emulator(|n| n.install_binding(flow, info, fds)) {
                     Some(Err(e)) => tracing::debug!(?flow, "binding not installed: {e}"),
                     Some(Ok(())) => tracing::debug!(?flow, ?info, "bound"),
@@ -522,7 +523,7 @@ impl Control {
             }
             Ok(None) => {
                 self.no_bind.store(true, SeqCst);
-                refused(&"the daemon speaks a protocol older than 5, without bindings")
+                refused(&"the daemon speaks a protocol older than 6, without bindings it can use")
             }
             Err(CallError::Refused(e)) => refused(&e.message),
             Err(e) => refused(&e),

@@ -549,11 +549,14 @@ impl Plane for SwitchLink {
         let Some(n) = self.nics.get(&pid) else { return Err(BindError::NoNic) };
         let cmd = Cmd::Bind { port: n.port, proto, local, remote };
         match self.call(&cmd, &[]) {
-            Ok((Reply::Bound { side, slot, id, peer }, fds)) => {
-                let Ok([region, peer_bell]) = <[OwnedFd; 2]>::try_from(fds) else {
-                    return Err(BindError::Failed("the bound reply did not carry two fds".into()));
+            Ok((Reply::Bound { side, slot, id, peer, role, bit }, fds)) => {
+                let Ok([region, peer_bell, summary]) = <[OwnedFd; 3]>::try_from(fds) else {
+                    return Err(BindError::Failed("the bound reply did not carry three fds".into()));
                 };
-                Ok((BindingInfo { side, slot, id, peer }, BindingFds { region, peer_bell }))
+                Ok((
+                    BindingInfo { side, slot, id, peer, role, bit },
+                    BindingFds { region, peer_bell, summary },
+                ))
             }
             Ok((other, _)) => Err(BindError::Failed(format!("unexpected reply {other:?}"))),
             // The connection is still up: the switch answered with a refusal.
@@ -653,13 +656,16 @@ pub mod fake {
             .map_err(|e| BindError::Failed(e.to_string()))?;
             let bell =
                 arrakis_backends::emulator::Doorbell::new().map_err(|e| BindError::Failed(e.to_string()))?;
+            let summary = arrakis_backends::emulator::ring::Summary::create()
+                .map_err(|e| BindError::Failed(e.to_string()))?;
             self.binds += 1;
             let id = u32::try_from(self.binds).unwrap_or(u32::MAX);
             Ok((
-                BindingInfo { side: 0, slot: 0, id, peer: 0 },
+                BindingInfo { side: 0, slot: 0, id, peer: 0, role: 0, bit: 0 },
                 BindingFds {
                     region: dup(region.fd()).map_err(|e| BindError::Failed(e.to_string()))?,
                     peer_bell: bell.into(),
+                    summary: dup(summary.fd()).map_err(|e| BindError::Failed(e.to_string()))?,
                 },
             ))
         }

@@ -252,8 +252,9 @@ impl Daemon {
                     (Ok(()), Err(e)) => Err(e),
                 }
             }
-            (Request::Bind { .. }, Some(v)) if v < 5 => {
-                let e = ErrorKind::BadRequest { reason: "bind needs protocol version 5".into() };
+            (Request::Bind { .. }, Some(v)) if v < 6 => {
+                // Version 5's reply carried two fds; a client of it could not take the third.
+                let e = ErrorKind::BadRequest { reason: "bind needs protocol version 6".into() };
                 *self.registry.counters.refusals.entry(e.code().into()).or_default() += 1;
                 self.registry.counters.requests += 1;
                 Err(e)
@@ -375,7 +376,7 @@ impl Daemon {
                 e => ErrorKind::NotBindable { flow, reason: e.to_string() },
             }
         })?;
-        fds.extend([f.region, f.peer_bell]);
+        fds.extend([f.region, f.peer_bell, f.summary]);
         Ok(Response::Bound { binding: info })
     }
 
@@ -812,23 +813,23 @@ mod tests {
         let bind = Request::Bind { proto: Proto::Tcp, local, remote: "127.0.0.1:1022".parse().unwrap() };
         let (r, n) = ask(&mut d, &mut s, 5, bind);
         assert!(matches!(r, Outcome::Ok(Response::Bound { .. })), "{r:?}");
-        assert_eq!(n, 2);
+        assert_eq!(n, 3);
         let bad = Request::Bind { proto: Proto::Tcp, local, remote: "[::1]:1022".parse().unwrap() };
         let (r, _) = ask(&mut d, &mut s, 6, bad);
         assert!(matches!(&r, Outcome::Err(e) if e.kind.code() == "bad_request"), "{r:?}");
         assert_eq!(d.registry.counters.refusals.get("not_bindable"), Some(&1));
-        // A client of version 4 cannot bind.
+        // A client of version 5 (whose bind reply carried two fds) cannot bind.
         let mut old = Session::default();
         let c2 = CALLERS[1];
         let fx = feed(
             &mut old,
             &mut d,
             c2,
-            &encode(&RequestFrame { seq: 1, req: Request::Hello { min: 1, max: 4 } }).unwrap(),
+            &encode(&RequestFrame { seq: 1, req: Request::Hello { min: 1, max: 5 } }).unwrap(),
         );
         assert!(matches!(
             decode_reply(&fx.reply[HEADER..]).unwrap().result,
-            Outcome::Ok(Response::Hello { version: 4, .. })
+            Outcome::Ok(Response::Hello { version: 5, .. })
         ));
         let fx = feed(
             &mut old,
@@ -841,7 +842,7 @@ mod tests {
             .unwrap(),
         );
         let r = decode_reply(&fx.reply[HEADER..]).unwrap().result;
-        assert!(matches!(&r, Outcome::Err(e) if e.message.contains("version 5")), "{r:?}");
+        assert!(matches!(&r, Outcome::Err(e) if e.message.contains("version 6")), "{r:?}");
     }
 
     #[test]

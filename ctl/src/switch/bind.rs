@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use arrakis_backends::emulator::binding::{self, BindingFds, BindingInfo};
 use arrakis_backends::emulator::filter::{Flow, Proto};
-use arrakis_backends::emulator::ring::{Region, SLOTS};
+use arrakis_backends::emulator::ring::{Region, Summary, SLOTS};
 use arrakis_backends::proto::canonical_ip;
 
 use super::{PortId, Switch};
@@ -115,6 +115,22 @@ struct Binding {
     sides: [Option<Side>; 2],
     region: Arc<Region>,
     created: Instant,
+    /// Its bit in the pair's summary page.
+    bit: usize,
+}
+
+/// The two containers of a binding, the lower port first (role 0 in their summary page).
+type PairKey = (PortId, PortId);
+
+fn pair_key(a: PortId, b: PortId) -> PairKey {
+    (a.min(b), a.max(b))
+}
+
+/// The summary page of a pair of containers with bindings (`ring::Summary`), and which of
+/// its bits the pair's bindings hold.
+struct Pair {
+    summary: Arc<Summary>,
+    bits: Slots,
 }
 
 /// Unordered endpoints and protocol.
@@ -132,6 +148,8 @@ fn key(f: &Flow) -> Key {
 pub(super) struct Table {
     by_id: BTreeMap<u32, Binding>,
     by_key: HashMap<Key, u32>,
+    /// Summary pages of the pairs of containers that hold bindings.
+    pairs: HashMap<PairKey, Pair>,
     next_id: u32,
     last_gc: Instant,
     /// How long a binding only side 0 holds lives ([`binding::PENDING_TIMEOUT`]).
@@ -146,6 +164,7 @@ impl Table {
         Table {
             by_id: BTreeMap::new(),
             by_key: HashMap::new(),
+            pairs: HashMap::new(),
             next_id: seed.max(1),
             last_gc: Instant::now(),
             pending_timeout: binding::PENDING_TIMEOUT,
@@ -271,7 +290,14 @@ impl Switch {
                 }
                 let region = Region::create_binding(binding::GEOMETRY)
                     .map_err(|e| BindRefusal::Failed(format!("binding region: {e}")))?;
-                let slot = self.take_slot(port)?;
+                let bit = self.take_bit(port, receiver)?;
+                let slot = match self.take_slot(port) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        self.free_bit(port, receiver, bit);
+                        return Err(e);
+                    }
+                };
                 let id = self.bindings.fresh_id();
                 self.bindings.by_key.insert(k, id);
                 self.bindings.by_id.insert(
@@ -282,6 +308,7 @@ impl Switch {
                         sides: [Some(Side { port, slot }), None],
                         region: Arc::new(region),
                         created: Instant::now(),
+                        bit,
                     },
                 );
                 (id, 0)
@@ -293,6 +320,38 @@ impl Switch {
                 // Nothing half-made stays: a side the asker cannot use is revoked.
                 self.revoke_binding(id);
                 Err(e)
+            }
+        }
+    }
+
+    /// Takes a free bit of the summary page of `a` and `b`, making the page with the pair's
+    /// first binding.
+    fn take_bit(&mut self, a: PortId, b: PortId) -> Result<usize, BindRefusal> {
+        let pairs = &mut self.bindings.pairs;
+        let pair = match pairs.entry(pair_key(a, b)) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let summary =
+                    Summary::create().map_err(|e| BindRefusal::Failed(format!("summary page: {e}")))?;
+                e.insert(Pair { summary: Arc::new(summary), bits: Slots::default() })
+            }
+        };
+        // A NIC holds at most SLOTS bindings, so a pair never runs out first; but if it did,
+        // the page made for nothing goes.
+        let bit = pair.bits.take_free();
+        if bit.is_none() {
+            self.free_bit(a, b, usize::MAX);
+        }
+        bit.ok_or(BindRefusal::NoSlot)
+    }
+
+    /// Gives back a bit of the pair's summary page; the page goes with the pair's last one.
+    fn free_bit(&mut self, a: PortId, b: PortId, bit: usize) {
+        let k = pair_key(a, b);
+        if let Some(p) = self.bindings.pairs.get_mut(&k) {
+            p.bits.free(bit);
+            if p.bits.count() == 0 {
+                self.bindings.pairs.remove(&k);
             }
         }
     }
@@ -312,10 +371,24 @@ impl Switch {
         let mine = self.ports.get(s.port).and_then(Option::as_ref).ok_or(BindRefusal::NoPort)?;
         let peer =
             self.ports.get(b.ports[1 - side]).and_then(Option::as_ref).ok_or(BindRefusal::NoReceiver)?;
-        let fds = BindingFds { region: dup(b.region.fd())?, peer_bell: dup(&peer.nic.peer)? };
+        let (lo, _) = pair_key(b.ports[0], b.ports[1]);
+        let pair = self.bindings.pairs.get(&pair_key(b.ports[0], b.ports[1])).ok_or(BindRefusal::Taken)?;
+        let fds = BindingFds {
+            region: dup(b.region.fd())?,
+            peer_bell: dup(&peer.nic.peer)?,
+            summary: dup(pair.summary.fd())?,
+        };
         let word = mine.nic.region().slot(s.slot).ok_or(BindRefusal::NoSlot)?;
         word.store(id, Ordering::Release);
-        Ok((BindingInfo { side: side as u8, slot: s.slot as u32, id, peer: b.ports[1 - side] as u32 }, fds))
+        let info = BindingInfo {
+            side: side as u8,
+            slot: s.slot as u32,
+            id,
+            peer: b.ports[1 - side] as u32,
+            role: u8::from(s.port != lo),
+            bit: b.bit as u32,
+        };
+        Ok((info, fds))
     }
 
     /// Ends a binding: 0 in every handed-out side's slot word (the containers stop at their
@@ -324,6 +397,7 @@ impl Switch {
     fn revoke_binding(&mut self, id: u32) {
         let Some(b) = self.bindings.by_id.remove(&id) else { return };
         self.bindings.by_key.remove(&key(&b.flow));
+        self.free_bit(b.ports[0], b.ports[1], b.bit);
         for s in b.sides.iter().flatten() {
             if let Some(p) = self.ports.get_mut(s.port).and_then(Option::as_mut) {
                 if let Some(w) = p.nic.region().slot(s.slot) {

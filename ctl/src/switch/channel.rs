@@ -296,8 +296,8 @@ pub enum Reply {
         /// Frames it wrote (`None`: none was running).
         frames: Option<u64>,
     },
-    /// A binding was handed out; its region's memfd and the peer's doorbell ride on this
-    /// reply, in that order.
+    /// A binding was handed out; its region's memfd, the peer's doorbell and the pair's
+    /// summary page ride on this reply, in that order.
     Bound {
         /// 0: the asker produces on the region's `Tx` ring; 1: on `Rx`.
         side: u8,
@@ -308,6 +308,12 @@ pub enum Reply {
         /// The switch's number for the peer's NIC.
         #[serde(default)]
         peer: u32,
+        /// The asker's role in the pair's summary page.
+        #[serde(default)]
+        role: u8,
+        /// The binding's bit in the summary page.
+        #[serde(default)]
+        bit: u32,
     },
 }
 
@@ -316,7 +322,7 @@ impl Reply {
     pub fn fds(&self) -> usize {
         match self {
             Reply::Fds {} => 3,
-            Reply::Bound { .. } => 2,
+            Reply::Bound { .. } => 3,
             _ => 0,
         }
     }
@@ -511,7 +517,7 @@ mod tests {
             assert!(decode_cmd(bad.as_bytes(), 0).is_err(), "{bad}");
         }
         let bound = br#"{"op":"bound","side":1,"slot":3,"id":9}"#;
-        assert!(matches!(decode_reply(bound, 2), Ok(Reply::Bound { side: 1, slot: 3, id: 9, .. })));
+        assert!(matches!(decode_reply(bound, 3), Ok(Reply::Bound { side: 1, slot: 3, id: 9, .. })));
         assert!(decode_reply(bound, 0).is_err(), "a bound reply without its fds");
     }
 

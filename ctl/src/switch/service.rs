@@ -286,8 +286,15 @@ impl Service {
         };
         match self.sw.bind(a.id, Flow { proto: proto.into(), src: local, dst: remote }) {
             Ok((info, f)) => Handled::WithFds(
-                Reply::Bound { side: info.side, slot: info.slot, id: info.id, peer: info.peer },
-                vec![f.region, f.peer_bell],
+                Reply::Bound {
+                    side: info.side,
+                    slot: info.slot,
+                    id: info.id,
+                    peer: info.peer,
+                    role: info.role,
+                    bit: info.bit,
+                },
+                vec![f.region, f.peer_bell, f.summary],
             ),
             Err(e) => Handled::Reply(Reply::Err { reason: e.to_string() }),
         }
@@ -679,17 +686,25 @@ mod tests {
         channel::send(&ours, &bind(1, "127.0.0.1:40001", "127.0.0.1:80"), &[]).unwrap();
         s.serve_conn();
         let (r0, f0) = reply(&ours);
-        let Reply::Bound { side: 0, slot, id, .. } = r0 else { panic!("{r0:?}") };
-        assert_eq!(f0.len(), 2);
+        let Reply::Bound { side: 0, slot, id, role: 0, bit, .. } = r0 else { panic!("{r0:?}") };
+        assert_eq!(f0.len(), 3);
         let nic_a = Region::attach(dup(nics[0].region.as_fd()).unwrap()).unwrap();
         assert_eq!(nic_a.slot(slot as usize).unwrap().load(Ordering::Acquire), id);
-        assert!(Region::attach_binding(f0.into_iter().next().unwrap()).is_ok());
+        let mut f0 = f0.into_iter();
+        assert!(Region::attach_binding(f0.next().unwrap()).is_ok());
+        let page0 = arrakis_backends::emulator::ring::Summary::attach(f0.nth(1).unwrap()).unwrap();
 
         channel::send(&ours, &bind(2, "127.0.0.1:80", "127.0.0.1:40001"), &[]).unwrap();
         s.serve_conn();
         let (r1, f1) = reply(&ours);
-        assert!(matches!(r1, Reply::Bound { side: 1, id: i, .. } if i == id), "{r1:?}");
-        assert_eq!(f1.len(), 2);
+        // The other container of the pair: the other role, the same bit of the same page.
+        assert!(
+            matches!(r1, Reply::Bound { side: 1, id: i, role: 1, bit: b, .. } if i == id && b == bit),
+            "{r1:?}"
+        );
+        assert_eq!(f1.len(), 3);
+        let page1 = arrakis_backends::emulator::ring::Summary::attach(dup(f1[2].as_fd()).unwrap()).unwrap();
+        assert_eq!(page0.identity(), page1.identity());
 
         // A refusal is a reply, and the channel stays.
         channel::send(&ours, &bind(2, "127.0.0.1:80", "127.0.0.1:41000"), &[]).unwrap();
