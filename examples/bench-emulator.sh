@@ -194,9 +194,10 @@ run_memcached() {
       # subset of the keys it set first).
       read -r keys secs < <(awk -v t="$t" '$1 == "Time" && $3 == t && $6 == "by" { print $4, $(NF - 1) }' "$WORK/slap.out") ||
         { cat "$WORK/slap.out" >&2; die "memcslap ($path): no \"Time to $t ... by\" line"; }
-      # The CPU covers the whole run: a get run first sets its n keys per thread.
+      # The CPU covers the whole run: a get run first sets its n keys ("Time to set N keys",
+      # from one thread whatever the concurrency), then gets.
       local reqs=$keys
-      [ "$t" = get ] && reqs=$((keys + conc * n))
+      [ "$t" = get ] && reqs=$((keys + n))
       record "mc_${t}_c${conc}_kps.$path" "$(awk -v k="$keys" -v s="$secs" 'BEGIN { printf "%.0f", k / s }')"
       record "mc_${t}_c${conc}_cpu_us.$path" "$(awk -v a="$cpu" -v b="$c0" -v c="$c1" -v d="$p0" -v e="$p1" \
         -v n="$reqs" 'BEGIN { printf "%.2f", (a + c - b + e - d) * 1e6 / n }')"
