@@ -336,13 +336,9 @@ impl Switch {
                 e.insert(Pair { summary: Arc::new(summary), bits: Slots::default() })
             }
         };
-        // A NIC holds at most SLOTS bindings, so a pair never runs out first; but if it did,
-        // the page made for nothing goes.
-        let bit = pair.bits.take_free();
-        if bit.is_none() {
-            self.free_bit(a, b, usize::MAX);
-        }
-        bit.ok_or(BindRefusal::NoSlot)
+        // A NIC holds at most SLOTS bindings, so a pair runs out of bits only when one of its
+        // NICs is out of slots too (and a page just made has them all free).
+        pair.bits.take_free().ok_or(BindRefusal::NoSlot)
     }
 
     /// Gives back a bit of the pair's summary page; the page goes with the pair's last one.

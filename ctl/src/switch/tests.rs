@@ -412,6 +412,38 @@ fn both_sides_get_one_region_and_their_slots_hold_the_id() {
 }
 
 #[test]
+fn a_pair_shares_one_summary_page_a_bit_per_binding_and_loses_it_with_its_last() {
+    use arrakis_backends::emulator::ring::Summary;
+    let (mut sw, _fa, _fb, ia, ib) = bind_setup(vec![a_range()], vec![Filter::port(Proto::Tcp, 80)]);
+    let page = |f: BindingFds| Summary::attach(f.summary).unwrap();
+    let (x0, fx0) = ok(sw.bind(ia, tcp(40001, 80)));
+    let (x1, fx1) = ok(sw.bind(ib, tcp(80, 40001)));
+    let (y0, fy0) = ok(sw.bind(ia, tcp(40002, 80)));
+    // A is the lower port: role 0; B role 1; one bit per binding, the same at both ends.
+    assert!(ia < ib);
+    assert_eq!((x0.role, x1.role, y0.role), (0, 1, 0));
+    assert_eq!(x0.bit, x1.bit);
+    assert_ne!(x0.bit, y0.bit);
+    let (px0, px1, py0) = (page(fx0), page(fx1), page(fy0));
+    assert_eq!(px0.identity(), px1.identity());
+    assert_eq!(px0.identity(), py0.identity());
+    // What one end marks for the other's role, the other takes, once.
+    px1.mark(0, y0.bit as usize);
+    let w = y0.bit as usize / 64;
+    assert_eq!(py0.take(0, w), 1 << (y0.bit % 64));
+    assert_eq!(py0.take(0, w), 0);
+    assert!(!px0.any(1));
+    // The pair's last binding gone (A detached: both revoked), a new pair gets a fresh page.
+    assert!(sw.detach(ia).is_some());
+    let (fc, pc) = create(Geometry::default()).unwrap();
+    let ic = sw.attach("c", pc, Grants { addrs: vec![ip(LO)], filters: vec![a_range()] }).unwrap();
+    let (z0, fz0) = ok(sw.bind(ic, tcp(40001, 80)));
+    assert_eq!(z0.bit, 0, "bits of the gone pair are not held");
+    assert_ne!(page(fz0).identity(), px0.identity());
+    drop(fc);
+}
+
+#[test]
 fn v4_mapped_ends_bind_the_ipv4_flow() {
     let (mut sw, _fa, _fb, ia, ib) = bind_setup(vec![a_range()], vec![Filter::port(Proto::Tcp, 80)]);
     let (i0, _) = ok(sw.bind(ia, tcp(40001, 80)));
