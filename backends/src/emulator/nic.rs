@@ -274,7 +274,7 @@ impl DeviceProbe {
 struct PairPage {
     page: Arc<Summary>,
     /// The file's identity: later bindings with the same pair bring the same page again.
-    id: Option<(u64, u64)>,
+    id: (u64, u64),
     /// This container's role in the page.
     role: usize,
     /// Bits taken from the page whose bindings may still hold frames.
@@ -711,7 +711,7 @@ impl EmulatorNic {
                 w.store(1, Ordering::Release);
             }
         };
-        let summary = match Summary::attach(fds.summary) {
+        let summary = match Summary::attach(fds.summary).and_then(|s| Ok((s.identity()?, s))) {
             Ok(s) => s,
             Err(e) => {
                 if side <= 1 {
@@ -749,9 +749,10 @@ impl EmulatorNic {
         let (out, inn) = if side == 0 { (Ring::Tx, Ring::Rx) } else { (Ring::Rx, Ring::Tx) };
         let t = l.flows.remove(&flow);
         let (role, bit) = (usize::from(info.role), info.bit as usize);
-        // The pair's page: the one this NIC holds already if it is the same file.
-        let id = summary.identity();
-        let k = match l.pairs.iter().position(|p| p.id.is_some() && p.id == id && p.role == role) {
+        // The pair's page: the one this NIC holds already if it is the same file (two entries
+        // for one file would each take the other's bits).
+        let (id, summary) = summary;
+        let k = match l.pairs.iter().position(|p| p.id == id && p.role == role) {
             Some(k) => k,
             None => {
                 let page = Arc::new(summary);

@@ -834,9 +834,9 @@ impl Summary {
     }
 
     /// The file's identity (device, inode): two fds of one page name the same one.
-    pub fn identity(&self) -> Option<(u64, u64)> {
-        let st = rustix::fs::fstat(&self.fd).ok()?;
-        Some((st.st_dev, st.st_ino))
+    pub fn identity(&self) -> Result<(u64, u64), RingError> {
+        let st = rustix::fs::fstat(&self.fd).map_err(|e| RingError::Io("fstat", e.into()))?;
+        Ok((st.st_dev, st.st_ino))
     }
 
     /// Word `w` of role `role`'s bitmap (`None` out of range).

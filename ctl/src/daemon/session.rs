@@ -696,7 +696,7 @@ mod tests {
                         prop_assert!(nic.tcp_ports.lo() >= 61000 && nic.udp_ports.lo() >= 61000);
                     }
                     if let Outcome::Ok(Response::Bound { binding }) = &reply.result {
-                        with_fds.push((off, 2));
+                        with_fds.push((off, 3));
                         prop_assert!(binding.id != 0 && binding.side <= 1);
                         prop_assert!(d.plane.attached().iter().any(|(pid, _)| *pid == caller.pid), "a binding without a NIC");
                     }

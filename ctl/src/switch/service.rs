@@ -704,7 +704,7 @@ mod tests {
         );
         assert_eq!(f1.len(), 3);
         let page1 = arrakis_backends::emulator::ring::Summary::attach(dup(f1[2].as_fd()).unwrap()).unwrap();
-        assert_eq!(page0.identity(), page1.identity());
+        assert_eq!(page0.identity().unwrap(), page1.identity().unwrap());
 
         // A refusal is a reply, and the channel stays.
         channel::send(&ours, &bind(2, "127.0.0.1:80", "127.0.0.1:41000"), &[]).unwrap();
