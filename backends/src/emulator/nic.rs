@@ -314,9 +314,6 @@ struct Links {
     /// [`EmulatorNic::receive`] looks at the bindings' rings (see
     /// [`EmulatorNic::set_binding_rx`]).
     scan: bool,
-    /// A scan of the bindings' rings in this pass of the stack found nothing: the pass's
-    /// later rounds read the NIC's rx ring only ([`EmulatorNic::begin_pass`]).
-    swept: bool,
     /// The summary pages of the pairs this NIC has bindings in.
     pairs: Vec<PairPage>,
     /// The page the next scan starts with.
@@ -623,7 +620,6 @@ impl EmulatorNic {
                 kicks: 0,
                 enabled: true,
                 scan: true,
-                swept: false,
                 pairs: Vec::new(),
                 pair_cursor: 0,
                 flows: HashMap::new(),
@@ -814,15 +810,6 @@ impl EmulatorNic {
         self.links.scan = on;
     }
 
-    /// A pass of the stack begins: [`receive`](smoltcp::phy::Device::receive) scans the
-    /// bindings' rings until one scan finds nothing, and not again in this pass (its later
-    /// rounds look for the replies of the loopback through the switch, which come on the NIC's
-    /// own rx ring; a frame that reaches a binding meanwhile is read by the next pass, as one
-    /// that comes just after the pass).
-    pub fn begin_pass(&mut self) {
-        self.links.swept = false;
-    }
-
     /// The doorbells due since the last call, appended to `out`: the switch's, if a frame
     /// for it (or room it waited for) came and it asked, and those of the peers frames were
     /// sent to on bindings (once per peer, and only those that asked). The library OS takes
@@ -863,11 +850,8 @@ impl phy::Device for EmulatorNic {
     fn receive(&mut self, now: Instant) -> Option<(RxToken<'_>, TxToken<'_>)> {
         let from = if self.rx.has_frame() {
             From::Nic { rx: &mut self.rx, kicks: &mut self.rx_kicks }
-        } else if self.links.scan && !self.links.swept && !self.links.pairs.is_empty() {
-            let Some(len) = self.links.recv_bound(&mut self.scratch) else {
-                self.links.swept = true;
-                return None;
-            };
+        } else if self.links.scan && !self.links.pairs.is_empty() {
+            let len = self.links.recv_bound(&mut self.scratch)?;
             From::Binding(&self.scratch[..len])
         } else {
             return None;
@@ -1096,9 +1080,7 @@ mod tests {
         nic.flush_kicks();
     }
 
-    /// One frame, as a pass of the library OS's stack of its own would take it.
     fn recv(nic: &mut EmulatorNic, t: Instant) -> Option<Vec<u8>> {
-        nic.begin_pass();
         nic.receive(t).map(|(rx, _tx)| rx.consume(|b| b.to_vec()))
     }
 

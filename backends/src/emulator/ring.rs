@@ -689,40 +689,23 @@ impl Consumer {
 /// waiting threads, which poll the rx ring without the world lock and run the stack only when
 /// a frame is there). It reads the producer's `head` and the consumer's own published `tail`,
 /// and sets the consumer's doorbell request; it never consumes.
-///
-/// It keeps the address of the ring's control block and the ring's size next to each other,
-/// so a scan of many probes (a library OS with fifty bindings looks at every binding's ring
-/// several times per request) reads one small array and the rings' own cache lines, not the
-/// regions' bookkeeping.
 #[derive(Debug, Clone)]
 pub struct RingProbe {
-    ctl: std::ptr::NonNull<RingCtl>,
-    size: u32,
-    /// Keeps the mapping `ctl` points into.
-    _region: Arc<Region>,
+    region: Arc<Region>,
+    ring: Ring,
 }
-
-// SAFETY: `ctl` points into the mapping that `_region` keeps alive for the probe's life, and
-// every access through it is atomic (see `Region::ctl`), as through `Region` itself, which is
-// `Send` and `Sync`.
-unsafe impl Send for RingProbe {}
-// SAFETY: as for `Send`: shared access is only atomic loads and stores.
-unsafe impl Sync for RingProbe {}
 
 impl RingProbe {
     fn ctl(&self) -> &RingCtl {
-        // SAFETY: `ctl` came from `Region::ctl` of the region `_region` holds, so it is valid,
-        // aligned and mapped for as long as `self` lives (see there).
-        unsafe { self.ctl.as_ref() }
+        self.region.ctl(self.ring)
     }
 
     /// Whether frames (valid or not) wait in the ring.
-    #[inline]
     pub fn pending(&self) -> bool {
         let ctl = self.ctl();
         let head = ctl.head.load(Ordering::Acquire);
         let used = head.wrapping_sub(ctl.tail.load(Ordering::Relaxed));
-        used != 0 && used <= self.size
+        used != 0 && used <= self.region.ring_size()
     }
 
     /// While this thread polls: the producer need not ring (its doorbell would only wake a
@@ -752,11 +735,7 @@ fn set_word(w: &AtomicU32, v: u32) {
 impl Consumer {
     /// A [`RingProbe`] of this consumer's ring.
     pub fn probe(&self) -> RingProbe {
-        RingProbe {
-            ctl: std::ptr::NonNull::from(self.region.ctl(self.ring)),
-            size: self.region.ring_size(),
-            _region: self.region.clone(),
-        }
+        RingProbe { region: self.region.clone(), ring: self.ring }
     }
 }
 

@@ -608,9 +608,6 @@ impl Inner {
             return;
         }
         let now = self.now;
-        if let AnyDevice::Emulator(n) = self.stack.device_mut() {
-            n.begin_pass();
-        }
         self.stack.poll(now);
         if let AnyDevice::Emulator(n) = self.stack.device_mut() {
             n.take_rings(&mut self.bells);
