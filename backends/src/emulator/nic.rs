@@ -147,10 +147,9 @@ struct Bound {
     rx: Consumer,
     /// Wakes the peer container.
     peer: Arc<Doorbell>,
-    /// The pair's summary page, this container's role in it and the binding's bit.
+    /// The pair's summary page (this container's role in it and the binding's bit are
+    /// `info`'s).
     pair: Arc<Summary>,
-    role: usize,
-    bit: usize,
     /// Frames of the flow go on the binding now (it started once the NIC's tx ring was empty,
     /// so nothing sent earlier through the switch arrives after them).
     active: bool,
@@ -283,7 +282,8 @@ struct PairPage {
     slot_of: Vec<usize>,
     /// Where the next look at `taken` starts (fairness between the pair's bindings).
     cursor: usize,
-    /// Bindings of this NIC that use the page.
+    /// Bindings of this NIC that use the page. A page without any stays (its index in
+    /// `Links::pairs` with it) until the next sweep or install (`Links::prune_pages`).
     users: usize,
 }
 
@@ -351,15 +351,12 @@ impl Links {
     fn drop_binding(&mut self, i: usize, close: bool) {
         if let Some(b) = self.slots.get_mut(i).and_then(Option::take) {
             self.index.remove(&b.flow);
-            if let Some(k) = self.pairs.iter().position(|p| Arc::ptr_eq(&p.page, &b.pair)) {
-                let p = &mut self.pairs[k];
-                if p.slot_of.get(b.bit) == Some(&i) {
-                    p.slot_of[b.bit] = NO_BINDING;
+            if let Some(p) = self.pairs.iter_mut().find(|p| Arc::ptr_eq(&p.page, &b.pair)) {
+                let bit = b.info.bit as usize;
+                if p.slot_of.get(bit) == Some(&i) {
+                    p.slot_of[bit] = NO_BINDING;
                 }
                 p.users -= 1;
-                if p.users == 0 {
-                    self.pairs.remove(k);
-                }
             }
             if close {
                 b.close();
@@ -401,8 +398,8 @@ impl Links {
                         // head), then rung once per peer after the stack's pass (`take_rings`)
                         // if it asked: fifty connections to one server would otherwise write
                         // its doorbell fifty times for one burst of requests.
-                        let peer_role = 1 - b.role;
-                        b.pair.mark(peer_role, b.bit);
+                        let peer_role = 1 - usize::from(b.info.role);
+                        b.pair.mark(peer_role, b.info.bit as usize);
                         if b.pair.waiting(peer_role)
                             && !self.peer_kicks.iter().any(|&(p, _)| p == b.info.peer)
                         {
@@ -478,6 +475,7 @@ impl Links {
             return;
         }
         self.last_sweep = now;
+        self.prune_pages();
         let done = |last: Instant, closing: bool| {
             let idle = if now >= last { (now - last).total_millis() as i64 } else { 0 };
             idle >= if closing { FLOW_CLOSING_MS } else { FLOW_IDLE_MS }
@@ -494,6 +492,14 @@ impl Links {
         }
     }
 
+    /// Forgets the summary pages no binding uses any more.
+    fn prune_pages(&mut self) {
+        if self.pairs.iter().any(|p| p.users == 0) {
+            self.pairs.retain(|p| p.users != 0);
+            self.refresh_probes();
+        }
+    }
+
     /// Takes the next frame waiting on a binding into `out` (a valid frame of that binding's
     /// flow); its length. Looks only at the bindings whose bits the pairs' summary pages
     /// announced (taken into each page's `taken`; a bit stays there until its ring is found
@@ -502,24 +508,17 @@ impl Links {
     fn recv_bound(&mut self, out: &mut [u8]) -> Option<usize> {
         let np = self.pairs.len();
         for k in 0..np {
-            let p = if self.pair_cursor + k >= np { self.pair_cursor + k - np } else { self.pair_cursor + k };
-            let Some(pp) = self.pairs.get_mut(p) else { break };
-            let page = Arc::as_ptr(&pp.page);
+            // Pages stay at their index while this runs (`PairPage::users`).
+            let p = (self.pair_cursor + k) % np;
+            let pp = &mut self.pairs[p];
             for w in 0..SUMMARY_WORDS {
                 pp.taken[w] |= pp.page.take(pp.role, w);
             }
-            // Bounded: each round takes a frame (and returns) or clears a bit. The page is gone
-            // if the binding just looked at was its last one.
-            while let Some(pp) = self.pairs.get_mut(p).filter(|pp| Arc::as_ptr(&pp.page) == page) {
-                let Some(bit) = next_bit(&pp.taken, pp.cursor) else { break };
-                let i = pp.slot_of.get(bit).copied().unwrap_or(NO_BINDING);
+            // Bounded: each round takes a frame (and returns) or clears a bit.
+            while let Some(bit) = next_bit(&self.pairs[p].taken, self.pairs[p].cursor) {
+                let i = self.pairs[p].slot_of[bit];
                 let got = if i == NO_BINDING { None } else { self.take_from(i, out) };
-                let Some(pp) = self.pairs.get_mut(p).filter(|pp| Arc::as_ptr(&pp.page) == page) else {
-                    if got.is_some() {
-                        return got;
-                    }
-                    break;
-                };
+                let pp = &mut self.pairs[p];
                 match got {
                     Some(len) => {
                         pp.cursor = bit + 1;
@@ -748,6 +747,7 @@ impl EmulatorNic {
         // The pair's page: the one this NIC holds already if it is the same file (two entries
         // for one file would each take the other's bits).
         let (id, summary) = summary;
+        l.prune_pages();
         let k = match l.pairs.iter().position(|p| p.id == id && p.role == role) {
             Some(k) => k,
             None => {
@@ -777,8 +777,6 @@ impl EmulatorNic {
             region,
             peer: Arc::new(Doorbell::from_fd(fds.peer_bell)),
             pair: l.pairs[k].page.clone(),
-            role,
-            bit,
             active: false,
             last: t.map_or(Instant::from_millis(0), |t| t.last),
             closing: false,
