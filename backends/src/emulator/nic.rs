@@ -1235,6 +1235,25 @@ mod tests {
     }
 
     #[test]
+    fn a_summary_page_full_of_bits_costs_looks_and_nothing_else() {
+        let f = flow(1000, 2000);
+        let mut p = bound_pair(f);
+        let t = Instant::from_millis(2);
+        // A peer (or a bug) sets every bit of both roles: each names no binding or an empty
+        // ring; the looks end, nothing is taken, and a real frame still arrives after them.
+        for bit in 0..SUMMARY_WORDS * 64 {
+            p.summary.mark(0, bit);
+            p.summary.mark(1, bit);
+        }
+        assert!(recv(&mut p.a, t).is_none());
+        assert!(recv(&mut p.b, t).is_none());
+        send(&mut p.a, t, &tcp(1000, 2000, 0x18, b"real"));
+        assert_eq!(&recv(&mut p.b, t).unwrap()[40..], b"real");
+        assert!(recv(&mut p.b, t).is_none());
+        assert_eq!(p.b.bind_stats().rx_foreign, 0);
+    }
+
+    #[test]
     fn frames_not_of_the_flow_are_dropped_by_the_receiver() {
         let f = flow(1000, 2000);
         let mut p = bound_pair(f);
