@@ -402,6 +402,7 @@ impl Links {
                         b.pair.mark(peer_role, b.info.bit as usize);
                         if b.pair.waiting(peer_role)
                             && !self.peer_kicks.iter().any(|&(p, _)| p == b.info.peer)
+                            && b.pair.claim_ring(peer_role)
                         {
                             self.peer_kicks.push((b.info.peer, i));
                         }
@@ -511,6 +512,7 @@ impl Links {
             // Pages stay at their index while this runs (`PairPage::users`).
             let p = (self.pair_cursor + k) % np;
             let pp = &mut self.pairs[p];
+            pp.page.clear_rung(pp.role);
             for w in 0..SUMMARY_WORDS {
                 pp.taken[w] |= pp.page.take(pp.role, w);
             }
@@ -891,6 +893,7 @@ impl NetDevice for EmulatorNic {
         self.tx.disarm();
         for p in &self.links.pairs {
             p.page.set_waiting(p.role, false);
+            p.page.clear_rung(p.role);
         }
     }
 
@@ -1214,6 +1217,38 @@ mod tests {
         assert_eq!(u64::from_ne_bytes(n), 1, "one doorbell write for three frames");
         p.a.flush_kicks();
         assert!(!p.pb.peer.drain());
+    }
+
+    #[test]
+    fn a_sleeping_peer_is_rung_once_until_it_looks_again() {
+        let mut p = bound_pair(flow(1000, 2000));
+        let t = Instant::from_millis(2);
+        assert!(p.b.prepare_sleep());
+        let _ = p.pb.peer.drain();
+        send(&mut p.a, t, &tcp(1000, 2000, 0x18, b"one"));
+        assert!(p.pb.peer.drain(), "b sleeps: the first frame rings");
+        send(&mut p.a, t, &tcp(1000, 2000, 0x18, b"two"));
+        assert!(!p.pb.peer.drain(), "rung already, and b has not looked since");
+        // b's look (the thread that woke runs its stack) takes both, with the second's bit.
+        assert_eq!(&recv(&mut p.b, t).unwrap()[40..], b"one");
+        assert_eq!(&recv(&mut p.b, t).unwrap()[40..], b"two");
+        assert!(recv(&mut p.b, t).is_none());
+        send(&mut p.a, t, &tcp(1000, 2000, 0x18, b"three"));
+        assert!(p.pb.peer.drain(), "after a look, the next frame rings again");
+        // Taking the doorbell also clears it: a sleeper armed after that is rung.
+        p.b.ack_doorbell();
+        assert!(!p.b.prepare_sleep(), "three is still there");
+        assert_eq!(&recv(&mut p.b, t).unwrap()[40..], b"three");
+        assert!(recv(&mut p.b, t).is_none());
+        p.b.ack_doorbell();
+        assert!(p.b.prepare_sleep());
+        send(&mut p.a, t, &tcp(1000, 2000, 0x18, b"four"));
+        assert!(p.pb.peer.drain());
+        // A peer that leaves the word set hides only its own rings: b's look clears it.
+        p.summary.claim_ring(0);
+        assert_eq!(&recv(&mut p.b, t).unwrap()[40..], b"four");
+        send(&mut p.a, t, &tcp(1000, 2000, 0x18, b"five"));
+        assert!(p.pb.peer.drain());
     }
 
     #[test]

@@ -746,7 +746,9 @@ pub const SUMMARY_WORDS: usize = SLOTS / 64;
 const SUMMARY_STRIDE: usize = 128;
 /// Offset of a role's `waiting` word in its half.
 const SUMMARY_WAITING: usize = 64;
-const _: () = assert!(SUMMARY_WORDS * 8 <= SUMMARY_WAITING && SUMMARY_WAITING + 8 <= SUMMARY_STRIDE);
+/// Offset of a role's `rung` word in its half (the line of `waiting`).
+const SUMMARY_RUNG: usize = 72;
+const _: () = assert!(SUMMARY_WORDS * 8 <= SUMMARY_WAITING && SUMMARY_RUNG + 8 <= SUMMARY_STRIDE);
 
 /// The summary page of the secure bindings between two containers (one page per pair, made
 /// by the switch and handed to both with each binding): for each of the pair's two *roles*, a
@@ -842,17 +844,35 @@ impl Summary {
 
     /// Role `role`'s `waiting` word (`None` for a role out of range).
     fn waiting_word(&self, role: usize) -> Option<&std::sync::atomic::AtomicU64> {
-        if role > 1 {
+        self.line_word(role, SUMMARY_WAITING)
+    }
+
+    /// Role `role`'s word at `off` of its half's second line (`waiting` or `rung`).
+    fn line_word(&self, role: usize, off: usize) -> Option<&std::sync::atomic::AtomicU64> {
+        if role > 1 || !(off == SUMMARY_WAITING || off == SUMMARY_RUNG) {
             return None;
         }
-        // SAFETY: as in `word`: `role * SUMMARY_STRIDE + SUMMARY_WAITING + 8 <= PAGE`, aligned.
-        Some(unsafe {
-            &*self
-                .map
-                .as_ptr()
-                .add(role * SUMMARY_STRIDE + SUMMARY_WAITING)
-                .cast::<std::sync::atomic::AtomicU64>()
-        })
+        // SAFETY: as in `word`: `role * SUMMARY_STRIDE + off + 8 <= 2 * SUMMARY_STRIDE <=
+        // PAGE`, 8-byte aligned.
+        Some(unsafe { &*self.map.as_ptr().add(role * SUMMARY_STRIDE + off).cast::<std::sync::atomic::AtomicU64>() })
+    }
+
+    /// After setting a bit of role `role` whose consumer is [`waiting`](Self::waiting): whether
+    /// this producer is the one to ring. The first since the consumer's last look sets the
+    /// role's `rung` word and rings; the others need not, since the look that ring brings
+    /// clears the word first and then takes the bitmap with their bits in it.
+    pub fn claim_ring(&self, role: usize) -> bool {
+        self.line_word(role, SUMMARY_RUNG)
+            .is_some_and(|w| w.load(Ordering::SeqCst) == 0 && w.swap(1, Ordering::SeqCst) == 0)
+    }
+
+    /// The consumer of role `role` is about to look at its bitmap: the next frame rings again.
+    pub fn clear_rung(&self, role: usize) {
+        if let Some(w) = self.line_word(role, SUMMARY_RUNG) {
+            if w.load(Ordering::Relaxed) != 0 {
+                w.swap(0, Ordering::SeqCst);
+            }
+        }
     }
 
     /// The consumer of role `role` asks for a doorbell on the next frame (`true`) or polls
