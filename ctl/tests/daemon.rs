@@ -252,7 +252,8 @@ fn garbage_truncated_and_oversized_frames_get_clean_errors() {
     assert_eq!(r.seq, 9);
     assert!(matches!(r.result, Outcome::Err(ref e) if e.kind == ErrorKind::HelloFirst));
     // A version nobody speaks.
-    s.write_all(&encode(&RequestFrame { seq: 10, req: Request::Hello { min: 7, max: 9 } }).unwrap()).unwrap();
+    s.write_all(&encode(&RequestFrame { seq: 10, req: Request::Hello { min: 100, max: 109 } }).unwrap())
+        .unwrap();
     let r = read_reply(&mut s).unwrap();
     assert!(matches!(r.result, Outcome::Err(ref e) if matches!(e.kind, ErrorKind::Version { .. })));
 

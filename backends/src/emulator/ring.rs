@@ -854,7 +854,9 @@ impl Summary {
         }
         // SAFETY: as in `word`: `role * SUMMARY_STRIDE + off + 8 <= 2 * SUMMARY_STRIDE <=
         // PAGE`, 8-byte aligned.
-        Some(unsafe { &*self.map.as_ptr().add(role * SUMMARY_STRIDE + off).cast::<std::sync::atomic::AtomicU64>() })
+        Some(unsafe {
+            &*self.map.as_ptr().add(role * SUMMARY_STRIDE + off).cast::<std::sync::atomic::AtomicU64>()
+        })
     }
 
     /// After setting a bit of role `role` whose consumer is [`waiting`](Self::waiting): whether

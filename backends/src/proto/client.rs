@@ -207,7 +207,7 @@ impl Client {
     }
 
     /// A secure binding for the flow from `local` (the caller's end) to `remote`
-    /// ([`Request::Bind`], protocol version 6): which side the caller is, its NIC slot and the
+    /// ([`Request::Bind`], protocol version 7): which side the caller is, its NIC slot and the
     /// binding's id, and the fds (the binding region, the peer's doorbell, the pair's summary
     /// page). A flow that [`bind_flow`](super::msg::bind_flow) refuses is refused here without
     /// asking; a reply whose side, slot or id is out of range, or that does not carry exactly

@@ -27,8 +27,9 @@ pub use msg::*;
 
 /// The protocol version this build speaks best (2: `nic`, `lookup`; 3: `capture`,
 /// `capture_stop`; 4: VSAs and volumes; 5: `bind`, secure bindings; 6: `bind`'s reply also
-/// carries the pair's summary page, and `bind` needs version 6).
-pub const VERSION: u16 = 6;
+/// carries the pair's summary page, and `bind` needs version 6; 7: the page has `rung`
+/// words, and `bind` needs version 7).
+pub const VERSION: u16 = 7;
 /// The oldest protocol version this build still speaks.
 pub const MIN_VERSION: u16 = 1;
 

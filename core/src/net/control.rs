@@ -499,9 +499,9 @@ impl Control {
         }
         let proto = Proto::from(flow.proto);
         let r = self.with_conn(SHORT_TIMEOUT, |c| {
-            // `bind` is protocol 6 (5's reply had no summary page): an older daemon is not
-            // asked (again).
-            if c.version < 6 {
+            // `bind` is protocol 7 (5's reply had no summary page, 6's page no `rung` words):
+            // an older daemon is not asked (again).
+            if c.version < 7 {
                 return Ok(None);
             }
             match c.call(Request::Bind { proto, local: flow.src, remote: flow.dst }, SHORT_TIMEOUT)? {

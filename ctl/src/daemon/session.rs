@@ -252,9 +252,11 @@ impl Daemon {
                     (Ok(()), Err(e)) => Err(e),
                 }
             }
-            (Request::Bind { .. }, Some(v)) if v < 6 => {
+            (Request::Bind { .. }, Some(v)) if v < 7 => {
                 // Version 5's reply carried two fds; a client of it could not take the third.
-                let e = ErrorKind::BadRequest { reason: "bind needs protocol version 6".into() };
+                // Version 6's library OS does not clear the summary page's `rung` word, so a
+                // peer of version 7 would ring it once and then never again.
+                let e = ErrorKind::BadRequest { reason: "bind needs protocol version 7".into() };
                 *self.registry.counters.refusals.entry(e.code().into()).or_default() += 1;
                 self.registry.counters.requests += 1;
                 Err(e)
@@ -818,18 +820,18 @@ mod tests {
         let (r, _) = ask(&mut d, &mut s, 6, bad);
         assert!(matches!(&r, Outcome::Err(e) if e.kind.code() == "bad_request"), "{r:?}");
         assert_eq!(d.registry.counters.refusals.get("not_bindable"), Some(&1));
-        // A client of version 5 (whose bind reply carried two fds) cannot bind.
+        // A client of version 6 (whose library OS does not clear `rung`) cannot bind.
         let mut old = Session::default();
         let c2 = CALLERS[1];
         let fx = feed(
             &mut old,
             &mut d,
             c2,
-            &encode(&RequestFrame { seq: 1, req: Request::Hello { min: 1, max: 5 } }).unwrap(),
+            &encode(&RequestFrame { seq: 1, req: Request::Hello { min: 1, max: 6 } }).unwrap(),
         );
         assert!(matches!(
             decode_reply(&fx.reply[HEADER..]).unwrap().result,
-            Outcome::Ok(Response::Hello { version: 5, .. })
+            Outcome::Ok(Response::Hello { version: 6, .. })
         ));
         let fx = feed(
             &mut old,
@@ -842,7 +844,7 @@ mod tests {
             .unwrap(),
         );
         let r = decode_reply(&fx.reply[HEADER..]).unwrap().result;
-        assert!(matches!(&r, Outcome::Err(e) if e.message.contains("version 6")), "{r:?}");
+        assert!(matches!(&r, Outcome::Err(e) if e.message.contains("version 7")), "{r:?}");
     }
 
     #[test]
