@@ -634,15 +634,40 @@ pub enum PollObj<'a> {
 /// on each until [`poll_end`].
 pub fn poll_lib(objs: &[(PollObj<'_>, u32)], watch: Option<&Arc<Poller>>) -> Vec<u32> {
     let mut g = net().lock();
+    look(&mut g, objs, watch)
+}
+
+/// [`poll_lib`] with the poller registered, except that a look that finds something ready
+/// unregisters it at once (the [`poll_end`] of a call that returns now), under the same lock:
+/// a `poll` that sleeps once takes the lock twice (look and register; look and end), not four
+/// times.
+pub fn poll_lib_or_end(objs: &[(PollObj<'_>, u32)], p: &Arc<Poller>) -> Vec<u32> {
+    let mut g = net().lock();
+    let rev = look(&mut g, objs, Some(p));
+    if rev.iter().any(|&r| r != 0) {
+        unwatch_all(&mut g, objs, p);
+    }
+    rev
+}
+
+/// The last look of a `poll`/`select` call and its [`poll_end`], under one lock.
+pub fn poll_lib_end(objs: &[(PollObj<'_>, u32)], p: &Arc<Poller>) -> Vec<u32> {
+    let mut g = net().lock();
+    let rev = look(&mut g, objs, None);
+    unwatch_all(&mut g, objs, p);
+    rev
+}
+
+fn look(g: &mut Inner, objs: &[(PollObj<'_>, u32)], watch: Option<&Arc<Poller>>) -> Vec<u32> {
     objs.iter()
         .map(|(o, want)| {
             let mask = want | ev::ERR | ev::HUP | ev::NVAL;
             match o {
                 PollObj::Socket(s) => {
                     if let Some(p) = watch {
-                        socket::watch(&mut g, s.id(), Watcher::Poller(p.clone()));
+                        socket::watch(g, s.id(), Watcher::Poller(p.clone()));
                     }
-                    socket::events(&g, s.id()) & mask
+                    socket::events(g, s.id()) & mask
                 }
                 PollObj::Epoll(e) => {
                     if let Some(p) = watch {
@@ -653,7 +678,7 @@ pub fn poll_lib(objs: &[(PollObj<'_>, u32)], watch: Option<&Arc<Poller>>) -> Vec
                             }
                         }
                     }
-                    if Epoll::lib_ready(&mut g, e.id) {
+                    if Epoll::lib_ready(g, e.id) {
                         (ev::IN | ev::RDNORM) & mask
                     } else {
                         0
@@ -667,10 +692,14 @@ pub fn poll_lib(objs: &[(PollObj<'_>, u32)], watch: Option<&Arc<Poller>>) -> Vec
 /// Unregisters the poller from every fd of a `poll`/`select` call.
 pub fn poll_end(objs: &[(PollObj<'_>, u32)], p: &Arc<Poller>) {
     let mut g = net().lock();
+    unwatch_all(&mut g, objs, p);
+}
+
+fn unwatch_all(g: &mut Inner, objs: &[(PollObj<'_>, u32)], p: &Arc<Poller>) {
     let w = Watcher::Poller(p.clone());
     for (o, _) in objs {
         match o {
-            PollObj::Socket(s) => socket::unwatch(&mut g, s.id(), &w),
+            PollObj::Socket(s) => socket::unwatch(g, s.id(), &w),
             PollObj::Epoll(e) => {
                 if let Ok(st) = g.ev.get(e.id) {
                     st.watchers.retain(|x| x != &w);

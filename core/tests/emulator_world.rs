@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use arrakis_backends::any::AnyDevice;
 use arrakis_backends::emulator::{self, EmulatorNic, Geometry};
-use arrakis_core::event::{poll_end, poll_lib, PollObj, Poller};
+use arrakis_core::event::{poll_end, poll_lib, poll_lib_or_end, PollObj, Poller};
 use arrakis_core::net::socket::{Accepted, Family, Kind, Socket};
 use arrakis_core::net::world::attach_device;
 
@@ -142,6 +142,32 @@ fn sockets_over_an_emulator_nic() {
     assert!(slept >= 1 && t0.elapsed() >= Duration::from_millis(40), "it slept until the datagram came");
     let r = u1.recv(&mut [&mut b[..]], 0).expect("recvfrom");
     assert_eq!(&b[..r.n], b"poll me");
+
+    // The same with the look that registers and the look that ends in one lock each
+    // (`poll_lib_or_end`, as poll does): the look that finds the datagram unregisters the
+    // poller, so the next datagram does not signal it.
+    let p = Poller::new_futex();
+    let mut seen = p.seen();
+    assert_eq!(poll_lib_or_end(&watched, &p), vec![0], "nothing to read yet: registered");
+    u2.send(&[b"poll me again"], 0, Some(to)).expect("sendto");
+    let t0 = Instant::now();
+    while poll_lib_or_end(&watched, &p)[0] & POLLIN == 0 {
+        assert_eq!(p.sleep(seen, Some(Instant::now() + Duration::from_secs(20))), Ok(()), "woken");
+        seen = p.seen();
+        assert!(t0.elapsed() < Duration::from_secs(20), "the poller was never woken");
+    }
+    let r = u1.recv(&mut [&mut b[..]], 0).expect("recvfrom");
+    assert_eq!(&b[..r.n], b"poll me again");
+    let ended = p.seen();
+    u2.send(&[b"not for the poller"], 0, Some(to)).expect("sendto");
+    let t0 = Instant::now();
+    while poll_lib(&watched, None)[0] & POLLIN == 0 {
+        std::thread::sleep(Duration::from_millis(1));
+        assert!(t0.elapsed() < Duration::from_secs(20), "the datagram never came");
+    }
+    assert_eq!(p.seen(), ended, "an unregistered poller is not signalled");
+    let r = u1.recv(&mut [&mut b[..]], 0).expect("recvfrom");
+    assert_eq!(&b[..r.n], b"not for the poller");
 
     stop.store(true, Ordering::Relaxed);
     let reflected = reflector.join().expect("reflector");

@@ -1679,10 +1679,27 @@ pub(crate) unsafe fn poll_mixed(
     let mut waited: Option<std::time::Instant> = None;
     // Whether to spin before the next sleep.
     let mut spin = true;
+    // A call that would sleep on a futex word (see below) makes its poller before the first
+    // look, which registers it; a look that finds something ready unregisters it under the
+    // same lock. So a call that returns at once takes the lock once, and one that sleeps
+    // twice (not four times: look, look and register, look after the sleep, end).
+    if timeout != Some(std::time::Duration::ZERO)
+        && kset.is_empty()
+        && mask.is_null()
+        && !objs.is_empty()
+        && !arrakis_core::net::world::doorbell_free()
+    {
+        p = Some(Poller::new_futex());
+    }
     loop {
         // A futex poller's generation before the look (a signal after it moves the word).
         let seen = p.as_ref().map_or(0, |p| p.seen());
-        let lib_rev: Vec<u32> = lib::guarded("poll", || Ok(cev::poll_lib(&list(true), p.as_ref())));
+        let lib_rev: Vec<u32> = lib::guarded("poll", || {
+            Ok(match &p {
+                Some(p) => cev::poll_lib_or_end(&list(true), p),
+                None => cev::poll_lib(&list(true), None),
+            })
+        });
         let ready_lib = lib_rev.iter().any(|&r| r != 0);
         let left = match deadline {
             None => -1i64,
@@ -1783,11 +1800,12 @@ pub(crate) unsafe fn poll_mixed(
                 p.drain();
             }
         }
-        let lib_rev: Vec<u32> =
-            if ready_lib { lib_rev } else { lib::guarded("poll", || Ok(cev::poll_lib(&list(true), None))) };
-        if let Some(p) = &p {
-            cev::poll_end(&list(false), p);
-        }
+        // Something ready at the look above: its poller, if any, is unregistered already.
+        let lib_rev: Vec<u32> = match (&p, ready_lib) {
+            (_, true) => lib_rev,
+            (Some(p), false) => lib::guarded("poll", || Ok(cev::poll_lib_end(&list(true), p))),
+            (None, false) => lib::guarded("poll", || Ok(cev::poll_lib(&list(true), None))),
+        };
         if r < 0 && !lib_rev.iter().any(|&x| x != 0) {
             crate::errno::set(err);
             return -1;

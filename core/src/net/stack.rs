@@ -895,6 +895,12 @@ impl<D: NetDevice> Stack<D> {
         }
     }
 
+    /// Nothing to send and nothing touched since the last pass: a pass now would only look
+    /// at the device again (a call that read or waited left no output behind).
+    pub fn quiet(&self) -> bool {
+        self.dirty.is_empty() && self.touched.is_empty()
+    }
+
     /// The shards touched (a packet arrived, a timer ran, output went out) since the last
     /// call, possibly with repeats: their sockets' readiness may have changed.
     pub fn take_touched(&mut self, into: &mut Vec<ShardId>) {

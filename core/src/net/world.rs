@@ -901,8 +901,13 @@ impl std::ops::DerefMut for Guard<'_> {
 
 impl Drop for Guard<'_> {
     fn drop(&mut self) {
-        self.g.now = self.net.now();
-        self.g.pump_release();
+        // A call that queued nothing (a look, a read that found nothing, a `poll`) needs no
+        // pass: the one on entry took what had come, and what comes now is the next taker's,
+        // as if it had come a moment later.
+        if !self.g.stack.quiet() {
+            self.g.now = self.net.now();
+            self.g.pump_release();
+        }
         self.net.arm(&mut self.g);
         // Futex pollers the registry signalled (each once; never a socket's word) join the
         // socket sleepers.
