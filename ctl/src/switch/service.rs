@@ -33,7 +33,7 @@ use arrakis_backends::proto::{Name, Proto};
 use rustix::event::{poll, PollFd, PollFlags};
 
 use super::channel::{self, ChannelError, Cmd, PortCounters, PortEntry, Received, Receiver, Reply};
-use super::{DropReason, PortId, PortStats, Switch, FOREIGN, SLEEP_CAP};
+use super::{DropReason, PortId, PortStats, SpinPolicy, Switch, FOREIGN, SLEEP_CAP};
 
 /// How long a switch with no daemon and no live container waits before it exits.
 pub const ALONE_EXIT: Duration = Duration::from_secs(5);
@@ -131,6 +131,9 @@ impl Service {
         let mut alone_since: Option<Instant> = None;
         let mut last_alone_check = Instant::now();
         let mut fired = Vec::new();
+        let mut policy = SpinPolicy::default();
+        // Polling after work found nothing yet: the next frame is a spin's hit.
+        let mut spinning = false;
         while !stop.load(Ordering::Relaxed) {
             fired.clear();
             if !self.forwarding {
@@ -138,18 +141,25 @@ impl Service {
                 // stay in the rings).
                 self.sw.wait(SLEEP_CAP, &mut fired)?;
             } else if self.sw.poll() > 0 {
+                if std::mem::take(&mut spinning) {
+                    policy.hit();
+                }
                 last_work = Instant::now();
                 if last_look.elapsed() >= LOOK_EVERY {
                     self.sw.check(&mut fired)?;
                     last_look = Instant::now();
                 }
-            } else if last_work.elapsed() < self.sw.spin {
+            } else if policy.may_spin(Instant::now()) && last_work.elapsed() < self.sw.spin {
+                spinning = true;
                 std::hint::spin_loop();
                 if last_look.elapsed() >= LOOK_EVERY {
                     self.sw.check(&mut fired)?;
                     last_look = Instant::now();
                 }
             } else {
+                if std::mem::take(&mut spinning) {
+                    policy.miss(Instant::now(), self.sw.spin);
+                }
                 self.sw.sleep(SLEEP_CAP, &mut fired)?;
                 last_work = Instant::now();
                 last_look = last_work;

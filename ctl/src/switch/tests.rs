@@ -646,3 +646,26 @@ fn a_port_that_takes_over_the_route_revokes_the_binding() {
     let (x1, _) = ok(sw.bind(ix, tcp(80, 40001)));
     assert_eq!((x0.side, x1.side, x0.id), (0, 1, x1.id));
 }
+
+#[test]
+fn the_switch_stops_spinning_after_two_empty_spins_and_tries_again_later() {
+    let spin = Duration::from_micros(50);
+    let t = Instant::now();
+    let mut p = SpinPolicy::default();
+    assert!(p.may_spin(t));
+    p.miss(t, spin);
+    assert!(p.may_spin(t), "one empty spin is not enough");
+    p.miss(t, spin);
+    assert!(!p.may_spin(t + spin), "two in a row: no spin");
+    assert!(!p.may_spin(t + spin * (SPIN_BACKOFF - 1)));
+    assert!(p.may_spin(t + spin * SPIN_BACKOFF), "after the back-off it tries again");
+    // The first spin after the back-off that misses backs off again at once.
+    let later = t + spin * SPIN_BACKOFF;
+    p.miss(later, spin);
+    assert!(!p.may_spin(later + spin));
+    // A spin that finds a frame ends it all.
+    p.hit();
+    assert!(p.may_spin(later + spin));
+    p.miss(later, spin);
+    assert!(p.may_spin(later + spin), "one miss after a hit is not enough");
+}

@@ -338,10 +338,20 @@ fn wait_nic(
     deadline: Instant,
     mut ready: impl FnMut(&mut EmulatorNic) -> bool,
 ) -> bool {
+    // As the library OS does after each pass: ring the doorbells the pass asked for (the
+    // switch's, when it sleeps; a peer's). Without this the switch saw these frames only when
+    // it happened to poll, or after its sleep cap.
+    let ring = |nic: &mut EmulatorNic| {
+        let mut due = Vec::new();
+        nic.take_rings(&mut due);
+        due.iter().for_each(|d| d.ring());
+    };
     while Instant::now() < deadline {
         if ready(nic) {
+            ring(nic);
             return true;
         }
+        ring(nic);
         if nic.prepare_sleep() {
             if let Some(fd) = nic.doorbell() {
                 let mut p = [rustix::event::PollFd::new(&fd, rustix::event::PollFlags::IN)];
