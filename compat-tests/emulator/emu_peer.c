@@ -1,5 +1,5 @@
 /* compat-cflags: -O2 */
-/* A peer for the emulator backend's end-to-end test (tests/emulator.rs). One program, four
+/* A peer for the emulator backend's end-to-end test (tests/emulator.rs). One program, several
  * roles, chosen by argv[1]:
  *
  *   server TCP UDP         TCP echo on 127.0.0.1:TCP (a thread per connection) and UDP echo
@@ -7,6 +7,11 @@
  *                          library-OS socket: its fd is an eventfd placeholder), then
  *                          "ready", then "eof" (or "error ERRNO") each time a connection
  *                          ends; runs until killed (alarm: 120 s).
+ *   epollsrv TCP UDP       the TCP echo as memcached is built: the main thread makes the
+ *                          first epoll instance and waits on it for the (non-blocking)
+ *                          listener alone; it hands each connection through a pipe to a
+ *                          worker thread, which serves every connection from an epoll of
+ *                          its own; UDP echo as for `server`. Prints as `server`.
  *   hold TCP               connects to 127.0.0.1:TCP, checks one echo and exits without
  *                          closing the socket: the exit must end the connection (FIN).
  *   client TCP UDP N BYTES N connections at once to 127.0.0.1:TCP, each sends BYTES of a
@@ -35,11 +40,13 @@
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/wait.h>
@@ -165,6 +172,106 @@ static int server(int tport, int uport)
         if (pthread_create(&t, NULL, echo_conn, (void *)(long)c) != 0)
             die("pthread_create");
         pthread_detach(t);
+    }
+    return 0;
+}
+
+static void *epoll_worker(void *arg)
+{
+    int pipe_rd = (int)(long)arg;
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    if (ep < 0)
+        die("worker epoll_create1");
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = pipe_rd};
+    if (epoll_ctl(ep, EPOLL_CTL_ADD, pipe_rd, &ev) < 0)
+        die("worker epoll_ctl pipe");
+    static unsigned char buf[65536];
+    for (;;) {
+        struct epoll_event evs[64];
+        int n = epoll_wait(ep, evs, 64, -1);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            die("worker epoll_wait");
+        for (int i = 0; i < n; i++) {
+            int fd = evs[i].data.fd;
+            if (fd == pipe_rd) {
+                int c;
+                if (read(pipe_rd, &c, sizeof c) != sizeof c)
+                    die("worker read pipe");
+                timeouts(c, 30);
+                struct epoll_event cev = {.events = EPOLLIN, .data.fd = c};
+                if (epoll_ctl(ep, EPOLL_CTL_ADD, c, &cev) < 0)
+                    die("worker epoll_ctl conn");
+                continue;
+            }
+            ssize_t r = read(fd, buf, sizeof buf);
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r > 0 && write_all(fd, buf, (size_t)r) == 0)
+                continue;
+            if (r == 0)
+                printf("eof\n");
+            else
+                printf("error %s\n", strerrorname_np(errno));
+            epoll_ctl(ep, EPOLL_CTL_DEL, fd, NULL);
+            close(fd);
+        }
+    }
+    return NULL;
+}
+
+static int epoll_server(int tport, int uport)
+{
+    alarm(120);
+    /* The main thread's instance first, as memcached's. */
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    if (ep < 0)
+        die("epoll_create1");
+    int l = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    if (l < 0)
+        die("socket");
+    int one = 1;
+    setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a = lo(tport);
+    if (bind(l, (struct sockaddr *)&a, sizeof a) < 0)
+        die("bind tcp");
+    if (listen(l, 64) < 0)
+        die("listen");
+    int u = socket(AF_INET, SOCK_DGRAM, 0);
+    if (u < 0)
+        die("udp socket");
+    struct sockaddr_in ua = lo(uport);
+    if (bind(u, (struct sockaddr *)&ua, sizeof ua) < 0)
+        die("bind udp");
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) < 0)
+        die("pipe2");
+    pthread_t t;
+    if (pthread_create(&t, NULL, udp_echo, (void *)(long)u) != 0 ||
+        pthread_create(&t, NULL, epoll_worker, (void *)(long)p[0]) != 0)
+        die("pthread_create");
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = l};
+    if (epoll_ctl(ep, EPOLL_CTL_ADD, l, &ev) < 0)
+        die("epoll_ctl listener");
+    printf("#lib=%d\nready\n", is_lib(l) && is_lib(u));
+    fflush(stdout);
+    for (;;) {
+        struct epoll_event evs[4];
+        int n = epoll_wait(ep, evs, 4, -1);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            die("epoll_wait");
+        for (;;) {
+            int c = accept4(l, NULL, NULL, SOCK_CLOEXEC);
+            if (c < 0 && (errno == EAGAIN || errno == EINTR))
+                break;
+            if (c < 0)
+                die("accept4");
+            if (write(p[1], &c, sizeof c) != sizeof c)
+                die("write pipe");
+        }
     }
     return 0;
 }
@@ -428,6 +535,8 @@ int main(int argc, char **argv)
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (argc >= 4 && strcmp(argv[1], "server") == 0)
         return server(atoi(argv[2]), atoi(argv[3]));
+    if (argc >= 4 && strcmp(argv[1], "epollsrv") == 0)
+        return epoll_server(atoi(argv[2]), atoi(argv[3]));
     if (argc >= 6 && strcmp(argv[1], "client") == 0)
         return client(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), (size_t)atol(argv[5]));
     if (argc >= 5 && strcmp(argv[1], "pingpong") == 0)
@@ -449,6 +558,6 @@ int main(int argc, char **argv)
         return rebind(argv[2], atoi(argv[3]), atoi(argv[4]));
     if (argc >= 3 && strcmp(argv[1], "fork") == 0)
         return fork_test(atoi(argv[2]));
-    fprintf(stderr, "usage: emu_peer server TCP UDP | client TCP UDP N BYTES | connect PORT | bind tcp|udp PORT | hold TCP | rebind PROTO P1 P2 | fork TCP\n");
+    fprintf(stderr, "usage: emu_peer server TCP UDP | epollsrv TCP UDP | client TCP UDP N BYTES | connect PORT | bind tcp|udp PORT | hold TCP | rebind PROTO P1 P2 | fork TCP\n");
     return 2;
 }

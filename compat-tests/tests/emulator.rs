@@ -430,6 +430,42 @@ fn a_process_under_the_shim_outlives_a_daemon_restart() {
     drop(server);
 }
 
+/// A server built as memcached is (the main thread's epoll, made first, waits for the
+/// listener alone; a worker's epoll serves the connections): the main thread's instance,
+/// whose every wake-up by the device's doorbell was for the worker, gives the doorbell up,
+/// and still accepts the next connection (through its wake eventfd), which takes the
+/// doorbell back. Spinning is off in the server, so every frame that arrives while its
+/// threads sleep rings the doorbell (deterministically, not by timing).
+#[test]
+fn an_epoll_woken_only_for_others_gives_up_the_doorbell_and_still_accepts() {
+    let s = setup("emulator-bell");
+    let daemon = RealDaemon::start(&s);
+    let (tport, uport) = (free_port(), free_port());
+    let (t, u) = (tport.to_string(), uport.to_string());
+    let mut cmd = s.under_shim(&daemon.socket, &["epollsrv", &t, &u]);
+    cmd.env("ARRAKIS_LOG", "info,arrakis::libos=debug")
+        .env("ARRAKIS_SPIN_US", "0")
+        .env("ARRAKIS_SPIN_MAX_US", "0");
+    let server = Server::start(cmd);
+    assert_eq!(server.lines, ["#lib=1"], "{}", s.log());
+    let gave_up = "epoll gives up the device's doorbell";
+    let took = "epoll takes the device's doorbell back";
+
+    let out = run(s.under_shim(&daemon.socket, &["pingpong", &t, &u, "300"]));
+    assert_eq!(out, ["pingpong ok 300"], "{}", s.log());
+    assert_eq!(server.next_line().as_deref(), Some("eof"), "{}", s.log());
+    let log = s.log();
+    assert!(log.contains(gave_up), "the listener's epoll kept the doorbell:\n{log}");
+
+    // A new connection: the worker (or the progress thread) takes its SYN and wakes the
+    // listener's instance, which has events again and takes the doorbell back.
+    let out = run(s.under_shim(&daemon.socket, &["pingpong", &t, &u, "50"]));
+    assert_eq!(out, ["pingpong ok 50"], "{}", s.log());
+    assert_eq!(server.next_line().as_deref(), Some("eof"), "{}", s.log());
+    let log = s.log();
+    assert!(log.contains(took), "{log}");
+}
+
 #[test]
 fn no_daemon_means_the_kernel_path_and_one_warning() {
     let s = setup("emulator-nodaemon");

@@ -17,8 +17,8 @@
 //! fds plus that eventfd.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::{AtomicBool, AtomicU32};
 use std::sync::Arc;
 
 use rustix::fd::{AsFd, OwnedFd};
@@ -306,8 +306,33 @@ pub struct Epoll {
     spins_for_others: AtomicU32,
     /// Waits that skipped the spin because of `spins_for_others`.
     spins_skipped: AtomicU32,
+    /// Sleeps in a row whose wake-up found no events of the instance's own (see
+    /// [`Epoll::bell_woke`]).
+    bells_for_others: AtomicU32,
+    /// The device's doorbell is in the kernel half (see [`Epoll::bell_woke`]).
+    holds_bell: AtomicBool,
+    /// It gave the doorbell up ([`BellChange::Drop`]) and has not taken it back.
+    gave_bell: AtomicBool,
     /// Threads asleep in the kernel half (the registry's [`EpState`] holds the same count).
     sleepers: Arc<AtomicU32>,
+}
+
+/// Sleeps in a row that ended without events of the instance's own before it gives up the
+/// device's doorbell ([`Epoll::bell_woke`]).
+pub const BELLS_FOR_OTHERS: u32 = 16;
+
+/// The process's epoll instances that hold the device's doorbell.
+static BELL_HOLDERS: AtomicU32 = AtomicU32::new(0);
+
+/// What [`Epoll::bell_woke`] asks of the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BellChange {
+    /// Nothing.
+    Keep,
+    /// Take the doorbell out of the instance's kernel half (`EPOLL_CTL_DEL`).
+    Drop,
+    /// Put it back (`EPOLL_CTL_ADD`, as at creation); [`Epoll::bell_lost`] if that fails.
+    Take,
 }
 
 /// Spins in a row that only served other instances before an instance stops spinning.
@@ -329,6 +354,7 @@ impl FdObject for Epoll {
 
 impl Drop for Epoll {
     fn drop(&mut self) {
+        self.bell_lost();
         let mut g = net().lock();
         let id = self.id;
         let Some(e) = g.ev.epolls.get_mut(id).and_then(Option::take) else { return };
@@ -397,6 +423,9 @@ impl Epoll {
                 id,
                 spins_for_others: Default::default(),
                 spins_skipped: Default::default(),
+                bells_for_others: Default::default(),
+                holds_bell: Default::default(),
+                gave_bell: Default::default(),
                 sleepers,
             }),
             raw,
@@ -431,6 +460,80 @@ impl Epoll {
             let n = self.spins_for_others.load(Relaxed);
             self.spins_for_others.store(n.saturating_add(1), Relaxed);
         }
+    }
+
+    /// The shim registered the device's doorbell in this instance's kernel half
+    /// (`EPOLLEXCLUSIVE`, at creation or again after [`BellChange::Take`]).
+    pub fn bell_registered(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if !self.holds_bell.swap(true, SeqCst) {
+            BELL_HOLDERS.fetch_add(1, SeqCst);
+        }
+    }
+
+    /// Re-registering the doorbell after [`BellChange::Take`] failed.
+    pub fn bell_lost(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.holds_bell.swap(false, SeqCst) {
+            BELL_HOLDERS.fetch_sub(1, SeqCst);
+        }
+    }
+
+    /// A wait on this instance slept in the kernel, was woken (by the device's doorbell or
+    /// the instance's wake eventfd), and the look that followed found events (`mine`) or
+    /// none. Says whether the caller should take the doorbell out of the instance's kernel
+    /// half or put it back.
+    ///
+    /// Every instance holds the doorbell `EPOLLEXCLUSIVE` and a thread about to sleep on one
+    /// asks the rings for it (`device_sleep_begin`); a ring wakes the first instance, in
+    /// registration order, that has a sleeper, and queues the doorbell on the ready list of
+    /// every instance before it. A program's first epoll is often one that almost never has
+    /// events of its own (memcached's listener thread, made before the workers'): it slept
+    /// all the time, so it kept the rings armed while the workers were busy, and it took the
+    /// rings that found no worker asleep, ran the stack for the workers and woke the one that
+    /// had gone to sleep meanwhile (memcslap at 50: 0.13 wake-ups a request, nearly all for
+    /// others). After [`BELLS_FOR_OTHERS`] such sleeps in a row, an instance that is not the
+    /// process's only holder of the doorbell gives it up ([`BellChange::Drop`]): it then
+    /// sleeps on its wake eventfd alone, through which whichever thread runs the stack wakes
+    /// it, and asks for no doorbell. The first sleep that brings it events takes the
+    /// doorbell back ([`BellChange::Take`]). Frames for it that arrive while no thread of the
+    /// process runs the stack or sleeps on the doorbell wait in the rings for the progress
+    /// thread, which listens once the program has not run the stack for `PROGRESS_QUIET`.
+    pub fn bell_woke(&self, mine: bool) -> BellChange {
+        use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+        let n = self.bells_for_others.load(Relaxed);
+        if mine {
+            if n != 0 {
+                self.bells_for_others.store(0, Relaxed);
+            }
+            if self.gave_bell.load(Relaxed) && self.gave_bell.swap(false, SeqCst) {
+                self.bell_registered();
+                return BellChange::Take;
+            }
+            return BellChange::Keep;
+        }
+        if !self.holds_bell.load(Relaxed) {
+            return BellChange::Keep;
+        }
+        if n + 1 < BELLS_FOR_OTHERS {
+            self.bells_for_others.store(n + 1, Relaxed);
+            return BellChange::Keep;
+        }
+        self.bells_for_others.store(0, Relaxed);
+        // Give it up only while another instance holds it.
+        if BELL_HOLDERS.fetch_update(SeqCst, SeqCst, |h| (h > 1).then(|| h - 1)).is_err() {
+            return BellChange::Keep;
+        }
+        self.holds_bell.store(false, SeqCst);
+        self.gave_bell.store(true, SeqCst);
+        BellChange::Drop
+    }
+
+    /// Whether a thread about to sleep on this instance should ask the device for its
+    /// doorbell: unless the instance gave it up (see [`Epoll::bell_woke`]). An instance that
+    /// never got it (made before the device, or its registration failed) asks as before.
+    pub fn asks_bell(&self) -> bool {
+        !self.gave_bell.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// `epoll_ctl` for a library-OS socket (or bookkeeping for a kernel fd).

@@ -466,7 +466,9 @@ pub(crate) fn epoll_created(kfd: c_int) -> c_int {
             let mut ev = epoll_event { events: flags as u32, u64: cev::DEVICE_DATUM };
             // SAFETY: registering the NIC's doorbell, an eventfd of ours, in the new instance.
             // Failing only costs the direct wake-up (the progress thread still takes frames).
-            let _ = unsafe { real_epoll_ctl(kfd, libc::EPOLL_CTL_ADD, bell, &mut ev) };
+            if unsafe { real_epoll_ctl(kfd, libc::EPOLL_CTL_ADD, bell, &mut ev) } == 0 {
+                obj.bell_registered();
+            }
         }
         match table().install(kfd, obj) {
             Ok(stale) => {
@@ -1428,6 +1430,33 @@ unsafe fn strip_wake(evs: *mut epoll_event, n: usize) -> (usize, bool) {
     (keep, woke)
 }
 
+/// Takes the device's doorbell out of the kernel instance `epfd`, or puts it back, as
+/// `Epoll::bell_woke` asks.
+fn bell_change(ep: &Epoll, epfd: c_int, change: cev::BellChange) {
+    let Some(bell) = arrakis_core::net::world::device_doorbell() else { return };
+    match change {
+        cev::BellChange::Keep => {}
+        cev::BellChange::Drop => {
+            tracing::debug!(
+                epfd,
+                "epoll gives up the device's doorbell: its wake-ups were for other instances"
+            );
+            // SAFETY: our own doorbell in the program's instance; DEL takes a null event.
+            let _ = unsafe { real_epoll_ctl(epfd, libc::EPOLL_CTL_DEL, bell, std::ptr::null_mut()) };
+        }
+        cev::BellChange::Take => {
+            let flags = libc::EPOLLIN | libc::EPOLLET | libc::EPOLLEXCLUSIVE;
+            let mut ev = epoll_event { events: flags as u32, u64: cev::DEVICE_DATUM };
+            // SAFETY: as at `epoll_created`.
+            if unsafe { real_epoll_ctl(epfd, libc::EPOLL_CTL_ADD, bell, &mut ev) } != 0 {
+                ep.bell_lost();
+            } else {
+                tracing::debug!(epfd, "epoll takes the device's doorbell back: a wake-up brought it events");
+            }
+        }
+    }
+}
+
 /// The common body of `epoll_wait`/`epoll_pwait`/`epoll_pwait2` on our instance.
 ///
 /// # Safety
@@ -1462,11 +1491,17 @@ unsafe fn wait_common(
     let mut waited: Option<std::time::Instant> = None;
     // The last pass's device spin took frames (were they for this instance?).
     let mut spun = false;
+    // The last kernel wait was ended by the doorbell or our wake eventfd alone (were the
+    // frames for us?).
+    let mut rung = false;
     loop {
         // Library-OS events first.
         let lib_evs = lib::guarded("epoll_wait", || Ok(ep.collect(max_u)));
         if std::mem::take(&mut spun) {
             ep.spun(!lib_evs.is_empty());
+        }
+        if std::mem::take(&mut rung) {
+            bell_change(&ep, epfd, ep.bell_woke(!lib_evs.is_empty()));
         }
         let mut n = 0usize;
         for (events, data) in &lib_evs {
@@ -1509,7 +1544,7 @@ unsafe fn wait_common(
         }
         // Asks the device for a doorbell (this thread sleeps on it, in its kernel instance),
         // unless a frame came.
-        let asleep = if left != 0 {
+        let asleep = if left != 0 && ep.asks_bell() {
             match arrakis_core::net::world::device_sleep_begin(false) {
                 Some(a) => Some(a),
                 None => continue,
@@ -1532,6 +1567,7 @@ unsafe fn wait_common(
         }
         // SAFETY: `k` entries were written.
         let (kept, woke) = unsafe { strip_wake(evs, k as usize) };
+        rung = woke && kept == 0;
         if kept > 0 {
             // Kernel fds: the device spin does not watch them, so it must not grow for them.
             if let Some(t0) = waited {
