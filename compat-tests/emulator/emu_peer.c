@@ -139,10 +139,11 @@ static void *udp_echo(void *arg)
     return NULL;
 }
 
-static int server(int tport, int uport)
+/* The servers' TCP listener on 127.0.0.1:TPORT (with FLAGS for socket(2)) and UDP socket on
+ * 127.0.0.1:UPORT. */
+static void listen_both(int tport, int uport, int flags, int *l_out, int *u_out)
 {
-    alarm(120);
-    int l = socket(AF_INET, SOCK_STREAM, 0);
+    int l = socket(AF_INET, SOCK_STREAM | flags, 0);
     if (l < 0)
         die("socket");
     int one = 1;
@@ -158,6 +159,15 @@ static int server(int tport, int uport)
     struct sockaddr_in ua = lo(uport);
     if (bind(u, (struct sockaddr *)&ua, sizeof ua) < 0)
         die("bind udp");
+    *l_out = l;
+    *u_out = u;
+}
+
+static int server(int tport, int uport)
+{
+    alarm(120);
+    int l, u;
+    listen_both(tport, uport, 0, &l, &u);
     pthread_t t;
     if (pthread_create(&t, NULL, udp_echo, (void *)(long)u) != 0)
         die("pthread_create");
@@ -228,22 +238,8 @@ static int epoll_server(int tport, int uport)
     int ep = epoll_create1(EPOLL_CLOEXEC);
     if (ep < 0)
         die("epoll_create1");
-    int l = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
-    if (l < 0)
-        die("socket");
-    int one = 1;
-    setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    struct sockaddr_in a = lo(tport);
-    if (bind(l, (struct sockaddr *)&a, sizeof a) < 0)
-        die("bind tcp");
-    if (listen(l, 64) < 0)
-        die("listen");
-    int u = socket(AF_INET, SOCK_DGRAM, 0);
-    if (u < 0)
-        die("udp socket");
-    struct sockaddr_in ua = lo(uport);
-    if (bind(u, (struct sockaddr *)&ua, sizeof ua) < 0)
-        die("bind udp");
+    int l, u;
+    listen_both(tport, uport, SOCK_NONBLOCK, &l, &u);
     int p[2];
     if (pipe2(p, O_CLOEXEC) < 0)
         die("pipe2");
