@@ -461,12 +461,9 @@ pub(crate) fn epoll_created(kfd: c_int) -> c_int {
         // Over the emulator's NIC, its doorbell too (edge-triggered: a wake-up per ring;
         // EPOLLEXCLUSIVE: one thread asleep on one instance is woken, not every thread of a
         // program with many, as memcached's workers each have one).
+        // Failing only costs the direct wake-up (the progress thread still takes frames).
         if let Some(bell) = arrakis_core::net::world::device_doorbell() {
-            let flags = libc::EPOLLIN | libc::EPOLLET | libc::EPOLLEXCLUSIVE;
-            let mut ev = epoll_event { events: flags as u32, u64: cev::DEVICE_DATUM };
-            // SAFETY: registering the NIC's doorbell, an eventfd of ours, in the new instance.
-            // Failing only costs the direct wake-up (the progress thread still takes frames).
-            if unsafe { real_epoll_ctl(kfd, libc::EPOLL_CTL_ADD, bell, &mut ev) } == 0 {
+            if add_bell(kfd, bell) {
                 obj.bell_registered();
             }
         }
@@ -479,6 +476,15 @@ pub(crate) fn epoll_created(kfd: c_int) -> c_int {
             Err(_) => Ok(kfd),
         }
     })
+}
+
+/// Registers the NIC's doorbell `bell` in the kernel epoll instance `kfd`, as every
+/// library-OS instance holds it (see `epoll_created`).
+fn add_bell(kfd: c_int, bell: c_int) -> bool {
+    let flags = libc::EPOLLIN | libc::EPOLLET | libc::EPOLLEXCLUSIVE;
+    let mut ev = epoll_event { events: flags as u32, u64: cev::DEVICE_DATUM };
+    // SAFETY: an eventfd of ours into an epoll instance of ours; the event is ours.
+    unsafe { real_epoll_ctl(kfd, libc::EPOLL_CTL_ADD, bell, &mut ev) == 0 }
 }
 
 /// # Safety
@@ -1445,10 +1451,7 @@ fn bell_change(ep: &Epoll, epfd: c_int, change: cev::BellChange) {
             let _ = unsafe { real_epoll_ctl(epfd, libc::EPOLL_CTL_DEL, bell, std::ptr::null_mut()) };
         }
         cev::BellChange::Take => {
-            let flags = libc::EPOLLIN | libc::EPOLLET | libc::EPOLLEXCLUSIVE;
-            let mut ev = epoll_event { events: flags as u32, u64: cev::DEVICE_DATUM };
-            // SAFETY: as at `epoll_created`.
-            if unsafe { real_epoll_ctl(epfd, libc::EPOLL_CTL_ADD, bell, &mut ev) } != 0 {
+            if !add_bell(epfd, bell) {
                 ep.bell_lost();
             } else {
                 tracing::debug!(epfd, "epoll takes the device's doorbell back: a wake-up brought it events");
