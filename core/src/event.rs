@@ -732,10 +732,14 @@ pub enum PollObj<'a> {
     Epoll(&'a Arc<Epoll>),
 }
 
+/// What a look of `poll`/`select` found for each library-OS fd (inline for a few fds: the
+/// common `poll` of one socket allocates nothing).
+pub type Revents = smallvec::SmallVec<[u32; 4]>;
+
 /// Readiness of library-OS fds for `poll`/`select`, each masked by what was asked (plus
 /// `POLLERR`/`POLLHUP`/`POLLNVAL`, always reported). With `watch`, the poller is registered
 /// on each until [`poll_end`].
-pub fn poll_lib(objs: &[(PollObj<'_>, u32)], watch: Option<&Arc<Poller>>) -> Vec<u32> {
+pub fn poll_lib(objs: &[(PollObj<'_>, u32)], watch: Option<&Arc<Poller>>) -> Revents {
     let mut g = net().lock();
     look(&mut g, objs, watch)
 }
@@ -744,7 +748,7 @@ pub fn poll_lib(objs: &[(PollObj<'_>, u32)], watch: Option<&Arc<Poller>>) -> Vec
 /// unregisters it at once (the [`poll_end`] of a call that returns now), under the same lock:
 /// a `poll` that sleeps once takes the lock twice (look and register; look and end), not four
 /// times.
-pub fn poll_lib_or_end(objs: &[(PollObj<'_>, u32)], p: &Arc<Poller>) -> Vec<u32> {
+pub fn poll_lib_or_end(objs: &[(PollObj<'_>, u32)], p: &Arc<Poller>) -> Revents {
     let mut g = net().lock();
     let rev = look(&mut g, objs, Some(p));
     if rev.iter().any(|&r| r != 0) {
@@ -754,14 +758,14 @@ pub fn poll_lib_or_end(objs: &[(PollObj<'_>, u32)], p: &Arc<Poller>) -> Vec<u32>
 }
 
 /// The last look of a `poll`/`select` call and its [`poll_end`], under one lock.
-pub fn poll_lib_end(objs: &[(PollObj<'_>, u32)], p: &Arc<Poller>) -> Vec<u32> {
+pub fn poll_lib_end(objs: &[(PollObj<'_>, u32)], p: &Arc<Poller>) -> Revents {
     let mut g = net().lock();
     let rev = look(&mut g, objs, None);
     unwatch_all(&mut g, objs, p);
     rev
 }
 
-fn look(g: &mut Inner, objs: &[(PollObj<'_>, u32)], watch: Option<&Arc<Poller>>) -> Vec<u32> {
+fn look(g: &mut Inner, objs: &[(PollObj<'_>, u32)], watch: Option<&Arc<Poller>>) -> Revents {
     objs.iter()
         .map(|(o, want)| {
             let mask = want | ev::ERR | ev::HUP | ev::NVAL;

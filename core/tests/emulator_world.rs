@@ -122,7 +122,7 @@ fn sockets_over_an_emulator_nic() {
     assert!(p.fd().is_none(), "a futex poller has no fd");
     let watched = [(PollObj::Socket(&u1), POLLIN)];
     let seen = p.seen();
-    assert_eq!(poll_lib(&watched, Some(&p)), vec![0], "nothing to read yet");
+    assert_eq!(poll_lib(&watched, Some(&p)).as_slice(), [0], "nothing to read yet");
     u2.send(&[b"poll me"], 0, Some(to)).expect("sendto");
     let t0 = Instant::now();
     let mut slept = 0;
@@ -148,7 +148,7 @@ fn sockets_over_an_emulator_nic() {
     // poller, so the next datagram does not signal it.
     let p = Poller::new_futex();
     let mut seen = p.seen();
-    assert_eq!(poll_lib_or_end(&watched, &p), vec![0], "nothing to read yet: registered");
+    assert_eq!(poll_lib_or_end(&watched, &p).as_slice(), [0], "nothing to read yet: registered");
     u2.send(&[b"poll me again"], 0, Some(to)).expect("sendto");
     let t0 = Instant::now();
     while poll_lib_or_end(&watched, &p)[0] & POLLIN == 0 {

@@ -56,6 +56,13 @@ impl<T> Fail for Vec<T> {
     }
 }
 
+impl<A: smallvec::Array> Fail for smallvec::SmallVec<A> {
+    #[inline]
+    fn fail() -> Self {
+        smallvec::SmallVec::new()
+    }
+}
+
 impl<T> Fail for *mut T {
     #[inline]
     fn fail() -> Self {

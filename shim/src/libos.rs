@@ -13,6 +13,7 @@ use arrakis_core::net::socket::{self, msg, Family, Kind, Socket};
 use arrakis_core::{Errno, FdObject, SysResult};
 use libc::{c_char, c_int, c_uint, c_void, epoll_event, iovec, mmsghdr, msghdr, off64_t, off_t, size_t};
 use libc::{sigset_t, sockaddr, socklen_t, ssize_t, timespec, DIR, FILE};
+use smallvec::SmallVec;
 
 use crate::lib;
 
@@ -1681,9 +1682,10 @@ pub(crate) unsafe fn poll_mixed(
     let mut p: Option<Arc<Poller>> = None;
     // Library-OS entries and the kernel set (kernel fds, plus each epoll of ours, plus our
     // eventfd at the end).
-    let mut objs: Vec<(usize, Obj)> = Vec::new();
-    let mut kset: Vec<libc::pollfd> = Vec::with_capacity(set.len() + 1);
-    let mut kidx: Vec<usize> = Vec::new();
+    // (Inline for a few fds: the common `poll` of a socket or two allocates nothing.)
+    let mut objs: SmallVec<[(usize, Obj); 4]> = SmallVec::new();
+    let mut kset: SmallVec<[libc::pollfd; 6]> = SmallVec::with_capacity(set.len() + 2);
+    let mut kidx: SmallVec<[usize; 4]> = SmallVec::new();
     for (i, pfd) in set.iter_mut().enumerate() {
         pfd.revents = 0;
         if pfd.fd < 0 {
@@ -1700,8 +1702,8 @@ pub(crate) unsafe fn poll_mixed(
         kidx.push(i);
     }
     // The library-OS entries with what each asks for (`want: false` → 0, for unregistering).
-    let wants: Vec<u32> = objs.iter().map(|(i, _)| set[*i].events as u16 as u32).collect();
-    let list = |want: bool| -> Vec<(PollObj<'_>, u32)> {
+    let wants: SmallVec<[u32; 4]> = objs.iter().map(|(i, _)| set[*i].events as u16 as u32).collect();
+    let list = |want: bool| -> SmallVec<[(PollObj<'_>, u32); 4]> {
         objs.iter()
             .zip(&wants)
             .map(|((_, o), w)| {
@@ -1733,7 +1735,7 @@ pub(crate) unsafe fn poll_mixed(
     loop {
         // A futex poller's generation before the look (a signal after it moves the word).
         let seen = p.as_ref().map_or(0, |p| p.seen());
-        let lib_rev: Vec<u32> = lib::guarded("poll", || {
+        let lib_rev: cev::Revents = lib::guarded("poll", || {
             Ok(match &p {
                 Some(p) => cev::poll_lib_or_end(&list(true), p),
                 None => cev::poll_lib(&list(true), None),
@@ -1840,7 +1842,7 @@ pub(crate) unsafe fn poll_mixed(
             }
         }
         // Something ready at the look above: its poller, if any, is unregistered already.
-        let lib_rev: Vec<u32> = match (&p, ready_lib) {
+        let lib_rev: cev::Revents = match (&p, ready_lib) {
             (_, true) => lib_rev,
             (Some(p), false) => lib::guarded("poll", || Ok(cev::poll_lib_end(&list(true), p))),
             (None, false) => lib::guarded("poll", || Ok(cev::poll_lib(&list(true), None))),
