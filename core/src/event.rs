@@ -18,7 +18,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::SeqCst;
-use std::sync::atomic::{AtomicBool, AtomicU32};
+use std::sync::atomic::{AtomicU32, AtomicU8};
 use std::sync::Arc;
 
 use rustix::fd::{AsFd, OwnedFd};
@@ -309,10 +309,9 @@ pub struct Epoll {
     /// Sleeps in a row whose wake-up found no events of the instance's own (see
     /// [`Epoll::bell_woke`]).
     bells_for_others: AtomicU32,
-    /// The device's doorbell is in the kernel half (see [`Epoll::bell_woke`]).
-    holds_bell: AtomicBool,
-    /// It gave the doorbell up ([`BellChange::Drop`]) and has not taken it back.
-    gave_bell: AtomicBool,
+    /// Whether the device's doorbell is in the kernel half: [`BELL_NONE`], [`BELL_HELD`] or
+    /// [`BELL_GIVEN`] (see [`Epoll::bell_woke`]).
+    bell: AtomicU8,
     /// Threads asleep in the kernel half (the registry's [`EpState`] holds the same count).
     sleepers: Arc<AtomicU32>,
 }
@@ -323,6 +322,12 @@ pub const BELLS_FOR_OTHERS: u32 = 16;
 
 /// The process's epoll instances that hold the device's doorbell.
 static BELL_HOLDERS: AtomicU32 = AtomicU32::new(0);
+
+/// [`Epoll`]'s doorbell states: never registered (or its registration failed), held, given
+/// up ([`BellChange::Drop`]) and not taken back.
+const BELL_NONE: u8 = 0;
+const BELL_HELD: u8 = 1;
+const BELL_GIVEN: u8 = 2;
 
 /// What [`Epoll::bell_woke`] asks of the caller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -424,8 +429,7 @@ impl Epoll {
                 spins_for_others: Default::default(),
                 spins_skipped: Default::default(),
                 bells_for_others: Default::default(),
-                holds_bell: Default::default(),
-                gave_bell: Default::default(),
+                bell: AtomicU8::new(BELL_NONE),
                 sleepers,
             }),
             raw,
@@ -465,16 +469,14 @@ impl Epoll {
     /// The shim registered the device's doorbell in this instance's kernel half
     /// (`EPOLLEXCLUSIVE`, at creation or again after [`BellChange::Take`]).
     pub fn bell_registered(&self) {
-        use std::sync::atomic::Ordering::SeqCst;
-        if !self.holds_bell.swap(true, SeqCst) {
+        if self.bell.swap(BELL_HELD, SeqCst) != BELL_HELD {
             BELL_HOLDERS.fetch_add(1, SeqCst);
         }
     }
 
-    /// Re-registering the doorbell after [`BellChange::Take`] failed.
+    /// Re-registering the doorbell after [`BellChange::Take`] failed, or the instance is gone.
     pub fn bell_lost(&self) {
-        use std::sync::atomic::Ordering::SeqCst;
-        if self.holds_bell.swap(false, SeqCst) {
+        if self.bell.swap(BELL_NONE, SeqCst) == BELL_HELD {
             BELL_HOLDERS.fetch_sub(1, SeqCst);
         }
     }
@@ -500,19 +502,21 @@ impl Epoll {
     /// process runs the stack or sleeps on the doorbell wait in the rings for the progress
     /// thread, which listens once the program has not run the stack for `PROGRESS_QUIET`.
     pub fn bell_woke(&self, mine: bool) -> BellChange {
-        use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+        use std::sync::atomic::Ordering::Relaxed;
         let n = self.bells_for_others.load(Relaxed);
         if mine {
             if n != 0 {
                 self.bells_for_others.store(0, Relaxed);
             }
-            if self.gave_bell.load(Relaxed) && self.gave_bell.swap(false, SeqCst) {
-                self.bell_registered();
+            if self.bell.load(Relaxed) == BELL_GIVEN
+                && self.bell.compare_exchange(BELL_GIVEN, BELL_HELD, SeqCst, SeqCst).is_ok()
+            {
+                BELL_HOLDERS.fetch_add(1, SeqCst);
                 return BellChange::Take;
             }
             return BellChange::Keep;
         }
-        if !self.holds_bell.load(Relaxed) {
+        if self.bell.load(Relaxed) != BELL_HELD {
             return BellChange::Keep;
         }
         if n + 1 < BELLS_FOR_OTHERS {
@@ -524,8 +528,7 @@ impl Epoll {
         if BELL_HOLDERS.fetch_update(SeqCst, SeqCst, |h| (h > 1).then(|| h - 1)).is_err() {
             return BellChange::Keep;
         }
-        self.holds_bell.store(false, SeqCst);
-        self.gave_bell.store(true, SeqCst);
+        self.bell.store(BELL_GIVEN, SeqCst);
         BellChange::Drop
     }
 
@@ -533,7 +536,7 @@ impl Epoll {
     /// doorbell: unless the instance gave it up (see [`Epoll::bell_woke`]). An instance that
     /// never got it (made before the device, or its registration failed) asks as before.
     pub fn asks_bell(&self) -> bool {
-        !self.gave_bell.load(std::sync::atomic::Ordering::Relaxed)
+        self.bell.load(std::sync::atomic::Ordering::Relaxed) != BELL_GIVEN
     }
 
     /// `epoll_ctl` for a library-OS socket (or bookkeeping for a kernel fd).
