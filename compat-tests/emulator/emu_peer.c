@@ -35,6 +35,13 @@
  *                          the errno's name: EAGAIN natively), then opens a new connection and checks its echo
  *                          ("child new: ok lib=N"). The parent, after the child exits,
  *                          checks its own connection's echo ("parent: ok lib=N").
+ *   nbrecv TCP N           one non-blocking connection to the echo server: N echoes of
+ *                          1..3000 bytes, read until EAGAIN and then waited for in poll (or,
+ *                          every other echo, read again at once); counts reads that found
+ *                          nothing right after poll said readable ("lied", 0 natively); then
+ *                          reads the end of input after its SHUT_WR and after a SHUT_RD of a
+ *                          second connection. Prints "nbrecv ok N lib=N lied L eof 0
+ *                          shut_rd EAGAIN then 0".
  *
  * Every wait is bounded (alarm, SO_RCVTIMEO). */
 #define _GNU_SOURCE
@@ -46,6 +53,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -493,6 +501,113 @@ static int pingpong(int tport, int uport, int n)
     return 0;
 }
 
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static int connect_nb(int tport)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = lo(tport);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) < 0)
+        die("nbrecv connect");
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    return fd;
+}
+
+/* Reads until WANT bytes came (or end of input: returns what came), nonblocking: after an
+ * EAGAIN either waits in poll (then the next read must find something: poll said so) or,
+ * when SPIN, reads again at once, as a busy-polling program does (nothing else runs the
+ * stack for it then). Counts the broken promises in *LIED. At most 10 s. */
+static ssize_t read_nb(int fd, unsigned char *buf, size_t want, int spin, int *lied)
+{
+    size_t got = 0;
+    int promised = 0;
+    double end = now_s() + 10;
+    while (got < want) {
+        ssize_t r = recv(fd, buf + got, want - got, 0);
+        if (r > 0) {
+            got += (size_t)r;
+            promised = 0;
+            continue;
+        }
+        if (r == 0)
+            return (ssize_t)got;
+        if (errno != EAGAIN) {
+            printf("recv: %s\n", strerrorname_np(errno));
+            return -1;
+        }
+        if (promised)
+            (*lied)++;
+        promised = 0;
+        if (now_s() > end) {
+            printf("recv: nothing in 10 s (%zu of %zu bytes)\n", got, want);
+            return -1;
+        }
+        if (spin)
+            continue;
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        int n = poll(&p, 1, 10000);
+        if (n != 1 || !(p.revents & (POLLIN | POLLHUP | POLLERR))) {
+            printf("poll: %d revents %#x\n", n, p.revents);
+            return -1;
+        }
+        promised = 1;
+    }
+    return (ssize_t)got;
+}
+
+/* Nonblocking reads as memcached's workers and libmemcached's clients do them (read until
+ * EAGAIN, then wait): N echoes of 1..3000 bytes, every other one busy-polled; a read after
+ * poll said readable never answers EAGAIN; the end of the server's input (after our
+ * SHUT_WR) reads as 0, as does our own SHUT_RD. */
+static int nbrecv(int tport, int n)
+{
+    alarm(120);
+    int fd = connect_nb(tport);
+    int lib = is_lib(fd);
+    static unsigned char out[3000], in[3000];
+    int lied = 0;
+    for (int i = 0; i < n; i++) {
+        size_t len = 1 + (size_t)(i * 7919) % sizeof out;
+        for (size_t k = 0; k < len; k++)
+            out[k] = (unsigned char)(i + k * 31);
+        size_t sent = 0;
+        double end = now_s() + 10;
+        while (sent < len) {
+            ssize_t w = send(fd, out + sent, len - sent, 0);
+            if (w > 0)
+                sent += (size_t)w;
+            else if (w < 0 && errno == EAGAIN && now_s() < end)
+                continue;
+            else
+                die("nbrecv send");
+        }
+        ssize_t r = read_nb(fd, in, len, i % 2, &lied);
+        if (r != (ssize_t)len || memcmp(in, out, len) != 0) {
+            printf("nbrecv: echo %d wrong (%zd of %zu bytes)\n", i, r, len);
+            return 1;
+        }
+    }
+    /* The server reads our end of input and closes: 0, not EAGAIN, once its FIN is in. */
+    shutdown(fd, SHUT_WR);
+    ssize_t r = read_nb(fd, in, 1, 0, &lied);
+    close(fd);
+    /* Our own SHUT_RD: 0 at once, with nothing come from the peer. */
+    int fd2 = connect_nb(tport);
+    ssize_t before = recv(fd2, in, 1, 0);
+    int before_errno = errno;
+    shutdown(fd2, SHUT_RD);
+    ssize_t after = recv(fd2, in, 1, 0);
+    close(fd2);
+    printf("nbrecv ok %d lib=%d lied %d eof %zd shut_rd %s then %zd\n", n, lib, lied, r,
+           before < 0 ? strerrorname_np(before_errno) : "data", after);
+    return 0;
+}
+
 static int fork_test(int port)
 {
     alarm(60);
@@ -554,6 +669,8 @@ int main(int argc, char **argv)
         return rebind(argv[2], atoi(argv[3]), atoi(argv[4]));
     if (argc >= 3 && strcmp(argv[1], "fork") == 0)
         return fork_test(atoi(argv[2]));
-    fprintf(stderr, "usage: emu_peer server TCP UDP | epollsrv TCP UDP | client TCP UDP N BYTES | connect PORT | bind tcp|udp PORT | hold TCP | rebind PROTO P1 P2 | fork TCP\n");
+    if (argc >= 4 && strcmp(argv[1], "nbrecv") == 0)
+        return nbrecv(atoi(argv[2]), atoi(argv[3]));
+    fprintf(stderr, "usage: emu_peer server TCP UDP | epollsrv TCP UDP | client TCP UDP N BYTES | connect PORT | bind tcp|udp PORT | hold TCP | rebind PROTO P1 P2 | fork TCP | nbrecv TCP N\n");
     return 2;
 }

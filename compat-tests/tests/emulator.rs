@@ -396,6 +396,16 @@ fn emulator_backend_over_the_daemon_and_its_switch() {
     let traffic = switch.expect("the switch reports").containers;
     let last = traffic.iter().find(|c| c.pid == pid).expect("server still there");
     assert!(last.rx_frames - after.rx_frames >= 400, "{last:?} after {after:?}");
+    // Nonblocking reads until EAGAIN, then poll or read again at once (the shim answers an
+    // EAGAIN without the world lock when nothing waits on the device): no read after poll
+    // said readable finds nothing, busy-polling reads get their data, and the ends of input
+    // read as 0. Over the bindings, then over the switch's rings.
+    let want = |n: u32| format!("nbrecv ok {n} lib=1 lied 0 eof 0 shut_rd EAGAIN then 0");
+    let out = run(s.under_shim(&daemon.socket, &["nbrecv", &t.to_string(), "1000"]));
+    assert_eq!(out, [want(1000)], "{}", s.log());
+    let mut cmd = s.under_shim(&daemon.socket, &["nbrecv", &t.to_string(), "300"]);
+    cmd.env("ARRAKIS_BINDINGS", "0");
+    assert_eq!(run(cmd), [want(300)], "{}", s.log());
     let log = std::fs::read_to_string(s.dir.join("daemon.log")).unwrap_or_default();
     assert!(log.contains("started the switch"), "{log}");
 }

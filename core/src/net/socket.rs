@@ -1070,11 +1070,21 @@ impl Socket {
         }
     }
 
+    /// A nonblocking receive that would find nothing, answered without the world lock (see
+    /// [`Wait::recv_would_block`]): a program that reads until `EAGAIN` after each message
+    /// (memcached's workers, libmemcached's clients) pays one pass less per message.
+    fn recv_fast_eagain(&self, nb: bool, total: usize) -> bool {
+        nb && total > 0 && self.wait.recv_would_block() && super::world::device_idle()
+    }
+
     fn tcp_recv(&self, bufs: &mut [&mut [u8]], flags: i32, nb: bool) -> SysResult<Received> {
         if flags & msg::OOB != 0 {
             return Err(Errno::EINVAL);
         }
         let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if self.recv_fast_eagain(nb, total) {
+            return Err(Errno::EAGAIN);
+        }
         let peek = flags & msg::PEEK != 0;
         let waitall = flags & msg::WAITALL != 0;
         // MSG_TRUNC on TCP: the bytes are consumed and discarded, not copied.
@@ -1169,6 +1179,9 @@ impl Socket {
         }
         let peek = flags & msg::PEEK != 0;
         let fam = self.fam;
+        if self.recv_fast_eagain(nb, bufs.iter().map(|b| b.len()).sum::<usize>().max(1)) {
+            return Err(Errno::EAGAIN);
+        }
         self.block(
             nb,
             |o| o.rcvtimeo,
@@ -2270,6 +2283,22 @@ fn close(g: &mut Inner, id: usize) -> Option<GrantKey> {
         let _ = g.stack.release(c);
     }
     s.grant
+}
+
+/// Whether a nonblocking receive on socket `id` would fail with `EAGAIN` now: exactly the
+/// cases in which [`Socket::recv`]'s attempt waits (for a non-empty buffer, no `MSG_OOB`).
+pub(crate) fn recv_would_block(g: &Inner, id: usize) -> bool {
+    let Ok(s) = g.sock(id) else { return false };
+    if s.err.is_some() || s.shut_rd {
+        return false;
+    }
+    match s.kind {
+        Kind::Stream => {
+            let Some(c) = s.shard else { return false };
+            s.listener.is_none() && !s.done && !s.closed && g.stack.tcp(c).is_ok_and(|t| t.recv_queue() == 0)
+        }
+        Kind::Dgram => s.shard.and_then(|c| g.stack.udp_table().front(c)).is_none(),
+    }
 }
 
 /// Mirrors smoltcp's TCP state into Linux's flags (`sk_err`, `sk_shutdown`, `SOCK_DONE`).

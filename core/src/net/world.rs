@@ -42,6 +42,9 @@ pub struct Wait {
     waiters: AtomicU32,
     /// Spins in a row that ended without the word moving (see [`Wait::spin`]).
     misses: AtomicU32,
+    /// A nonblocking receive on the socket would fail with `EAGAIN`, as of the last pass that
+    /// looked at it (see [`Wait::recv_would_block`]).
+    rx_idle: AtomicBool,
 }
 
 impl Wait {
@@ -64,6 +67,24 @@ impl Wait {
     pub(crate) fn bump(&self) -> bool {
         self.gen.fetch_add(1, SeqCst);
         self.waiters.load(SeqCst) != 0
+    }
+
+    /// Whether a nonblocking receive may answer `EAGAIN` without the world lock: the last
+    /// pass that looked at the socket found its receive queue empty and nothing to report
+    /// (no end of input, no error), and no pass has changed the socket since
+    /// ([`Inner::sock_mut`] clears the flag, [`Inner::refresh`] sets it anew). The caller also
+    /// checks that no frame waits on the device ([`device_idle`]); a frame a pass on another
+    /// thread is processing at this moment is, as on Linux, input that arrives just after the
+    /// call.
+    pub(crate) fn recv_would_block(&self) -> bool {
+        self.rx_idle.load(SeqCst)
+    }
+
+    fn set_rx_idle(&self, idle: bool) {
+        // A store only on a change: the line is read by every nonblocking receive.
+        if self.rx_idle.load(Relaxed) != idle {
+            self.rx_idle.store(idle, SeqCst);
+        }
     }
 
     /// Wakes every sleeper.
@@ -332,6 +353,13 @@ static DEVICE_MISSES: AtomicU32 = AtomicU32::new(0);
 /// Set in a forked child: the probe is the parent's.
 static PROBE_OFF: AtomicBool = AtomicBool::new(false);
 
+/// Whether no frame waits for this process on the device (its rx ring and the bindings'
+/// summary pages are empty), read without the world lock; `false` when the device has no
+/// probe (the loopback, a forked child), whose frames only a pass can see.
+pub(crate) fn device_idle() -> bool {
+    probe().is_some_and(|p| !p.pending())
+}
+
 /// The device's rx probe, if this process owns one.
 fn probe() -> Option<&'static DeviceProbe> {
     if PROBE_OFF.load(Relaxed) {
@@ -539,11 +567,16 @@ impl Inner {
         self.socks.get(id).and_then(Option::as_ref).ok_or(Errno::EBADF)
     }
 
+    /// The socket's state, to change: its lock-free `EAGAIN` answer is withdrawn until the
+    /// next [`Inner::refresh`] (a change that is not followed by one leaves receives on the
+    /// locked path, never answers stale).
     pub(crate) fn sock_mut(&mut self, id: usize) -> SysResult<&mut SockState> {
         if self.detached {
             return Err(DETACHED);
         }
-        self.socks.get_mut(id).and_then(Option::as_mut).ok_or(Errno::EBADF)
+        let s = self.socks.get_mut(id).and_then(Option::as_mut).ok_or(Errno::EBADF)?;
+        s.wait.set_rx_idle(false);
+        Ok(s)
     }
 
     pub(crate) fn add_sock(&mut self, s: SockState) -> usize {
@@ -664,6 +697,16 @@ impl Inner {
     /// without waking its sleepers (the caller is the one that would sleep next). Returns
     /// whether its readiness or its queues changed since the last look.
     pub(crate) fn refresh(&mut self, id: usize) -> bool {
+        let moved = self.refresh_flags(id);
+        // Last, after every change of the pass to the socket (`sock_mut` withdraws it).
+        let idle = super::socket::recv_would_block(self, id);
+        if let Ok(s) = self.sock(id) {
+            s.wait.set_rx_idle(idle);
+        }
+        moved
+    }
+
+    fn refresh_flags(&mut self, id: usize) -> bool {
         super::socket::sync(self, id);
         let ev = super::socket::events(self, id);
         let rx = super::socket::rx_level(self, id);
