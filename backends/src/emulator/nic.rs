@@ -15,8 +15,9 @@ use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
@@ -233,16 +234,22 @@ impl std::error::Error for BindError {}
 #[derive(Debug)]
 struct ProbeSet {
     nic: RingProbe,
-    pages: RwLock<Vec<(Arc<Summary>, usize)>>,
+    /// Read by every spinning thread on every turn and by each nonblocking receive: an
+    /// `ArcSwap`, whose loads write only thread-local slots (a `RwLock`'s read count is one
+    /// cache line all readers write), replaced whole when a pair's page comes or goes.
+    pages: ArcSwap<PageList>,
 }
+
+/// The summary pages a NIC's probe reads, each with this container's role in it.
+type PageList = Vec<(Arc<Summary>, usize)>;
 
 /// A probe of every ring frames reach this container on; see [`RingProbe`].
 #[derive(Debug, Clone)]
 pub struct DeviceProbe(Arc<ProbeSet>);
 
 impl DeviceProbe {
-    fn pages(&self) -> std::sync::RwLockReadGuard<'_, Vec<(Arc<Summary>, usize)>> {
-        self.0.pages.read().unwrap_or_else(|e| e.into_inner())
+    fn pages(&self) -> arc_swap::Guard<Arc<PageList>> {
+        self.0.pages.load()
     }
 
     /// Whether frames wait on the rx ring or were announced on a binding.
@@ -344,7 +351,7 @@ impl Links {
 
     fn refresh_probes(&self) {
         let v = self.pairs.iter().map(|p| (p.page.clone(), p.role)).collect();
-        *self.probes.pages.write().unwrap_or_else(|e| e.into_inner()) = v;
+        self.probes.pages.store(Arc::new(v));
     }
 
     /// Drops binding `i`; `close` tells the switch this side is done (else it was revoked).
@@ -608,7 +615,7 @@ impl EmulatorNic {
         let region = Arc::new(Region::attach(fds.region)?);
         let mtu = region.geometry().buf_size as usize;
         let rx = Consumer::new(region.clone(), Ring::Rx);
-        let probes = Arc::new(ProbeSet { nic: rx.probe(), pages: RwLock::new(Vec::new()) });
+        let probes = Arc::new(ProbeSet { nic: rx.probe(), pages: ArcSwap::from_pointee(Vec::new()) });
         Ok(EmulatorNic {
             tx: Producer::new(region.clone(), Ring::Tx),
             rx,
