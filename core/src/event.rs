@@ -321,7 +321,8 @@ pub struct Epoll {
 pub const BELLS_FOR_OTHERS: u32 = 16;
 
 /// The process's epoll instances that hold the device's doorbell.
-static BELL_HOLDERS: AtomicU32 = AtomicU32::new(0);
+static BELL_HOLDERS: crossbeam_utils::CachePadded<AtomicU32> =
+    crossbeam_utils::CachePadded::new(AtomicU32::new(0));
 
 /// [`Epoll`]'s doorbell states: never registered (or its registration failed), held, given
 /// up ([`BellChange::Drop`]) and not taken back.

@@ -24,6 +24,7 @@ use arrakis_backends::emulator::ring::Doorbell;
 use arrakis_backends::emulator::EmulatorNic;
 use arrakis_backends::loopback::Loopback;
 use arrakis_backends::NetDevice;
+use crossbeam_utils::CachePadded;
 use rustix::event::epoll;
 use rustix::thread::futex;
 use smoltcp::time::Instant;
@@ -254,9 +255,13 @@ const SPIN_PROBE: u32 = 256;
 /// for it, with no doorbell and no wake-up of the progress thread.
 static PROBE: OnceLock<(u32, DeviceProbe)> = OnceLock::new();
 
+// The counters and flags below that threads write on every wait (spinners, sleepers) each
+// have a cache line of their own (`CachePadded`): side by side, as the linker had put them,
+// every sleeper's count went through the line that every probe, spin and sleep read.
+
 /// A thread is in [`device_spin`]: one poller is enough (fifty threads of one program
 /// spinning on one ring only take the CPUs from the threads that would answer them).
-static DEVICE_SPINNER: AtomicBool = AtomicBool::new(false);
+static DEVICE_SPINNER: CachePadded<AtomicBool> = CachePadded::new(AtomicBool::new(false));
 
 /// Threads polling the device's rx rings ([`device_spin`], [`Wait::spin`]): while there are
 /// any, the producers need not ring and the progress thread does not arm the rings when it
@@ -265,12 +270,12 @@ static DEVICE_SPINNER: AtomicBool = AtomicBool::new(false);
 /// itself before it suppresses the doorbells and uncounts itself before it re-arms them, so
 /// the progress thread that finds none is sure to arm them itself, and one that finds one
 /// can leave the arming to it.
-static RING_POLLERS: AtomicU32 = AtomicU32::new(0);
+static RING_POLLERS: CachePadded<AtomicU32> = CachePadded::new(AtomicU32::new(0));
 
 /// Program threads asleep in the kernel until frames come (epoll, poll, a blocking call's
 /// futex) that asked the rings for a doorbell first ([`device_sleep_begin`]): while there are
 /// any, the progress thread keeps the rings armed when it sleeps, even in its quiet mode.
-static DEVICE_SLEEPERS: AtomicU32 = AtomicU32::new(0);
+static DEVICE_SLEEPERS: CachePadded<AtomicU32> = CachePadded::new(AtomicU32::new(0));
 
 /// A program thread counted in [`DEVICE_SLEEPERS`]; uncounts it when dropped.
 #[must_use]
@@ -290,7 +295,7 @@ impl Drop for DeviceSleep {
 /// Of [`DEVICE_SLEEPERS`], those that hold no doorbell of their own (a blocking call's futex
 /// sleep, a `poll` without the doorbell): a frame reaches them only through the progress
 /// thread, which must listen to the doorbell while there are any.
-static NEEDS_PROGRESS: AtomicU32 = AtomicU32::new(0);
+static NEEDS_PROGRESS: CachePadded<AtomicU32> = CachePadded::new(AtomicU32::new(0));
 
 /// The progress thread sleeps deaf: without the doorbell in its set, because the program ran
 /// the stack less than [`PROGRESS_QUIET`] ago and no sleeper needs it ([`NEEDS_PROGRESS`]).
@@ -300,7 +305,7 @@ static NEEDS_PROGRESS: AtomicU32 = AtomicU32::new(0);
 /// the deaf sleep. Before this, every ring that found the program's threads awake woke the
 /// progress thread, which on a shared CPU then ran in the program's place (or fought it for
 /// the lock). A sleeper that needs the thread and sees the flag writes the kick.
-static PROGRESS_DEAF: AtomicBool = AtomicBool::new(false);
+static PROGRESS_DEAF: CachePadded<AtomicBool> = CachePadded::new(AtomicBool::new(false));
 
 /// A program thread is about to sleep in the kernel until something the device brings: it
 /// counts itself and asks the rings for a doorbell (unless a poller polls them: it asks when
@@ -348,7 +353,7 @@ thread_local! {
 }
 
 /// Spins of [`device_spin`] in a row that ended with nothing before it backs off.
-static DEVICE_MISSES: AtomicU32 = AtomicU32::new(0);
+static DEVICE_MISSES: CachePadded<AtomicU32> = CachePadded::new(AtomicU32::new(0));
 
 /// Set in a forked child: the probe is the parent's.
 static PROBE_OFF: AtomicBool = AtomicBool::new(false);
@@ -378,7 +383,9 @@ fn probe() -> Option<&'static DeviceProbe> {
 /// returns `false` at once.
 pub fn device_spin(deadline: Option<StdInstant>) -> bool {
     let Some(p) = probe() else { return false };
-    if DEVICE_SPINNER.swap(true, SeqCst) {
+    // A load first: the fifty threads of a client that find a spinner at work only read
+    // the line instead of taking it from the spinner's CPU.
+    if DEVICE_SPINNER.load(Relaxed) || DEVICE_SPINNER.swap(true, SeqCst) {
         return false;
     }
     let Some(end) = device_spin_end(deadline) else {
@@ -447,7 +454,7 @@ pub fn give_doorbell() {
     BELL_TAKEN.store(false, SeqCst);
 }
 
-static BELL_TAKEN: AtomicBool = AtomicBool::new(false);
+static BELL_TAKEN: CachePadded<AtomicBool> = CachePadded::new(AtomicBool::new(false));
 
 /// The device's doorbell fd (it lives as long as the world; -1 without one).
 static DOORBELL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
@@ -485,7 +492,7 @@ fn spin_until(now: StdInstant, time: Duration, deadline: Option<StdInstant>) -> 
 const DEVICE_BACKOFF: u32 = 20;
 
 /// Until when device spins back off, in nanoseconds after [`backoff_base`].
-static DEVICE_BACKOFF_UNTIL: AtomicU64 = AtomicU64::new(0);
+static DEVICE_BACKOFF_UNTIL: CachePadded<AtomicU64> = CachePadded::new(AtomicU64::new(0));
 
 fn backoff_base() -> StdInstant {
     static BASE: OnceLock<StdInstant> = OnceLock::new();
@@ -744,7 +751,7 @@ pub struct Net {
     epoch: StdInstant,
     /// The progress thread's futex word, and the deadline (µs since `epoch`) it sleeps to.
     timer: Wait,
-    armed: AtomicU64,
+    armed: CachePadded<AtomicU64>,
     /// Pid of the process whose progress thread runs (a forked child starts its own).
     progress_pid: AtomicU32,
     /// With a device that has a doorbell (the emulator's NIC), the progress thread sleeps in
@@ -752,7 +759,7 @@ pub struct Net {
     kick: OnceLock<rustix::fd::OwnedFd>,
     /// When a program thread (not the progress thread) last took the lock, µs since `epoch`
     /// ([`PROGRESS_QUIET`]).
-    app_pump: AtomicU64,
+    app_pump: CachePadded<AtomicU64>,
 }
 
 /// A device for the world other than the loopback, and its ephemeral port ranges, given
@@ -865,10 +872,10 @@ pub fn net() -> &'static Net {
             }),
             epoch,
             timer: Wait::default(),
-            armed: AtomicU64::new(u64::MAX),
+            armed: CachePadded::new(AtomicU64::new(u64::MAX)),
             progress_pid: AtomicU32::new(0),
             kick: OnceLock::new(),
-            app_pump: AtomicU64::new(0),
+            app_pump: CachePadded::new(AtomicU64::new(0)),
         }
     })
 }
