@@ -77,7 +77,7 @@ impl Slot {
 
 /// The per-process descriptor table. One instance, [`table()`], serves the whole process.
 pub struct FdTable {
-    chunks: [OnceLock<Box<[Slot; CHUNK]>>; CHUNKS],
+    chunks: [OnceLock<Box<[Slot]>>; CHUNKS],
     /// Number of fd numbers that currently refer to library-OS objects. Multi-fd calls
     /// (`poll`, `select`, `epoll_*`) skip their scan entirely while it is zero.
     live: AtomicUsize,
@@ -104,13 +104,14 @@ impl FdTable {
     #[inline]
     fn slot(&self, fd: i32) -> Option<&Slot> {
         let (c, i) = Self::split(fd)?;
-        self.chunks[c].get().map(|chunk| &chunk[i])
+        self.chunks[c].get().and_then(|chunk| chunk.get(i))
     }
 
     fn slot_or_alloc(&self, fd: i32) -> SysResult<&Slot> {
         let (c, i) = Self::split(fd).ok_or(Errno::EMFILE)?;
-        let chunk = self.chunks[c].get_or_init(|| Box::new(std::array::from_fn(|_| Slot::default())));
-        Ok(&chunk[i])
+        // Built on the heap: a chunk (32 KiB) need not fit the calling thread's stack.
+        let chunk = self.chunks[c].get_or_init(|| (0..CHUNK).map(|_| Slot::default()).collect());
+        chunk.get(i).ok_or(Errno::EMFILE)
     }
 
     /// What serves `fd`. Lock-free, allocation-free, async-signal-safe. Negative and
