@@ -304,3 +304,48 @@ bench_args() {
     esac
   done
 }
+
+# --- CPU accounting for the benchmarks -----------------------------------------------------
+
+TCK=$(getconf CLK_TCK)
+
+# cpu_of PID...: CPU seconds (user + system, all threads) the processes used so far.
+cpu_of() {
+  local pid t=0 v
+  for pid in "$@"; do
+    v=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{ print $12 + $13 }') || v=0
+    t=$((t + ${v:-0}))
+  done
+  awk -v t="$t" -v h="$TCK" 'BEGIN { printf "%.4f\n", t / h }'
+}
+# plane_pids PATH: the arrakis daemon and switch processes (the emulator path's control and
+# data plane outside the two ends); none on the kernel path, even while the emulator round's
+# daemon and switch linger (they exit on their own, and one exiting between the two readings
+# of a kernel run once made its CPU per request negative). Read once per run, so both
+# readings sum the same processes.
+plane_pids() { [ "$1" = emulator ] && pgrep -x arrakis || true; }
+# plane_cpu PIDS...: cpu_of the plane processes; stops the benchmark if one of them has gone
+# (its CPU would be lost from the second reading).
+plane_cpu() {
+  local pid
+  for pid in "$@"; do
+    [ -e "/proc/$pid/stat" ] || die "arrakis process $pid (daemon or switch) exited during a run"
+  done
+  cpu_of "$@"
+}
+
+# client PATH OUT CMD...: runs CMD (under the shim on the emulator path) with stdout to OUT;
+# prints the CPU seconds it used (getrusage of the waited-for child).
+client() {
+  local path=$1 out=$2
+  shift 2
+  local pre=()
+  [ "$path" = emulator ] && pre=("$ARRAKIS" run --backend emulator --)
+  timeout -k 5 300 python3 -c '
+import resource, subprocess, sys
+with open(sys.argv[1], "wb") as out:
+    rc = subprocess.run(sys.argv[2:], stdout=out).returncode
+r = resource.getrusage(resource.RUSAGE_CHILDREN)
+print("%.4f" % (r.ru_utime + r.ru_stime))
+sys.exit(rc)' "$out" "${pre[@]}" "$@"
+}

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# memcached at 50 connections, several builds side by side: the comparison behind the
+# "A/B" rows of docs/BENCHMARKS.md. One load, repeated in alternating order so the noise of a
+# shared machine falls on every build: `memcached -t 4` and `memcslap --test=get
+# --concurrency=50`, both under `BUILD/arrakis run --backend emulator` (or both native for
+# the build `kernel`). Per run it prints the CPU per request — user + system CPU of client,
+# server and (emulator) the arrakis daemon and switch, divided by the requests (the gets plus
+# the sets memcslap makes first) — and at the end each build's median, min and max, and its
+# median over the first build's.
+#
+# usage: examples/bench-builds.sh BUILD...
+#   BUILD                 `kernel`, or a directory holding `arrakis` and `libarrakis.so`
+#                         (target/release, or a copy of it kept from another tree)
+#   ROUNDS=6              runs per build (1..50)
+#   MC_N=3000             gets per memcslap thread
+#   CONC=50               memcslap threads (one connection each)
+set -euo pipefail
+# shellcheck source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+[ $# -ge 1 ] || die "usage: $0 BUILD... (kernel, or a directory with arrakis and libarrakis.so)"
+ROUNDS=${ROUNDS:-6}
+MC_N=${MC_N:-3000}
+CONC=${CONC:-50}
+for v in ROUNDS MC_N CONC; do
+  [[ ${!v} =~ ^[0-9]+$ ]] && [ "${!v}" -ge 1 ] || die "$v=${!v} is not a positive number"
+done
+[ "$ROUNDS" -le 50 ] || die "ROUNDS=$ROUNDS: use 1..50"
+BUILDS=("$@")
+for b in "${BUILDS[@]}"; do
+  [ "$b" = kernel ] && continue
+  [ -x "$b/arrakis" ] && [ -f "$b/libarrakis.so" ] ||
+    die "build $b: no arrakis and libarrakis.so there (give target/release, or a copy of it)"
+done
+ensure_packages memcached:memcached memcslap:libmemcached-tools python3:python3
+unset ARRAKIS_SOCKET ARRAKIS_STATE_DIR ARRAKIS_BACKEND ARRAKIS_KERNEL_CLIENTS
+builds_cleanup() {
+  pkill -KILL -f -- "$WORK/run" 2>/dev/null || true
+  cleanup
+}
+trap builds_cleanup EXIT
+
+# one_run INDEX: one memcached + memcslap run of build INDEX; appends its CPU µs a request.
+one_run() {
+  local i=$1 b=${BUILDS[$1]} path=emulator port pid user=() c0 c1 p0 p1 pp cpu keys
+  [ "$b" = kernel ] && path=kernel
+  [ "$path" = emulator ] && ARRAKIS=$b/arrakis
+  export ARRAKIS_RUN_DIR=$WORK/run.$i
+  port=$(free_port)
+  [ "$(id -u)" -eq 0 ] && user=(-u root)
+  local srv=(memcached -l 127.0.0.1 -p "$port" -U 0 -t 4 -m 64 -c 1024 "${user[@]}")
+  if [ "$path" = emulator ]; then
+    start_bg "$WORK/mc.log" "$ARRAKIS" run --backend emulator -- "${srv[@]}"
+  else
+    start_bg "$WORK/mc.log" "${srv[@]}"
+  fi
+  pid=$BG_PID
+  wait_tcp "$port" "$pid" 20 || { tail "$WORK/mc.log" >&2; die "memcached ($b) did not start"; }
+  if [ "$path" = emulator ]; then check_shim_mapped "$pid" memcached >/dev/null 2>&1 || die "memcached is not under the shim"
+  else check_shim_absent "$pid" memcached; fi
+  c0=$(cpu_of "$pid")
+  pp=$(plane_pids "$path")
+  p0=$(plane_cpu $pp)
+  cpu=$(client "$path" "$WORK/slap.out" memcslap --servers="127.0.0.1:$port" --test=get \
+    --concurrency="$CONC" --execute-number="$MC_N" --tcp-nodelay) || die "memcslap ($b) failed"
+  c1=$(cpu_of "$pid")
+  p1=$(plane_cpu $pp)
+  grep -Eqi 'error|fail' "$WORK/slap.out" && { cat "$WORK/slap.out" >&2; die "memcslap ($b) reported errors"; }
+  keys=$(awk '$1 == "Time" && $3 == "get" && $6 == "by" { print $4 }' "$WORK/slap.out")
+  [ -n "$keys" ] || { cat "$WORK/slap.out" >&2; die "memcslap ($b): no \"Time to get ... by\" line"; }
+  stop_pid "$pid" 10 || true
+  pkill -KILL -f -- "$ARRAKIS_RUN_DIR" 2>/dev/null || true
+  awk -v a="$cpu" -v b="$c0" -v c="$c1" -v d="$p0" -v e="$p1" -v n=$((keys + MC_N)) \
+    'BEGIN { printf "%.2f\n", (a + c - b + e - d) * 1e6 / n }' | tee -a "$WORK/cpu.$i"
+}
+
+for round in $(seq 1 "$ROUNDS"); do
+  order=$(seq 0 $((${#BUILDS[@]} - 1)))
+  [ $((round % 2)) -eq 0 ] && order=$(echo "$order" | tac)
+  for i in $order; do
+    say "round $round/$ROUNDS: ${BUILDS[$i]}: $(one_run "$i") µs a request"
+  done
+done
+
+base=$(median <"$WORK/cpu.0")
+echo "memcslap get, $CONC connections, $MC_N gets each; $ROUNDS runs per build, alternating; CPU µs a request (client + server + plane)"
+echo
+echo "| build | median | min | max | ÷ ${BUILDS[0]} |"
+echo "|---|---:|---:|---:|---:|"
+for i in "${!BUILDS[@]}"; do
+  m=$(median <"$WORK/cpu.$i")
+  read -r lo hi < <(sort -n "$WORK/cpu.$i" | awk 'NR == 1 { lo = $1 } { hi = $1 } END { print lo, hi }')
+  echo "| ${BUILDS[$i]} | $m | $lo | $hi | $(awk -v a="$base" -v b="$m" 'BEGIN { printf "%.3f", b / a }') |"
+done
