@@ -86,6 +86,16 @@ static struct sockaddr_in lo(int port)
     return a;
 }
 
+/* A TCP connection to 127.0.0.1:PORT; dies with WHAT on failure. */
+static int connect_lo(int port, const char *what)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = lo(port);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) < 0)
+        die(what);
+    return fd;
+}
+
 static void timeouts(int fd, int secs)
 {
     struct timeval tv = {secs, 0};
@@ -341,12 +351,7 @@ static int client(int tport, int uport, int nconn, size_t bytes)
     if (nconn > 16)
         nconn = 16;
     for (int i = 0; i < nconn; i++) {
-        int fd = socket(AF_INET, SOCK_STREAM, 0);
-        if (fd < 0)
-            die("socket");
-        struct sockaddr_in a = lo(tport);
-        if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0)
-            die("connect");
+        int fd = connect_lo(tport, "connect");
         if (i == 0) {
             printf("#lib=%d\n", is_lib(fd));
             fflush(stdout);
@@ -395,12 +400,7 @@ static int client(int tport, int uport, int nconn, size_t bytes)
 static int connect_kernel(int port)
 {
     alarm(30);
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0)
-        die("socket");
-    struct sockaddr_in a = lo(port);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0)
-        die("connect");
+    int fd = connect_lo(port, "connect");
     printf("#lib=%d\n", is_lib(fd));
     timeouts(fd, 10);
     if (write_all(fd, (const unsigned char *)"hello", 5) < 0)
@@ -469,10 +469,7 @@ static int echo_once(int fd, const char *msg)
 
 static int pingpong(int tport, int uport, int n)
 {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = lo(tport);
-    if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) < 0)
-        die("pingpong connect");
+    int fd = connect_lo(tport, "pingpong connect");
     timeouts(fd, 10);
     int u = socket(AF_INET, SOCK_DGRAM, 0);
     struct sockaddr_in ua = lo(uport);
@@ -510,10 +507,7 @@ static double now_s(void)
 
 static int connect_nb(int tport)
 {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = lo(tport);
-    if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) < 0)
-        die("nbrecv connect");
+    int fd = connect_lo(tport, "nbrecv connect");
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
     return fd;
 }
@@ -611,12 +605,7 @@ static int nbrecv(int tport, int n)
 static int fork_test(int port)
 {
     alarm(60);
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0)
-        die("socket");
-    struct sockaddr_in a = lo(port);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0)
-        die("connect");
+    int fd = connect_lo(port, "connect");
     timeouts(fd, 10);
     if (echo_once(fd, "before fork") < 0)
         die("echo before fork");
@@ -627,9 +616,7 @@ static int fork_test(int port)
         char b;
         ssize_t r = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
         printf("child inherited: %s\n", r < 0 ? strerrorname_np(errno) : "readable");
-        int c = socket(AF_INET, SOCK_STREAM, 0);
-        if (c < 0 || connect(c, (struct sockaddr *)&a, sizeof a) < 0)
-            die("child connect");
+        int c = connect_lo(port, "child connect");
         timeouts(c, 10);
         printf("child new: %s lib=%d\n", echo_once(c, "from the child") == 0 ? "ok" : "FAILED", is_lib(c));
         fflush(stdout);
@@ -657,10 +644,7 @@ int main(int argc, char **argv)
     if (argc >= 4 && strcmp(argv[1], "bind") == 0)
         return bind_one(argv[2], atoi(argv[3]));
     if (argc >= 3 && strcmp(argv[1], "hold") == 0) {
-        int fd = socket(AF_INET, SOCK_STREAM, 0);
-        struct sockaddr_in a = lo(atoi(argv[2]));
-        if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) < 0)
-            die("connect");
+        int fd = connect_lo(atoi(argv[2]), "connect");
         timeouts(fd, 10);
         printf("hold %s\n", echo_once(fd, "held") == 0 ? "ok" : "FAILED");
         return 0;
