@@ -49,15 +49,10 @@ one_run() {
   port=$(free_port)
   [ "$(id -u)" -eq 0 ] && user=(-u root)
   local srv=(memcached -l 127.0.0.1 -p "$port" -U 0 -t 4 -m 64 -c 1024 "${user[@]}")
-  if [ "$path" = emulator ]; then
-    start_bg "$WORK/mc.log" "$ARRAKIS" run --backend emulator -- "${srv[@]}"
-  else
-    start_bg "$WORK/mc.log" "${srv[@]}"
-  fi
+  launch "$path" "$WORK/mc.log" "${srv[@]}"
   pid=$BG_PID
   wait_tcp "$port" "$pid" 20 || { tail "$WORK/mc.log" >&2; die "memcached ($b) did not start"; }
-  if [ "$path" = emulator ]; then check_shim_mapped "$pid" memcached >/dev/null 2>&1 || die "memcached is not under the shim"
-  else check_shim_absent "$pid" memcached; fi
+  check_path "$path" "$pid" memcached
   c0=$(cpu_of "$pid")
   pp=$(plane_pids "$path")
   p0=$(plane_cpu $pp)

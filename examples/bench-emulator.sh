@@ -64,23 +64,6 @@ START=$SECONDS
 # record NAME VALUE: appends VALUE to this round's series NAME.
 record() { echo "$2" >>"$WORK/m.$1"; }
 
-launch() {
-  local path=$1 log=$2
-  shift 2
-  if [ "$path" = emulator ]; then
-    start_bg "$log" "$ARRAKIS" run --backend emulator -- "$@"
-  else
-    start_bg "$log" "$@"
-  fi
-}
-
-# server_pid PATH LAUNCHED: the launched process is the server (arrakis run execs it).
-check_path() {
-  local path=$1 pid=$2 what=$3
-  if [ "$path" = emulator ]; then check_shim_mapped "$pid" "$what" >/dev/null 2>&1 || die "$what is not under the shim"
-  else check_shim_absent "$pid" "$what"; fi
-}
-
 run_redis() {
   local path=$1 port pid c0 p0 c1 p1 pp cpu out n conns t
   port=$(free_port)

@@ -349,3 +349,23 @@ r = resource.getrusage(resource.RUSAGE_CHILDREN)
 print("%.4f" % (r.ru_utime + r.ru_stime))
 sys.exit(rc)' "$out" "${pre[@]}" "$@"
 }
+
+# launch PATH LOG CMD...: starts CMD in the background (BG_PID), under `$ARRAKIS run --backend
+# emulator` on the emulator path.
+launch() {
+  local path=$1 log=$2
+  shift 2
+  if [ "$path" = emulator ]; then
+    start_bg "$log" "$ARRAKIS" run --backend emulator -- "$@"
+  else
+    start_bg "$log" "$@"
+  fi
+}
+
+# check_path PATH PID WHAT: PID (a launched server: arrakis run execs it) is under the shim on
+# the emulator path and not on the kernel path.
+check_path() {
+  local path=$1 pid=$2 what=$3
+  if [ "$path" = emulator ]; then check_shim_mapped "$pid" "$what" >/dev/null 2>&1 || die "$what is not under the shim"
+  else check_shim_absent "$pid" "$what"; fi
+}
