@@ -1073,8 +1073,8 @@ impl Socket {
     /// A nonblocking receive that would find nothing, answered without the world lock (see
     /// [`Wait::recv_would_block`]): a program that reads until `EAGAIN` after each message
     /// (memcached's workers, libmemcached's clients) pays one pass less per message.
-    fn recv_fast_eagain(&self, nb: bool, total: usize) -> bool {
-        nb && total > 0 && self.wait.recv_would_block() && super::world::device_idle()
+    fn recv_fast_eagain(&self, nb: bool) -> bool {
+        nb && self.wait.recv_would_block() && super::world::device_idle()
     }
 
     fn tcp_recv(&self, bufs: &mut [&mut [u8]], flags: i32, nb: bool) -> SysResult<Received> {
@@ -1082,7 +1082,8 @@ impl Socket {
             return Err(Errno::EINVAL);
         }
         let total: usize = bufs.iter().map(|b| b.len()).sum();
-        if self.recv_fast_eagain(nb, total) {
+        // A zero-length read of a stream with data answers 0, not EAGAIN: it takes the lock.
+        if total > 0 && self.recv_fast_eagain(nb) {
             return Err(Errno::EAGAIN);
         }
         let peek = flags & msg::PEEK != 0;
@@ -1179,7 +1180,7 @@ impl Socket {
         }
         let peek = flags & msg::PEEK != 0;
         let fam = self.fam;
-        if self.recv_fast_eagain(nb, bufs.iter().map(|b| b.len()).sum::<usize>().max(1)) {
+        if self.recv_fast_eagain(nb) {
             return Err(Errno::EAGAIN);
         }
         self.block(
