@@ -42,31 +42,21 @@ trap builds_cleanup EXIT
 
 # one_run INDEX: one memcached + memcslap run of build INDEX; appends its CPU µs a request.
 one_run() {
-  local i=$1 b=${BUILDS[$1]} path=emulator port pid user=() c0 c1 p0 p1 pp cpu keys
+  local i=$1 b=${BUILDS[$1]} path=emulator port pid cpu keys
   [ "$b" = kernel ] && path=kernel
   [ "$path" = emulator ] && ARRAKIS=$b/arrakis
   export ARRAKIS_RUN_DIR=$WORK/run.$i
-  port=$(free_port)
-  [ "$(id -u)" -eq 0 ] && user=(-u root)
-  local srv=(memcached -l 127.0.0.1 -p "$port" -U 0 -t 4 -m 64 -c 1024 "${user[@]}")
-  launch "$path" "$WORK/mc.log" "${srv[@]}"
-  pid=$BG_PID
-  wait_tcp "$port" "$pid" 20 || { tail "$WORK/mc.log" >&2; die "memcached ($b) did not start"; }
-  check_path "$path" "$pid" memcached
-  c0=$(cpu_of "$pid")
-  pp=$(plane_pids "$path")
-  p0=$(plane_cpu $pp)
-  cpu=$(client "$path" "$WORK/slap.out" memcslap --servers="127.0.0.1:$port" --test=get \
+  launch_memcached "$path" "$WORK/mc.log"
+  port=$MC_PORT
+  pid=$MC_PID
+  cpu=$(measured "$path" "$pid" "$WORK/slap.out" memcslap --servers="127.0.0.1:$port" --test=get \
     --concurrency="$CONC" --execute-number="$MC_N" --tcp-nodelay) || die "memcslap ($b) failed"
-  c1=$(cpu_of "$pid")
-  p1=$(plane_cpu $pp)
   grep -Eqi 'error|fail' "$WORK/slap.out" && { cat "$WORK/slap.out" >&2; die "memcslap ($b) reported errors"; }
   keys=$(awk '$1 == "Time" && $3 == "get" && $6 == "by" { print $4 }' "$WORK/slap.out")
   [ -n "$keys" ] || { cat "$WORK/slap.out" >&2; die "memcslap ($b): no \"Time to get ... by\" line"; }
   stop_pid "$pid" 10 || true
   pkill -KILL -f -- "$ARRAKIS_RUN_DIR" 2>/dev/null || true
-  awk -v a="$cpu" -v b="$c0" -v c="$c1" -v d="$p0" -v e="$p1" -v n=$((keys + MC_N)) \
-    'BEGIN { printf "%.2f\n", (a + c - b + e - d) * 1e6 / n }' | tee -a "$WORK/cpu.$i"
+  per_request "$cpu" $((keys + MC_N)) | tee -a "$WORK/cpu.$i"
 }
 
 for round in $(seq 1 "$ROUNDS"); do

@@ -65,7 +65,7 @@ START=$SECONDS
 record() { echo "$2" >>"$WORK/m.$1"; }
 
 run_redis() {
-  local path=$1 port pid c0 p0 c1 p1 pp cpu out n conns t
+  local path=$1 port pid cpu out n conns t
   port=$(free_port)
   launch "$path" "$WORK/redis.$path.log" redis-server --port "$port" --bind 127.0.0.1 --save '' \
     --appendonly no --daemonize no --logfile '' --dir "$WORK"
@@ -75,41 +75,27 @@ run_redis() {
   for conns in 1 50; do
     n=$REDIS_N
     [ "$conns" = 1 ] && n=$((REDIS_N / 4))
-    c0=$(cpu_of "$pid")
-    pp=$(plane_pids "$path")
-    p0=$(plane_cpu $pp)
-    cpu=$(client "$path" "$WORK/rb.out" redis-benchmark -h 127.0.0.1 -p "$port" --csv -t set,get \
+    cpu=$(measured "$path" "$pid" "$WORK/rb.out" redis-benchmark -h 127.0.0.1 -p "$port" --csv -t set,get \
       -n "$n" -c "$conns") || die "redis-benchmark ($path, $conns conns) failed"
-    c1=$(cpu_of "$pid")
-    p1=$(plane_cpu $pp)
     out=$(cat "$WORK/rb.out")
     for t in SET GET; do
       record "redis_${t}_c${conns}_rps.$path" "$(csv_field "$out" "$t" rps)"
       record "redis_${t}_c${conns}_p50.$path" "$(csv_field "$out" "$t" p50)"
     done
-    record "redis_c${conns}_cpu_us.$path" "$(awk -v a="$cpu" -v b="$c0" -v c="$c1" -v d="$p0" -v e="$p1" \
-      -v n=$((2 * n)) 'BEGIN { printf "%.2f", (a + c - b + e - d) * 1e6 / n }')"
+    record "redis_c${conns}_cpu_us.$path" "$(per_request "$cpu" "$((2 * n))")"
   done
   stop_pid "$pid" 10 || true
 }
 
 run_memcached() {
-  local path=$1 port pid user=() c0 c1 p0 p1 pp cpu conc n t secs keys
-  port=$(free_port)
-  [ "$(id -u)" -eq 0 ] && user=(-u root)
-  launch "$path" "$WORK/mc.$path.log" memcached -l 127.0.0.1 -p "$port" -U 0 -t 4 -m 64 -c 1024 "${user[@]}"
-  pid=$BG_PID
-  wait_tcp "$port" "$pid" 20 || { tail "$WORK/mc.$path.log" >&2; die "memcached ($path) did not start"; }
-  check_path "$path" "$pid" memcached
+  local path=$1 port pid cpu conc n t secs keys
+  launch_memcached "$path" "$WORK/mc.$path.log"
+  port=$MC_PORT
+  pid=$MC_PID
   # Latency at one connection, first (after memcslap's 50 connections the server's NIC would
   # for a while have too many flows to ask for secure bindings): mclat's sets, then its gets.
-  c0=$(cpu_of "$pid")
-  pp=$(plane_pids "$path")
-  p0=$(plane_cpu $pp)
-  cpu=$(client "$path" "$WORK/mclat.out" "$MCLAT" "$port" -n "$MCLAT_N") ||
+  cpu=$(measured "$path" "$pid" "$WORK/mclat.out" "$MCLAT" "$port" -n "$MCLAT_N") ||
     { cat "$WORK/mclat.out" >&2; die "mclat ($path) failed"; }
-  c1=$(cpu_of "$pid")
-  p1=$(plane_cpu $pp)
   local lib
   lib=$(awk -F= '$1 == "#lib" { print $2 }' "$WORK/mclat.out")
   if [ "$path" = emulator ]; then [ "$lib" = 1 ] || die "mclat under the emulator used a kernel socket"
@@ -117,19 +103,13 @@ run_memcached() {
   for t in set get; do
     record "mc_${t}_c1_p50.$path" "$(awk -v k="${t}_us_p50" '$1 == k { print $2 }' "$WORK/mclat.out")"
   done
-  record "mclat_cpu_us.$path" "$(awk -v a="$cpu" -v b="$c0" -v c="$c1" -v d="$p0" -v e="$p1" \
-    -v n="$((2 * (MCLAT_N + 1000)))" 'BEGIN { printf "%.2f", (a + c - b + e - d) * 1e6 / n }')"
+  record "mclat_cpu_us.$path" "$(per_request "$cpu" "$((2 * (MCLAT_N + 1000)))")"
   for conc in 1 50; do
     n=$MC_N
     [ "$conc" = 50 ] && n=$((MC_N / 50))
     for t in set get; do
-      c0=$(cpu_of "$pid")
-      pp=$(plane_pids "$path")
-      p0=$(plane_cpu $pp)
-      cpu=$(client "$path" "$WORK/slap.out" memcslap --servers="127.0.0.1:$port" --test="$t" \
+      cpu=$(measured "$path" "$pid" "$WORK/slap.out" memcslap --servers="127.0.0.1:$port" --test="$t" \
         --concurrency="$conc" --execute-number="$n" --tcp-nodelay) || die "memcslap ($path) failed"
-      c1=$(cpu_of "$pid")
-      p1=$(plane_cpu $pp)
       grep -Eqi 'error|fail' "$WORK/slap.out" && { cat "$WORK/slap.out" >&2; die "memcslap ($path) reported errors"; }
       # "Time to get 24762 keys by 1 threads: 4.142 seconds." (a get run asks for a random
       # subset of the keys it set first).
@@ -140,33 +120,26 @@ run_memcached() {
       local reqs=$keys
       [ "$t" = get ] && reqs=$((keys + n))
       record "mc_${t}_c${conc}_kps.$path" "$(awk -v k="$keys" -v s="$secs" 'BEGIN { printf "%.0f", k / s }')"
-      record "mc_${t}_c${conc}_cpu_us.$path" "$(awk -v a="$cpu" -v b="$c0" -v c="$c1" -v d="$p0" -v e="$p1" \
-        -v n="$reqs" 'BEGIN { printf "%.2f", (a + c - b + e - d) * 1e6 / n }')"
+      record "mc_${t}_c${conc}_cpu_us.$path" "$(per_request "$cpu" "$reqs")"
     done
   done
   stop_pid "$pid" 10 || true
 }
 
 run_udp() {
-  local path=$1 port pid c0 c1 p0 p1 pp cpu lib
+  local path=$1 port pid cpu lib
   port=$(free_port)
   launch "$path" "$WORK/udp.$path.log" "$UDPECHO" server "$port" 600
   pid=$BG_PID
   poll 20 grep -q ready "$WORK/udp.$path.log" || { cat "$WORK/udp.$path.log" >&2; die "udpecho server ($path) did not start"; }
-  c0=$(cpu_of "$pid")
-  pp=$(plane_pids "$path")
-  p0=$(plane_cpu $pp)
-  cpu=$(client "$path" "$WORK/udp.out" "$UDPECHO" client "$port" -n "$UDP_N" -q) ||
+  cpu=$(measured "$path" "$pid" "$WORK/udp.out" "$UDPECHO" client "$port" -n "$UDP_N" -q) ||
     { cat "$WORK/udp.out" >&2; die "udpecho client ($path) failed"; }
-  c1=$(cpu_of "$pid")
-  p1=$(plane_cpu $pp)
   lib=$(awk -F= '$1 == "#lib" { print $2 }' "$WORK/udp.out")
   if [ "$path" = emulator ]; then [ "$lib" = 1 ] || die "udpecho client under the emulator used a kernel socket"
   else [ "$lib" = 0 ] || die "udpecho client on the kernel path used a library socket"; fi
   record "udp_p50.$path" "$(awk '$1 == "rtt_us_p50" { print $2 }' "$WORK/udp.out")"
   record "udp_mean.$path" "$(awk '$1 == "rtt_us_mean" { print $2 }' "$WORK/udp.out")"
-  record "udp_cpu_us.$path" "$(awk -v a="$cpu" -v b="$c0" -v c="$c1" -v d="$p0" -v e="$p1" \
-    -v n="$((UDP_N + 2000))" 'BEGIN { printf "%.2f", (a + c - b + e - d) * 1e6 / n }')"
+  record "udp_cpu_us.$path" "$(per_request "$cpu" "$((UDP_N + 2000))")"
   wait_exit "$pid" 10 || true
 }
 

@@ -350,6 +350,23 @@ print("%.4f" % (r.ru_utime + r.ru_stime))
 sys.exit(rc)' "$out" "${pre[@]}" "$@"
 }
 
+# measured PATH PID OUT CMD...: runs CMD as `client` does (stdout to OUT); prints the CPU
+# seconds the client, the server PID and (emulator path) the plane used meanwhile.
+measured() {
+  local path=$1 pid=$2 out=$3 c0 c1 p0 p1 pp cpu
+  shift 3
+  c0=$(cpu_of "$pid")
+  pp=$(plane_pids "$path")
+  p0=$(plane_cpu $pp)
+  cpu=$(client "$path" "$out" "$@") || return
+  c1=$(cpu_of "$pid")
+  p1=$(plane_cpu $pp)
+  awk -v a="$cpu" -v b="$c0" -v c="$c1" -v d="$p0" -v e="$p1" 'BEGIN { printf "%.6f\n", a + c - b + e - d }'
+}
+
+# per_request SECONDS N: microseconds of CPU a request.
+per_request() { awk -v s="$1" -v n="$2" 'BEGIN { printf "%.2f\n", s * 1e6 / n }'; }
+
 # launch PATH LOG CMD...: starts CMD in the background (BG_PID), under `$ARRAKIS run --backend
 # emulator` on the emulator path.
 launch() {
@@ -368,4 +385,16 @@ check_path() {
   local path=$1 pid=$2 what=$3
   if [ "$path" = emulator ]; then check_shim_mapped "$pid" "$what" >/dev/null 2>&1 || die "$what is not under the shim"
   else check_shim_absent "$pid" "$what"; fi
+}
+
+# launch_memcached PATH LOG: memcached -t 4 on a free port of 127.0.0.1 (as the benchmarks run
+# it), launched for PATH and checked; sets MC_PORT and MC_PID.
+launch_memcached() {
+  local path=$1 log=$2 user=()
+  MC_PORT=$(free_port)
+  [ "$(id -u)" -eq 0 ] && user=(-u root)
+  launch "$path" "$log" memcached -l 127.0.0.1 -p "$MC_PORT" -U 0 -t 4 -m 64 -c 1024 "${user[@]}"
+  MC_PID=$BG_PID
+  wait_tcp "$MC_PORT" "$MC_PID" 20 || { tail "$log" >&2; die "memcached ($path) did not start"; }
+  check_path "$path" "$MC_PID" memcached
 }
