@@ -160,6 +160,17 @@ pub enum Watcher {
     Poller(Arc<Poller>),
 }
 
+impl Watcher {
+    /// A poller whose `poll` call has returned without unregistering it (it answered from
+    /// [`Socket::readable_now`](crate::net::socket::Socket::readable_now), with no lock):
+    /// only the socket's list still holds it. Under the world lock, so no one can take a new
+    /// reference from the list meanwhile; the lists drop such entries when they next change
+    /// or signal.
+    pub(crate) fn abandoned(&self) -> bool {
+        matches!(self, Watcher::Poller(p) if Arc::strong_count(p) == 1)
+    }
+}
+
 impl PartialEq for Watcher {
     fn eq(&self, o: &Watcher) -> bool {
         match (self, o) {

@@ -166,8 +166,36 @@ fn sockets_over_an_emulator_nic() {
         assert!(t0.elapsed() < Duration::from_secs(20), "the datagram never came");
     }
     assert_eq!(p.seen(), ended, "an unregistered poller is not signalled");
+    // What a `poll` for input alone reads without the lock (`readable_now`): the datagram
+    // waits, and the look above saw it.
+    assert!(u1.readable_now(), "a datagram waits");
     let r = u1.recv(&mut [&mut b[..]], 0).expect("recvfrom");
     assert_eq!(&b[..r.n], b"not for the poller");
+    assert!(!u1.readable_now(), "read: nothing waits");
+
+    // A `poll` that answers from `readable_now` after a sleep returns with its poller still
+    // registered. Such a poller, left on the socket's list alone, is signalled harmlessly and
+    // dropped at the list's next change (here the next poll's registration): many calls do
+    // not grow the list.
+    let mut left = Vec::new();
+    for i in 0..50 {
+        let p = Poller::new_futex();
+        assert_eq!(poll_lib_or_end(&watched, &p).as_slice(), [0], "round {i}: registered");
+        u2.send(&[b"x"], 0, Some(to)).expect("sendto");
+        let t0 = Instant::now();
+        while !u1.readable_now() {
+            std::thread::sleep(Duration::from_millis(1));
+            // A look runs the stack, as another thread of the program would.
+            let _ = poll_lib(&[(PollObj::Socket(&u2), POLLIN)], None);
+            assert!(t0.elapsed() < Duration::from_secs(20), "round {i}: the datagram never came");
+        }
+        left.push(Arc::downgrade(&p));
+        drop(p);
+        let r = u1.recv(&mut [&mut b[..]], 0).expect("recvfrom");
+        assert_eq!(&b[..r.n], b"x");
+    }
+    let alive = left.iter().filter(|w| w.upgrade().is_some()).count();
+    assert!(alive <= 1, "{alive} abandoned pollers are still on the socket's list");
 
     stop.store(true, Ordering::Relaxed);
     let reflected = reflector.join().expect("reflector");

@@ -22,7 +22,7 @@ use super::cmsg::Cmsg;
 use super::control::{self, GrantKey};
 use super::stack::ShardId;
 use super::udp::{Datagram, Tx, LOOPBACK_IFINDEX};
-use super::world::{net, Inner, Wait};
+use super::world::{net, Inner, Wait, RX_IDLE, RX_READY, RX_UNKNOWN};
 use crate::error::{Errno, SysResult};
 use crate::event::{ev, Watcher};
 use crate::fd::{FdKind, FdObject};
@@ -1073,6 +1073,13 @@ impl Socket {
     /// A nonblocking receive that would find nothing, answered without the world lock (see
     /// [`Wait::recv_would_block`]): a program that reads until `EAGAIN` after each message
     /// (memcached's workers, libmemcached's clients) pays one pass less per message.
+    /// Whether a receive would return data now, answered without the world lock (see
+    /// [`Wait::recv_ready`]): for `poll` and `select` asking for input alone, which then need
+    /// not take the lock to look (a client woken because its answer came reads it next).
+    pub fn readable_now(&self) -> bool {
+        self.wait.recv_ready()
+    }
+
     fn recv_fast_eagain(&self, nb: bool) -> bool {
         nb && self.wait.recv_would_block() && super::world::device_idle()
     }
@@ -1701,7 +1708,7 @@ fn port_bound(g: &Inner, kind: Kind, port: u16, except: usize) -> bool {
 fn movable(s: &SockState) -> bool {
     !(s.listener.is_some()
         || s.peer.is_some()
-        || !s.watchers.is_empty()
+        || s.watchers.iter().any(|w| !w.abandoned())
         || (s.kind == Kind::Stream && s.shard.is_some()))
 }
 
@@ -2286,19 +2293,40 @@ fn close(g: &mut Inner, id: usize) -> Option<GrantKey> {
     s.grant
 }
 
-/// Whether a nonblocking receive on socket `id` would fail with `EAGAIN` now: exactly the
-/// cases in which [`Socket::recv`]'s attempt waits (for a non-empty buffer, no `MSG_OOB`).
-pub(crate) fn recv_would_block(g: &Inner, id: usize) -> bool {
-    let Ok(s) = g.sock(id) else { return false };
+/// What a receive on socket `id` would find now ([`Wait`]'s lock-free hints): [`RX_IDLE`]
+/// exactly in the cases in which [`Socket::recv`]'s attempt waits (for a non-empty buffer, no
+/// `MSG_OOB`); [`RX_READY`] when it would return queued data and there is nothing else to
+/// report; otherwise [`RX_UNKNOWN`] (errors, end of input, listeners: the lock decides).
+pub(crate) fn rx_state(g: &Inner, id: usize) -> u8 {
+    let Ok(s) = g.sock(id) else { return RX_UNKNOWN };
     if s.err.is_some() || s.shut_rd {
-        return false;
+        return RX_UNKNOWN;
     }
     match s.kind {
         Kind::Stream => {
-            let Some(c) = s.shard else { return false };
-            s.listener.is_none() && !s.done && !s.closed && g.stack.tcp(c).is_ok_and(|t| t.recv_queue() == 0)
+            let Some(c) = s.shard else { return RX_UNKNOWN };
+            if s.listener.is_some() || s.done || s.closed {
+                return RX_UNKNOWN;
+            }
+            let Ok(t) = g.stack.tcp(c) else { return RX_UNKNOWN };
+            let queued = t.recv_queue();
+            // Readable as `events` says it: at least `SO_RCVLOWAT` bytes, connected.
+            let lowat = usize::try_from(s.opts.rcvlowat).unwrap_or(1).max(1);
+            if queued == 0 {
+                RX_IDLE
+            } else if queued >= lowat && !matches!(t.state(), tcp::State::SynSent | tcp::State::SynReceived) {
+                RX_READY
+            } else {
+                RX_UNKNOWN
+            }
         }
-        Kind::Dgram => s.shard.and_then(|c| g.stack.udp_table().front(c)).is_none(),
+        Kind::Dgram => {
+            if s.shard.and_then(|c| g.stack.udp_table().front(c)).is_some() {
+                RX_READY
+            } else {
+                RX_IDLE
+            }
+        }
     }
 }
 
@@ -2464,6 +2492,7 @@ pub(crate) fn udp_refused(g: &mut Inner, port: u16, remote: IpEndpoint) -> Optio
 /// Registers a watcher on a socket.
 pub(crate) fn watch(g: &mut Inner, id: usize, w: Watcher) {
     if let Ok(s) = g.sock_mut(id) {
+        s.watchers.retain(|x| !x.abandoned());
         if !s.watchers.contains(&w) {
             s.watchers.push(w);
         }

@@ -14,7 +14,7 @@
 //! handler, also as Linux. So the library OS needs no signal bookkeeping of its own (the one
 //! exception, a signal during the poll before the sleep, is described at [`Wait::spin`]).
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant as StdInstant};
 
@@ -43,10 +43,20 @@ pub struct Wait {
     waiters: AtomicU32,
     /// Spins in a row that ended without the word moving (see [`Wait::spin`]).
     misses: AtomicU32,
-    /// A nonblocking receive on the socket would fail with `EAGAIN`, as of the last pass that
-    /// looked at it (see [`Wait::recv_would_block`]).
-    rx_idle: AtomicBool,
+    /// What a receive on the socket would find, as of the last pass that looked at it:
+    /// [`RX_UNKNOWN`], [`RX_IDLE`] or [`RX_READY`] (see [`Wait::recv_would_block`] and
+    /// [`Wait::recv_ready`]).
+    rx: AtomicU8,
 }
+
+/// [`Wait`]'s receive states. Unknown: a pass changed the socket and no look followed, or the
+/// answer needs the lock (an error, end of input, a listener, no connection).
+pub(crate) const RX_UNKNOWN: u8 = 0;
+/// A receive would wait: nothing queued, no end of input, no error.
+pub(crate) const RX_IDLE: u8 = 1;
+/// A receive would return data (a connected stream with bytes queued, a datagram queued),
+/// and nothing else is to report (no error, no end of input).
+pub(crate) const RX_READY: u8 = 2;
 
 impl Wait {
     /// The current generation; pass it to [`Wait::sleep`] after checking the condition.
@@ -78,13 +88,22 @@ impl Wait {
     /// thread is processing at this moment is, as on Linux, input that arrives just after the
     /// call.
     pub(crate) fn recv_would_block(&self) -> bool {
-        self.rx_idle.load(SeqCst)
+        self.rx.load(SeqCst) == RX_IDLE
     }
 
-    fn set_rx_idle(&self, idle: bool) {
+    /// Whether a receive would return data now, without the world lock: the last pass that
+    /// looked at the socket found bytes (or a datagram) queued and nothing else to report,
+    /// and no pass has changed the socket since. A `poll` for input alone answers from it
+    /// (see [`Socket::readable_now`](super::socket::Socket::readable_now)); another thread
+    /// that takes the data at this moment is, as on Linux, a read that came just after.
+    pub(crate) fn recv_ready(&self) -> bool {
+        self.rx.load(SeqCst) == RX_READY
+    }
+
+    fn set_rx(&self, state: u8) {
         // A store only on a change: the line is read by every nonblocking receive.
-        if self.rx_idle.load(Relaxed) != idle {
-            self.rx_idle.store(idle, SeqCst);
+        if self.rx.load(Relaxed) != state {
+            self.rx.store(state, SeqCst);
         }
     }
 
@@ -582,7 +601,7 @@ impl Inner {
             return Err(DETACHED);
         }
         let s = self.socks.get_mut(id).and_then(Option::as_mut).ok_or(Errno::EBADF)?;
-        s.wait.set_rx_idle(false);
+        s.wait.set_rx(RX_UNKNOWN);
         Ok(s)
     }
 
@@ -706,9 +725,9 @@ impl Inner {
     pub(crate) fn refresh(&mut self, id: usize) -> bool {
         let moved = self.refresh_flags(id);
         // Last, after every change of the pass to the socket (`sock_mut` withdraws it).
-        let idle = super::socket::recv_would_block(self, id);
+        let state = super::socket::rx_state(self, id);
         if let Ok(s) = self.sock(id) {
-            s.wait.set_rx_idle(idle);
+            s.wait.set_rx(state);
         }
         moved
     }
@@ -732,14 +751,19 @@ impl Inner {
         if !(edge || falling) || s.watchers.is_empty() {
             return moved;
         }
-        let watchers = s.watchers.clone();
-        for w in watchers {
+        s.watchers.retain(|w| !w.abandoned());
+        // Taken out while the registry is told (it is not reentrant), then put back.
+        let watchers = std::mem::take(&mut s.watchers);
+        for w in &watchers {
             if falling {
-                self.ev.lowered(&w, id, ev);
+                self.ev.lowered(w, id, ev);
             }
             if edge {
-                self.ev.signal(w, id, ev);
+                self.ev.signal(w.clone(), id, ev);
             }
+        }
+        if let Some(Some(s)) = self.socks.get_mut(id) {
+            s.watchers = watchers;
         }
         moved
     }
