@@ -140,6 +140,14 @@ static void mixed(int fam)
     close(p[1]);
 }
 
+/* One poll of fd for events, without waiting; prints what it reported under label. */
+static void poll_now(int fd, short events, const char *label)
+{
+    struct pollfd q = {fd, events, 0};
+    int n = poll(&q, 1, 0);
+    O("%s: poll = %d revents=%s", label, n, evname((uint16_t)q.revents));
+}
+
 /* poll for input alone on one socket whose data waits (the shim answers this without its
  * lock): each combination of asked bits, nothing stale once the data is read, and end of
  * input behind queued data still reported. */
@@ -151,39 +159,24 @@ static void input_alone(int fam)
 
     CASE(nm("poll_input_alone", fam));
     tcp_pair(fam, &c, &s);
-    struct pollfd q = {s, POLLIN, 0};
-    T(poll(&q, 1, 0));
+    poll_now(s, POLLIN, "nothing yet");
     T(send(c, "abc", 3, 0));
+    struct pollfd q = {s, POLLIN, 0};
     T(poll(&q, 1, 5000));
     O("queued: %s", evname((uint16_t)q.revents));
-    q.events = POLLIN | POLLRDNORM;
-    T(poll(&q, 1, 0));
-    O("in|rdnorm: %s", evname((uint16_t)q.revents));
-    q.events = POLLRDNORM;
-    T(poll(&q, 1, 0));
-    O("rdnorm: %s", evname((uint16_t)q.revents));
-    q.events = POLLIN | POLLOUT;
-    T(poll(&q, 1, 0));
-    O("in|out: %s", evname((uint16_t)q.revents));
-    q.events = POLLIN | POLLRDHUP;
-    T(poll(&q, 1, 0));
-    O("in|rdhup: %s", evname((uint16_t)q.revents));
+    poll_now(s, POLLIN | POLLRDNORM, "in|rdnorm");
+    poll_now(s, POLLRDNORM, "rdnorm");
+    poll_now(s, POLLIN | POLLOUT, "in|out");
+    poll_now(s, POLLIN | POLLRDHUP, "in|rdhup");
     T(recv(s, buf, 2, 0));
-    q.events = POLLIN;
-    T(poll(&q, 1, 0));
-    O("one byte left: %s", evname((uint16_t)q.revents));
+    poll_now(s, POLLIN, "one byte left");
     T(recv(s, buf, sizeof buf, 0));
-    T(poll(&q, 1, 0));
-    O("drained: %s", evname((uint16_t)q.revents));
+    poll_now(s, POLLIN, "drained");
     T(send(c, "de", 2, 0));
     T(shutdown(c, SHUT_WR));
     wait_ev(s, POLLRDHUP);
-    q.events = POLLIN | POLLRDHUP;
-    T(poll(&q, 1, 0));
-    O("data then eof, in|rdhup: %s", evname((uint16_t)q.revents));
-    q.events = POLLIN;
-    T(poll(&q, 1, 0));
-    O("data then eof, in: %s", evname((uint16_t)q.revents));
+    poll_now(s, POLLIN | POLLRDHUP, "data then eof, in|rdhup");
+    poll_now(s, POLLIN, "data then eof, in");
     T(recv(s, buf, sizeof buf, 0));
     T(recv(s, buf, sizeof buf, 0));
     close(c);
@@ -192,19 +185,17 @@ static void input_alone(int fam)
     CASE(nm("poll_input_alone_udp", fam));
     int x = udp_sock(fam, &ua);
     int y = udp_sock(fam, &ub);
-    struct pollfd u = {x, POLLIN, 0};
-    T(poll(&u, 1, 0));
+    poll_now(x, POLLIN, "nothing yet");
     T(sendto(y, "one", 3, 0, SA(&ua), ua.len));
     T(sendto(y, "two", 3, 0, SA(&ua), ua.len));
+    struct pollfd u = {x, POLLIN, 0};
     T(poll(&u, 1, 5000));
     O("queued: %s", evname((uint16_t)u.revents));
     T(recv(x, buf, sizeof buf, 0));
     wait_readable(x);
-    T(poll(&u, 1, 0));
-    O("second: %s", evname((uint16_t)u.revents));
+    poll_now(x, POLLIN, "second");
     T(recv(x, buf, sizeof buf, 0));
-    T(poll(&u, 1, 0));
-    O("drained: %s", evname((uint16_t)u.revents));
+    poll_now(x, POLLIN, "drained");
     fd_set r;
     FD_ZERO(&r);
     FD_SET(x, &r);
