@@ -31,8 +31,10 @@
  *                          P2 and prints "second ok" (or the errno): the daemon can be
  *                          restarted in between.
  *   fork TCP               connects to 127.0.0.1:TCP (the echo server) and forks. The child
- *                          peeks at the inherited connection (prints "child inherited: " and
- *                          the errno's name: EAGAIN natively), then opens a new connection and checks its echo
+ *                          polls the inherited connection, on which an echo waits unread
+ *                          ("child poll: 1 revents=0x1" natively), peeks at it (prints
+ *                          "child inherited: " and the errno's name, or "readable" as
+ *                          natively), then opens a new connection and checks its echo
  *                          ("child new: ok lib=N"). The parent, after the child exits,
  *                          checks its own connection's echo ("parent: ok lib=N").
  *   nbrecv TCP N           one non-blocking connection to the echo server: N echoes of
@@ -609,10 +611,22 @@ static int fork_test(int port)
     timeouts(fd, 10);
     if (echo_once(fd, "before fork") < 0)
         die("echo before fork");
+    /* An echo left unread: the connection is readable when the child looks at it. */
+    if (write_all(fd, (const unsigned char *)"held", 4) < 0)
+        die("write held");
+    struct pollfd w = {fd, POLLIN, 0};
+    if (poll(&w, 1, 10000) != 1)
+        die("the held echo did not come");
+    char peek;
+    if (recv(fd, &peek, 1, MSG_PEEK) != 1)
+        die("peek held");
     pid_t pid = fork();
     if (pid < 0)
         die("fork");
     if (pid == 0) {
+        struct pollfd q = {fd, POLLIN, 0};
+        int n = poll(&q, 1, 0);
+        printf("child poll: %d revents=%#x\n", n, (unsigned)q.revents);
         char b;
         ssize_t r = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
         printf("child inherited: %s\n", r < 0 ? strerrorname_np(errno) : "readable");
@@ -624,6 +638,16 @@ static int fork_test(int port)
     }
     int st;
     waitpid(pid, &st, 0);
+    char held[4];
+    size_t got = 0;
+    while (got < sizeof held) {
+        ssize_t r = read(fd, held + got, sizeof held - got);
+        if (r <= 0)
+            die("read held");
+        got += (size_t)r;
+    }
+    if (memcmp(held, "held", 4) != 0)
+        die("the held echo changed");
     printf("parent: %s lib=%d\n", echo_once(fd, "after fork") == 0 ? "ok" : "FAILED", is_lib(fd));
     return 0;
 }

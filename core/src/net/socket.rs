@@ -2491,18 +2491,18 @@ pub(crate) fn udp_refused(g: &mut Inner, port: u16, remote: IpEndpoint) -> Optio
 
 /// Registers a watcher on a socket.
 pub(crate) fn watch(g: &mut Inner, id: usize, w: Watcher) {
-    if let Ok(s) = g.sock_mut(id) {
-        s.watchers.retain(|x| !x.abandoned());
-        if !s.watchers.contains(&w) {
-            s.watchers.push(w);
+    if let Ok(ws) = g.watchers_mut(id) {
+        ws.retain(|x| !x.abandoned());
+        if !ws.contains(&w) {
+            ws.push(w);
         }
     }
 }
 
 /// Removes a watcher from a socket.
 pub(crate) fn unwatch(g: &mut Inner, id: usize, w: &Watcher) {
-    if let Ok(s) = g.sock_mut(id) {
-        s.watchers.retain(|x| x != w);
+    if let Ok(ws) = g.watchers_mut(id) {
+        ws.retain(|x| x != w);
     }
 }
 

@@ -97,7 +97,9 @@ impl Wait {
     /// (see [`Socket::readable_now`](super::socket::Socket::readable_now)); another thread
     /// that takes the data at this moment is, as on Linux, a read that came just after.
     pub(crate) fn recv_ready(&self) -> bool {
-        self.rx.load(SeqCst) == RX_READY
+        // Not in a child that `fork` detached from its parent's NIC: its inherited sockets'
+        // states are the parent's, and only the lock knows they are gone.
+        self.rx.load(SeqCst) == RX_READY && !PROBE_OFF.load(Relaxed)
     }
 
     fn set_rx(&self, state: u8) {
@@ -603,6 +605,16 @@ impl Inner {
         let s = self.socks.get_mut(id).and_then(Option::as_mut).ok_or(Errno::EBADF)?;
         s.wait.set_rx(RX_UNKNOWN);
         Ok(s)
+    }
+
+    /// A socket's watchers, to change: registering or removing a watcher changes nothing a
+    /// receive would find, so the lock-free hints stay (unlike [`Inner::sock_mut`]).
+    pub(crate) fn watchers_mut(&mut self, id: usize) -> SysResult<&mut Vec<crate::event::Watcher>> {
+        if self.detached {
+            return Err(DETACHED);
+        }
+        let s = self.socks.get_mut(id).and_then(Option::as_mut).ok_or(Errno::EBADF)?;
+        Ok(&mut s.watchers)
     }
 
     pub(crate) fn add_sock(&mut self, s: SockState) -> usize {
