@@ -1070,9 +1070,6 @@ impl Socket {
         }
     }
 
-    /// A nonblocking receive that would find nothing, answered without the world lock (see
-    /// [`Wait::recv_would_block`]): a program that reads until `EAGAIN` after each message
-    /// (memcached's workers, libmemcached's clients) pays one pass less per message.
     /// Whether a receive would return data now, answered without the world lock (see
     /// [`Wait::recv_ready`]): for `poll` and `select` asking for input alone, which then need
     /// not take the lock to look (a client woken because its answer came reads it next).
@@ -1080,6 +1077,9 @@ impl Socket {
         self.wait.recv_ready()
     }
 
+    /// A nonblocking receive that would find nothing, answered without the world lock (see
+    /// [`Wait::recv_would_block`]): a program that reads until `EAGAIN` after each message
+    /// (memcached's workers, libmemcached's clients) pays one pass less per message.
     fn recv_fast_eagain(&self, nb: bool) -> bool {
         nb && self.wait.recv_would_block() && super::world::device_idle()
     }

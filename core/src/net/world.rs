@@ -83,7 +83,7 @@ impl Wait {
     /// Whether a nonblocking receive may answer `EAGAIN` without the world lock: the last
     /// pass that looked at the socket found its receive queue empty and nothing to report
     /// (no end of input, no error), and no pass has changed the socket since
-    /// ([`Inner::sock_mut`] clears the flag, [`Inner::refresh`] sets it anew). The caller also
+    /// ([`Inner::sock_mut`] resets the state, [`Inner::refresh`] sets it anew). The caller also
     /// checks that no frame waits on the device ([`device_idle`]); a frame a pass on another
     /// thread is processing at this moment is, as on Linux, input that arrives just after the
     /// call.
