@@ -1667,16 +1667,16 @@ enum Obj {
 /// `poll`'s input bits.
 const POLL_INPUT: u32 = (libc::POLLIN | libc::POLLRDNORM) as u32;
 
-/// The index in the caller's set of a `poll` that can be answered without the world lock:
+/// The index in the caller's set, and its `revents`, of a `poll` answered without the world lock:
 /// one library-OS socket and nothing else (`alone`: no kernel fd, no signal mask), asked for
 /// input and nothing that could be reported besides (`POLLERR`, `POLLHUP`, `POLLRDHUP` only
 /// when they hold, and they do not while data alone waits), with data waiting
 /// ([`Socket::readable_now`]).
-fn readable_now(objs: &[(usize, Obj)], wants: &[u32], alone: bool) -> Option<usize> {
+fn readable_now(objs: &[(usize, Obj)], wants: &[u32], alone: bool) -> Option<(usize, i16)> {
     const ALSO: u32 = (libc::POLLERR | libc::POLLHUP | libc::POLLRDHUP | libc::POLLNVAL) as u32;
     match (objs, wants) {
         ([(i, Obj::Sock(s))], [w]) if alone && w & POLL_INPUT != 0 && w & !(POLL_INPUT | ALSO) == 0 => {
-            s.readable_now().then_some(*i)
+            s.readable_now().then_some((*i, (w & POLL_INPUT) as i16))
         }
         _ => None,
     }
@@ -1754,8 +1754,8 @@ pub(crate) unsafe fn poll_mixed(
         // Input alone, asked of one socket whose data waits (a client woken because its
         // answer came, which reads it next): answered without the lock. A poller left
         // registered by a sleep is dropped from the socket's list at its next change.
-        if let Some(i) = readable_now(&objs, &wants, kset.is_empty() && mask.is_null()) {
-            set[i].revents = (wants[0] & POLL_INPUT) as i16;
+        if let Some((i, rev)) = readable_now(&objs, &wants, kset.is_empty() && mask.is_null()) {
+            set[i].revents = rev;
             if let Some(t0) = waited {
                 arrakis_core::net::world::device_waited(t0.elapsed(), true);
             }
