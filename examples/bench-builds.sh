@@ -42,28 +42,21 @@ trap builds_cleanup EXIT
 
 # one_run INDEX: one memcached + memcslap run of build INDEX; appends its CPU µs a request.
 one_run() {
-  local i=$1 b=${BUILDS[$1]} path=emulator port pid cpu keys
+  local i=$1 b=${BUILDS[$1]} path=emulator cpu
   [ "$b" = kernel ] && path=kernel
   [ "$path" = emulator ] && ARRAKIS=$b/arrakis
   export ARRAKIS_RUN_DIR=$WORK/run.$i
-  launch_memcached "$path" "$WORK/mc.log"
-  port=$MC_PORT
-  pid=$MC_PID
-  cpu=$(measured "$path" "$pid" "$WORK/slap.out" memcslap --servers="127.0.0.1:$port" --test=get \
-    --concurrency="$CONC" --execute-number="$MC_N" --tcp-nodelay) || die "memcslap ($b) failed"
-  grep -Eqi 'error|fail' "$WORK/slap.out" && { cat "$WORK/slap.out" >&2; die "memcslap ($b) reported errors"; }
-  keys=$(awk '$1 == "Time" && $3 == "get" && $6 == "by" { print $4 }' "$WORK/slap.out")
-  [ -n "$keys" ] || { cat "$WORK/slap.out" >&2; die "memcslap ($b): no \"Time to get ... by\" line"; }
-  stop_pid "$pid" 10 || true
+  cpu=$(memcslap_get_cpu "$path" "$MC_N" "$CONC" "$b") || exit 1
   pkill -KILL -f -- "$ARRAKIS_RUN_DIR" 2>/dev/null || true
-  per_request "$cpu" $((keys + MC_N)) | tee -a "$WORK/cpu.$i"
+  echo "$cpu" | tee -a "$WORK/cpu.$i"
 }
 
 for round in $(seq 1 "$ROUNDS"); do
   order=$(seq 0 $((${#BUILDS[@]} - 1)))
   [ $((round % 2)) -eq 0 ] && order=$(echo "$order" | tac)
   for i in $order; do
-    say "round $round/$ROUNDS: ${BUILDS[$i]}: $(one_run "$i") µs a request"
+    cpu=$(one_run "$i") || die "run $round of ${BUILDS[$i]} failed"
+    say "round $round/$ROUNDS: ${BUILDS[$i]}: $cpu µs a request"
   done
 done
 

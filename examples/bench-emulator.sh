@@ -22,6 +22,11 @@
 #                       enough that the fifty connections' set-up (on the emulator path
 #                       ≈1 ms of CPU each: the handshakes through the switch, the secure
 #                       bindings) does not decide the CPU per request, as it did at 1,000
+#   MC50_PAIRS=6        extra runs of memcached get at 50 connections, in pairs (kernel then
+#                       emulator, then the other way round), each on a fresh server: that
+#                       row's CPU per request is the closest of the table (within 30 % either
+#                       way), and a run's CPU swings by a third with the host's load, so it
+#                       takes ROUNDS + MC50_PAIRS runs a path and a row of the pairs' ratios
 #   UDP_N=20000         timed datagram round trips (after 2000 untimed)
 #   MCLAT_N=20000       timed mclat sets, and as many gets (after 1000 untimed of each)
 #   BENCH_MAX_SECONDS=1800   stop with an error if the runs take longer
@@ -35,10 +40,11 @@ ROUNDS=${ROUNDS:-3}
 REDIS_N=${REDIS_N:-20000}
 MC_N=${MC_N:-50000}
 MC50_N=${MC50_N:-3000}
+MC50_PAIRS=${MC50_PAIRS:-6}
 UDP_N=${UDP_N:-20000}
 MCLAT_N=${MCLAT_N:-20000}
 BENCH_MAX_SECONDS=${BENCH_MAX_SECONDS:-1800}
-for v in ROUNDS REDIS_N MC_N MC50_N UDP_N MCLAT_N BENCH_MAX_SECONDS; do
+for v in ROUNDS REDIS_N MC_N MC50_N MC50_PAIRS UDP_N MCLAT_N BENCH_MAX_SECONDS; do
   [[ ${!v} =~ ^[0-9]+$ ]] && [ "${!v}" -ge 1 ] || die "$v=${!v} is not a positive number"
 done
 [ "$ROUNDS" -le 20 ] || die "ROUNDS=$ROUNDS: use 1..20"
@@ -148,6 +154,27 @@ run_udp() {
   wait_exit "$pid" 10 || true
 }
 
+# run_mc50_pairs: MC50_PAIRS pairs of memcached get runs at 50 connections, the paths'
+# order alternating, each on a fresh server; their CPU per request joins the rounds' series,
+# and each pair's emulator ÷ kernel goes to its own.
+run_mc50_pairs() {
+  local i p order cpu k e
+  for i in $(seq 1 "$MC50_PAIRS"); do
+    [ $((SECONDS - START)) -lt "$BENCH_MAX_SECONDS" ] || die "the runs took longer than BENCH_MAX_SECONDS=$BENCH_MAX_SECONDS s"
+    order=("${ORDER[@]}")
+    [ $((i % 2)) -eq 0 ] && read -r -a order < <(printf '%s\n' "${ORDER[@]}" | tac | xargs)
+    k='' e=''
+    for p in "${order[@]}"; do
+      cpu=$(memcslap_get_cpu "$p" "$MC50_N" 50 "$p path, pair $i") || die "memcslap ($p path, pair $i) failed"
+      say "memcached get at 50 connections, pair $i/$MC50_PAIRS: $p path: $cpu µs a request"
+      record "mc_get_c50_cpu_us.$p" "$cpu"
+      if [ "$p" = kernel ]; then k=$cpu; else e=$cpu; fi
+    done
+    [ -n "$k" ] && [ -n "$e" ] && record mc50_pair_ratio "$(awk -v k="$k" -v e="$e" 'BEGIN { printf "%.4f", e / k }')"
+  done
+  return 0
+}
+
 run_path() {
   [ $((SECONDS - START)) -lt "$BENCH_MAX_SECONDS" ] || die "the runs took longer than BENCH_MAX_SECONDS=$BENCH_MAX_SECONDS s"
   say "round $2/$ROUNDS: $1 path"
@@ -168,6 +195,7 @@ for round in $(seq 1 "$ROUNDS"); do
     for ((i = ${#ORDER[@]} - 1; i >= 0; i--)); do run_path "${ORDER[i]}" "$round"; done
   fi
 done
+run_mc50_pairs
 for p in kernel emulator; do
   [[ " ${ORDER[*]} " == *" $p "* ]] && continue
   for f in "$WORK"/m.*.kernel "$WORK"/m.*.emulator; do
@@ -185,10 +213,18 @@ row() { # row LABEL SERIES BETTER
   e=$(med "$2.emulator")
   echo "| $1 | $k | $e | $(ratio "$k" "$e") | $3 |"
 }
+# The pairs' row: how many pairs the emulator path used less CPU in, and their median ratio.
+pairs_row() {
+  local f=$WORK/m.mc50_pair_ratio n lower
+  [ -s "$f" ] || { echo "| memcached CPU per get, 50 conns: paired runs | | no pairs | n/a | lower |"; return; }
+  n=$(wc -l <"$f")
+  lower=$(awk '$1 < 1 { c++ } END { print c + 0 }' "$f")
+  echo "| memcached CPU per get, 50 conns: $n paired runs, median of emulator ÷ kernel | | lower in $lower of $n | $(median <"$f" | awk '{ printf "%.3f", $1 }') | lower |"
+}
 CPU=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 cat <<EOF
 Machine: $(nproc) CPUs (nproc), ${CPU:-unknown CPU}, Linux $(uname -r), $(date -u '+%Y-%m-%d %H:%M UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg)
-Build: $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo "an unknown tree"); $ROUNDS rounds per path, alternating; medians.
+Build: $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo "an unknown tree"); $ROUNDS rounds per path, alternating; medians (memcached CPU per get at 50 conns: over the rounds and $MC50_PAIRS alternating pairs of runs on fresh servers).
 
 | metric | kernel | emulator | emulator / kernel | better |
 |---|---:|---:|---:|---|
@@ -209,6 +245,7 @@ $(row "memcached CPU per request, 1 conn (µs, mclat)" mclat_cpu_us lower)
 $(row "memcached set, 50 conns (keys/s)" mc_set_c50_kps higher)
 $(row "memcached get, 50 conns (keys/s)" mc_get_c50_kps higher)
 $(row "memcached CPU per get request, 50 conns (µs)" mc_get_c50_cpu_us lower)
+$(pairs_row)
 $(row "UDP echo round trip p50 (µs)" udp_p50 lower)
 $(row "UDP echo round trip mean (µs)" udp_mean lower)
 $(row "UDP CPU per round trip (µs)" udp_cpu_us lower)
