@@ -154,17 +154,26 @@ run_udp() {
   wait_exit "$pid" 10 || true
 }
 
+# within_budget: stops the benchmark once the runs have taken BENCH_MAX_SECONDS.
+within_budget() {
+  [ $((SECONDS - START)) -lt "$BENCH_MAX_SECONDS" ] || die "the runs took longer than BENCH_MAX_SECONDS=$BENCH_MAX_SECONDS s"
+}
+
+# in_order N: the paths (ORDER) for round or pair N, one a line: as given when N is odd,
+# reversed when it is even, so the noise of a shared machine falls on every path.
+in_order() {
+  if [ $(($1 % 2)) -eq 1 ]; then printf '%s\n' "${ORDER[@]}"; else printf '%s\n' "${ORDER[@]}" | tac; fi
+}
+
 # run_mc50_pairs: MC50_PAIRS pairs of memcached get runs at 50 connections, the paths'
 # order alternating, each on a fresh server; their CPU per request joins the rounds' series,
 # and each pair's emulator ÷ kernel goes to its own.
 run_mc50_pairs() {
-  local i p order cpu k e
+  local i p cpu k e
   for i in $(seq 1 "$MC50_PAIRS"); do
-    [ $((SECONDS - START)) -lt "$BENCH_MAX_SECONDS" ] || die "the runs took longer than BENCH_MAX_SECONDS=$BENCH_MAX_SECONDS s"
-    order=("${ORDER[@]}")
-    [ $((i % 2)) -eq 0 ] && read -r -a order < <(printf '%s\n' "${ORDER[@]}" | tac | xargs)
+    within_budget
     k='' e=''
-    for p in "${order[@]}"; do
+    for p in $(in_order "$i"); do
       cpu=$(memcslap_get_cpu "$p" "$MC50_N" 50 "$p path, pair $i") || die "memcslap ($p path, pair $i) failed"
       say "memcached get at 50 connections, pair $i/$MC50_PAIRS: $p path: $cpu µs a request"
       record "mc_get_c50_cpu_us.$p" "$cpu"
@@ -176,7 +185,7 @@ run_mc50_pairs() {
 }
 
 run_path() {
-  [ $((SECONDS - START)) -lt "$BENCH_MAX_SECONDS" ] || die "the runs took longer than BENCH_MAX_SECONDS=$BENCH_MAX_SECONDS s"
+  within_budget
   say "round $2/$ROUNDS: $1 path"
   run_redis "$1"
   run_memcached "$1"
@@ -189,11 +198,7 @@ for p in "${ORDER[@]}"; do
   case $p in kernel | emulator) ;; *) die "PATHS: unknown path $p (kernel, emulator)" ;; esac
 done
 for round in $(seq 1 "$ROUNDS"); do
-  if [ $((round % 2)) -eq 1 ]; then
-    for p in "${ORDER[@]}"; do run_path "$p" "$round"; done
-  else
-    for ((i = ${#ORDER[@]} - 1; i >= 0; i--)); do run_path "${ORDER[i]}" "$round"; done
-  fi
+  for p in $(in_order "$round"); do run_path "$p" "$round"; done
 done
 run_mc50_pairs
 for p in kernel emulator; do
