@@ -28,6 +28,7 @@ use smoltcp::phy;
 
 pub mod any;
 pub mod emulator;
+pub mod hash;
 pub mod loopback;
 pub mod proto;
 pub mod script;

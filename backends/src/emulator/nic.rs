@@ -10,7 +10,6 @@
 //! The container's end lends shared buffers to smoltcp without a copy: received frames are
 //! read in place, transmitted frames are built in place.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -27,6 +26,7 @@ use super::ring::{
     Consumer, Doorbell, Geometry, Producer, Region, Ring, RingError, RingFaults, RingProbe, SLOTS,
 };
 use super::ring::{Summary, SUMMARY_WORDS};
+use crate::hash::FastMap;
 use crate::NetDevice;
 
 /// The fds that make a NIC, as they cross the daemon's Unix socket: the region's memfd and
@@ -325,10 +325,10 @@ struct Links {
     pairs: Vec<PairPage>,
     /// The page the next scan starts with.
     pair_cursor: usize,
-    flows: HashMap<Flow, Tracked>,
+    flows: FastMap<Flow, Tracked>,
     /// Bindings by slot of `slots`; `index` maps a flow (as sent) to its slot.
     slots: Vec<Option<Bound>>,
-    index: HashMap<Flow, usize>,
+    index: FastMap<Flow, usize>,
     wanted: Vec<Flow>,
     /// Peers to ring after the pass ([`EmulatorNic::take_rings`]): (the peer's number, a binding to it).
     peer_kicks: Vec<(u32, usize)>,
@@ -630,9 +630,9 @@ impl EmulatorNic {
                 scan: true,
                 pairs: Vec::new(),
                 pair_cursor: 0,
-                flows: HashMap::new(),
+                flows: FastMap::default(),
                 slots: Vec::new(),
-                index: HashMap::new(),
+                index: FastMap::default(),
                 wanted: Vec::new(),
                 peer_kicks: Vec::new(),
                 probes,

@@ -5,7 +5,7 @@
 
 pub mod cmsg;
 pub mod control;
-pub mod hash;
+pub use arrakis_backends::hash;
 pub(crate) mod shadow;
 pub mod socket;
 pub mod stack;

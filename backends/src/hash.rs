@@ -1,9 +1,10 @@
-//! A fast hasher for the stack's small integer keys (shard ids, ports, address 4-tuples).
+//! A fast hasher for small integer keys looked up per packet: the library OS stack's shard
+//! ids, ports and address 4-tuples, the emulator NIC's flows.
 //!
 //! std's default SipHash costs more than the rest of a lookup for such keys and showed up in
-//! every packet's demultiplexing and every pump. This is the multiply-rotate scheme of
-//! rustc's `FxHasher`, seeded per process from std's random keys so that a peer cannot
-//! precompute colliding ports.
+//! every packet's demultiplexing, every pump and every frame sent on a secure binding. This is
+//! the multiply-rotate scheme of rustc's `FxHasher`, seeded per process from std's random keys
+//! so that a peer cannot precompute colliding ports.
 
 use std::hash::{BuildHasher, Hasher};
 
