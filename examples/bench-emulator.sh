@@ -22,11 +22,12 @@
 #                       enough that the fifty connections' set-up (on the emulator path
 #                       ≈1 ms of CPU each: the handshakes through the switch, the secure
 #                       bindings) does not decide the CPU per request, as it did at 1,000
-#   MC50_PAIRS=6        extra runs of memcached get at 50 connections, in pairs (kernel then
+#   MC50_PAIRS=16       extra runs of memcached get at 50 connections, in pairs (kernel then
 #                       emulator, then the other way round), each on a fresh server: that
-#                       row's CPU per request is the closest of the table (within 30 % either
-#                       way), and a run's CPU swings by a third with the host's load, so it
-#                       takes ROUNDS + MC50_PAIRS runs a path and a row of the pairs' ratios
+#                       row's CPU per request is the closest of the table (about 10 % apart),
+#                       and a run's CPU swings by a third with the host's load, so it takes
+#                       ROUNDS + MC50_PAIRS runs a path and a row of the pairs' ratios, with
+#                       how many pairs the emulator path won and a sign test of that count
 #   UDP_N=20000         timed datagram round trips (after 2000 untimed)
 #   MCLAT_N=20000       timed mclat sets, and as many gets (after 1000 untimed of each)
 #   BENCH_MAX_SECONDS=1800   stop with an error if the runs take longer
@@ -40,7 +41,7 @@ ROUNDS=${ROUNDS:-3}
 REDIS_N=${REDIS_N:-20000}
 MC_N=${MC_N:-50000}
 MC50_N=${MC50_N:-3000}
-MC50_PAIRS=${MC50_PAIRS:-6}
+MC50_PAIRS=${MC50_PAIRS:-16}
 UDP_N=${UDP_N:-20000}
 MCLAT_N=${MCLAT_N:-20000}
 BENCH_MAX_SECONDS=${BENCH_MAX_SECONDS:-1800}
@@ -218,13 +219,19 @@ row() { # row LABEL SERIES BETTER
   e=$(med "$2.emulator")
   echo "| $1 | $k | $e | $(ratio "$k" "$e") | $3 |"
 }
-# The pairs' row: how many pairs the emulator path used less CPU in, and their median ratio.
+# sign_p N K: the one-sided sign test's p-value for K wins in N pairs, the chance of K or more
+# if either path were as likely to win a pair: sum over i >= K of C(N, i) / 2^N.
+sign_p() {
+  awk -v n="$1" -v k="$2" 'BEGIN { c = 1; s = 0; for (i = 0; i <= n; i++) { if (i >= k) s += c; c = c * (n - i) / (i + 1) }; printf "%.2g", s / 2 ^ n }'
+}
+# The pairs' row: how many pairs the emulator path used less CPU in (and the sign test's p:
+# below 0.05, the emulator path's lead is not the host's noise), and their median ratio.
 pairs_row() {
   local f=$WORK/m.mc50_pair_ratio n lower
   [ -s "$f" ] || { echo "| memcached CPU per get, 50 conns: paired runs | | no pairs | n/a | lower |"; return; }
   n=$(wc -l <"$f")
   lower=$(awk '$1 < 1 { c++ } END { print c + 0 }' "$f")
-  echo "| memcached CPU per get, 50 conns: $n paired runs, median of emulator ÷ kernel | | lower in $lower of $n | $(median <"$f" | awk '{ printf "%.3f", $1 }') | lower |"
+  echo "| memcached CPU per get, 50 conns: $n paired runs, median of emulator ÷ kernel | | lower in $lower of $n (sign test p = $(sign_p "$n" "$lower")) | $(median <"$f" | awk '{ printf "%.3f", $1 }') | lower |"
 }
 CPU=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 cat <<EOF
