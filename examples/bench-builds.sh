@@ -2,18 +2,19 @@
 # memcached at 50 connections, several builds side by side: the comparison behind the
 # "A/B" rows of docs/BENCHMARKS.md. One load, repeated in alternating order so the noise of a
 # shared machine falls on every build: `memcached -t 4` and `memcslap --test=get
-# --concurrency=50`, both under `BUILD/arrakis run --backend emulator` (or both native for
+# --concurrency=50` (or `--test=set`), both under `BUILD/arrakis run --backend emulator` (or both native for
 # the build `kernel`). Per run it prints the CPU per request — user + system CPU of client,
-# server and (emulator) the arrakis daemon and switch, divided by the requests (the gets plus
-# the sets memcslap makes first) — and at the end each build's median, min and max, and its
+# server and (emulator) the arrakis daemon and switch, divided by the requests (for get, the
+# gets plus the sets memcslap makes first) — and at the end each build's median, min and max, and its
 # median over the first build's.
 #
 # usage: examples/bench-builds.sh BUILD...
 #   BUILD                 `kernel`, or a directory holding `arrakis` and `libarrakis.so`
 #                         (target/release, or a copy of it kept from another tree)
 #   ROUNDS=6              runs per build (1..50)
-#   MC_N=3000             gets per memcslap thread
+#   MC_N=3000             gets (sets) per memcslap thread
 #   CONC=50               memcslap threads (one connection each)
+#   TEST=get              memcslap's test: get or set
 set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -22,6 +23,8 @@ set -euo pipefail
 ROUNDS=${ROUNDS:-6}
 MC_N=${MC_N:-3000}
 CONC=${CONC:-50}
+TEST=${TEST:-get}
+case $TEST in set | get) ;; *) die "TEST=$TEST: use get or set" ;; esac
 for v in ROUNDS MC_N CONC; do
   [[ ${!v} =~ ^[0-9]+$ ]] && [ "${!v}" -ge 1 ] || die "$v=${!v} is not a positive number"
 done
@@ -46,7 +49,7 @@ one_run() {
   [ "$b" = kernel ] && path=kernel
   [ "$path" = emulator ] && ARRAKIS=$b/arrakis
   export ARRAKIS_RUN_DIR=$WORK/run.$i
-  cpu=$(memcslap_get_cpu "$path" "$MC_N" "$CONC" "$b") || exit 1
+  cpu=$(memcslap_cpu "$path" "$TEST" "$MC_N" "$CONC" "$b") || exit 1
   pkill -KILL -f -- "$ARRAKIS_RUN_DIR" 2>/dev/null || true
   echo "$cpu" | tee -a "$WORK/cpu.$i"
 }
@@ -61,7 +64,7 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 base=$(median <"$WORK/cpu.0")
-echo "memcslap get, $CONC connections, $MC_N gets each; $ROUNDS runs per build, alternating; CPU µs a request (client + server + plane)"
+echo "memcslap $TEST, $CONC connections, $MC_N ${TEST}s each; $ROUNDS runs per build, alternating; CPU µs a request (client + server + plane)"
 echo
 echo "| build | median | min | max | ÷ ${BUILDS[0]} |"
 echo "|---|---:|---:|---:|---:|"

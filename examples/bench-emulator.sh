@@ -22,12 +22,13 @@
 #                       enough that the fifty connections' set-up (on the emulator path
 #                       ≈1 ms of CPU each: the handshakes through the switch, the secure
 #                       bindings) does not decide the CPU per request, as it did at 1,000
-#   MC50_PAIRS=16       extra runs of memcached get at 50 connections, in pairs (kernel then
-#                       emulator, then the other way round), each on a fresh server: that
-#                       row's CPU per request is the closest of the table (about 10 % apart),
-#                       and a run's CPU swings by a third with the host's load, so it takes
-#                       ROUNDS + MC50_PAIRS runs a path and a row of the pairs' ratios, with
-#                       how many pairs the emulator path won and a sign test of that count
+#   MC50_PAIRS=12       extra runs of memcached get and of set at 50 connections, in pairs
+#                       (kernel then emulator, then the other way round), each on a fresh
+#                       server: those rows' CPU per request are the closest of the table
+#                       (5-10 % apart), and a run's CPU swings by a third with the host's
+#                       load, so each takes ROUNDS + MC50_PAIRS runs a path and a row of the
+#                       pairs' ratios, with how many pairs the emulator path won and a sign
+#                       test of that count
 #   UDP_N=20000         timed datagram round trips (after 2000 untimed)
 #   MCLAT_N=20000       timed mclat sets, and as many gets (after 1000 untimed of each)
 #   BENCH_MAX_SECONDS=1800   stop with an error if the runs take longer
@@ -41,7 +42,7 @@ ROUNDS=${ROUNDS:-3}
 REDIS_N=${REDIS_N:-20000}
 MC_N=${MC_N:-50000}
 MC50_N=${MC50_N:-3000}
-MC50_PAIRS=${MC50_PAIRS:-16}
+MC50_PAIRS=${MC50_PAIRS:-12}
 UDP_N=${UDP_N:-20000}
 MCLAT_N=${MCLAT_N:-20000}
 BENCH_MAX_SECONDS=${BENCH_MAX_SECONDS:-1800}
@@ -166,21 +167,23 @@ in_order() {
   if [ $(($1 % 2)) -eq 1 ]; then printf '%s\n' "${ORDER[@]}"; else printf '%s\n' "${ORDER[@]}" | tac; fi
 }
 
-# run_mc50_pairs: MC50_PAIRS pairs of memcached get runs at 50 connections, the paths'
-# order alternating, each on a fresh server; their CPU per request joins the rounds' series,
-# and each pair's emulator ÷ kernel goes to its own.
+# run_mc50_pairs: MC50_PAIRS pairs of memcached runs at 50 connections for each of get and
+# set, the paths' order alternating, each on a fresh server; their CPU per request joins the
+# rounds' series, and each pair's emulator ÷ kernel goes to its own.
 run_mc50_pairs() {
-  local i p cpu k e
+  local i t p cpu k e
   for i in $(seq 1 "$MC50_PAIRS"); do
-    within_budget
-    k='' e=''
-    for p in $(in_order "$i"); do
-      cpu=$(memcslap_get_cpu "$p" "$MC50_N" 50 "$p path, pair $i") || die "memcslap ($p path, pair $i) failed"
-      say "memcached get at 50 connections, pair $i/$MC50_PAIRS: $p path: $cpu µs a request"
-      record "mc_get_c50_cpu_us.$p" "$cpu"
-      if [ "$p" = kernel ]; then k=$cpu; else e=$cpu; fi
+    for t in get set; do
+      within_budget
+      k='' e=''
+      for p in $(in_order "$i"); do
+        cpu=$(memcslap_cpu "$p" "$t" "$MC50_N" 50 "$t, $p path, pair $i") || die "memcslap ($t, $p path, pair $i) failed"
+        say "memcached $t at 50 connections, pair $i/$MC50_PAIRS: $p path: $cpu µs a request"
+        record "mc_${t}_c50_cpu_us.$p" "$cpu"
+        if [ "$p" = kernel ]; then k=$cpu; else e=$cpu; fi
+      done
+      [ -n "$k" ] && [ -n "$e" ] && record "mc50_${t}_pair_ratio" "$(awk -v k="$k" -v e="$e" 'BEGIN { printf "%.4f", e / k }')"
     done
-    [ -n "$k" ] && [ -n "$e" ] && record mc50_pair_ratio "$(awk -v k="$k" -v e="$e" 'BEGIN { printf "%.4f", e / k }')"
   done
   return 0
 }
@@ -224,19 +227,20 @@ row() { # row LABEL SERIES BETTER
 sign_p() {
   awk -v n="$1" -v k="$2" 'BEGIN { c = 1; s = 0; for (i = 0; i <= n; i++) { if (i >= k) s += c; c = c * (n - i) / (i + 1) }; printf "%.2g", s / 2 ^ n }'
 }
-# The pairs' row: how many pairs the emulator path used less CPU in (and the sign test's p:
-# below 0.05, the emulator path's lead is not the host's noise), and their median ratio.
+# The pairs' row of memcslap test $1 (get, set): how many pairs the emulator path used less
+# CPU in (and the sign test's p: below 0.05, the emulator path's lead is not the host's
+# noise), and their median ratio.
 pairs_row() {
-  local f=$WORK/m.mc50_pair_ratio n lower
-  [ -s "$f" ] || { echo "| memcached CPU per get, 50 conns: paired runs | | no pairs | n/a | lower |"; return; }
+  local f=$WORK/m.mc50_$1_pair_ratio n lower
+  [ -s "$f" ] || { echo "| memcached CPU per $1, 50 conns: paired runs | | no pairs | n/a | lower |"; return; }
   n=$(wc -l <"$f")
   lower=$(awk '$1 < 1 { c++ } END { print c + 0 }' "$f")
-  echo "| memcached CPU per get, 50 conns: $n paired runs, median of emulator ÷ kernel | | lower in $lower of $n (sign test p = $(sign_p "$n" "$lower")) | $(median <"$f" | awk '{ printf "%.3f", $1 }') | lower |"
+  echo "| memcached CPU per $1, 50 conns: $n paired runs, median of emulator ÷ kernel | | lower in $lower of $n (sign test p = $(sign_p "$n" "$lower")) | $(median <"$f" | awk '{ printf "%.3f", $1 }') | lower |"
 }
 CPU=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 cat <<EOF
 Machine: $(nproc) CPUs (nproc), ${CPU:-unknown CPU}, Linux $(uname -r), $(date -u '+%Y-%m-%d %H:%M UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg)
-Build: $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo "an unknown tree"); $ROUNDS rounds per path, alternating; medians (memcached CPU per get at 50 conns: over the rounds and $MC50_PAIRS alternating pairs of runs on fresh servers).
+Build: $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo "an unknown tree"); $ROUNDS rounds per path, alternating; medians (memcached CPU per set and per get at 50 conns: over the rounds and $MC50_PAIRS alternating pairs of runs each on fresh servers).
 
 | metric | kernel | emulator | emulator / kernel | better |
 |---|---:|---:|---:|---|
@@ -250,14 +254,17 @@ $(row "redis GET, 50 conns (req/s)" redis_GET_c50_rps higher)
 $(row "redis CPU per request, 50 conns (µs)" redis_c50_cpu_us lower)
 $(row "memcached set, 1 conn (keys/s)" mc_set_c1_kps higher)
 $(row "memcached get, 1 conn (keys/s)" mc_get_c1_kps higher)
+$(row "memcached CPU per set request, 1 conn (µs)" mc_set_c1_cpu_us lower)
 $(row "memcached CPU per get request, 1 conn (µs)" mc_get_c1_cpu_us lower)
 $(row "memcached set, 1 conn, p50 (µs, mclat)" mc_set_c1_p50 lower)
 $(row "memcached get, 1 conn, p50 (µs, mclat)" mc_get_c1_p50 lower)
 $(row "memcached CPU per request, 1 conn (µs, mclat)" mclat_cpu_us lower)
 $(row "memcached set, 50 conns (keys/s)" mc_set_c50_kps higher)
 $(row "memcached get, 50 conns (keys/s)" mc_get_c50_kps higher)
+$(row "memcached CPU per set request, 50 conns (µs)" mc_set_c50_cpu_us lower)
+$(pairs_row set)
 $(row "memcached CPU per get request, 50 conns (µs)" mc_get_c50_cpu_us lower)
-$(pairs_row)
+$(pairs_row get)
 $(row "UDP echo round trip p50 (µs)" udp_p50 lower)
 $(row "UDP echo round trip mean (µs)" udp_mean lower)
 $(row "UDP CPU per round trip (µs)" udp_cpu_us lower)

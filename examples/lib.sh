@@ -399,25 +399,26 @@ launch_memcached() {
   check_path "$path" "$MC_PID" memcached
 }
 
-# memcslap_get_cpu PATH N CONC WHAT: a fresh memcached (launch_memcached) for PATH and
-# `memcslap --test=get --concurrency=CONC --execute-number=N` against it (under the shim on
-# the emulator path), checked for errors; prints the CPU µs a request (client + server +
-# plane, `measured`; the gets plus the N sets a get run makes first). WHAT names the run in
-# errors. The server is stopped before any error: callers run this in a subshell, whose
-# SERVER_PIDS the cleanup never sees.
-memcslap_get_cpu() {
-  local path=$1 n=$2 conc=$3 what=$4 cpu keys='' err=''
+# memcslap_cpu PATH TEST N CONC WHAT: a fresh memcached (launch_memcached) for PATH and
+# `memcslap --test=TEST --concurrency=CONC --execute-number=N` against it (TEST set or get;
+# under the shim on the emulator path), checked for errors; prints the CPU µs a request
+# (client + server + plane, `measured`; for get, the gets plus the N sets a get run makes
+# first). WHAT names the run in errors. The server is stopped before any error: callers run
+# this in a subshell, whose SERVER_PIDS the cleanup never sees.
+memcslap_cpu() {
+  local path=$1 t=$2 n=$3 conc=$4 what=$5 cpu keys='' err=''
+  case $t in set | get) ;; *) die "memcslap_cpu: test $t is not set or get" ;; esac
   launch_memcached "$path" "$WORK/mc.log"
   if ! cpu=$(measured "$path" "$MC_PID" "$WORK/slap.out" memcslap --servers="127.0.0.1:$MC_PORT" \
-    --test=get --concurrency="$conc" --execute-number="$n" --tcp-nodelay); then
+    --test="$t" --concurrency="$conc" --execute-number="$n" --tcp-nodelay); then
     err="memcslap ($what) failed"
   elif grep -Eqi 'error|fail' "$WORK/slap.out"; then
     err="memcslap ($what) reported errors"
   else
-    keys=$(awk '$1 == "Time" && $3 == "get" && $6 == "by" { print $4 }' "$WORK/slap.out")
-    [ -n "$keys" ] || err="memcslap ($what): no \"Time to get ... by\" line"
+    keys=$(awk -v t="$t" '$1 == "Time" && $3 == t && $6 == "by" { print $4 }' "$WORK/slap.out")
+    [ -n "$keys" ] || err="memcslap ($what): no \"Time to $t ... by\" line"
   fi
   stop_pid "$MC_PID" 10 || true
   [ -z "$err" ] || { cat "$WORK/slap.out" >&2; die "$err"; }
-  per_request "$cpu" $((keys + n))
+  if [ "$t" = get ]; then per_request "$cpu" $((keys + n)); else per_request "$cpu" "$keys"; fi
 }
