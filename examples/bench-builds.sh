@@ -2,11 +2,11 @@
 # memcached at 50 connections, several builds side by side: the comparison behind the
 # "A/B" rows of docs/BENCHMARKS.md. One load, repeated in alternating order so the noise of a
 # shared machine falls on every build: `memcached -t 4` and `memcslap --test=get
-# --concurrency=50` (or `--test=set`), both under `BUILD/arrakis run --backend emulator` (or both native for
-# the build `kernel`). Per run it prints the CPU per request — user + system CPU of client,
-# server and (emulator) the arrakis daemon and switch, divided by the requests (for get, the
-# gets plus the sets memcslap makes first) — and at the end each build's median, min and max, and its
-# median over the first build's.
+# --concurrency=50` (or `--test=set`), both under `BUILD/arrakis run --backend emulator` (or
+# both native for the build `kernel`). Per run it prints the CPU per request — user + system
+# CPU of client, server and (emulator) the arrakis daemon and switch, divided by the requests
+# (for get, the gets plus the sets memcslap makes first) — and at the end each build's
+# median, min and max, and its median over the first build's.
 #
 # usage: examples/bench-builds.sh BUILD...
 #   BUILD                 `kernel`, or a directory holding `arrakis` and `libarrakis.so`
