@@ -106,6 +106,13 @@ struct Opts {
     log: Vec<(i32, i32, Vec<u8>)>,
 }
 
+impl Opts {
+    /// `SO_RCVLOWAT` in bytes: what a stream must have queued to read as readable.
+    fn lowat(&self) -> usize {
+        usize::try_from(self.rcvlowat).unwrap_or(1).max(1)
+    }
+}
+
 /// The state of one socket (under the network lock).
 pub(crate) struct SockState {
     fam: Family,
@@ -1113,7 +1120,7 @@ impl Socket {
                 }
                 // sock_rcvlowat: MSG_WAITALL waits for everything asked, otherwise for
                 // SO_RCVLOWAT bytes (at most what was asked).
-                let lowat = usize::try_from(s.opts.rcvlowat).unwrap_or(1);
+                let lowat = s.opts.lowat();
                 let target = if waitall { total } else { lowat.clamp(1, total.max(1)) };
                 let finished = s.done || s.err.is_some() || s.shut_rd || s.closed;
                 if let Some(c) = s.shard {
@@ -2311,7 +2318,7 @@ pub(crate) fn rx_state(g: &Inner, id: usize) -> u8 {
             let Ok(t) = g.stack.tcp(c) else { return RX_UNKNOWN };
             let queued = t.recv_queue();
             // Readable as `events` says it: at least `SO_RCVLOWAT` bytes, connected.
-            let lowat = usize::try_from(s.opts.rcvlowat).unwrap_or(1).max(1);
+            let lowat = s.opts.lowat();
             if queued == 0 {
                 RX_IDLE
             } else if queued >= lowat && !matches!(t.state(), tcp::State::SynSent | tcp::State::SynReceived) {
@@ -2419,7 +2426,7 @@ pub(crate) fn events(g: &Inner, id: usize) -> u32 {
         m |= ev::IN | ev::RDNORM | ev::RDHUP;
     }
     if !matches!(state, tcp::State::SynSent | tcp::State::SynReceived) {
-        let lowat = usize::try_from(s.opts.rcvlowat).unwrap_or(1).max(1);
+        let lowat = s.opts.lowat();
         if t.is_some_and(|t| t.recv_queue() >= lowat) {
             m |= ev::IN | ev::RDNORM;
         }

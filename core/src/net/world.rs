@@ -599,10 +599,7 @@ impl Inner {
     /// next [`Inner::refresh`] (a change that is not followed by one leaves receives on the
     /// locked path, never answers stale).
     pub(crate) fn sock_mut(&mut self, id: usize) -> SysResult<&mut SockState> {
-        if self.detached {
-            return Err(DETACHED);
-        }
-        let s = self.socks.get_mut(id).and_then(Option::as_mut).ok_or(Errno::EBADF)?;
+        let s = self.slot_mut(id)?;
         s.wait.set_rx(RX_UNKNOWN);
         Ok(s)
     }
@@ -610,11 +607,16 @@ impl Inner {
     /// A socket's watchers, to change: registering or removing a watcher changes nothing a
     /// receive would find, so the lock-free hints stay (unlike [`Inner::sock_mut`]).
     pub(crate) fn watchers_mut(&mut self, id: usize) -> SysResult<&mut Vec<crate::event::Watcher>> {
+        Ok(&mut self.slot_mut(id)?.watchers)
+    }
+
+    /// A socket's state, with no hint touched (for [`Inner::sock_mut`] and
+    /// [`Inner::watchers_mut`]).
+    fn slot_mut(&mut self, id: usize) -> SysResult<&mut SockState> {
         if self.detached {
             return Err(DETACHED);
         }
-        let s = self.socks.get_mut(id).and_then(Option::as_mut).ok_or(Errno::EBADF)?;
-        Ok(&mut s.watchers)
+        self.socks.get_mut(id).and_then(Option::as_mut).ok_or(Errno::EBADF)
     }
 
     pub(crate) fn add_sock(&mut self, s: SockState) -> usize {
