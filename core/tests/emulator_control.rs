@@ -144,7 +144,8 @@ fn serve(mut s: UnixStream, log: Log, nic: Arc<Mutex<Option<emulator::NicFds>>>,
 
 /// The switch's part: every frame goes back to the NIC.
 fn reflect(mut port: SwitchPort, stop: Arc<AtomicBool>) {
-    let mut buf = vec![0u8; 4096];
+    // As the switch: room for the largest frame the NIC takes (`recv_copy` cuts).
+    let mut buf = vec![0u8; Geometry::default().buf_size as usize];
     let end = Instant::now() + Duration::from_secs(120);
     while !stop.load(Ordering::Relaxed) && Instant::now() < end {
         let mut moved = false;

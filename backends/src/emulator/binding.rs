@@ -41,9 +41,10 @@ use std::time::Duration;
 
 use super::ring::Geometry;
 
-/// Geometry of a binding region: 64 frames each way in 2 KiB buffers (256 KiB a binding; a
-/// flow that fills its ring waits or falls back to the switch).
-pub const GEOMETRY: Geometry = Geometry { ring_size: 64, buf_size: 2048 };
+/// Geometry of a binding region: 64 frames each way in 16 KiB buffers, the NIC's (2 MiB a
+/// binding, of which only the pages frames were written in are ever allocated; a flow that
+/// fills its ring waits or falls back to the switch).
+pub const GEOMETRY: Geometry = Geometry { ring_size: 64, buf_size: 16384 };
 
 /// Advisory word of a binding region: `ATTACHED + side` is set by that side once mapped.
 pub const ATTACHED: usize = 0;

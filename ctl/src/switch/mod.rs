@@ -50,7 +50,7 @@ use pcap::PcapWriter;
 /// Frames taken from one port per pass, so one busy container cannot starve the others.
 pub const BUDGET: usize = 64;
 /// Largest packet read from the uplink (its interface's MTU must not exceed the NICs' buffer
-/// size, 2048 by default, for packets to reach the containers whole).
+/// size, 16,384 by default, for packets to reach the containers whole).
 const UPLINK_MTU: usize = 65_536;
 /// Default time the switch keeps polling after the last frame before it sleeps.
 pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
