@@ -39,12 +39,12 @@
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
-use super::ring::Geometry;
+use super::ring::{Geometry, BUF_SIZE};
 
-/// Geometry of a binding region: 64 frames each way in 16 KiB buffers, the NIC's (2 MiB a
-/// binding, of which only the pages frames were written in are ever allocated; a flow that
-/// fills its ring waits or falls back to the switch).
-pub const GEOMETRY: Geometry = Geometry { ring_size: 64, buf_size: 16384 };
+/// Geometry of a binding region: 64 frames each way in the NIC's 16 KiB buffers
+/// ([`BUF_SIZE`]; 2 MiB a binding, of which only the pages frames were written in are ever
+/// allocated; a flow that fills its ring waits or falls back to the switch).
+pub const GEOMETRY: Geometry = Geometry { ring_size: 64, buf_size: BUF_SIZE };
 
 /// Advisory word of a binding region: `ATTACHED + side` is set by that side once mapped.
 pub const ATTACHED: usize = 0;

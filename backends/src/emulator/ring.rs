@@ -142,15 +142,19 @@ pub struct Geometry {
     pub buf_size: u32,
 }
 
-/// The NIC's default: 512 descriptors a ring and 16 KiB buffers, so the MTU is 16,384. A
-/// request of a few KiB goes in one frame: with 2 KiB buffers, memcslap's sets (values of
-/// 0.1–5 KB) took 1.8 frames each, and the server acknowledged a split one with a frame of
-/// its own (0.6 a set); in 16 KiB buffers a set and its answer are one frame each. Only the
-/// pages frames were written in are allocated (a frame of a few hundred bytes costs one page
-/// of its buffer).
+/// The buffer size of NICs and secure bindings, so the MTU is 16,384. A request of a few KiB
+/// goes in one frame: with 2 KiB buffers, memcslap's sets (values of 0.1–5 KB) took 1.8
+/// frames each, and the server acknowledged a split one with a frame of its own (0.6 a set);
+/// in 16 KiB buffers a set and its answer are one frame each. Only the pages frames were
+/// written in are allocated (a frame of a few hundred bytes costs one page of its buffer).
+/// A binding's buffers are the NIC's: a frame the stack built for the NIC fits its flow's
+/// binding.
+pub const BUF_SIZE: u32 = 16384;
+
+/// The NIC's default: 512 descriptors a ring, [`BUF_SIZE`] buffers.
 impl Default for Geometry {
     fn default() -> Self {
-        Geometry { ring_size: 512, buf_size: 16384 }
+        Geometry { ring_size: 512, buf_size: BUF_SIZE }
     }
 }
 
