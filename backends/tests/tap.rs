@@ -99,6 +99,10 @@ fn packets_cross_the_uplink_both_ways() {
         assert_eq!(tap.name(), "arktap0");
         ip(&name, &["addr", "add", "10.77.0.1/24", "dev", "arktap0"]);
         ip(&name, &["link", "set", "arktap0", "up"]);
+        // The MTU the switch clamps TCP's MSS to: as the administrator sets it.
+        assert_eq!(tap.mtu().expect("SIOCGIFMTU"), 1500);
+        ip(&name, &["link", "set", "arktap0", "mtu", "1400"]);
+        assert_eq!(tap.mtu().expect("SIOCGIFMTU"), 1400);
 
         let sock = UdpSocket::bind(SocketAddrV4::new(HOST, 5000)).expect("bind in the netns");
         sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();

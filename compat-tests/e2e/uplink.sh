@@ -7,7 +7,12 @@
 # 1. a container's TCP client and UDP client reach kernel echo servers on 10.77.0.1, with
 #    library-OS sockets (not handed to the kernel), bytes checked;
 # 2. a kernel client connects to 10.77.0.2, where a container listens, and gets its echo;
-# 3. `arrakis stats` counts the frames through the uplink.
+# 3. `arrakis stats` counts the frames through the uplink;
+# 4. two hosts' switches, connected by routing their uplink networks: a second namespace (a
+#    second host, its own daemon and switch, uplink arkup1, containers at 10.77.0.130/24)
+#    joined to the first by a veth pair, the kernels forwarding between them. A container on
+#    one host and a container on the other talk TCP and UDP, on library-OS sockets at both
+#    ends, and both switches count the frames through their uplinks.
 # Needs root (network namespaces, tun). Every step is bounded in time; the namespace and
 # everything started here go on exit.
 #
@@ -26,12 +31,18 @@ fi
 START=$SECONDS
 
 NS=arrakis-up-$$
+NS2=arrakis-up2-$$
+RUN2=$WORK/second-host
 export ARRAKIS_RUN_DIR=$WORK/run
 unset ARRAKIS_SOCKET ARRAKIS_STATE_DIR ARRAKIS_BACKEND ARRAKIS_KERNEL_CLIENTS
 up_cleanup() {
   pkill -KILL -f -- "$ARRAKIS_RUN_DIR" 2>/dev/null || true
-  ip netns pids "$NS" 2>/dev/null | xargs -r kill -KILL 2>/dev/null || true
-  ip netns del "$NS" 2>/dev/null || true
+  pkill -KILL -f -- "$RUN2" 2>/dev/null || true
+  local ns
+  for ns in "$NS" "$NS2"; do
+    ip netns pids "$ns" 2>/dev/null | xargs -r kill -KILL 2>/dev/null || true
+    ip netns del "$ns" 2>/dev/null || true
+  done
   cleanup
 }
 trap up_cleanup EXIT
@@ -134,4 +145,71 @@ u = json.load(sys.stdin)["switch"]["uplink"]
 print(u["tx_frames"], u["rx_frames"])') || die "arrakis stats shows no uplink"
 [ "$tx" -gt 100 ] && [ "$rx" -gt 100 ] || die "the uplink counted only $tx frames out and $rx in"
 say "arrakis stats: $tx frames out through the uplink, $rx in"
-echo "PASS: the switch's uplink, both directions ($((SECONDS - START)) s)"
+
+# 4. A second host: its own namespace, daemon, switch and uplink, routed to the first.
+#      first host (NS)                               second host (NS2)
+#      arkup0 10.77.0.1/24, veth 10.77.9.1/30  <->   veth 10.77.9.2/30, arkup1 10.77.0.129/25
+#      containers 10.77.0.2/24                       containers 10.77.0.130/24
+#    The /25 route to the second host's half is more specific than arkup0's /24, so each
+#    kernel forwards the other half to its neighbour; the containers see one /24.
+uplink_bytes() { # RUN_DIR -> "tx rx" frames through that daemon's switch's uplink
+  ARRAKIS_RUN_DIR=$1 "$ARRAKIS" stats --json | python3 -c '
+import json, sys
+u = json.load(sys.stdin)["switch"]["uplink"]
+print(u["tx_frames"], u["rx_frames"])'
+}
+ip netns add "$NS2" || die "ip netns add $NS2 failed"
+in_ns2() { ip netns exec "$NS2" "$@"; }
+in_ns2 ip link set lo up
+ip link add arkv0 netns "$NS" type veth peer name arkv1 netns "$NS2" || die "cannot create the veth pair"
+in_ns ip addr add 10.77.9.1/30 dev arkv0
+in_ns ip link set arkv0 up
+in_ns2 ip addr add 10.77.9.2/30 dev arkv1
+in_ns2 ip link set arkv1 up
+in_ns2 ip tuntap add dev arkup1 mode tun || die "cannot create the second host's tun interface"
+in_ns2 ip addr add 10.77.0.129/25 dev arkup1
+in_ns2 ip link set arkup1 up
+in_ns ip route add 10.77.0.128/25 via 10.77.9.2
+in_ns2 ip route add 10.77.0.0/24 via 10.77.9.1
+in_ns sysctl -qw net.ipv4.ip_forward=1
+in_ns2 sysctl -qw net.ipv4.ip_forward=1
+mkdir -p "$RUN2"
+start_bg "$WORK/daemon2.log" env ARRAKIS_RUN_DIR="$RUN2" ip netns exec "$NS2" "$ARRAKIS" daemon \
+  --uplink arkup1 --uplink-addr 10.77.0.130/24
+poll 10 test -S "$RUN2/ctl.sock" || { cat "$WORK/daemon2.log" >&2; die "the second host's daemon did not start"; }
+read -r tx1 rx1 < <(uplink_bytes "$ARRAKIS_RUN_DIR") || die "arrakis stats shows no uplink on the first host"
+# The second host's container: TCP and UDP echo on 0.0.0.0:7300, reporting its sockets.
+SERVER2_PY='
+import os, socket, sys, threading
+port = int(sys.argv[1])
+def lib(s):
+    return int(not os.readlink(f"/proc/self/fd/{s.fileno()}").startswith("socket:"))
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("0.0.0.0", port))
+def udp():
+    b, a = u.recvfrom(65536); u.sendto(b, a)
+    print("udp from", a[0], "lib=%d" % lib(u), flush=True)
+threading.Thread(target=udp, daemon=True).start()
+l = socket.socket(); l.bind(("0.0.0.0", port)); l.listen()
+print("ready", flush=True)
+c, a = l.accept()
+while (b := c.recv(65536)):
+    c.sendall(b)
+print("served", a[0], "lib=%d" % lib(c), flush=True)
+'
+start_bg "$WORK/host2.log" timeout 60 env ARRAKIS_RUN_DIR="$RUN2" ip netns exec "$NS2" \
+  "$ARRAKIS" run --backend emulator -- python3 -c "$SERVER2_PY" 7300
+poll 10 grep -q ready "$WORK/host2.log" || { cat "$WORK/host2.log" >&2; die "the second host's container did not start"; }
+out=$(timeout 60 ip netns exec "$NS" "$ARRAKIS" run --backend emulator -- python3 -c "$CLIENT_PY" 10.77.0.130 7300) ||
+  die "a container on the first host could not reach the second host's container at 10.77.0.130: $out"
+[ "$out" = "tcp+udp ok lib=1,1" ] || die "the first host's container: $out (expected library-OS sockets on both)"
+poll 10 grep -q "served 10.77.0.2 lib=1" "$WORK/host2.log" ||
+  { cat "$WORK/host2.log" >&2; die "the second host's container did not serve 10.77.0.2 on a library-OS socket"; }
+grep -q "udp from 10.77.0.2 lib=1" "$WORK/host2.log" ||
+  { cat "$WORK/host2.log" >&2; die "the second host's container did not echo UDP from 10.77.0.2 on a library-OS socket"; }
+read -r tx1b rx1b < <(uplink_bytes "$ARRAKIS_RUN_DIR") || die "arrakis stats shows no uplink on the first host"
+read -r tx2 rx2 < <(uplink_bytes "$RUN2") || die "arrakis stats shows no uplink on the second host"
+[ $((tx1b - tx1)) -gt 100 ] && [ $((rx1b - rx1)) -gt 100 ] && [ "$tx2" -gt 100 ] && [ "$rx2" -gt 100 ] ||
+  die "the uplinks counted too few frames: first host $((tx1b - tx1)) out, $((rx1b - rx1)) in; second host $tx2 out, $rx2 in"
+say "two hosts' switches: a container at 10.77.0.2 and one at 10.77.0.130 exchanged TCP (200000 bytes) and UDP,
+   library-OS sockets at both ends; uplink frames out/in: first host $((tx1b - tx1))/$((rx1b - rx1)), second $tx2/$rx2"
+echo "PASS: the switch's uplink, both directions, and two hosts' switches connected ($((SECONDS - START)) s)"

@@ -104,7 +104,8 @@ pub struct Flow {
 pub enum ParseError {
     /// Not a well-formed IPv4/IPv6 packet carrying a whole TCP/UDP header.
     Malformed,
-    /// Well-formed, but not TCP or UDP (ICMP, ...) or a fragment after the first.
+    /// Well-formed, but not TCP or UDP (ICMP, ...), or an IPv4 fragment: no stack on the
+    /// switch reassembles them, so even the first, which carries the ports, is dropped.
     Unsupported,
 }
 
@@ -127,7 +128,7 @@ impl Flow {
             match frame.first().map(|b| b >> 4) {
                 Some(4) => {
                     let p = Ipv4Packet::new_checked(frame).map_err(|_| ParseError::Malformed)?;
-                    if p.frag_offset() != 0 {
+                    if p.frag_offset() != 0 || p.more_frags() {
                         return Err(ParseError::Unsupported);
                     }
                     let (hl, tl) = (usize::from(p.header_len()), usize::from(p.total_len()));
@@ -230,6 +231,12 @@ mod tests {
         let mut frag = f.clone();
         frag[7] = 1;
         assert_eq!(Flow::parse(&frag), Err(ParseError::Unsupported));
+        let mut first = f.clone();
+        first[6] = 0x20; // more fragments, offset 0
+        assert_eq!(Flow::parse(&first), Err(ParseError::Unsupported));
+        let mut df = f.clone();
+        df[6] = 0x40; // don't fragment: a whole packet
+        assert!(Flow::parse(&df).is_ok());
         assert_eq!(Flow::parse(&f[..25]), Err(ParseError::Malformed));
         assert_eq!(Flow::parse(&[]), Err(ParseError::Malformed));
         assert_eq!(Flow::parse(&[0x60; 10]), Err(ParseError::Malformed));

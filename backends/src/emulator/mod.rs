@@ -18,6 +18,7 @@
 
 pub mod binding;
 pub mod filter;
+pub mod mss;
 pub mod nic;
 #[allow(unsafe_code)]
 pub mod ring;

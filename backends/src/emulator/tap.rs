@@ -24,6 +24,8 @@ const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 #[derive(Debug)]
 pub struct Tap {
     fd: OwnedFd,
+    /// A datagram socket in the interface's namespace, for `SIOCGIFMTU`.
+    query: OwnedFd,
     name: String,
 }
 
@@ -78,7 +80,34 @@ impl Tap {
         if r < 0 {
             return Err(TapError::Create { name: name.to_owned(), source: io::Error::last_os_error() });
         }
-        Ok(Tap { fd, name: name.to_owned() })
+        let query = rustix::net::socket_with(
+            rustix::net::AddressFamily::INET,
+            rustix::net::SocketType::DGRAM,
+            rustix::net::SocketFlags::CLOEXEC,
+            None,
+        )
+        .map_err(|e| TapError::Open(e.into()))?;
+        Ok(Tap { fd, query, name: name.to_owned() })
+    }
+
+    /// The interface's MTU, as the administrator set it (`ip link set NAME mtu N`): the
+    /// largest packet the kernel forwards from it without fragmenting.
+    pub fn mtu(&self) -> io::Result<u32> {
+        // SAFETY: `ifreq` is plain old data; all zeroes is a valid value.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (dst, &src) in req.ifr_name.iter_mut().zip(self.name.as_bytes()) {
+            *dst = src as c_char;
+        }
+        // SAFETY: SIOCGIFMTU writes the MTU into one `ifreq`, which lives for the call;
+        // `query` is an open socket.
+        let r =
+            unsafe { libc::ioctl(self.query.as_raw_fd(), libc::SIOCGIFMTU, &mut req as *mut libc::ifreq) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: SIOCGIFMTU filled the `ifru_mtu` member of the union.
+        let mtu = unsafe { req.ifr_ifru.ifru_mtu };
+        u32::try_from(mtu).map_err(|_| io::Error::other(format!("{}: negative MTU {mtu}", self.name)))
     }
 
     /// The interface's name.

@@ -40,6 +40,7 @@ use std::sync::atomic::{self, AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use arrakis_backends::emulator::filter::{Flow, Grants, ParseError};
+use arrakis_backends::emulator::mss;
 use arrakis_backends::emulator::ring::{PushError, SLOTS};
 use arrakis_backends::emulator::tap::Tap;
 use arrakis_backends::emulator::SwitchPort;
@@ -206,6 +207,27 @@ const UPLINK: u64 = FOREIGN - 1;
 struct Uplink {
     tap: Tap,
     stats: PortStats,
+    /// The interface's MTU, to clamp the MSS of SYNs that cross it (`emulator::mss`), and
+    /// when it was read: it is read again once a second, so `ip link set NAME mtu N` takes
+    /// effect for the next connections.
+    mtu: u32,
+    mtu_read: Instant,
+}
+
+impl Uplink {
+    /// How often the interface's MTU is read again.
+    const MTU_EVERY: Duration = Duration::from_secs(1);
+
+    /// Lowers the MSS of a TCP SYN in `packet` to what the interface carries.
+    fn clamp_mss(&mut self, packet: &mut [u8]) {
+        if self.mtu_read.elapsed() >= Self::MTU_EVERY {
+            self.mtu_read = Instant::now();
+            if let Ok(m) = self.tap.mtu() {
+                self.mtu = m;
+            }
+        }
+        mss::clamp(packet, self.mtu);
+    }
 }
 
 /// Where a frame goes.
@@ -254,7 +276,9 @@ impl Switch {
         if self.scratch.len() < UPLINK_MTU {
             self.scratch.resize(UPLINK_MTU, 0);
         }
-        self.uplink = Some(Uplink { tap, stats: PortStats::default() });
+        // Until the first read: Ethernet's MTU, what `ip tuntap add` gives.
+        let mtu = tap.mtu().unwrap_or(1500);
+        self.uplink = Some(Uplink { tap, stats: PortStats::default(), mtu, mtu_read: Instant::now() });
         Ok(())
     }
 
@@ -437,7 +461,7 @@ impl Switch {
                 let Some(p) = self.ports[src].as_mut() else { break };
                 let Some(len) = p.nic.tx.recv_copy(&mut scratch) else { break };
                 taken += 1;
-                self.forward(src, &scratch[..len]);
+                self.forward(src, &mut scratch[..len]);
             }
             moved += taken;
             if let Some(p) = self.ports[src].as_mut() {
@@ -472,6 +496,7 @@ impl Switch {
                 }
             };
             taken += 1;
+            up.clamp_mss(&mut scratch[..len]);
             let frame = &scratch[..len];
             up.stats.rx_frames += 1;
             up.stats.rx_bytes += len as u64;
@@ -507,7 +532,9 @@ impl Switch {
         taken
     }
 
-    fn forward(&mut self, src: PortId, frame: &[u8]) {
+    /// Sends a frame from port `src` where [`route`](Self::route) says; a frame that leaves
+    /// through the uplink may have its MSS clamped first (`frame` is the switch's copy).
+    fn forward(&mut self, src: PortId, frame: &mut [u8]) {
         let verdict = self.route(src, frame);
         let Some(s) = self.ports[src].as_mut() else { return };
         s.capture(frame);
@@ -517,6 +544,7 @@ impl Switch {
             Ok(Dest::Port(dst)) => dst,
             Ok(Dest::Uplink) => {
                 let Some(up) = self.uplink.as_mut() else { return };
+                up.clamp_mss(frame);
                 match up.tap.send(frame) {
                     Ok(true) => {
                         up.stats.tx_frames += 1;
