@@ -318,12 +318,23 @@ cpu_of() {
   done
   awk -v t="$t" -v h="$TCK" 'BEGIN { printf "%.4f\n", t / h }'
 }
-# plane_pids PATH: the arrakis daemon and switch processes (the emulator path's control and
-# data plane outside the two ends); none on the kernel path, even while the emulator round's
-# daemon and switch linger (they exit on their own, and one exiting between the two readings
-# of a kernel run once made its CPU per request negative). Read once per run, so both
-# readings sum the same processes.
-plane_pids() { [ "$1" = emulator ] && pgrep -x arrakis || true; }
+# plane_pids PATH: the arrakis daemon and switch serving $ARRAKIS_RUN_DIR (the emulator
+# path's control and data plane outside the two ends): the `arrakis` processes whose command
+# line names that directory (`--socket DIR/ctl.sock`, `DIR/switch.sock`), zombies left out;
+# none on the kernel path. Another run's plane — killed and not yet reaped, or still
+# exiting — is never counted: one exiting between the two readings once made a kernel run's
+# CPU negative, and under bench-builds.sh (which kills each build's plane after its run) it
+# left the next emulator run without its plane's CPU. Read once per run, so both readings
+# sum the same processes.
+plane_pids() {
+  [ "$1" = emulator ] || return 0
+  local pid dir=${ARRAKIS_RUN_DIR:-/run/arrakis}
+  for pid in $(pgrep -x arrakis); do
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$dir/" || continue
+    [ "$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f1)" = Z ] && continue
+    echo "$pid"
+  done
+}
 # plane_cpu PIDS...: cpu_of the plane processes; stops the benchmark if one of them has gone
 # (its CPU would be lost from the second reading).
 plane_cpu() {
@@ -357,10 +368,14 @@ measured() {
   shift 3
   c0=$(cpu_of "$pid")
   pp=$(plane_pids "$path")
-  p0=$(plane_cpu $pp)
+  # The emulator path's server started its daemon and switch: no plane means a wrong count.
+  [ "$path" != emulator ] || [ -n "$pp" ] || die "no arrakis daemon or switch for ${ARRAKIS_RUN_DIR:-/run/arrakis}"
+  # A reading that fails stops the run (callers run this in $(...) under `if`, where set -e
+  # does not apply: an empty reading would count as 0 CPU).
+  p0=$(plane_cpu $pp) || return
   cpu=$(client "$path" "$out" "$@") || return
   c1=$(cpu_of "$pid")
-  p1=$(plane_cpu $pp)
+  p1=$(plane_cpu $pp) || return
   awk -v a="$cpu" -v b="$c0" -v c="$c1" -v d="$p0" -v e="$p1" 'BEGIN { printf "%.6f\n", a + c - b + e - d }'
 }
 

@@ -109,6 +109,13 @@ impl phy::Device for AnyDevice {
 }
 
 impl NetDevice for AnyDevice {
+    fn max_frame(&self) -> usize {
+        match self {
+            AnyDevice::Loopback(d) => d.max_frame(),
+            AnyDevice::Emulator(d) => d.max_frame(),
+        }
+    }
+
     fn doorbell(&self) -> Option<BorrowedFd<'_>> {
         match self {
             AnyDevice::Loopback(d) => d.doorbell(),

@@ -35,6 +35,13 @@ pub mod script;
 
 /// A network device the library OS can drive and sleep on.
 pub trait NetDevice: phy::Device + Send {
+    /// The largest frame the device carries, for frames the library OS builds itself (UDP
+    /// datagrams); at least the MTU smoltcp is given, which bounds TCP's segments. A datagram
+    /// larger than this goes in IPv6 fragments, or (IPv4) not at all.
+    fn max_frame(&self) -> usize {
+        self.capabilities().max_transmission_unit
+    }
+
     /// A kernel fd that becomes readable when frames arrive that the stack did not produce
     /// itself. `None` for devices whose frames only appear during the stack's own poll.
     fn doorbell(&self) -> Option<BorrowedFd<'_>> {

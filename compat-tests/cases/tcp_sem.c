@@ -2,7 +2,8 @@
  * _v4/_v6): blocking vs non-blocking modes (fcntl, SOCK_NONBLOCK, FIONBIO,
  * MSG_DONTWAIT), EAGAIN on empty receive and full send buffer, non-blocking
  * connect, ECONNREFUSED, EISCONN/EALREADY, ECONNRESET, EPIPE with SIGPIPE
- * handled/ignored/default, MSG_NOSIGNAL, half-close and ENOTCONN. */
+ * handled/ignored/default, MSG_NOSIGNAL, half-close and ENOTCONN; stdio streams
+ * over a socket (fdopen, fileno, fclose). */
 #include "sem_common.h"
 
 static volatile sig_atomic_t pipes;
@@ -511,6 +512,76 @@ static void halfclose(int fam)
     close(l);
 }
 
+/* stdio over a connected socket: fdopen, line I/O both ways, fileno, ftell's ESPIPE,
+ * fclose closing the fd, a bad mode. */
+static void streams(int fam)
+{
+    int c, s;
+    char buf[64];
+
+    CASE(nm("fdopen_lines", fam));
+    tcp_pair(fam, &c, &s);
+    FILE *w = fdopen(c, "w");
+    FILE *r = fdopen(s, "r");
+    O("fdopen w %s r %s", w ? "ok" : en(errno), r ? "ok" : en(errno));
+    if (w && r) {
+        O("fileno %d %d", fileno(w) == c, fileno(r) == s);
+        O("fprintf %d", fprintf(w, "line one\nline two %d\n", 42));
+        O("fflush %d", fflush(w));
+        for (int i = 0; i < 2; i++) {
+            char *g = fgets(buf, sizeof buf, r);
+            buf[strcspn(buf, "\n")] = 0;
+            O("fgets %s", g ? buf : "NULL");
+        }
+        errno = 0;
+        long t = ftell(r);
+        O("ftell %ld %s", t, en(errno));
+        O("fclose w %d", fclose(w));
+        errno = 0;
+        int rc = fcntl(c, F_GETFD);
+        O("fcntl after fclose %d %s", rc, en(errno));
+        char *g = fgets(buf, sizeof buf, r);
+        O("fgets at eof %s feof %d ferror %d", g ? buf : "NULL", feof(r) != 0, ferror(r) != 0);
+        O("fclose r %d", fclose(r));
+    } else {
+        close(c);
+        close(s);
+    }
+
+    CASE(nm("fdopen_rplus_echo", fam));
+    tcp_pair(fam, &c, &s);
+    FILE *f = fdopen(c, "r+");
+    O("fdopen %s", f ? "ok" : en(errno));
+    if (f) {
+        O("fputs %d", fputs("ping\n", f) >= 0);
+        O("fflush %d", fflush(f));
+        long n = T(read(s, buf, sizeof buf));
+        show("peer got", buf, n);
+        T(write(s, "pong\n", 5));
+        char *g = fgets(buf, sizeof buf, f);
+        buf[strcspn(buf, "\n")] = 0;
+        O("fgets %s", g ? buf : "NULL");
+        T(shutdown(s, SHUT_WR));
+        int ch = fgetc(f);
+        O("fgetc at eof %d feof %d", ch, feof(f) != 0);
+        O("fclose %d", fclose(f));
+    } else {
+        close(c);
+    }
+    close(s);
+
+    CASE(nm("fdopen_bad_mode", fam));
+    tcp_pair(fam, &c, &s);
+    errno = 0;
+    f = fdopen(c, "z");
+    O("fdopen %s %s", f ? "stream" : "NULL", en(errno));
+    if (f)
+        fclose(f);
+    else
+        close(c);
+    close(s);
+}
+
 int main(void)
 {
     watchdog(25);
@@ -522,6 +593,7 @@ int main(void)
         resets(fams[i]);
         pipes_cases(fams[i]);
         halfclose(fams[i]);
+        streams(fams[i]);
     }
     return 0;
 }

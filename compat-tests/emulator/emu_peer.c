@@ -44,6 +44,14 @@
  *                          reads the end of input after its SHUT_WR and after a SHUT_RD of a
  *                          second connection. Prints "nbrecv ok N lib=N lied L eof 0
  *                          shut_rd EAGAIN then 0".
+ *   bigsink 4|6            a UDP echo on 127.0.0.1 or ::1, port 0, for datagrams of up to
+ *                          65,527 bytes; prints "port P lib=N", "ready"; runs until killed (alarm:
+ *                          120 s).
+ *   bigudp 4|6 PORT        sends datagrams of 1 byte to the family's largest (65,507 bytes
+ *                          over IPv4, 65,527 over IPv6) to the sink at PORT, each a
+ *                          pattern, and checks each echo whole; prints "big SIZE ok" (or
+ *                          "lost", "short N", "differs", "send ERRNO") for each, then
+ *                          "lib=N".
  *
  * Every wait is bounded (alarm, SO_RCVTIMEO). */
 #define _GNU_SOURCE
@@ -652,6 +660,84 @@ static int fork_test(int port)
     return 0;
 }
 
+/* The loopback address of family 4 or 6, at `port`. */
+static socklen_t lo_of(int fam, int port, struct sockaddr_storage *ss)
+{
+    memset(ss, 0, sizeof *ss);
+    if (fam == 6) {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)ss;
+        a->sin6_family = AF_INET6;
+        a->sin6_port = htons((unsigned short)port);
+        a->sin6_addr = in6addr_loopback;
+        return sizeof *a;
+    }
+    struct sockaddr_in *a = (struct sockaddr_in *)ss;
+    *a = lo(port);
+    return sizeof *a;
+}
+
+static int bigsink(int fam)
+{
+    alarm(120);
+    struct sockaddr_storage ss;
+    socklen_t sl = lo_of(fam, 0, &ss);
+    int u = socket(ss.ss_family, SOCK_DGRAM, 0);
+    if (u < 0 || bind(u, (struct sockaddr *)&ss, sl) < 0)
+        die("bigsink bind");
+    if (getsockname(u, (struct sockaddr *)&ss, &sl) < 0)
+        die("getsockname");
+    int port = ntohs(fam == 6 ? ((struct sockaddr_in6 *)&ss)->sin6_port : ((struct sockaddr_in *)&ss)->sin_port);
+    printf("port %d lib=%d\nready\n", port, is_lib(u));
+    fflush(stdout);
+    static unsigned char buf[65536];
+    for (;;) {
+        struct sockaddr_storage from;
+        socklen_t fl = sizeof from;
+        ssize_t n = recvfrom(u, buf, sizeof buf, 0, (struct sockaddr *)&from, &fl);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            die("bigsink recvfrom");
+        if (sendto(u, buf, (size_t)n, 0, (struct sockaddr *)&from, fl) < 0)
+            die("bigsink sendto");
+    }
+    return 0;
+}
+
+static int bigudp(int fam, int port)
+{
+    alarm(60);
+    static const size_t sizes4[] = {1, 1472, 2048, 16000, 16356, 16357, 16400, 30000, 65000, 65507};
+    static const size_t sizes6[] = {1, 1452, 2048, 16000, 16336, 16337, 16400, 30000, 65487, 65488, 65527};
+    const size_t *sizes = fam == 6 ? sizes6 : sizes4;
+    size_t count = fam == 6 ? sizeof sizes6 / sizeof *sizes6 : sizeof sizes4 / sizeof *sizes4;
+    struct sockaddr_storage to;
+    socklen_t tl = lo_of(fam, port, &to);
+    int u = socket(to.ss_family, SOCK_DGRAM, 0);
+    if (u < 0)
+        die("socket");
+    timeouts(u, 5);
+    static unsigned char out[65536], in[65536];
+    for (size_t k = 0; k < count; k++) {
+        size_t n = sizes[k];
+        for (size_t i = 0; i < n; i++)
+            out[i] = (unsigned char)(i * 7 + k);
+        if (sendto(u, out, n, 0, (struct sockaddr *)&to, tl) != (ssize_t)n) {
+            printf("big %zu send %s\n", n, strerrorname_np(errno));
+            continue;
+        }
+        ssize_t r = recv(u, in, sizeof in, 0);
+        if (r < 0)
+            printf("big %zu %s\n", n, errno == EAGAIN ? "lost" : strerrorname_np(errno));
+        else if ((size_t)r != n)
+            printf("big %zu short %zd\n", n, r);
+        else
+            printf("big %zu %s\n", n, memcmp(in, out, n) == 0 ? "ok" : "differs");
+    }
+    printf("lib=%d\n", is_lib(u));
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -679,6 +765,10 @@ int main(int argc, char **argv)
         return fork_test(atoi(argv[2]));
     if (argc >= 4 && strcmp(argv[1], "nbrecv") == 0)
         return nbrecv(atoi(argv[2]), atoi(argv[3]));
-    fprintf(stderr, "usage: emu_peer server TCP UDP | epollsrv TCP UDP | client TCP UDP N BYTES | connect PORT | bind tcp|udp PORT | hold TCP | rebind PROTO P1 P2 | fork TCP | nbrecv TCP N\n");
+    if (argc >= 3 && strcmp(argv[1], "bigsink") == 0)
+        return bigsink(atoi(argv[2]));
+    if (argc >= 4 && strcmp(argv[1], "bigudp") == 0)
+        return bigudp(atoi(argv[2]), atoi(argv[3]));
+    fprintf(stderr, "usage: emu_peer server TCP UDP | epollsrv TCP UDP | client TCP UDP N BYTES | connect PORT | bind tcp|udp PORT | hold TCP | rebind PROTO P1 P2 | fork TCP | nbrecv TCP N | bigsink 4|6 | bigudp 4|6 PORT\n");
     return 2;
 }

@@ -492,6 +492,41 @@ fn an_epoll_woken_only_for_others_gives_up_the_doorbell_and_still_accepts() {
     assert!(log.contains(took), "{log}");
 }
 
+/// UDP datagrams of every size up to the family's largest (65,507 bytes over IPv4, 65,527
+/// over IPv6) go from one container to another and back whole, as on Linux's loopback: the
+/// NICs' buffers hold the largest IP packet, so nothing is fragmented or lost in the switch.
+/// The same program natively gives the expected lines.
+#[test]
+fn udp_datagrams_up_to_the_largest_cross_the_switch_whole() {
+    let s = setup("emulator-bigudp");
+    let daemon = RealDaemon::start(&s);
+    let native = |args: &[&str]| {
+        let mut c = Command::new(&s.peer);
+        c.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        c
+    };
+    let port_of = |sink: &Server| {
+        let l = sink.lines.first().cloned().unwrap_or_default();
+        l.split_whitespace().nth(1).map(str::to_owned).unwrap_or_else(|| panic!("no port in {l:?}"))
+    };
+    for fam in ["4", "6"] {
+        let sink = Server::start(native(&["bigsink", fam]));
+        let want = run(native(&["bigudp", fam, &port_of(&sink)]));
+        drop(sink);
+        assert!(
+            want.len() > 8 && want.iter().all(|l| l.ends_with(" ok") || l == "lib=0"),
+            "natively: {want:?}"
+        );
+
+        let sink = Server::start(s.under_shim(&daemon.socket, &["bigsink", fam]));
+        assert!(sink.lines.first().is_some_and(|l| l.ends_with("lib=1")), "{:?}\n{}", sink.lines, s.log());
+        let got = run(s.under_shim(&daemon.socket, &["bigudp", fam, &port_of(&sink)]));
+        let want: Vec<String> =
+            want.into_iter().map(|l| if l == "lib=0" { "lib=1".to_owned() } else { l }).collect();
+        assert_eq!(got, want, "IPv{fam}\n{}", s.log());
+    }
+}
+
 #[test]
 fn no_daemon_means_the_kernel_path_and_one_warning() {
     let s = setup("emulator-nodaemon");

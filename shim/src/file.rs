@@ -887,12 +887,13 @@ scandir_call!(scandir, scandir64);
 // ---- stdio -----------------------------------------------------------------------------------
 
 export! {
-    /// Interposed `fileno`: the library fd of our streams.
+    /// Interposed `fileno`: the library fd of our streams (files on volumes, and library-OS
+    /// sockets given to `fdopen`).
     ///
     /// # Safety
     /// The C contract of `fileno(3)`.
     fn fileno(fp: *mut FILE) -> c_int {
-        fast if !mount::active();
+        fast if !vfs::has_streams();
         if let Some(fd) = vfs::stream_fd(fp) {
             return fd;
         }
@@ -906,7 +907,7 @@ export! {
     /// # Safety
     /// The C contract of `fileno_unlocked(3)`.
     fn fileno_unlocked(fp: *mut FILE) -> c_int {
-        fast if !mount::active();
+        fast if !vfs::has_streams();
         if let Some(fd) = vfs::stream_fd(fp) {
             return fd;
         }

@@ -6,7 +6,6 @@ use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use arrakis_core::{Errno, SysResult};
-use libc::c_int;
 
 use crate::{errno, Fail};
 
@@ -52,11 +51,4 @@ pub(crate) fn guarded<T: Fail>(call: &'static str, f: impl FnOnce() -> SysResult
             errno::fail(Errno::ENOTRECOVERABLE)
         }
     }
-}
-
-/// A call on a library-OS fd whose kind does not implement it.
-#[cold]
-pub(crate) fn unsupported<T: Fail>(fd: c_int, call: &'static str) -> T {
-    tracing::warn!(fd, call, "not supported on this library-OS fd");
-    errno::fail(Errno::EOPNOTSUPP)
 }

@@ -1238,12 +1238,24 @@ pub(crate) unsafe fn fdopendir(_fd: c_int) -> *mut DIR {
     crate::errno::fail(Errno::ENOTDIR)
 }
 
-/// `fdopen` on a library-OS fd: stdio would read the placeholder behind our back.
+/// `fdopen` on a library-OS socket or epoll: a stdio stream whose reads and writes go
+/// through the shim's own `read`/`write` (glibc's `fopencookie`, as for files on volumes;
+/// stdio's own I/O would reach the placeholder behind the library OS's back). These fds are
+/// open for reading and writing, so every valid mode fits, as natively; a bad mode is
+/// `EINVAL`. `fileno` gives `fd` back and `fclose` closes it.
 ///
 /// # Safety
-/// None: no pointer is touched.
-pub(crate) unsafe fn fdopen(fd: c_int, _mode: *const c_char) -> *mut FILE {
-    lib::unsupported(fd, "fdopen")
+/// `mode` must be a NUL-terminated string.
+pub(crate) unsafe fn fdopen(fd: c_int, mode: *const c_char) -> *mut FILE {
+    lib::guarded("fdopen", || {
+        if table().get(fd).is_none() {
+            return Err(Errno::EBADF);
+        }
+        // SAFETY: caller's contract.
+        crate::vfs::fopen_flags(unsafe { crate::vfs::cpath(mode)? })?;
+        // SAFETY: caller's contract.
+        unsafe { crate::vfs::stream(fd, mode) }
+    })
 }
 
 /// `fstat` of a socket: the placeholder's stat, typed as a socket.

@@ -26,8 +26,8 @@ macro_rules! real {
 /// Defines exports that take an fd and, for a kernel fd, only pass through:
 /// `fd_passthrough! { fn listen(fd: c_int, backlog: c_int) -> c_int; }`; arguments before the
 /// fd go in brackets: `fn __fxstat([ver: c_int] fd: c_int, buf: *mut Stat) -> c_int;`. A library-OS fd
-/// goes to [`crate::lib::unsupported`] until its kind implements the call; the library OS's
-/// own calls (on its placeholders) go to the kernel. `=> created`
+/// goes to `crate::libos::$name` (or, with `@files`, a file or directory to
+/// `crate::vfs::$name`); the library OS's own calls (on its placeholders) go to the kernel. `=> created`
 /// records the fd the call returns.
 macro_rules! fd_passthrough {
     // `@files`: a library file or directory (`FdKind::File`) goes to `crate::vfs::$name`,

@@ -998,6 +998,12 @@ pub(crate) fn dir_seek(d: *mut DIR, to: Option<i64>) -> i64 {
 static FILES: Mutex<Option<HashMap<usize, c_int>>> = Mutex::new(None);
 static NFILES: AtomicUsize = AtomicUsize::new(0);
 
+/// Whether any stream of ours is open (one atomic load).
+#[inline]
+pub(crate) fn has_streams() -> bool {
+    NFILES.load(Ordering::Acquire) != 0
+}
+
 /// The library fd of one of our streams.
 #[inline]
 pub(crate) fn stream_fd(fp: *mut FILE) -> Option<c_int> {
@@ -1023,14 +1029,20 @@ extern "C" fn ck_read(c: *mut c_void, buf: *mut c_char, n: size_t) -> ssize_t {
 extern "C" fn ck_write(c: *mut c_void, buf: *const c_char, n: size_t) -> ssize_t {
     // SAFETY: as in ck_read.
     let fd = unsafe { (*c.cast::<Cookie>()).fd };
-    // stdio expects all of it or an error; the volume writes all or fails.
-    // SAFETY: as in ck_read.
-    let r = unsafe { crate::io::write(fd, buf.cast(), n) };
-    if r < 0 {
-        // glibc's cookie write: 0 means error for the stream.
-        return 0;
+    // stdio expects all of it or an error: a volume writes all or fails; a socket may take
+    // part, and then the rest is written, stopping at the first error (EINTR included), as
+    // glibc's `_IO_new_file_write` does for a kernel fd.
+    let mut done = 0;
+    while done < n {
+        // SAFETY: as in ck_read; `done < n`, so the rest lies in stdio's buffer.
+        let r = unsafe { crate::io::write(fd, buf.add(done).cast(), n - done) };
+        if r <= 0 {
+            // glibc's cookie write: fewer bytes than asked for mark the stream's error.
+            break;
+        }
+        done += r as usize;
     }
-    r
+    done as ssize_t
 }
 
 extern "C" fn ck_seek(c: *mut c_void, pos: *mut off64_t, whence: c_int) -> c_int {

@@ -41,8 +41,8 @@ use std::time::Duration;
 
 use super::ring::{Geometry, BUF_SIZE};
 
-/// Geometry of a binding region: 64 frames each way in the NIC's 16 KiB buffers
-/// ([`BUF_SIZE`]; 2 MiB a binding, of which only the pages frames were written in are ever
+/// Geometry of a binding region: 64 frames each way in the NIC's buffers ([`BUF_SIZE`], 68
+/// KiB; 8.5 MiB a binding, of which only the pages frames were written in are ever
 /// allocated; a flow that fills its ring waits or falls back to the switch).
 pub const GEOMETRY: Geometry = Geometry { ring_size: 64, buf_size: BUF_SIZE };
 

@@ -1,10 +1,10 @@
 //! TCP MSS clamping where the switch meets the uplink.
 //!
-//! The emulator's NICs have 16 KiB buffers, so a container's SYN announces an MSS of about
-//! 16,300 bytes. Towards a host on the kernel's network that is harmless (the host's own
+//! The emulator's NICs carry 64 KiB packets (as Linux's loopback), so a container's SYN
+//! announces an MSS of about 65,500 bytes. Towards a host on the kernel's network that is harmless (the host's own
 //! SYN announces what its interface carries, and each side sends at most the smaller of the
 //! two), but two containers behind two switches, connected through their uplinks and the
-//! kernels' routing, would both announce 16 KiB and send segments no router on the way can
+//! kernels' routing, would both announce 64 KiB and send segments no router on the way can
 //! forward (smoltcp sets DF and does no path-MTU discovery). So the switch rewrites the MSS
 //! option of every SYN that crosses the uplink, in either direction, to what the uplink's
 //! MTU carries — what routers do (`iptables -j TCPMSS --clamp-mss-to-pmtu`) — and fixes the

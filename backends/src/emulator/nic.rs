@@ -25,7 +25,7 @@ use super::filter::{Flow, TCP_FIN as FIN, TCP_RST as RST, TCP_SYN as SYN};
 use super::ring::{
     Consumer, Doorbell, Geometry, Producer, Region, Ring, RingError, RingFaults, RingProbe, SLOTS,
 };
-use super::ring::{Summary, SUMMARY_WORDS};
+use super::ring::{Summary, MAX_IP_PACKET, SUMMARY_WORDS};
 use crate::hash::FastMap;
 use crate::NetDevice;
 
@@ -598,7 +598,11 @@ pub struct EmulatorNic {
     /// The switch asked for a doorbell and a frame (or room) is there for it: rung by
     /// [`take_rings`](Self::take_rings)'s caller, after the pass.
     switch_due: AtomicBool,
+    /// The stack's MTU: the buffers' size, at most [`MAX_IP_PACKET`].
     mtu: usize,
+    /// The largest frame the rings carry (the buffers' size): UDP datagrams the library OS
+    /// writes itself may use all of it (an IPv6 datagram of 65,527 bytes is 65,575).
+    max_frame: usize,
     /// Boxed: the device lives in an enum with the (small) loopback.
     links: Box<Links>,
     /// A frame copied out of a binding's ring, lent to the stack.
@@ -613,7 +617,8 @@ impl EmulatorNic {
     /// Builds the container's end from fds received from the daemon, validating the region.
     pub fn from_fds(fds: NicFds) -> Result<EmulatorNic, RingError> {
         let region = Arc::new(Region::attach(fds.region)?);
-        let mtu = region.geometry().buf_size as usize;
+        let max_frame = region.geometry().buf_size as usize;
+        let mtu = max_frame.min(MAX_IP_PACKET);
         let rx = Consumer::new(region.clone(), Ring::Rx);
         let probes = Arc::new(ProbeSet { nic: rx.probe(), pages: ArcSwap::from_pointee(Vec::new()) });
         Ok(EmulatorNic {
@@ -623,6 +628,7 @@ impl EmulatorNic {
             switch: Arc::new(Doorbell::from_fd(fds.to_switch)),
             switch_due: AtomicBool::new(false),
             mtu,
+            max_frame,
             links: Box::new(Links {
                 nic: region,
                 kicks: 0,
@@ -640,7 +646,7 @@ impl EmulatorNic {
                 last_sweep: Instant::from_millis(0),
                 last_closed_sweep: Instant::from_millis(0),
             }),
-            scratch: vec![0; mtu.max(binding::GEOMETRY.buf_size as usize)],
+            scratch: vec![0; max_frame.max(binding::GEOMETRY.buf_size as usize)],
             tx_dropped: 0,
             rx_kicks: 0,
         })
@@ -890,6 +896,10 @@ impl phy::Device for EmulatorNic {
 }
 
 impl NetDevice for EmulatorNic {
+    fn max_frame(&self) -> usize {
+        self.max_frame
+    }
+
     fn doorbell(&self) -> Option<BorrowedFd<'_>> {
         Some(self.bell.as_fd())
     }

@@ -75,7 +75,7 @@ pub const HEADER_LEN: usize = 64;
 pub const MAX_RING: u32 = 4096;
 /// Smallest and largest packet buffer.
 pub const MIN_BUF: u32 = 256;
-pub const MAX_BUF: u32 = 65536;
+pub const MAX_BUF: u32 = 131_072;
 const PAGE: usize = 4096;
 
 /// The region's header, written once by the creator before the fd is shared.
@@ -142,14 +142,20 @@ pub struct Geometry {
     pub buf_size: u32,
 }
 
-/// The buffer size of NICs and secure bindings, so the MTU is 16,384. A request of a few KiB
-/// goes in one frame: with 2 KiB buffers, memcslap's sets (values of 0.1–5 KB) took 1.8
-/// frames each, and the server acknowledged a split one with a frame of its own (0.6 a set);
-/// in 16 KiB buffers a set and its answer are one frame each. Only the pages frames were
+/// The buffer size of NICs and secure bindings: 64 KiB and a page, so every IP packet fits
+/// one frame whole — the largest UDP datagram over IPv4 (65,507 bytes: a 65,535-byte
+/// packet) and over IPv6 (65,527 bytes: 65,575), as on Linux's loopback (MTU 65,536), and
+/// nothing is fragmented, which the switch could not route. The stack's MTU is 65,535, IP's
+/// limit ([`MAX_IP_PACKET`]). A request of a few KiB is one frame (with 2 KiB buffers
+/// memcslap's sets took 1.8 frames each and an ACK of their own). Only the pages frames were
 /// written in are allocated (a frame of a few hundred bytes costs one page of its buffer).
 /// A binding's buffers are the NIC's: a frame the stack built for the NIC fits its flow's
 /// binding.
-pub const BUF_SIZE: u32 = 16384;
+pub const BUF_SIZE: u32 = 65_536 + 4096;
+
+/// The largest IPv4 packet, and the largest MTU smoltcp's TCP may be given (its MSS must fit
+/// a 16-bit total length).
+pub const MAX_IP_PACKET: usize = 65_535;
 
 /// The NIC's default: 512 descriptors a ring, [`BUF_SIZE`] buffers.
 impl Default for Geometry {

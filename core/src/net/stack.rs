@@ -686,7 +686,7 @@ impl<D: NetDevice> Stack<D> {
             return Err(Errno::EINVAL);
         }
         let out = Out { src: IpEndpoint::new(src, port), dst, tx, payload };
-        let pieces = out.pieces(self.caps.max_transmission_unit);
+        let pieces = out.pieces(self.dev.max_frame());
         let ident = if pieces.len() > 1 { self.udp.next_ident() } else { 0 };
         for piece in pieces {
             let Some(token) = self.dev.transmit(now) else { break };

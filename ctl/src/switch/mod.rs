@@ -50,8 +50,7 @@ use pcap::PcapWriter;
 
 /// Frames taken from one port per pass, so one busy container cannot starve the others.
 pub const BUDGET: usize = 64;
-/// Largest packet read from the uplink (its interface's MTU must not exceed the NICs' buffer
-/// size, 16,384 by default, for packets to reach the containers whole).
+/// Largest packet read from the uplink (IP's limit; the NICs' buffers hold it).
 const UPLINK_MTU: usize = 65_536;
 /// Default time the switch keeps polling after the last frame before it sleeps.
 pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
