@@ -264,6 +264,29 @@ fn the_library_os_attaches_asks_for_grants_and_looks_destinations_up() {
     u.send(&[b"x"], 0, Some(a(&format!("127.0.0.1:{}", UDP_BLOCK.0)))).expect("sendto autobinds");
     let uport = u.local_addr().expect("name").port();
     assert!((UDP_BLOCK.0..=UDP_BLOCK.1).contains(&uport), "udp port {uport}");
+    // A connection's ephemeral port is never one a `bind` holds (Linux's
+    // `inet_hash_connect`): with the block all but used up by bound sockets, connecting to
+    // one of them is refused; it never connects to itself from that very port.
+    let mut held = Vec::new();
+    loop {
+        let s = Socket::new(Family::V4, Kind::Stream, false);
+        if s.bind(a("127.0.0.1:0")).is_err() {
+            break;
+        }
+        held.push(s);
+        assert!(held.len() <= 128, "the block has 128 ports");
+    }
+    held.truncate(held.len().saturating_sub(2));
+    assert!(held.len() > 64, "{} bound", held.len());
+    for target in held.iter().take(4) {
+        let port = target.local_addr().expect("name").port();
+        let c2 = Socket::new(Family::V4, Kind::Stream, false);
+        let r = c2.connect(Some(a(&format!("127.0.0.1:{port}"))));
+        let mine = c2.local_addr().map(|l| l.port()).unwrap_or(0);
+        assert_eq!(r, Err(Errno::ECONNREFUSED), "connect to bound port {port} from {mine}");
+        assert!(held.iter().all(|h| h.local_addr().map(|l| l.port()).ok() != Some(mine)), "{mine} is bound");
+    }
+    drop(held);
     // An explicit port inside the block: no grant either. (Not the port the
     // autobind above drew at random from the same block.)
     let inside_port = if uport == UDP_BLOCK.1 { UDP_BLOCK.1 - 1 } else { UDP_BLOCK.1 };

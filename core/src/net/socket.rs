@@ -777,7 +777,15 @@ impl Socket {
             let port = s.held().map(|a| a.port()).filter(|&p| p != 0);
             let fam = s.fam;
             let rx = recv_window(&s.opts);
-            let conn = g.stack.connect_sized(port, remote, rx)?;
+            // An ephemeral port is never one another socket holds by `bind`.
+            let Inner { stack, socks, .. } = &mut *g;
+            let bound = |p: u16| {
+                socks.iter().any(|o| {
+                    o.as_ref()
+                        .is_some_and(|o| o.kind == Kind::Stream && o.held().is_some_and(|a| a.port() == p))
+                })
+            };
+            let conn = stack.connect_sized(port, remote, rx, &bound)?;
             let (local, _) = g.stack.endpoints(conn).ok_or(Errno::EINVAL)?;
             let s = g.sock_mut(id)?;
             s.shard = Some(conn);

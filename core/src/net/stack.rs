@@ -450,13 +450,17 @@ impl<D: NetDevice> Stack<D> {
         Ok(conn)
     }
 
-    fn ephemeral_port(&mut self) -> SysResult<u16> {
+    /// A free ephemeral port for a connection: not listening, not another connection's, and
+    /// not `taken` (bound by a socket the stack does not see: `inet_hash_connect` skips a
+    /// port that `bind` holds, or a connection to a bound-but-idle port would get that very
+    /// port and connect to itself).
+    fn ephemeral_port(&mut self, taken: &dyn Fn(u16) -> bool) -> SysResult<u16> {
         let (lo, hi) = self.ephemeral.tcp;
         let span = u32::from(hi - lo) + 1;
         for _ in 0..span {
             let p = self.next_port.clamp(lo, hi);
             self.next_port = if p >= hi { lo } else { p + 1 };
-            if !self.listening(p) && self.ephemeral_in_use.insert(p) {
+            if !self.listening(p) && !taken(p) && self.ephemeral_in_use.insert(p) {
                 return Ok(p);
             }
         }
@@ -479,15 +483,17 @@ impl<D: NetDevice> Stack<D> {
 
     /// Opens a TCP connection to `remote` from `local_port` (an ephemeral one if `None`).
     pub fn connect_from(&mut self, local_port: Option<u16>, remote: IpEndpoint) -> SysResult<ShardId> {
-        self.connect_sized(local_port, remote, None)
+        self.connect_sized(local_port, remote, None, &|_| false)
     }
 
-    /// [`Stack::connect_from`] with a receive buffer of `rx` bytes (`SO_RCVBUF`).
+    /// [`Stack::connect_from`] with a receive buffer of `rx` bytes (`SO_RCVBUF`); an ephemeral
+    /// port is never one `taken` says a `bind` holds.
     pub fn connect_sized(
         &mut self,
         local_port: Option<u16>,
         remote: IpEndpoint,
         rx: Option<usize>,
+        taken: &dyn Fn(u16) -> bool,
     ) -> SysResult<ShardId> {
         let port = match local_port {
             Some(p) if p != 0 => {
@@ -496,7 +502,7 @@ impl<D: NetDevice> Stack<D> {
                 }
                 p
             }
-            _ => self.ephemeral_port()?,
+            _ => self.ephemeral_port(taken)?,
         };
         let mut sock = self.new_tcp_rx(rx);
         if let Err(e) = sock.connect(self.iface.context(), remote, IpListenEndpoint { addr: None, port }) {
