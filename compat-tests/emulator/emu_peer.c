@@ -149,10 +149,11 @@ static void *echo_conn(void *arg)
     return NULL;
 }
 
+/* Echoes every datagram on UDP socket ARG, up to the largest (65,527 bytes over IPv6). */
 static void *udp_echo(void *arg)
 {
     int u = (int)(long)arg;
-    unsigned char buf[2048];
+    static __thread unsigned char buf[65536];
     for (;;) {
         struct sockaddr_storage from;
         socklen_t fl = sizeof from;
@@ -689,18 +690,7 @@ static int bigsink(int fam)
     int port = ntohs(fam == 6 ? ((struct sockaddr_in6 *)&ss)->sin6_port : ((struct sockaddr_in *)&ss)->sin_port);
     printf("port %d lib=%d\nready\n", port, is_lib(u));
     fflush(stdout);
-    static unsigned char buf[65536];
-    for (;;) {
-        struct sockaddr_storage from;
-        socklen_t fl = sizeof from;
-        ssize_t n = recvfrom(u, buf, sizeof buf, 0, (struct sockaddr *)&from, &fl);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            die("bigsink recvfrom");
-        if (sendto(u, buf, (size_t)n, 0, (struct sockaddr *)&from, fl) < 0)
-            die("bigsink sendto");
-    }
+    udp_echo((void *)(long)u);
     return 0;
 }
 
