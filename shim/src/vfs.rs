@@ -1007,7 +1007,7 @@ pub(crate) fn has_streams() -> bool {
 /// The library fd of one of our streams.
 #[inline]
 pub(crate) fn stream_fd(fp: *mut FILE) -> Option<c_int> {
-    if NFILES.load(Ordering::Acquire) == 0 {
+    if !has_streams() {
         return None;
     }
     FILES.lock().unwrap_or_else(|e| e.into_inner()).as_ref()?.get(&(fp as usize)).copied()

@@ -68,11 +68,7 @@ impl Tap {
             Mode::empty(),
         )
         .map_err(|e| TapError::Open(e.into()))?;
-        // SAFETY: `ifreq` is plain old data; all zeroes is a valid value.
-        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-        for (dst, &src) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
-            *dst = src as c_char;
-        }
+        let mut req = ifreq(name);
         req.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
         // SAFETY: TUNSETIFF reads (and may update) one `ifreq`, which lives for the call;
         // `fd` is an open tun control fd.
@@ -93,11 +89,7 @@ impl Tap {
     /// The interface's MTU, as the administrator set it (`ip link set NAME mtu N`): the
     /// largest packet the kernel forwards from it without fragmenting.
     pub fn mtu(&self) -> io::Result<u32> {
-        // SAFETY: `ifreq` is plain old data; all zeroes is a valid value.
-        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-        for (dst, &src) in req.ifr_name.iter_mut().zip(self.name.as_bytes()) {
-            *dst = src as c_char;
-        }
+        let mut req = ifreq(&self.name);
         // SAFETY: SIOCGIFMTU writes the MTU into one `ifreq`, which lives for the call;
         // `query` is an open socket.
         let r =
@@ -145,6 +137,17 @@ impl Tap {
             }
         }
     }
+}
+
+/// An `ifreq` naming interface `name` (at most `IFNAMSIZ - 1` bytes, checked by `open`),
+/// the rest zero.
+fn ifreq(name: &str) -> libc::ifreq {
+    // SAFETY: `ifreq` is plain old data; all zeroes is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, &src) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
+        *dst = src as c_char;
+    }
+    req
 }
 
 impl AsFd for Tap {

@@ -779,12 +779,7 @@ impl Socket {
             let rx = recv_window(&s.opts);
             // An ephemeral port is never one another socket holds by `bind`.
             let Inner { stack, socks, .. } = &mut *g;
-            let bound = |p: u16| {
-                socks.iter().any(|o| {
-                    o.as_ref()
-                        .is_some_and(|o| o.kind == Kind::Stream && o.held().is_some_and(|a| a.port() == p))
-                })
-            };
+            let bound = |p: u16| port_held(socks, Kind::Stream, p, usize::MAX);
             let conn = stack.connect_sized(port, remote, rx, &bound)?;
             let (local, _) = g.stack.endpoints(conn).ok_or(Errno::EINVAL)?;
             let s = g.sock_mut(id)?;
@@ -1712,7 +1707,12 @@ fn free_tcp_port_salted(g: &Inner, salt: u32) -> SysResult<u16> {
 }
 
 fn port_bound(g: &Inner, kind: Kind, port: u16, except: usize) -> bool {
-    g.socks.iter().enumerate().any(|(i, s)| {
+    port_held(&g.socks, kind, port, except)
+}
+
+/// [`port_bound`] over the socket table alone (for callers that hold the stack mutably).
+fn port_held(socks: &[Option<SockState>], kind: Kind, port: u16, except: usize) -> bool {
+    socks.iter().enumerate().any(|(i, s)| {
         i != except
             && s.as_ref().is_some_and(|s| s.kind == kind && s.held().is_some_and(|a| a.port() == port))
     })
